@@ -1,0 +1,45 @@
+"""Casting source arrays to the file's u16 dtype (fp16 with overflow detection, bf16 round-to-nearest-even) and
+re-laying matrices out as FRACTAL_NZ."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from ascend_super.runtime import format as fmt
+
+from .sources.base import SourceError
+
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def to_u16(array: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """`array` (float32/float16/bfloat16) cast to fp16 or bf16, returned as little-endian uint16 bits.
+
+    fp16: values that round beyond ±65504 raise SourceError naming `what`. bf16: round to nearest even
+    (ml_dtypes); bf16 input is passed through bit for bit."""
+    if array.dtype == np.float16 and dtype == "fp16" or array.dtype == ml_dtypes.bfloat16 and dtype == "bf16":
+        return np.ascontiguousarray(array).view(np.uint16)
+    if array.dtype not in (np.float32, np.float16, np.float64, ml_dtypes.bfloat16):
+        raise SourceError(f"{what}: unsupported source dtype {array.dtype}")
+    if dtype == "bf16":
+        return array.astype(ml_dtypes.bfloat16).view(np.uint16)
+    wide = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float16)
+    overflow = np.isinf(narrow) & np.isfinite(wide)
+    if overflow.any():
+        worst = float(np.abs(wide[overflow]).max())
+        raise SourceError(f"{what}: {int(overflow.sum())} value(s) exceed the fp16 range (largest |x| = {worst:.6g} > "
+                          f"{FP16_MAX:g}); convert with --dtype bf16")
+    return narrow.view(np.uint16)
+
+
+def to_nz(matrix: np.ndarray) -> np.ndarray:
+    """[out, in] u16 → FRACTAL_NZ storage [ceil(in/16), ceil(out/16), 16, 16], zero-padded; element (n, k) lands at
+    ((k/16)·(out/16) + n/16)·256 + (n%16)·16 + k%16."""
+    out_dim, in_dim = matrix.shape
+    k1, n1, block, _ = fmt.nz_storage_shape((out_dim, in_dim))
+    padded = np.zeros((n1 * block, k1 * block), dtype=matrix.dtype)
+    padded[:out_dim, :in_dim] = matrix
+    return np.ascontiguousarray(padded.reshape(n1, block, k1, block).transpose(2, 0, 1, 3))

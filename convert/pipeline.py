@@ -1,0 +1,133 @@
+"""One conversion, start to finish: plan → stream every tensor (cast, fuse, lay out) → manifest → atomic rename.
+
+Memory: ND tensors are streamed in row blocks of about BLOCK_BYTES, so peak memory is one block plus its cast,
+whatever the model size; NZ tensors are assembled whole (in u16) because FRACTAL_NZ interleaves rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ascend_super import __version__
+from ascend_super.runtime import format as fmt
+
+from .cast import to_nz, to_u16
+from .plan import Plan, PlannedTensor, build_plan
+from .sources.base import Source
+from .writer import AswWriter
+
+BLOCK_BYTES = 64 * 1024 * 1024  # source bytes (as float32) per row block
+
+
+@dataclass(frozen=True)
+class Summary:
+    out_path: Path
+    arch: str
+    dtype: str
+    layout: str
+    tensors: int
+    parameters: int
+    file_nbytes: int
+    source_nbytes: int
+    seconds: float
+
+
+def _read_rows(source: Source, name: str, start: int, stop: int) -> np.ndarray:
+    reader = getattr(source, "read_rows", None)
+    if reader is not None:
+        return reader(name, start, stop)
+    return source.read(name)[start:stop]
+
+
+def _row_blocks(source: Source, name: str, shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    row_bytes = 4 * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 4 * shape[0]
+    rows_per_block = max(1, BLOCK_BYTES // max(row_bytes, 1)) if len(shape) > 1 else shape[0]
+    for start in range(0, shape[0], rows_per_block):
+        yield start, min(shape[0], start + rows_per_block)
+
+
+def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: AswWriter,
+                   advance: Callable[[int], None]) -> None:
+    what = f"{source.path}: tensor {tensor.name}"
+    if tensor.layout == "nz":
+        parts = [to_u16(_read_rows(source, part, 0, shape[0]), dtype, f"{what} (from {part})")
+                 for part, shape in tensor.parts]
+        for part, _ in tensor.parts:
+            advance(source.tensors()[part].nbytes)
+        writer.write(memoryview(to_nz(np.concatenate(parts, axis=0))).cast("B"))
+        return
+    for part, shape in tensor.parts:
+        part_nbytes = source.tensors()[part].nbytes
+        done = 0
+        for start, stop in _row_blocks(source, part, shape):
+            block = to_u16(_read_rows(source, part, start, stop), dtype, f"{what} (from {part})")
+            writer.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            step = part_nbytes * stop // shape[0] - done
+            advance(step)
+            done += step
+
+
+def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_hashes: dict[str, str]) -> dict[str, Any]:
+    meta = source.meta
+    provenance = dict(meta.provenance)
+    provenance["files"] = dict(sorted(file_hashes.items()))
+    provenance["converter"] = f"ascend-super {__version__}"
+    return {
+        "arch": plan.arch.arch,
+        "config": plan.config,
+        "dtype": plan.dtype,
+        "layout": plan.layout,
+        "tensor_alignment": fmt.TENSOR_ALIGNMENT,
+        "tokenizer": meta.tokenizer_json,
+        "chat_template": meta.chat_template,
+        "generation_config": meta.generation_config,
+        "special_tokens": meta.tokenizer_config,
+        "source": provenance,
+        "tensors": entries,
+    }
+
+
+def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "nd",
+            data_alignment: int = fmt.DEFAULT_DATA_ALIGNMENT,
+            on_plan: Callable[[Plan], None] | None = None,
+            advance: Callable[[int], None] = lambda _: None) -> Summary:
+    """Convert `source` into `out_path`. On any error or interrupt nothing is left at out_path (an existing file
+    there is only replaced once the new one is complete)."""
+    started = time.perf_counter()
+    plan = build_plan(source, dtype, layout)
+    if on_plan is not None:
+        on_plan(plan)
+    offsets, data_nbytes = fmt.plan_offsets([t.nbytes for t in plan.tensors])
+    entries = [
+        {"name": t.name, "dtype": dtype, "shape": list(t.shape), "layout": t.layout, "offset": offset,
+         "nbytes": t.nbytes, "xxh3_64": "0" * fmt.HASH_HEX_LEN}
+        for t, offset in zip(plan.tensors, offsets)
+    ]
+    # every hash in the manifest is fixed-length hex, so placeholders give the final manifest size up front
+    placeholder_files = {name: "0" * fmt.HASH_HEX_LEN for name in _source_file_names(source)}
+    manifest_nbytes = len(fmt.pack_manifest(_manifest(plan, source, entries, placeholder_files)))
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = AswWriter(out_path, data_alignment)
+    try:
+        writer.reserve_manifest(manifest_nbytes)
+        for tensor, entry in zip(plan.tensors, entries):
+            writer.begin_tensor(tensor.name, entry["offset"])
+            _stream_tensor(source, tensor, dtype, writer, advance)
+            entry["xxh3_64"] = writer.end_tensor()
+        writer.finish(_manifest(plan, source, entries, source.file_hashes()))
+    except BaseException:
+        writer.abort()
+        raise
+    return Summary(out_path, plan.arch.arch, dtype, layout, len(plan.tensors), plan.parameters,
+                   out_path.stat().st_size, plan.source_nbytes, time.perf_counter() - started)
+
+
+def _source_file_names(source: Source) -> list[str]:
+    names = getattr(source, "file_names", None)
+    return list(names()) if names is not None else list(source.file_hashes())

@@ -1,0 +1,68 @@
+"""The contract every source reader fulfils: HF-named tensors plus HF-style metadata.
+
+A source (a local HF directory, a hub snapshot, a GGUF file) is presented to the planner in one shape: the
+`config.json` dict of a HuggingFace checkpoint, the tokenizer.json text, tokenizer_config, chat template,
+generation config, provenance, and tensors under their HuggingFace names (``model.layers.0.self_attn.q_proj.weight``)
+read one at a time. The planner never knows which kind of source it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class SourceError(Exception):
+    """A source cannot be read or is malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """Shape and dtype of one source tensor, known before its data is read."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy-style name of the stored type, e.g. "float32", "bfloat16", "float16", or a GGUF quant name
+    nbytes: int  # bytes this tensor occupies in the source file (for progress)
+
+
+@dataclass
+class SourceMeta:
+    """Everything but the tensors."""
+
+    config: dict[str, Any]  # HF config.json contents
+    tokenizer_json: str  # tokenizer.json text
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # kind, id, revision, files: {name: hash}
+
+
+class Source(Protocol):
+    """A readable checkpoint. Use as a context manager; `read` returns one tensor at a time."""
+
+    meta: SourceMeta
+    path: Path
+
+    def tensors(self) -> dict[str, SourceTensor]: ...
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as a numpy array: float16 / float32 as stored, bfloat16 returned as float32 (exact)."""
+        ...
+
+    def file_names(self) -> list[str]:
+        """Names of the source files `file_hashes` will cover (known before any tensor is read)."""
+        ...
+
+    def file_hashes(self) -> dict[str, str]:
+        """xxh3_64 hex digest of every source file, by file name (computed after the tensors were read)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Source": ...
+
+    def __exit__(self, *exc: object) -> None: ...

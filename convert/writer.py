@@ -1,0 +1,102 @@
+"""Writes one .asw file safely: a small state machine over a temporary file in the target folder.
+
+    writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<pid> next to OUT
+    writer.reserve_manifest(nbytes)                      # size of the final manifest (hashes are fixed-length)
+    writer.begin_tensor(name, offset); writer.write(chunk)...; writer.end_tensor() -> xxh3 hex   (in file order)
+    writer.finish(manifest)                              # preamble + manifest, fsync, rename over OUT
+    writer.abort()                                       # on any error: the temporary file is removed
+
+Out-of-order calls raise; nothing ever appears at OUT unless finish() succeeded. Byte layout comes from
+runtime/format.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import xxhash
+
+from ascend_super.runtime import format as fmt
+
+
+class WriterStateError(RuntimeError):
+    """The writer was driven out of order (a bug in the caller)."""
+
+
+class AswWriter:
+    def __init__(self, out_path: Path, data_alignment: int = fmt.DEFAULT_DATA_ALIGNMENT) -> None:
+        fmt.check_data_alignment(data_alignment)
+        self.out_path = out_path
+        self.tmp_path = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+        self.data_alignment = data_alignment
+        self._file: BinaryIO | None = open(self.tmp_path, "wb")
+        self._state = "new"
+        self._manifest_nbytes = 0
+        self._data_offset = 0
+        self._cursor = 0  # bytes of the data region written so far
+        self._hasher: Any = None
+        self._tensor_name = ""
+
+    def _expect(self, *states: str) -> BinaryIO:
+        if self._state not in states or self._file is None:
+            raise WriterStateError(f"writer is in state {self._state!r}, expected one of {states}")
+        return self._file
+
+    def reserve_manifest(self, nbytes: int) -> None:
+        handle = self._expect("new")
+        self._manifest_nbytes = nbytes
+        self._data_offset = fmt.layout_file(nbytes, self.data_alignment)
+        handle.seek(self._data_offset)
+        self._state = "data"
+
+    def begin_tensor(self, name: str, offset: int) -> None:
+        handle = self._expect("data")
+        if offset < self._cursor:
+            raise WriterStateError(f"tensor {name} at {offset} precedes the write cursor {self._cursor}")
+        handle.write(b"\0" * (offset - self._cursor))
+        self._cursor = offset
+        self._hasher = xxhash.xxh3_64()
+        self._tensor_name = name
+        self._state = "tensor"
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        handle = self._expect("tensor")
+        handle.write(chunk)
+        self._hasher.update(chunk)
+        self._cursor += len(chunk)
+
+    def end_tensor(self) -> str:
+        self._expect("tensor")
+        self._state = "data"
+        return self._hasher.hexdigest()
+
+    def finish(self, manifest: dict[str, Any]) -> None:
+        handle = self._expect("data")
+        packed = fmt.pack_manifest(manifest)
+        if len(packed) != self._manifest_nbytes:
+            raise WriterStateError(f"manifest is {len(packed)} bytes, {self._manifest_nbytes} were reserved")
+        preamble = fmt.Preamble(fmt.VERSION_MAJOR, fmt.VERSION_MINOR, 0, fmt.PREAMBLE_NBYTES, len(packed),
+                                xxhash.xxh3_64_intdigest(packed), self._data_offset, self._cursor, self.data_alignment)
+        handle.seek(0)
+        handle.write(preamble.pack())
+        handle.write(packed)
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        self._file = None
+        os.replace(self.tmp_path, self.out_path)
+        directory = os.open(self.out_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._state = "done"
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.tmp_path.unlink(missing_ok=True)
+        self._state = "aborted"

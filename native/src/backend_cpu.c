@@ -1,0 +1,404 @@
+/* backend_cpu.c — the cpu backend: a llama2.c-style forward pass over u16 weights used in place.
+ *
+ * Tokens go through the model in chunks of up to CHUNK positions (prefill) or one at a time (decode, the same
+ * code with n = 1). Every matmul is threaded over output rows on the session's persistent pool; with one token
+ * the SIMD kernel is a GEMV, with a chunk it is a GEMM that reuses each loaded weight block across a tile of
+ * tokens. The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized for one chunk */
+
+typedef struct cpu_model {
+    asw_config cfg;
+    asw_weights w;          /* pointers into the caller's region (layers array owned by model.c) */
+    const asw_kernels *k;   /* SIMD kernel set chosen at open time */
+    float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
+} cpu_model;
+
+typedef struct cpu_session {
+    cpu_model *m;
+    asw_pool *pool;
+    int32_t max_len;
+    /* activations of one chunk, nc <= CHUNK rows */
+    float *x;        /* [CHUNK, hidden] residual stream */
+    float *xb;       /* [CHUNK, hidden] RMS-normed input of a matmul */
+    float *xb2;      /* [CHUNK, hidden] matmul output added to the residual */
+    float *qkv;      /* [CHUNK, (n_heads + 2 n_kv_heads) head_dim] q | k | v per position */
+    float *att;      /* [CHUNK, n_heads head_dim] attention output */
+    float *hb;       /* [CHUNK, 2 ffn] gate | up */
+    float *act;      /* [CHUNK, ffn] silu(gate) * up */
+    float *rope_cos; /* [CHUNK, head_dim / 2] */
+    float *rope_sin; /* [CHUNK, head_dim / 2] */
+    float *scores;   /* [n_threads, max_len] attention scores, one row per thread */
+    float *logits;   /* [vocab] last-position logits when the caller wants only the argmax */
+    uint16_t *key_cache;   /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
+    uint16_t *value_cache; /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
+} cpu_session;
+
+/* ---------------------------------------------------------------------------------------------------------
+ * model
+ */
+
+/* RoPE inverse frequencies exactly as transformers computes them (f32 ops, same order) */
+static void rope_inv_freq(const asw_config *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        float e = (float)(2 * j) / (float)c->head_dim;
+        inv_freq[j] = 1.0f / powf(c->rope_theta, e);
+    }
+    if (c->rope_scaling != ASW_ROPE_LLAMA3) return;
+    /* transformers modeling_rope_utils._compute_llama3_parameters */
+    float factor = c->rope_factor;
+    double old_len = (double)c->rope_original_max_pos;
+    float low_wavelen = (float)(old_len / c->rope_low_freq_factor);
+    float high_wavelen = (float)(old_len / c->rope_high_freq_factor);
+    float band = (float)((double)c->rope_high_freq_factor - (double)c->rope_low_freq_factor);
+    for (int j = 0; j < half; j++) {
+        float inv = inv_freq[j];
+        float wavelen = (1.0f / inv) * (float)(2.0 * 3.14159265358979323846);
+        if (wavelen > low_wavelen) {
+            inv_freq[j] = inv / factor;
+        } else if (!(wavelen < high_wavelen)) {
+            float smooth = ((1.0f / wavelen) * (float)old_len - c->rope_low_freq_factor) / band;
+            inv_freq[j] = (1.0f - smooth) * inv / factor + smooth * inv;
+        }
+    }
+}
+
+static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes) {
+    (void)data;
+    (void)data_nbytes;
+    const char *why = NULL;
+    const asw_kernels *k = kernels_select(&why);
+    if (k == NULL) {
+        asw_set_error("%s", why);
+        return NULL;
+    }
+    cpu_model *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        asw_set_error("out of memory (cpu model)");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->w = *w;
+    m->k = k;
+    m->inv_freq = malloc((size_t)(cfg->head_dim / 2) * sizeof(float));
+    if (m->inv_freq == NULL) {
+        asw_set_error("out of memory (rope table)");
+        free(m);
+        return NULL;
+    }
+    rope_inv_freq(cfg, m->inv_freq);
+    return m;
+}
+
+static void cpu_model_free(void *bm) {
+    cpu_model *m = bm;
+    if (m == NULL) return;
+    free(m->inv_freq);
+    free(m);
+}
+
+static const char *cpu_kernel_name(void *bm) { return ((cpu_model *)bm)->k->name; }
+
+/* ---------------------------------------------------------------------------------------------------------
+ * session
+ */
+
+static void cpu_session_free(void *bs) {
+    cpu_session *s = bs;
+    if (s == NULL) return;
+    asw_pool_free(s->pool);
+    free(s->x);
+    free(s->xb);
+    free(s->xb2);
+    free(s->qkv);
+    free(s->att);
+    free(s->hb);
+    free(s->act);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s->scores);
+    free(s->logits);
+    free(s->key_cache);
+    free(s->value_cache);
+    free(s);
+}
+
+static void *cpu_session_init(void *bm, int32_t max_len, int32_t n_threads) {
+    cpu_model *m = bm;
+    const asw_config *c = &m->cfg;
+    cpu_session *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        asw_set_error("out of memory (cpu session)");
+        return NULL;
+    }
+    s->m = m;
+    s->max_len = max_len;
+    s->pool = asw_pool_new(n_threads);
+    if (s->pool == NULL) {
+        cpu_session_free(s);
+        return NULL;
+    }
+    /* model.c bounds every dimension, so these products fit comfortably in size_t */
+    size_t nth = (size_t)asw_pool_size(s->pool);
+    size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim;
+    size_t kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t cache = (size_t)c->n_layers * (size_t)max_len * kv_dim;
+    s->x = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->xb = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->xb2 = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->qkv = malloc(CHUNK * qkv_dim * sizeof(float));
+    s->att = malloc(CHUNK * (size_t)c->n_heads * (size_t)c->head_dim * sizeof(float));
+    s->hb = malloc(CHUNK * 2 * (size_t)c->ffn * sizeof(float));
+    s->act = malloc(CHUNK * (size_t)c->ffn * sizeof(float));
+    s->rope_cos = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
+    s->rope_sin = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
+    s->scores = malloc(nth * (size_t)max_len * sizeof(float));
+    s->logits = malloc((size_t)c->vocab * sizeof(float));
+    s->key_cache = malloc(cache * sizeof(uint16_t));
+    s->value_cache = malloc(cache * sizeof(uint16_t));
+    if (!s->x || !s->xb || !s->xb2 || !s->qkv || !s->att || !s->hb || !s->act || !s->rope_cos || !s->rope_sin ||
+        !s->scores || !s->logits || !s->key_cache || !s->value_cache) {
+        asw_set_error("out of memory allocating a session of max_len %d (KV cache %zu bytes)", (int)max_len,
+                      2 * cache * sizeof(uint16_t));
+        cpu_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * threaded pieces
+ */
+
+typedef struct matmul_job {
+    const asw_kernels *k;
+    int dtype;
+    float *Y;           /* [nt, ldy] */
+    int64_t ldy;
+    const uint16_t *W;  /* [rows, cols] */
+    int64_t rows, cols;
+    const float *X;     /* [nt, ldx] */
+    int64_t ldx, nt;
+} matmul_job;
+
+static void matmul_task(void *arg, int ith, int nth) {
+    const matmul_job *j = arg;
+    enum { BLOCK = 16 }; /* rows per scheduling block: whole cache lines of Y, whole kernel tiles */
+    int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
+    int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
+    if (r1 > j->rows) r1 = j->rows;
+    if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
+}
+
+/* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads */
+static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
+                   const float *X, int64_t ldx, int64_t nt) {
+    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt};
+    asw_pool_run(s->pool, matmul_task, &j);
+}
+
+typedef struct attention_job {
+    cpu_session *s;
+    int layer;
+    int n;    /* positions in this chunk */
+    int pos;  /* position of the chunk's first token */
+} attention_job;
+
+/* att[t, h] = softmax(q[t, h] . K[0..pos+t] / sqrt(D)) . V[0..pos+t], one (t, h) pair at a time */
+static void attention_task(void *arg, int ith, int nth) {
+    const attention_job *j = arg;
+    cpu_session *s = j->s;
+    const asw_config *c = &s->m->cfg;
+    const asw_kernels *k = s->m->k;
+    int D = c->head_dim, Hq = c->n_heads, group = c->n_heads / c->n_kv_heads;
+    size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
+    size_t kv_dim = (size_t)c->n_kv_heads * D;
+    const uint16_t *kc = s->key_cache + (size_t)j->layer * s->max_len * kv_dim;   /* [max_len, kv_dim] */
+    const uint16_t *vc = s->value_cache + (size_t)j->layer * s->max_len * kv_dim; /* [max_len, kv_dim] */
+    float *sc = s->scores + (size_t)ith * s->max_len;                              /* [max_len] */
+    float scale = 1.0f / sqrtf((float)D);
+    /* interleaved items balance the causal triangle across threads */
+    for (int item = ith; item < j->n * Hq; item += nth) {
+        int t = item / Hq, h = item % Hq;
+        size_t kvo = (size_t)(h / group) * D;
+        const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
+        int len = j->pos + t + 1;                              /* causal: positions 0..pos+t */
+        float mx = -INFINITY;
+        for (int p = 0; p < len; p++) {
+            sc[p] = k->dot(c->dtype, kc + p * kv_dim + kvo, q, D) * scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        float sum = 0.0f;
+        for (int p = 0; p < len; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        float inv = 1.0f / sum;
+        float *out = s->att + (size_t)t * Hq * D + (size_t)h * D; /* [D] */
+        memset(out, 0, (size_t)D * sizeof(float));
+        for (int p = 0; p < len; p++) k->axpy(c->dtype, out, sc[p] * inv, vc + p * kv_dim + kvo, D);
+    }
+}
+
+typedef struct swiglu_job {
+    float *act;       /* [n, ffn] */
+    const float *hb;  /* [n, 2 ffn] */
+    int64_t n, ffn;
+} swiglu_job;
+
+/* act = silu(gate) * up */
+static void swiglu_task(void *arg, int ith, int nth) {
+    const swiglu_job *j = arg;
+    int64_t total = j->n * j->ffn, i0 = total * ith / nth, i1 = total * (ith + 1) / nth;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t t = i / j->ffn, f = i % j->ffn;
+        float g = j->hb[t * 2 * j->ffn + f], u = j->hb[t * 2 * j->ffn + j->ffn + f];
+        j->act[i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * small single-threaded pieces
+ */
+
+/* o = x / sqrt(mean(x^2) + eps) * w */
+static void rmsnorm(int dtype, float *o, const float *x, const uint16_t *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) o[i] = asw_u16_to_f32(dtype, w[i]) * (x[i] * r);
+}
+
+/* rotate-half RoPE of one head: x[j], x[j + half] rotated by angle j */
+static void rope(float *x, const float *cos, const float *sin, int half) {
+    for (int j = 0; j < half; j++) {
+        float a = x[j], b = x[j + half];
+        x[j] = a * cos[j] - b * sin[j];
+        x[j + half] = b * cos[j] + a * sin[j];
+    }
+}
+
+static int32_t argmax(const float *v, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * forward
+ */
+
+/* One chunk: tokens[0..n) at positions pos..pos+n-1, n <= CHUNK. If out != NULL, logits of positions
+ * first..n-1 go to out ([n - first, vocab]). */
+static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos, float *out, int first) {
+    cpu_model *m = s->m;
+    const asw_config *c = &m->cfg;
+    const asw_weights *w = &m->w;
+    const asw_kernels *k = m->k;
+    int dt = c->dtype, H = c->hidden, D = c->head_dim, half = D / 2, F = c->ffn;
+    int q_dim = c->n_heads * D, kv_dim = c->n_kv_heads * D, qkv_dim = q_dim + 2 * kv_dim;
+
+    /* x [n, H] = token embeddings */
+    for (int t = 0; t < n; t++)
+        k->to_f32(dt, s->x + (size_t)t * H, w->token_embd + (size_t)tokens[t] * H, H);
+
+    /* rope_cos, rope_sin [n, D/2] for positions pos..pos+n-1 (f32 like transformers) */
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < half; j++) {
+            float angle = (float)(pos + t) * m->inv_freq[j];
+            s->rope_cos[t * half + j] = cosf(angle);
+            s->rope_sin[t * half + j] = sinf(angle);
+        }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const asw_layer_weights *lw = &w->layers[l];
+        uint16_t *kc = s->key_cache + (size_t)l * s->max_len * kv_dim;   /* [max_len, kv_dim] */
+        uint16_t *vc = s->value_cache + (size_t)l * s->max_len * kv_dim; /* [max_len, kv_dim] */
+
+        /* xb [n, H] = rmsnorm(x) * attn_norm */
+        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->attn_norm, H, c->rms_eps);
+
+        /* qkv [n, qkv_dim] = xb . Wqkv^T (+ bias) */
+        matmul(s, s->qkv, qkv_dim, lw->attn_qkv, qkv_dim, H, s->xb, H, n);
+        if (lw->attn_qkv_bias != NULL)
+            for (int t = 0; t < n; t++)
+                for (int i = 0; i < qkv_dim; i++)
+                    s->qkv[(size_t)t * qkv_dim + i] += asw_u16_to_f32(dt, lw->attn_qkv_bias[i]);
+
+        /* RoPE on q and k; k, v [kv_dim] -> cache rows pos+t (rounded to dtype) */
+        for (int t = 0; t < n; t++) {
+            float *q = s->qkv + (size_t)t * qkv_dim; /* [n_heads, D] */
+            float *kk = q + q_dim;                   /* [n_kv_heads, D] */
+            float *v = kk + kv_dim;                  /* [n_kv_heads, D] */
+            const float *cs = s->rope_cos + (size_t)t * half, *sn = s->rope_sin + (size_t)t * half;
+            for (int h = 0; h < c->n_heads; h++) rope(q + h * D, cs, sn, half);
+            for (int h = 0; h < c->n_kv_heads; h++) rope(kk + h * D, cs, sn, half);
+            k->from_f32(dt, kc + (size_t)(pos + t) * kv_dim, kk, kv_dim);
+            k->from_f32(dt, vc + (size_t)(pos + t) * kv_dim, v, kv_dim);
+        }
+
+        /* att [n, q_dim] = causal GQA attention over the cache */
+        attention_job aj = {s, l, n, pos};
+        asw_pool_run(s->pool, attention_task, &aj);
+
+        /* x += att . Wo^T */
+        matmul(s, s->xb2, H, lw->attn_output, H, q_dim, s->att, q_dim, n);
+        for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
+
+        /* xb [n, H] = rmsnorm(x) * ffn_norm */
+        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->ffn_norm, H, c->rms_eps);
+
+        /* hb [n, 2F] = xb . Wgate_up^T;  act [n, F] = silu(gate) * up */
+        matmul(s, s->hb, 2 * F, lw->ffn_gate_up, 2 * F, H, s->xb, H, n);
+        swiglu_job sj = {s->act, s->hb, n, F};
+        asw_pool_run(s->pool, swiglu_task, &sj);
+
+        /* x += act . Wdown^T */
+        matmul(s, s->xb2, H, lw->ffn_down, H, F, s->act, F, n);
+        for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
+    }
+
+    if (out == NULL) return;
+    /* out [n - first, vocab] = rmsnorm(x[first..n)) * output_norm . Woutput^T */
+    for (int t = first; t < n; t++)
+        rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, w->output_norm, H, c->rms_eps);
+    matmul(s, out, c->vocab, w->output, c->vocab, H, s->xb + (size_t)first * H, H, n - first);
+}
+
+static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, int32_t logits_mode,
+                           float *logits, int32_t *amax) {
+    cpu_session *s = bs;
+    int32_t vocab = s->m->cfg.vocab;
+    int want_last = logits_mode == ASW_LOGITS_LAST || amax != NULL;
+    float *last = NULL; /* [vocab] logits of position n - 1 */
+    for (int32_t c0 = 0; c0 < n; c0 += CHUNK) {
+        int nc = n - c0 < CHUNK ? n - c0 : CHUNK;
+        int final = c0 + nc == n;
+        if (logits_mode == ASW_LOGITS_ALL) {
+            float *out = logits + (size_t)c0 * vocab; /* [nc, vocab] */
+            forward_chunk(s, tokens + c0, nc, pos + c0, out, 0);
+            last = out + (size_t)(nc - 1) * vocab;
+        } else if (final && want_last) {
+            last = logits_mode == ASW_LOGITS_LAST ? logits : s->logits;
+            forward_chunk(s, tokens + c0, nc, pos + c0, last, nc - 1);
+        } else {
+            forward_chunk(s, tokens + c0, nc, pos + c0, NULL, 0);
+        }
+    }
+    if (amax != NULL) *amax = argmax(last, vocab);
+    return 0;
+}
+
+const asw_backend asw_backend_cpu = {
+    "cpu", cpu_model_init, cpu_model_free, cpu_session_init, cpu_session_free, cpu_forward, cpu_kernel_name,
+};

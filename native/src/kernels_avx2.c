@@ -1,0 +1,147 @@
+/* kernels_avx2.c — AVX2 + FMA + F16C kernel set (x86-64 only, picked at run time, never -march=native).
+ *
+ * matmul is a register-blocked dot-product kernel: R weight rows x T tokens of 8-lane f32 accumulators, each
+ * weight vector converted once (vcvtph2ps for fp16, zero-extend + shift for bf16) and reused across T tokens.
+ * For prefill (nt > 1) the inner dimension is processed in blocks of KC so the token tile stays in L2.
+ */
+#include "asw.h"
+#include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define INL TGT static inline __attribute__((always_inline))
+
+enum { R = 4, T = 3, KC = 1024 };
+
+INL __m256 ld8(int dt, const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (dt == ASW_DTYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+INL float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Y[t*ldy + r] (+)= W[r, 0:k] . X[t, 0:k] for r < nr, t < nt; nr, nt are compile-time constants after inlining */
+INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,
+              const float *X, int64_t ldx) {
+    __m256 acc[R][T];
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 w[R];
+        for (int r = 0; r < nr; r++) w[r] = ld8(dt, W + r * ldw + i);
+        for (int t = 0; t < nt; t++) {
+            __m256 x = _mm256_loadu_ps(X + t * ldx + i);
+            for (int r = 0; r < nr; r++) acc[r][t] = _mm256_fmadd_ps(w[r], x, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float s = hsum8(acc[r][t]);
+            for (int64_t j = i; j < k; j++) s += asw_u16_to_f32(dt, W[r * ldw + j]) * X[t * ldx + j];
+            float *y = Y + t * ldy + r;
+            *y = add ? *y + s : s;
+        }
+}
+
+#define TILE_FN(name, dt, nr, nt)                                                                                  \
+    TGT static void name(int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,              \
+                         const float *X, int64_t ldx) {                                                           \
+        tile(dt, nr, nt, add, Y, ldy, W, ldw, k, X, ldx);                                                        \
+    }
+typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
+
+TILE_FN(h_r4t1, ASW_DTYPE_F16, 4, 1)
+TILE_FN(h_r4t2, ASW_DTYPE_F16, 4, 2)
+TILE_FN(h_r4t3, ASW_DTYPE_F16, 4, 3)
+TILE_FN(h_r1t1, ASW_DTYPE_F16, 1, 1)
+TILE_FN(h_r1t2, ASW_DTYPE_F16, 1, 2)
+TILE_FN(h_r1t3, ASW_DTYPE_F16, 1, 3)
+TILE_FN(b_r4t1, ASW_DTYPE_BF16, 4, 1)
+TILE_FN(b_r4t2, ASW_DTYPE_BF16, 4, 2)
+TILE_FN(b_r4t3, ASW_DTYPE_BF16, 4, 3)
+TILE_FN(b_r1t1, ASW_DTYPE_BF16, 1, 1)
+TILE_FN(b_r1t2, ASW_DTYPE_BF16, 1, 2)
+TILE_FN(b_r1t3, ASW_DTYPE_BF16, 1, 3)
+
+/* [dtype is f16][full R rows][tokens - 1] */
+static const tile_fn tiles[2][2][T] = {
+    {{b_r1t1, b_r1t2, b_r1t3}, {b_r4t1, b_r4t2, b_r4t3}},
+    {{h_r1t1, h_r1t2, h_r1t3}, {h_r4t1, h_r4t2, h_r4t3}},
+};
+
+TGT static void x_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                         const float *X, int64_t ldx, int64_t nt) {
+    int f16 = dtype == ASW_DTYPE_F16;
+    int64_t kc = nt > 1 ? KC : k;
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {
+        int64_t kn = k - k0 < kc ? k - k0 : kc;
+        int add = k0 > 0;
+        for (int64_t r = r0; r < r1;) {
+            int full = r + R <= r1;
+            for (int64_t t = 0; t < nt; t += T) {
+                int64_t tn = nt - t < T ? nt - t : T;
+                tiles[f16][full][tn - 1](add, Y + t * ldy + r, ldy, W + r * k + k0, k, kn, X + t * ldx + k0, ldx);
+            }
+            r += full ? R : 1;
+        }
+    }
+}
+
+TGT static void x_to_f32(int dtype, float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8(ASW_DTYPE_F16, src + i));
+    else
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8(ASW_DTYPE_BF16, src + i));
+    for (; i < n; i++) dst[i] = asw_u16_to_f32(dtype, src[i]);
+}
+
+TGT static void x_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16) {
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+        for (; i < n; i++) dst[i] = asw_f32_to_f16(src[i]);
+    } else {
+        for (; i < n; i++) dst[i] = asw_f32_to_bf16(src[i]);
+    }
+}
+
+TGT static float x_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(ld8(ASW_DTYPE_F16, a + i), _mm256_loadu_ps(x + i), acc);
+    else
+        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(ld8(ASW_DTYPE_BF16, a + i), _mm256_loadu_ps(x + i), acc);
+    float s = hsum8(acc);
+    for (; i < n; i++) s += asw_u16_to_f32(dtype, a[i]) * x[i];
+    return s;
+}
+
+TGT static void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+    __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, ld8(ASW_DTYPE_F16, a + i), _mm256_loadu_ps(y + i)));
+    else
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, ld8(ASW_DTYPE_BF16, a + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
+}
+
+const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_to_f32, x_from_f32, x_dot, x_axpy};
+
+#else
+typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
+#endif /* __x86_64__ */

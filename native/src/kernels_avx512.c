@@ -1,0 +1,158 @@
+/* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
+ *
+ * Same structure as kernels_avx2.c with 16-lane accumulators, a larger register tile (32 zmm registers), and
+ * masked loads for the inner-dimension tail instead of a scalar loop.
+ */
+#include "asw.h"
+#include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define INL TGT static inline __attribute__((always_inline))
+
+enum { R = 4, T = 5, KC = 1024 };
+
+INL __m512 ld16(int dt, const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    if (dt == ASW_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* the first n (< 16) elements, zeros after; reads nothing past p + n */
+INL __m512 ld16_tail(int dt, const uint16_t *p, __mmask16 m) {
+    __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    if (dt == ASW_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Y[t*ldy + r] (+)= W[r, 0:k] . X[t, 0:k] for r < nr, t < nt; nr, nt are compile-time constants after inlining */
+INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,
+              const float *X, int64_t ldx) {
+    __m512 acc[R][T];
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m512 w[R];
+        for (int r = 0; r < nr; r++) w[r] = ld16(dt, W + r * ldw + i);
+        for (int t = 0; t < nt; t++) {
+            __m512 x = _mm512_loadu_ps(X + t * ldx + i);
+            for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
+        }
+    }
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
+        __m512 w[R];
+        for (int r = 0; r < nr; r++) w[r] = ld16_tail(dt, W + r * ldw + i, m);
+        for (int t = 0; t < nt; t++) {
+            __m512 x = _mm512_maskz_loadu_ps(m, X + t * ldx + i);
+            for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float s = _mm512_reduce_add_ps(acc[r][t]);
+            float *y = Y + t * ldy + r;
+            *y = add ? *y + s : s;
+        }
+}
+
+#define TILE_FN(name, dt, nr, nt)                                                                                  \
+    TGT static void name(int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,              \
+                         const float *X, int64_t ldx) {                                                           \
+        tile(dt, nr, nt, add, Y, ldy, W, ldw, k, X, ldx);                                                        \
+    }
+typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
+
+#define TILE_SET(p, dt)                                                                                            \
+    TILE_FN(p##_r4t1, dt, 4, 1)                                                                                    \
+    TILE_FN(p##_r4t2, dt, 4, 2)                                                                                    \
+    TILE_FN(p##_r4t3, dt, 4, 3)                                                                                    \
+    TILE_FN(p##_r4t4, dt, 4, 4)                                                                                    \
+    TILE_FN(p##_r4t5, dt, 4, 5)                                                                                    \
+    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
+    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
+    TILE_FN(p##_r1t3, dt, 1, 3)                                                                                    \
+    TILE_FN(p##_r1t4, dt, 1, 4)                                                                                    \
+    TILE_FN(p##_r1t5, dt, 1, 5)
+TILE_SET(h, ASW_DTYPE_F16)
+TILE_SET(b, ASW_DTYPE_BF16)
+
+/* [dtype is f16][full R rows][tokens - 1] */
+static const tile_fn tiles[2][2][T] = {
+    {{b_r1t1, b_r1t2, b_r1t3, b_r1t4, b_r1t5}, {b_r4t1, b_r4t2, b_r4t3, b_r4t4, b_r4t5}},
+    {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
+};
+
+TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                         const float *X, int64_t ldx, int64_t nt) {
+    int f16 = dtype == ASW_DTYPE_F16;
+    int64_t kc = nt > 1 ? KC : k;
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {
+        int64_t kn = k - k0 < kc ? k - k0 : kc;
+        int add = k0 > 0;
+        for (int64_t r = r0; r < r1;) {
+            int full = r + R <= r1;
+            for (int64_t t = 0; t < nt; t += T) {
+                int64_t tn = nt - t < T ? nt - t : T;
+                tiles[f16][full][tn - 1](add, Y + t * ldy + r, ldy, W + r * k + k0, k, kn, X + t * ldx + k0, ldx);
+            }
+            r += full ? R : 1;
+        }
+    }
+}
+
+TGT static void z_to_f32(int dtype, float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld16(ASW_DTYPE_F16, src + i));
+    else
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld16(ASW_DTYPE_BF16, src + i));
+    for (; i < n; i++) dst[i] = asw_u16_to_f32(dtype, src[i]);
+}
+
+TGT static void z_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16) {
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(dst + i),
+                                _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+        for (; i < n; i++) dst[i] = asw_f32_to_f16(src[i]);
+    } else {
+        for (; i < n; i++) dst[i] = asw_f32_to_bf16(src[i]);
+    }
+}
+
+TGT static float z_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(ld16(ASW_DTYPE_F16, a + i), _mm512_loadu_ps(x + i), acc);
+    else
+        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(ld16(ASW_DTYPE_BF16, a + i), _mm512_loadu_ps(x + i), acc);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        acc = _mm512_fmadd_ps(ld16_tail(dtype, a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+TGT static void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+    __m512 vs = _mm512_set1_ps(s);
+    int64_t i = 0;
+    if (dtype == ASW_DTYPE_F16)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vs, ld16(ASW_DTYPE_F16, a + i), _mm512_loadu_ps(y + i)));
+    else
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vs, ld16(ASW_DTYPE_BF16, a + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
+}
+
+const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_to_f32, z_from_f32, z_dot, z_axpy};
+
+#else
+typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
+#endif /* __x86_64__ */

@@ -1,0 +1,165 @@
+/* threadpool.c — persistent fork-join worker pool (see threadpool.h). */
+#if defined(__linux__)
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
+#endif
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "threadpool.h"
+
+/* how long a worker (or the caller, waiting for the workers) busy-waits before sleeping: ~50-100 us */
+enum { SPIN_ITERS = 20000 };
+
+typedef struct worker {
+    struct asw_pool *pool;
+    int ith;
+    pthread_t thread;
+} worker;
+
+struct asw_pool {
+    int n;                /* threads in all, the caller included */
+    worker *workers;      /* [n - 1] */
+    pthread_mutex_t mu;   /* guards the sleeping side of gen / pending */
+    pthread_cond_t wake;  /* gen changed */
+    pthread_cond_t done;  /* pending reached 0 */
+    atomic_uint gen;      /* job generation; bumped once per asw_pool_run */
+    atomic_int pending;   /* workers still running the current job */
+    atomic_int stop;      /* 1: workers exit */
+    asw_task_fn fn;       /* current job, published by the release store to gen */
+    void *arg;
+};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *worker_main(void *v) {
+    worker *w = v;
+    asw_pool *p = w->pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        for (int spin = 0; g == seen && spin < SPIN_ITERS; spin++) {
+            cpu_relax();
+            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        seen = g;
+        if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
+        p->fn(p->arg, w->ith, p->n);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    return NULL;
+}
+
+static int online_cores(void) {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+asw_pool *asw_pool_new(int n_threads) {
+    if (n_threads <= 0) n_threads = online_cores();
+    if (n_threads > 1024) {
+        asw_set_error("n_threads %d is more than 1024", n_threads);
+        return NULL;
+    }
+    asw_pool *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        asw_set_error("out of memory (thread pool)");
+        return NULL;
+    }
+    p->n = n_threads;
+    atomic_init(&p->gen, 0u);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->stop, 0);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    if (n_threads > 1) {
+        p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
+        if (p->workers == NULL) {
+            asw_set_error("out of memory (thread pool)");
+            p->n = 1;
+            asw_pool_free(p);
+            return NULL;
+        }
+        for (int i = 1; i < n_threads; i++) {
+            worker *w = &p->workers[i - 1];
+            w->pool = p;
+            w->ith = i;
+            if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+                asw_set_error("pthread_create failed for worker %d of %d", i, n_threads);
+                p->n = i; /* only workers 1..i-1 exist: stop and join those */
+                asw_pool_free(p);
+                return NULL;
+            }
+        }
+    }
+    return p;
+}
+
+void asw_pool_free(asw_pool *p) {
+    if (p == NULL) return;
+    if (p->n > 1) {
+        atomic_store_explicit(&p->stop, 1, memory_order_release);
+        pthread_mutex_lock(&p->mu);
+        atomic_fetch_add_explicit(&p->gen, 1u, memory_order_release);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 1; i < p->n; i++) pthread_join(p->workers[i - 1].thread, NULL);
+    }
+    free(p->workers);
+    pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int asw_pool_size(const asw_pool *p) { return p->n; }
+
+void asw_pool_run(asw_pool *p, asw_task_fn fn, void *arg) {
+    if (p->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1u, memory_order_release);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+
+    fn(arg, 0, p->n);
+
+    for (int spin = 0; spin < SPIN_ITERS; spin++) {
+        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->mu);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}

@@ -1,0 +1,478 @@
+"""The .asw file format: the ONLY module that knows its byte layout (constants, naming, reader, validation).
+
+docs/FORMAT.md is the prose twin of this module; change both together. The converter's writer packs the preamble
+and manifest with the helpers here, and every consumer of a file (runtime, inspect, tests) opens it through
+`AswFile.open`, which checks every count, offset and size before anything else touches the bytes.
+
+Layout (all little-endian):
+    [0, 64)                          preamble (PREAMBLE_STRUCT)
+    [64, 64 + manifest_nbytes)       msgpack manifest
+    zero padding up to data_offset   (data_offset is a multiple of data_alignment)
+    [data_offset, data_offset + data_nbytes)   tensors, each at a multiple of TENSOR_ALIGNMENT from data_offset
+    end of file == data_offset + data_nbytes
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import msgpack
+import numpy as np
+import xxhash
+
+# --------------------------------------------------------------------------------------------------- constants
+MAGIC = b"\x89ASW\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CRLF and ^Z catch text-mode mangling
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+# magic, major, minor, flags, manifest_offset, manifest_nbytes, manifest_xxh3_64, data_offset, data_nbytes,
+# data_alignment, reserved
+PREAMBLE_STRUCT = struct.Struct("<8sHHIQQQQQII")
+PREAMBLE_NBYTES = 64
+assert PREAMBLE_STRUCT.size == PREAMBLE_NBYTES
+
+TENSOR_ALIGNMENT = 512
+DEFAULT_DATA_ALIGNMENT = 2 * 1024 * 1024
+MIN_DATA_ALIGNMENT = TENSOR_ALIGNMENT
+MAX_MANIFEST_NBYTES = 256 * 1024 * 1024
+HASH_HEX_LEN = 16  # xxh3_64 as 16 lowercase hex digits: fixed length, so the manifest size is known in advance
+
+DTYPES: dict[str, int] = {"fp16": 2, "bf16": 2}  # file dtype -> bytes per element
+LAYOUTS = ("nd", "nz")
+NZ_BLOCK = 16  # FRACTAL_NZ fp16/bf16 fractal: 16 x 16
+ARCHS = ("qwen2", "llama")
+ROPE_SCALING_TYPES = ("llama3",)
+
+MANIFEST_KEYS = (
+    "arch", "config", "dtype", "layout", "tensor_alignment", "tokenizer", "chat_template",
+    "generation_config", "special_tokens", "source", "tensors",
+)
+CONFIG_INT_KEYS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "vocab_size", "max_position_embeddings",
+)
+CONFIG_FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
+CONFIG_BOOL_KEYS = ("tie_word_embeddings", "attention_bias")
+TENSOR_KEYS = ("name", "dtype", "shape", "layout", "offset", "nbytes", "xxh3_64")
+# 2-D weights that --layout nz stores as FRACTAL_NZ (token_embd stays ND: it is gathered by rows)
+NZ_TENSOR_SUFFIXES = ("attn_qkv.weight", "attn_output.weight", "ffn_gate_up.weight", "ffn_down.weight")
+NZ_TENSOR_NAMES = ("output.weight",)
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+class FormatError(Exception):
+    """A .asw file is malformed. Every subclass is one distinct, named problem; the message says where."""
+
+
+class BadMagic(FormatError): ...
+class UnsupportedVersion(FormatError): ...
+class TruncatedFile(FormatError): ...
+class BadPreamble(FormatError): ...
+class ManifestOutOfBounds(FormatError): ...
+class ManifestChecksumMismatch(FormatError): ...
+class ManifestNotMsgpack(FormatError): ...
+class ManifestInvalid(FormatError): ...
+class TensorOutOfBounds(FormatError): ...
+class TensorMisaligned(FormatError): ...
+class TensorOverlap(FormatError): ...
+class TensorGap(FormatError): ...
+class TensorSizeMismatch(FormatError): ...
+class TensorMissing(FormatError): ...
+class TensorUnexpected(FormatError): ...
+class TrailingBytes(FormatError): ...
+class HashMismatch(FormatError): ...
+
+
+# ------------------------------------------------------------------------------------------------- pure helpers
+def align_up(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def hash_hex(digest: int) -> str:
+    return f"{digest:0{HASH_HEX_LEN}x}"
+
+
+def xxh3_hex(data: bytes | memoryview | np.ndarray) -> str:
+    return hash_hex(xxhash.xxh3_64_intdigest(data))
+
+
+def nz_storage_shape(shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """FRACTAL_NZ storage of a logical [out, in] matrix: [ceil(in/16), ceil(out/16), 16, 16]."""
+    out_dim, in_dim = shape
+    return (-(-in_dim // NZ_BLOCK), -(-out_dim // NZ_BLOCK), NZ_BLOCK, NZ_BLOCK)
+
+
+def tensor_nbytes(shape: tuple[int, ...] | list[int], dtype: str, layout: str) -> int:
+    """Bytes a tensor of this logical shape occupies: ND = product x itemsize; NZ pads both dims to 16."""
+    itemsize = DTYPES[dtype]
+    dims = nz_storage_shape((shape[0], shape[1])) if layout == "nz" else tuple(shape)
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count * itemsize
+
+
+def tensor_layout(name: str, file_layout: str) -> str:
+    """Layout of one tensor in a file whose manifest says `file_layout`."""
+    if file_layout == "nz" and (name in NZ_TENSOR_NAMES or name.endswith(NZ_TENSOR_SUFFIXES)):
+        return "nz"
+    return "nd"
+
+
+def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Canonical tensor names and logical shapes, in data-region (execution) order."""
+    hidden = int(config["hidden_size"])
+    head_dim = int(config["head_dim"])
+    qkv_rows = (int(config["num_attention_heads"]) + 2 * int(config["num_key_value_heads"])) * head_dim
+    q_width = int(config["num_attention_heads"]) * head_dim
+    ffn = int(config["intermediate_size"])
+    vocab = int(config["vocab_size"])
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab, hidden)}
+    for layer in range(int(config["num_hidden_layers"])):
+        prefix = f"blk.{layer}."
+        shapes[prefix + "attn_norm.weight"] = (hidden,)
+        shapes[prefix + "attn_qkv.weight"] = (qkv_rows, hidden)
+        if config["attention_bias"]:
+            shapes[prefix + "attn_qkv.bias"] = (qkv_rows,)
+        shapes[prefix + "attn_output.weight"] = (hidden, q_width)
+        shapes[prefix + "ffn_norm.weight"] = (hidden,)
+        shapes[prefix + "ffn_gate_up.weight"] = (2 * ffn, hidden)
+        shapes[prefix + "ffn_down.weight"] = (hidden, ffn)
+    shapes["output_norm.weight"] = (hidden,)
+    if not config["tie_word_embeddings"]:
+        shapes["output.weight"] = (vocab, hidden)
+    return shapes
+
+
+def plan_offsets(sizes: list[int]) -> tuple[list[int], int]:
+    """Offsets (relative to the data region) of tensors of these sizes, each TENSOR_ALIGNMENT-aligned, and the
+    region length (ends exactly at the end of the last tensor)."""
+    offsets: list[int] = []
+    cursor = 0
+    for size in sizes:
+        cursor = align_up(cursor, TENSOR_ALIGNMENT)
+        offsets.append(cursor)
+        cursor += size
+    return offsets, cursor
+
+
+# ---------------------------------------------------------------------------------------------------- preamble
+@dataclass(frozen=True)
+class Preamble:
+    version_major: int
+    version_minor: int
+    flags: int
+    manifest_offset: int
+    manifest_nbytes: int
+    manifest_xxh3_64: int
+    data_offset: int
+    data_nbytes: int
+    data_alignment: int
+
+    def pack(self) -> bytes:
+        return PREAMBLE_STRUCT.pack(
+            MAGIC, self.version_major, self.version_minor, self.flags, self.manifest_offset,
+            self.manifest_nbytes, self.manifest_xxh3_64, self.data_offset, self.data_nbytes, self.data_alignment, 0,
+        )
+
+
+def pack_manifest(manifest: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(manifest, use_bin_type=True)
+
+
+def layout_file(manifest_nbytes: int, data_alignment: int) -> int:
+    """Data-region offset for a manifest of this size."""
+    return align_up(PREAMBLE_NBYTES + manifest_nbytes, data_alignment)
+
+
+def check_data_alignment(data_alignment: int) -> None:
+    if data_alignment < MIN_DATA_ALIGNMENT or data_alignment & (data_alignment - 1):
+        raise ValueError(f"data alignment must be a power of two >= {MIN_DATA_ALIGNMENT}, got {data_alignment}")
+
+
+# ------------------------------------------------------------------------------------------------------ reader
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    layout: str
+    offset: int  # from the start of the data region
+    nbytes: int
+    xxh3_64: str
+
+
+class AswFile:
+    """A validated, read-only mapping of a .asw file. Use `AswFile.open(path)`; close() or `with` releases it."""
+
+    def __init__(self, path: Path, mapping: mmap.mmap, preamble: Preamble, manifest: dict[str, Any],
+                 tensors: list[TensorEntry]) -> None:
+        self.path = path
+        self._mmap = mapping
+        self.preamble = preamble
+        self.manifest = manifest
+        self.tensors = tensors
+        self.by_name = {t.name: t for t in tensors}
+
+    # --- construction
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "AswFile":
+        path = Path(path)
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < PREAMBLE_NBYTES:
+                    raise TruncatedFile(f"{path}: file is {size} bytes, shorter than the {PREAMBLE_NBYTES}-byte preamble")
+                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        try:
+            preamble = _parse_preamble(path, mapping[:PREAMBLE_NBYTES], size)
+            manifest = _parse_manifest(path, mapping, preamble)
+            tensors = _validate_tensors(path, manifest, preamble)
+        except BaseException:
+            mapping.close()
+            raise
+        return cls(path, mapping, preamble, manifest, tensors)
+
+    def close(self) -> None:
+        """Unmap now, or, while numpy views of the mapping are still alive, when the last of them goes."""
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass
+
+    def __enter__(self) -> "AswFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- access
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["dtype"]
+
+    @property
+    def layout(self) -> str:
+        return self.manifest["layout"]
+
+    def data_region(self) -> np.ndarray:
+        """The whole data region as a read-only uint8 array (a view of the mapping, no copy)."""
+        return np.frombuffer(self._mmap, dtype=np.uint8, count=self.preamble.data_nbytes,
+                             offset=self.preamble.data_offset)
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        entry = self.by_name[name]
+        return np.frombuffer(self._mmap, dtype=np.uint8, count=entry.nbytes,
+                             offset=self.preamble.data_offset + entry.offset)
+
+    def tensor_u16(self, name: str) -> np.ndarray:
+        """Stored u16 elements: logical shape for ND, NZ storage shape for NZ (see nz_storage_shape)."""
+        entry = self.by_name[name]
+        shape = nz_storage_shape((entry.shape[0], entry.shape[1])) if entry.layout == "nz" else entry.shape
+        return self.tensor_bytes(name).view("<u2").reshape(shape)
+
+    def verify(self, progress: Callable[[TensorEntry], None] | None = None) -> None:
+        """Recompute every tensor hash; raises HashMismatch naming the first bad tensor."""
+        for entry in self.tensors:
+            actual = xxh3_hex(self.tensor_bytes(entry.name))
+            if actual != entry.xxh3_64:
+                raise HashMismatch(
+                    f"{self.path}: tensor {entry.name!r} at byte {self.preamble.data_offset + entry.offset}: "
+                    f"xxh3_64 is {actual}, manifest says {entry.xxh3_64}"
+                )
+            if progress is not None:
+                progress(entry)
+
+    def iter_tensors(self) -> Iterator[TensorEntry]:
+        return iter(self.tensors)
+
+
+def _parse_preamble(path: Path, raw: bytes, file_size: int) -> Preamble:
+    (magic, major, minor, flags, manifest_offset, manifest_nbytes, manifest_hash, data_offset, data_nbytes,
+     data_alignment, reserved) = PREAMBLE_STRUCT.unpack(raw)
+    if magic != MAGIC:
+        raise BadMagic(f"{path}: not a .asw file (bytes 0-7 are {magic!r}, expected {MAGIC!r})")
+    if major > VERSION_MAJOR:
+        raise UnsupportedVersion(
+            f"{path}: format version {major}.{minor} is newer than this reader ({VERSION_MAJOR}.{VERSION_MINOR}); "
+            "upgrade ascend-super"
+        )
+    if major < 1:
+        raise UnsupportedVersion(f"{path}: format version {major}.{minor} is not a released version")
+    if reserved != 0:
+        raise BadPreamble(f"{path}: reserved preamble bytes 60-63 are not zero")
+    if data_alignment < MIN_DATA_ALIGNMENT or data_alignment & (data_alignment - 1):
+        raise BadPreamble(f"{path}: data alignment {data_alignment} (byte 56) is not a power of two >= {MIN_DATA_ALIGNMENT}")
+    if manifest_offset != PREAMBLE_NBYTES:
+        raise ManifestOutOfBounds(f"{path}: manifest offset {manifest_offset} (byte 16) must be {PREAMBLE_NBYTES}")
+    if manifest_nbytes == 0 or manifest_nbytes > MAX_MANIFEST_NBYTES:
+        raise ManifestOutOfBounds(
+            f"{path}: manifest length {manifest_nbytes} (byte 24) is outside 1..{MAX_MANIFEST_NBYTES}"
+        )
+    if manifest_offset + manifest_nbytes > file_size:
+        raise ManifestOutOfBounds(
+            f"{path}: manifest [{manifest_offset}, {manifest_offset + manifest_nbytes}) extends beyond the end of "
+            f"the file ({file_size} bytes)"
+        )
+    if data_offset % data_alignment or data_offset < manifest_offset + manifest_nbytes:
+        raise BadPreamble(
+            f"{path}: data offset {data_offset} (byte 40) is not a multiple of {data_alignment} after the manifest end "
+            f"{manifest_offset + manifest_nbytes}"
+        )
+    if data_offset + data_nbytes > file_size:
+        raise TruncatedFile(
+            f"{path}: data region [{data_offset}, {data_offset + data_nbytes}) extends beyond the end of the file "
+            f"({file_size} bytes): the file is truncated"
+        )
+    if data_offset + data_nbytes < file_size:
+        raise TrailingBytes(
+            f"{path}: {file_size - data_offset - data_nbytes} bytes after the data region end at byte "
+            f"{data_offset + data_nbytes}"
+        )
+    return Preamble(major, minor, flags, manifest_offset, manifest_nbytes, manifest_hash, data_offset, data_nbytes,
+                    data_alignment)
+
+
+def _parse_manifest(path: Path, mapping: mmap.mmap, preamble: Preamble) -> dict[str, Any]:
+    raw = mapping[preamble.manifest_offset:preamble.manifest_offset + preamble.manifest_nbytes]
+    if xxhash.xxh3_64_intdigest(raw) != preamble.manifest_xxh3_64:
+        raise ManifestChecksumMismatch(
+            f"{path}: manifest bytes [{preamble.manifest_offset}, {preamble.manifest_offset + preamble.manifest_nbytes}) "
+            "do not match the checksum in the preamble (byte 32): the file is corrupt"
+        )
+    try:
+        manifest = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ManifestNotMsgpack(f"{path}: manifest at byte {preamble.manifest_offset} is not valid msgpack: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ManifestInvalid(f"{path}: manifest is a {type(manifest).__name__}, not a map")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ManifestInvalid(f"{path}: manifest is missing key(s): {', '.join(missing)}")
+    _check_manifest_values(path, manifest)
+    return manifest
+
+
+def _require(condition: bool, path: Path, what: str) -> None:
+    if not condition:
+        raise ManifestInvalid(f"{path}: manifest {what}")
+
+
+def _check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
+    _require(manifest["arch"] in ARCHS, path, f"arch {manifest['arch']!r} is not one of {', '.join(ARCHS)}")
+    _require(manifest["dtype"] in DTYPES, path, f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
+    _require(manifest["layout"] in LAYOUTS, path, f"layout {manifest['layout']!r} is not one of {', '.join(LAYOUTS)}")
+    _require(manifest["tensor_alignment"] == TENSOR_ALIGNMENT, path,
+             f"tensor_alignment {manifest['tensor_alignment']!r} is not {TENSOR_ALIGNMENT}")
+    _require(isinstance(manifest["tokenizer"], str) and manifest["tokenizer"] != "", path,
+             "tokenizer is not a non-empty tokenizer.json string")
+    _require(manifest["chat_template"] is None or isinstance(manifest["chat_template"], str), path,
+             "chat_template is neither null nor a string")
+    for key in ("generation_config", "special_tokens", "source"):
+        _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
+    config = manifest["config"]
+    _require(isinstance(config, dict), path, "config is not a map")
+    for key in CONFIG_INT_KEYS:
+        value = config.get(key)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, path,
+                 f"config.{key} is {value!r}, not a positive integer")
+    for key in CONFIG_FLOAT_KEYS:
+        value = config.get(key)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, path,
+                 f"config.{key} is {value!r}, not a positive number")
+    for key in CONFIG_BOOL_KEYS:
+        _require(isinstance(config.get(key), bool), path, f"config.{key} is {config.get(key)!r}, not a boolean")
+    _require(config["num_attention_heads"] % config["num_key_value_heads"] == 0, path,
+             "config.num_attention_heads is not a multiple of config.num_key_value_heads")
+    _require(config["head_dim"] % 2 == 0, path, "config.head_dim is odd (rotate-half RoPE needs it even)")
+    scaling = config.get("rope_scaling")
+    if scaling is not None:
+        _require(isinstance(scaling, dict) and scaling.get("rope_type") in ROPE_SCALING_TYPES, path,
+                 f"config.rope_scaling {scaling!r} is not null or one of: {', '.join(ROPE_SCALING_TYPES)}")
+        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            _require(isinstance(scaling.get(key), (int, float)), path, f"config.rope_scaling.{key} is missing")
+    eos = config.get("eos_token_id")
+    _require(isinstance(eos, list) and all(isinstance(i, int) for i in eos), path,
+             f"config.eos_token_id is {eos!r}, not a list of token ids")
+    _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
+
+
+def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) -> list[TensorEntry]:
+    base = preamble.data_offset
+    entries: list[TensorEntry] = []
+    for index, raw in enumerate(manifest["tensors"]):
+        if not isinstance(raw, dict) or any(key not in raw for key in TENSOR_KEYS):
+            raise ManifestInvalid(f"{path}: tensors[{index}] lacks one of the keys {', '.join(TENSOR_KEYS)}")
+        name = raw["name"]
+        shape = raw["shape"]
+        where = f"{path}: tensor {name!r} (tensors[{index}])"
+        if (not isinstance(name, str) or not isinstance(shape, list)
+                or not all(isinstance(d, int) and d > 0 for d in shape)
+                or not isinstance(raw["offset"], int) or not isinstance(raw["nbytes"], int)
+                or raw["offset"] < 0 or raw["nbytes"] < 0
+                or not isinstance(raw["xxh3_64"], str) or len(raw["xxh3_64"]) != HASH_HEX_LEN):
+            raise ManifestInvalid(f"{where}: malformed entry {raw!r}")
+        if raw["dtype"] != manifest["dtype"]:
+            raise ManifestInvalid(f"{where}: dtype {raw['dtype']!r} differs from the file dtype {manifest['dtype']!r}")
+        if raw["layout"] != tensor_layout(name, manifest["layout"]):
+            raise ManifestInvalid(f"{where}: layout {raw['layout']!r}, expected "
+                                  f"{tensor_layout(name, manifest['layout'])!r} in a {manifest['layout']} file")
+        entry = TensorEntry(name, raw["dtype"], tuple(shape), raw["layout"], raw["offset"], raw["nbytes"],
+                            raw["xxh3_64"])
+        if entry.offset + entry.nbytes > preamble.data_nbytes:
+            raise TensorOutOfBounds(
+                f"{where}: bytes [{base + entry.offset}, {base + entry.offset + entry.nbytes}) lie outside the data "
+                f"region [{base}, {base + preamble.data_nbytes})"
+            )
+        if entry.offset % TENSOR_ALIGNMENT:
+            raise TensorMisaligned(f"{where}: offset {base + entry.offset} is not {TENSOR_ALIGNMENT}-byte aligned")
+        if len(shape) not in (1, 2) or (entry.layout == "nz" and len(shape) != 2):
+            raise ManifestInvalid(f"{where}: shape {shape} has an unsupported rank for layout {entry.layout}")
+        expected_nbytes = tensor_nbytes(entry.shape, entry.dtype, entry.layout)
+        if entry.nbytes != expected_nbytes:
+            raise TensorSizeMismatch(
+                f"{where}: nbytes {entry.nbytes} != {expected_nbytes} for shape {list(shape)} {entry.dtype} "
+                f"{entry.layout}"
+            )
+        entries.append(entry)
+
+    cursor = 0
+    for entry in sorted(entries, key=lambda e: e.offset):
+        if entry.offset < cursor:
+            raise TensorOverlap(f"{path}: tensor {entry.name!r} at byte {base + entry.offset} overlaps the tensor "
+                                f"before it, which ends at byte {base + cursor}")
+        if entry.offset >= align_up(cursor, TENSOR_ALIGNMENT) + TENSOR_ALIGNMENT:
+            raise TensorGap(f"{path}: {entry.offset - cursor} unused bytes before tensor {entry.name!r} at byte "
+                            f"{base + entry.offset} (the data region must have no holes beyond alignment padding)")
+        cursor = entry.offset + entry.nbytes
+    if cursor != preamble.data_nbytes:
+        raise TensorGap(f"{path}: the last tensor ends at byte {base + cursor} but the data region ends at byte "
+                        f"{base + preamble.data_nbytes}")
+
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ManifestInvalid(f"{path}: tensor {duplicate!r} appears more than once")
+    expected = expected_tensors(manifest["config"])
+    for name, shape in expected.items():
+        found = next((e for e in entries if e.name == name), None)
+        if found is None:
+            raise TensorMissing(f"{path}: required tensor {name!r} is missing")
+        if found.shape != shape:
+            raise TensorSizeMismatch(f"{path}: tensor {name!r} has shape {list(found.shape)}, the config implies "
+                                     f"{list(shape)}")
+    unexpected = [name for name in names if name not in expected]
+    if unexpected:
+        raise TensorUnexpected(f"{path}: tensor {unexpected[0]!r} is not part of a {manifest['arch']} model with "
+                               "this config")
+    return entries

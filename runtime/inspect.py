@@ -1,0 +1,112 @@
+"""`ascend-inspect MODEL.asw [--json] [--verify]`: print what a .asw file holds and check its tensor hashes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from . import format as fmt
+from .cliutil import fail
+from .cliutil import stderr as err_console
+
+app = typer.Typer(add_completion=False, help=__doc__)
+console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and files get whole tensor names
+
+
+def describe(asw: fmt.AswFile) -> dict[str, Any]:
+    """A JSON-ready summary of the file (everything but the tokenizer and chat template texts)."""
+    manifest = asw.manifest
+    return {
+        "path": str(asw.path),
+        "format_version": f"{asw.preamble.version_major}.{asw.preamble.version_minor}",
+        "arch": manifest["arch"],
+        "dtype": manifest["dtype"],
+        "layout": manifest["layout"],
+        "config": manifest["config"],
+        "parameters": sum(int(_product(t.shape)) for t in asw.tensors),
+        "file_nbytes": asw.preamble.data_offset + asw.preamble.data_nbytes,
+        "data_offset": asw.preamble.data_offset,
+        "data_nbytes": asw.preamble.data_nbytes,
+        "data_alignment": asw.preamble.data_alignment,
+        "manifest_nbytes": asw.preamble.manifest_nbytes,
+        "tokenizer_nbytes": len(manifest["tokenizer"].encode()),
+        "chat_template": manifest["chat_template"] is not None,
+        "special_tokens": manifest["special_tokens"],
+        "generation_config": manifest["generation_config"],
+        "source": manifest["source"],
+        "tensors": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "layout": t.layout,
+             "offset": asw.preamble.data_offset + t.offset, "nbytes": t.nbytes, "xxh3_64": t.xxh3_64}
+            for t in asw.tensors
+        ],
+    }
+
+
+def _product(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _print_human(info: dict[str, Any]) -> None:
+    head = Table(show_header=False, box=None, title=info["path"], title_justify="left")
+    for key in ("format_version", "arch", "dtype", "layout"):
+        head.add_row(f"[bold]{key}[/bold]", str(info[key]))
+    head.add_row("[bold]parameters[/bold]", f"{info['parameters']:,}")
+    head.add_row("[bold]file[/bold]", f"{info['file_nbytes']:,} bytes (data {info['data_nbytes']:,} at "
+                                      f"{info['data_offset']:,}, aligned {info['data_alignment']:,})")
+    for key, value in info["config"].items():
+        head.add_row(f"  {key}", json.dumps(value))
+    source = info["source"]
+    head.add_row("[bold]source[/bold]", f"{source.get('kind')} {source.get('id')} @ {source.get('revision')}")
+    head.add_row("[bold]converter[/bold]", str(source.get("converter")))
+    head.add_row("[bold]chat template[/bold]", "yes" if info["chat_template"] else "no")
+    console.print(head)
+    table = Table()
+    for column in ("name", "shape", "layout", "offset", "bytes", "xxh3_64"):
+        table.add_column(column, no_wrap=True)
+    for t in info["tensors"]:
+        table.add_row(t["name"], "x".join(map(str, t["shape"])), t["layout"], f"{t['offset']:,}", f"{t['nbytes']:,}",
+                      t["xxh3_64"])
+    console.print(table)
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="The .asw file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    verify: bool = typer.Option(False, "--verify", help="Recompute every tensor hash; exit 1 on the first mismatch."),
+) -> None:
+    """Show a .asw file's architecture, hyper-parameters and tensors; optionally verify every tensor hash."""
+    try:
+        asw = fmt.AswFile.open(model)
+    except fmt.FormatError as exc:
+        fail(str(exc))
+    with asw:
+        info = describe(asw)
+        if as_json:
+            typer.echo(json.dumps(info, indent=1))
+        else:
+            _print_human(info)
+        if verify:
+            progress = Progress(TextColumn("[bold]verifying"), BarColumn(), DownloadColumn(), console=err_console,
+                                transient=True)
+            task = progress.add_task("verify", total=asw.preamble.data_nbytes)
+            try:
+                with progress:
+                    asw.verify(lambda entry: progress.advance(task, entry.nbytes))
+            except fmt.HashMismatch as exc:
+                fail(str(exc), 1, "verify failed")
+            err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,350 @@
+"""ctypes binding of the native library (native/include/asw.h) — the only module that touches it.
+
+The library is found through the environment variable ASW_NATIVE_LIB (a path), else as ``_asw<ext suffix>``
+next to this file (built by ``python setup.py build_ext --inplace`` or ``pip install .``). It has no Python
+module init; it is a plain C library loaded with ctypes.
+
+    with NativeModel(data, config, "fp16", "nd", tensors) as model, model.session(max_len=2048) as s:
+        logits, token = s.prefill(prompt_ids)          # logits of the last position [vocab], its argmax
+        _, token = s.decode(token, logits="none")      # argmax only: no vocab-sized copy
+
+Every error of the library is raised as NativeError with the library's own message (asw_last_error()).
+No math happens here: each call is one ctypes call into the library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import math
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+ABI_VERSION = 1
+_DTYPES = {"fp16": 1, "bf16": 2}
+_LAYOUTS = {"nd": 0, "nz": 1}
+_ROPE = {None: 0, "default": 0, "llama3": 1}
+_LOGITS = {"none": 0, "last": 1, "all": 2}
+_INT32_MAX = 2**31 - 1
+
+
+class NativeError(RuntimeError):
+    """The native library refused a call (message from asw_last_error()) or could not be loaded."""
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("layout", ctypes.c_int32),
+        ("n_layers", ctypes.c_int32),
+        ("hidden", ctypes.c_int32),
+        ("n_heads", ctypes.c_int32),
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("ffn", ctypes.c_int32),
+        ("vocab", ctypes.c_int32),
+        ("attn_bias", ctypes.c_int32),
+        ("tie_embeddings", ctypes.c_int32),
+        ("rms_eps", ctypes.c_float),
+        ("rope_theta", ctypes.c_float),
+        ("rope_scaling", ctypes.c_int32),
+        ("rope_factor", ctypes.c_float),
+        ("rope_low_freq_factor", ctypes.c_float),
+        ("rope_high_freq_factor", ctypes.c_float),
+        ("rope_original_max_pos", ctypes.c_int32),
+    ]
+
+
+class _TensorRef(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("offset", ctypes.c_uint64), ("nbytes", ctypes.c_uint64)]
+
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def library_path() -> Path:
+    """Path of the library this process loads (ASW_NATIVE_LIB, else _asw*.so next to this file)."""
+    env = os.environ.get("ASW_NATIVE_LIB")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_asw{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise NativeError(
+        f"native library _asw*.so not found in {here}; build it with `make native` "
+        "(python setup.py build_ext --inplace) or set ASW_NATIVE_LIB"
+    )
+
+
+def _load() -> ctypes.CDLL:
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        path = library_path()
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise NativeError(f"cannot load native library {path}: {exc}") from exc
+        c_model, c_session = ctypes.c_void_p, ctypes.c_void_p
+        i32p, f32p = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_float)
+        signatures = {
+            "asw_last_error": (ctypes.c_char_p, []),
+            "asw_cpu_features": (ctypes.c_int32, []),
+            "asw_kernel_name": (ctypes.c_char_p, []),
+            "asw_model_open": (c_model, [ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(_Config),
+                                         ctypes.POINTER(_TensorRef), ctypes.c_int32, ctypes.c_char_p]),
+            "asw_model_free": (None, [c_model]),
+            "asw_session_new": (c_session, [c_model, ctypes.c_int32, ctypes.c_int32]),
+            "asw_session_free": (None, [c_session]),
+            "asw_session_reset": (None, [c_session]),
+            "asw_session_pos": (ctypes.c_int32, [c_session]),
+            "asw_prefill": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
+            "asw_decode": (ctypes.c_int32, [c_session, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
+        }
+        for name, (restype, argtypes) in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        _lib = lib
+        return lib
+
+
+def _error(what: str) -> NativeError:
+    msg = (_load().asw_last_error() or b"").decode("utf-8", "replace")
+    return NativeError(f"{what}: {msg}" if msg else what)
+
+
+def kernel_name() -> str:
+    """The SIMD kernel set a model opened now would use ("avx512", "avx2", "neon", "portable")."""
+    name = _load().asw_kernel_name().decode()
+    if not name:
+        raise _error("kernel selection")
+    return name
+
+
+def cpu_features() -> int:
+    """Bit mask of kernel sets usable here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON."""
+    return int(_load().asw_cpu_features())
+
+
+def _int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None or isinstance(value, bool) or int(value) != value or not -(2**31) <= int(value) <= _INT32_MAX:
+        raise NativeError(f"config: {key} = {value!r} is not a 32-bit integer")
+    return int(value)
+
+
+def _float(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    value = config.get(key, default)
+    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
+        raise NativeError(f"config: {key} = {value!r} is not a finite number")
+    return float(value)
+
+
+def make_config(config: Mapping[str, Any], dtype: str, layout: str) -> _Config:
+    """asw_config from a manifest "config" map (HuggingFace key names)."""
+    if dtype not in _DTYPES:
+        raise NativeError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    if layout not in _LAYOUTS:
+        raise NativeError(f"layout {layout!r} is not one of {sorted(_LAYOUTS)}")
+    heads = _int(config, "num_attention_heads")
+    head_dim = config.get("head_dim") or _int(config, "hidden_size") // max(heads, 1)
+    c = _Config()
+    c.abi_version = ABI_VERSION
+    c.dtype = _DTYPES[dtype]
+    c.layout = _LAYOUTS[layout]
+    c.n_layers = _int(config, "num_hidden_layers")
+    c.hidden = _int(config, "hidden_size")
+    c.n_heads = heads
+    c.n_kv_heads = _int(config, "num_key_value_heads", heads)
+    c.head_dim = _int({"head_dim": head_dim}, "head_dim")
+    c.ffn = _int(config, "intermediate_size")
+    c.vocab = _int(config, "vocab_size")
+    c.attn_bias = int(bool(config.get("attention_bias", False)))
+    c.tie_embeddings = int(bool(config.get("tie_word_embeddings", False)))
+    c.rms_eps = _float(config, "rms_norm_eps", 1e-6)
+    c.rope_theta = _float(config, "rope_theta", 10000.0)
+    scaling = config.get("rope_scaling")
+    rope_type = None
+    if scaling is not None:
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type not in _ROPE:
+        raise NativeError(f"config: rope_scaling type {rope_type!r} is not supported (none or llama3)")
+    c.rope_scaling = _ROPE[rope_type]
+    if c.rope_scaling == 1:
+        c.rope_factor = _float(scaling, "factor")
+        c.rope_low_freq_factor = _float(scaling, "low_freq_factor")
+        c.rope_high_freq_factor = _float(scaling, "high_freq_factor")
+        c.rope_original_max_pos = _int(scaling, "original_max_position_embeddings")
+    return c
+
+
+class NativeModel:
+    """Weights of one .asw data region, opened by the native library and used in place (never copied)."""
+
+    def __init__(self, data: np.ndarray, config: Mapping[str, Any], dtype: str, layout: str,
+                 tensors: Sequence[tuple[str, int, int]], backend: str = "cpu") -> None:
+        self._handle: int | None = None
+        lib = _load()
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
+            raise NativeError("data must be a 1-D uint8 numpy array over the data region")
+        if not data.flags["C_CONTIGUOUS"]:
+            raise NativeError("data must be contiguous")
+        self._data = data  # the mapping must outlive the model: the library reads the weights in place
+        self.config = dict(config)
+        self.dtype = dtype
+        self.layout = layout
+        cfg = make_config(config, dtype, layout)
+        refs = (_TensorRef * len(tensors))()
+        names = []
+        for i, (name, offset, nbytes) in enumerate(tensors):
+            if not (0 <= int(offset) < 2**64 and 0 <= int(nbytes) < 2**64):
+                raise NativeError(f"tensor {name!r}: offset {offset} / nbytes {nbytes} out of range")
+            encoded = name.encode("utf-8")
+            names.append(encoded)
+            refs[i].name = encoded
+            refs[i].offset = int(offset)
+            refs[i].nbytes = int(nbytes)
+        self._cfg = cfg
+        handle = lib.asw_model_open(ctypes.c_void_p(data.ctypes.data if data.size else None), data.size,
+                                    ctypes.byref(cfg), refs, len(tensors), backend.encode())
+        if not handle:
+            raise _error("cannot open model")
+        self._handle = handle
+        self._sessions: weakref.WeakSet[NativeSession] = weakref.WeakSet()
+
+    @property
+    def vocab(self) -> int:
+        return int(self._cfg.vocab)
+
+    def session(self, max_len: int, threads: int | None = None) -> "NativeSession":
+        """A KV cache of `max_len` positions and a thread pool (threads None or <= 0: all cores)."""
+        if self._handle is None:
+            raise NativeError("model is closed")
+        return NativeSession(self, max_len, threads)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            for s in list(self._sessions):
+                s.close()
+            _load().asw_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "NativeModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class NativeSession:
+    """One sequence: a KV cache and the position in it. Driven by one thread at a time."""
+
+    def __init__(self, model: NativeModel, max_len: int, threads: int | None = None) -> None:
+        self._handle: int | None = None
+        lib = _load()
+        if not 1 <= int(max_len) <= _INT32_MAX:
+            raise NativeError(f"max_len {max_len} must be a positive 32-bit integer")
+        n_threads = 0 if threads is None else int(threads)
+        handle = lib.asw_session_new(model._handle, int(max_len), max(min(n_threads, _INT32_MAX), -1))
+        if not handle:
+            raise _error("cannot create session")
+        self._handle = handle
+        self._model = model
+        self._max_len = int(max_len)
+        self._vocab = model.vocab
+        self._argmax = ctypes.c_int32(0)
+        model._sessions.add(self)
+
+    @property
+    def pos(self) -> int:
+        """Positions already in the KV cache."""
+        return int(_load().asw_session_pos(self._check()))
+
+    @property
+    def max_len(self) -> int:
+        return self._max_len
+
+    def _check(self) -> int:
+        if self._handle is None:
+            raise NativeError("session is closed")
+        return self._handle
+
+    def _logits_buffer(self, mode: str, n: int) -> tuple[int, np.ndarray | None]:
+        if mode not in _LOGITS:
+            raise NativeError(f"logits must be one of {sorted(_LOGITS)}, not {mode!r}")
+        if mode == "none":
+            return 0, None
+        rows = n if mode == "all" else 1
+        out = np.empty((rows, self._vocab), dtype=np.float32)
+        return _LOGITS[mode], out
+
+    def prefill(self, tokens: Sequence[int], logits: str = "last") -> tuple[np.ndarray | None, int]:
+        """Run `tokens` at the next positions as one batch. Returns (logits, argmax of the last position):
+        logits "last" -> [vocab], "all" -> [n, vocab], "none" -> None."""
+        handle = self._check()
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise NativeError("prefill needs at least one token")
+        if ids.size > _INT32_MAX or ids.min() < -(2**31) or ids.max() > _INT32_MAX:
+            raise NativeError("token ids must be 32-bit integers")
+        ids32 = np.ascontiguousarray(ids, dtype=np.int32)
+        mode, out = self._logits_buffer(logits, ids32.size)
+        out_ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if out is not None else None
+        rc = _load().asw_prefill(handle, ids32.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), ids32.size, mode,
+                                 out_ptr, ctypes.byref(self._argmax))
+        if rc != 0:
+            raise _error("prefill failed")
+        if out is not None and logits == "last":
+            out = out[0]
+        return out, int(self._argmax.value)
+
+    def decode(self, token: int, logits: str = "last") -> tuple[np.ndarray | None, int]:
+        """One step for `token` at the next position. Returns (logits [vocab] or None, argmax)."""
+        handle = self._check()
+        if not -(2**31) <= int(token) <= _INT32_MAX:
+            raise NativeError(f"token id {token} is not a 32-bit integer")
+        mode, out = self._logits_buffer(logits, 1)
+        out_ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if out is not None else None
+        rc = _load().asw_decode(handle, int(token), mode, out_ptr, ctypes.byref(self._argmax))
+        if rc != 0:
+            raise _error("decode failed")
+        return (out[0] if out is not None else None), int(self._argmax.value)
+
+    def reset(self) -> None:
+        """Forget all positions (the KV cache memory is reused)."""
+        _load().asw_session_reset(self._check())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            _load().asw_session_free(self._handle)
+            self._handle = None
+            self._model._sessions.discard(self)
+
+    def __enter__(self) -> "NativeSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

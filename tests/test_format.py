@@ -1,0 +1,201 @@
+"""The .asw reader: a valid file opens; each malformed file raises its own named error with the byte offset or
+tensor, and `ascend-inspect` turns it into one line on stderr (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+import pytest
+import xxhash
+
+from ascend_super.runtime import format as fmt
+from conftest import run_cli
+
+
+def read_parts(path: Path) -> tuple[fmt.Preamble, dict[str, Any], bytes]:
+    with fmt.AswFile.open(path) as asw:
+        data = bytes(asw.data_region())
+        return asw.preamble, asw.manifest, data
+
+
+def rebuild(path: Path, manifest: dict[str, Any], data: bytes, alignment: int = 4096,
+            raw_manifest: bytes | None = None, **preamble_fields: int) -> None:
+    """Write a file from parts with the format's own packing (so tests can break exactly one thing)."""
+    packed = raw_manifest if raw_manifest is not None else fmt.pack_manifest(manifest)
+    data_offset = fmt.layout_file(len(packed), alignment)
+    fields = dict(version_major=fmt.VERSION_MAJOR, version_minor=fmt.VERSION_MINOR, flags=0,
+                  manifest_offset=fmt.PREAMBLE_NBYTES, manifest_nbytes=len(packed),
+                  manifest_xxh3_64=xxhash.xxh3_64_intdigest(packed), data_offset=data_offset,
+                  data_nbytes=len(data), data_alignment=alignment)
+    fields.update(preamble_fields)
+    body = fmt.Preamble(**fields).pack() + packed
+    path.write_bytes(body + b"\0" * (data_offset - len(body)) + data)
+
+
+def tensor(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in manifest["tensors"] if t["name"] == name)
+
+
+def _patch_preamble(offset: int, fmt_char: str, value: int) -> Callable[[Path], None]:
+    def patch(path: Path) -> None:
+        raw = bytearray(path.read_bytes())
+        struct.pack_into("<" + fmt_char, raw, offset, value)
+        path.write_bytes(bytes(raw))
+    return patch
+
+
+def _manifest_edit(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        _, manifest, data = read_parts(path)
+        change(manifest)
+        rebuild(path, manifest, data)
+    return edit
+
+
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1000])
+
+
+def _not_msgpack(path: Path) -> None:
+    _, manifest, data = read_parts(path)
+    rebuild(path, manifest, data, raw_manifest=b"\xc1" * 100)
+
+
+def _out_of_region(m: dict[str, Any]) -> None:
+    tensor(m, "output_norm.weight")["offset"] = 10**9
+
+
+def _overlap(m: dict[str, Any]) -> None:
+    tensor(m, "blk.0.attn_qkv.weight")["offset"] = tensor(m, "blk.0.attn_norm.weight")["offset"]
+
+
+def _misaligned(m: dict[str, Any]) -> None:
+    tensor(m, "blk.0.attn_qkv.weight")["offset"] += 2
+
+
+def _size_mismatch(m: dict[str, Any]) -> None:
+    tensor(m, "blk.1.ffn_down.weight")["shape"] = [128, 199]
+
+
+def _missing(m: dict[str, Any]) -> None:
+    entry = tensor(m, "output.weight")
+    m["tensors"].remove(entry)
+    # keep the region hole-free: the data region then ends where the tensor before it ends
+    m["_cut_to"] = entry["offset"]
+
+
+def _drop_key(m: dict[str, Any]) -> None:
+    del m["tokenizer"]
+
+
+def _trailing(path: Path) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * 7)
+
+
+def _bad_hash(path: Path) -> None:
+    with fmt.AswFile.open(path) as asw:
+        where = asw.preamble.data_offset + asw.by_name["blk.1.attn_output.weight"].offset + 10
+    raw = bytearray(path.read_bytes())
+    raw[where] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _missing_tensor_file(path: Path) -> None:
+    _, manifest, data = read_parts(path)
+    _missing(manifest)
+    cut = manifest.pop("_cut_to")
+    last_end = max(t["offset"] + t["nbytes"] for t in manifest["tensors"])
+    assert last_end <= cut
+    rebuild(path, manifest, data[:last_end])
+
+
+CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
+    "bad magic": (_patch_preamble(0, "8s", 0) if False else (lambda p: p.write_bytes(b"GGUF" + p.read_bytes()[4:])),
+                  fmt.BadMagic, "not a .asw file (bytes 0-7"),
+    "newer major": (_patch_preamble(8, "H", 2), fmt.UnsupportedVersion, "format version 2.0 is newer than this reader"),
+    "truncated": (_truncate, fmt.TruncatedFile, "the file is truncated"),
+    "tiny file": (lambda p: p.write_bytes(p.read_bytes()[:20]), fmt.TruncatedFile, "shorter than the 64-byte preamble"),
+    "manifest beyond EOF": (_patch_preamble(24, "Q", 10**8), fmt.ManifestOutOfBounds, "extends beyond the end of the file"),
+    "manifest checksum": (_patch_preamble(32, "Q", 12345), fmt.ManifestChecksumMismatch, "do not match the checksum"),
+    "manifest not msgpack": (_not_msgpack, fmt.ManifestNotMsgpack, "manifest at byte 64 is not valid msgpack"),
+    "manifest missing key": (_manifest_edit(_drop_key), fmt.ManifestInvalid, "manifest is missing key(s): tokenizer"),
+    "bad config value": (_manifest_edit(lambda m: m["config"].update(num_key_value_heads=3)), fmt.ManifestInvalid,
+                         "num_attention_heads is not a multiple of config.num_key_value_heads"),
+    "tensor outside region": (_manifest_edit(_out_of_region), fmt.TensorOutOfBounds,
+                              "'output_norm.weight' (tensors[15]): bytes [1000008192"),
+    "overlapping tensors": (_manifest_edit(_overlap), fmt.TensorOverlap, "overlaps the tensor before it"),
+    "misaligned tensor": (_manifest_edit(_misaligned), fmt.TensorMisaligned, "is not 512-byte aligned"),
+    "shape x dtype != nbytes": (_manifest_edit(_size_mismatch), fmt.TensorSizeMismatch,
+                                "'blk.1.ffn_down.weight' (tensors[14]): nbytes 51200 != 50944"),
+    "required tensor missing": (_missing_tensor_file, fmt.TensorMissing, "required tensor 'output.weight' is missing"),
+    "trailing bytes": (_trailing, fmt.TrailingBytes, "7 bytes after the data region"),
+}
+
+
+@pytest.fixture()
+def good_file(tmp_path: Path, converted) -> Path:
+    path = tmp_path / "model.asw"
+    path.write_bytes(converted("qwen2-gqa-hd64").read_bytes())
+    return path
+
+
+def test_valid_file_opens(good_file: Path) -> None:
+    with fmt.AswFile.open(good_file) as asw:
+        assert asw.manifest["arch"] == "qwen2"
+        asw.verify()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_file(case: str, good_file: Path) -> None:
+    corrupt, error, message = CASES[case]
+    corrupt(good_file)
+    with pytest.raises(error) as caught:
+        fmt.AswFile.open(good_file).close()
+    assert message in str(caught.value)
+    assert str(good_file) in str(caught.value)
+    result = run_cli("ascend-inspect", str(good_file))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_names_bad_tensor(good_file: Path) -> None:
+    _bad_hash(good_file)
+    fmt.AswFile.open(good_file).close()  # opening does not hash the data
+    with fmt.AswFile.open(good_file) as asw, pytest.raises(fmt.HashMismatch, match="blk.1.attn_output.weight"):
+        asw.verify()
+    result = run_cli("ascend-inspect", str(good_file), "--verify")
+    assert result.returncode == 1
+    assert "verify failed" in result.stderr and "'blk.1.attn_output.weight'" in result.stderr
+
+
+def test_inspect_json_and_verify(good_file: Path) -> None:
+    result = run_cli("ascend-inspect", str(good_file), "--json", "--verify")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["arch"] == "qwen2" and info["config"]["head_dim"] == 64
+    assert info["tensors"][0]["name"] == "token_embd.weight" and info["tensors"][0]["offset"] == info["data_offset"]
+    assert "all hashes match" in result.stderr
+    human = run_cli("ascend-inspect", str(good_file))
+    assert human.returncode == 0 and "blk.1.ffn_gate_up.weight" in human.stdout and "400x128" in human.stdout
+
+
+def test_unknown_flags_and_manifest_keys_are_ignored(good_file: Path) -> None:
+    """Minor versions may add manifest keys; a 1.x reader reads a 1.(x+1) file."""
+    _, manifest, data = read_parts(good_file)
+    manifest["future_key"] = {"anything": 1}
+    rebuild(good_file, manifest, data, version_minor=7)
+    with fmt.AswFile.open(good_file) as asw:
+        assert asw.preamble.version_minor == 7
+
+
+def test_msgpack_roundtrip_of_real_manifest(good_file: Path) -> None:
+    raw = good_file.read_bytes()
+    preamble = fmt.PREAMBLE_STRUCT.unpack(raw[:64])
+    manifest = msgpack.unpackb(raw[64:64 + preamble[5]])
+    assert manifest["tensors"][0]["xxh3_64"] == f"{xxhash.xxh3_64_intdigest(raw[preamble[7]:preamble[7] + manifest['tensors'][0]['nbytes']]):016x}"

