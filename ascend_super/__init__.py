@@ -5,3 +5,10 @@ repository's top-level convert/ and runtime/ folders, mapped into this package.
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, backend: str = "auto", threads=None):  # noqa: ANN001, ANN201 (re-exported; see runtime.model.load)
+    """Open a .asw file for generation: `ascend_super.load("model.asw").generate("Hi")` yields text pieces."""
+    from ascend_super.runtime.model import load as _load
+
+    return _load(path, backend, threads)

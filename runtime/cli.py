@@ -1,0 +1,78 @@
+"""`ascend-run MODEL.asw --prompt TEXT`: stream a completion to stdout, stats to stderr (or one JSON object)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import format as fmt
+from .chat import ChatTemplateError
+from .cliutil import fail, stderr
+from .generate import GenerationError, Sampling, Stats
+from .model import BACKENDS, BackendUnavailable, Model
+from .native import NativeError
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="The .asw file."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
+    raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (chat template only)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default)."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    backend: str = typer.Option("auto", "--backend", help=f"One of {', '.join(BACKENDS)}."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    context: Optional[int] = typer.Option(None, "--context", help="KV-cache length [default: model's, max 4096]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+) -> None:
+    """Generate text from a .asw model."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    try:
+        loaded = Model(model, backend, threads)
+    except fmt.FormatError as exc:
+        fail(str(exc))
+    except (BackendUnavailable, NativeError) as exc:
+        fail(str(exc))
+    stats = Stats()
+    with loaded:
+        try:
+            prompt_ids = loaded.prompt_ids(prompt, raw, system)
+            stream = loaded.tokenizer.stream()
+            sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+            for token in loaded.generate_tokens(prompt_ids, sampling, context, stats):
+                if as_json:
+                    continue
+                piece = stream.step(token)
+                if piece:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except (GenerationError, ChatTemplateError, NativeError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            stats.stop_reason = "interrupted"
+    if as_json:
+        typer.echo(json.dumps({
+            "prompt_token_ids": prompt_ids,
+            "generated_token_ids": stats.generated_token_ids,
+            "text": loaded.tokenizer.decode(stats.generated_token_ids),
+            "stop_reason": stats.stop_reason,
+            "stats": stats.as_dict(),
+        }, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        stderr.print(stats.line(), highlight=False, markup=False)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,137 @@
+"""A loaded model: the validated .asw mapping, its tokenizer and chat template, and the native model over the
+data region (weights used in place, never copied on the cpu backend). This is the Python API:
+
+    import ascend_super
+    model = ascend_super.load("model.asw")
+    for piece in model.generate("Why is the sky blue?", max_new_tokens=64):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from . import format as fmt
+from .chat import Message, render
+from .generate import GenerationError, Sampling, Stats, generate_ids
+from .native import NativeModel, NativeSession
+from .tokenizer import TextTokenizer
+
+BACKENDS = ("auto", "cpu", "aclnn")
+DEFAULT_CONTEXT = 4096
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; says why."""
+
+
+def cann_present() -> bool:
+    """True when the Ascend runtime library can be found (ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME or the loader)."""
+    for variable in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+        home = os.environ.get(variable)
+        if home and any((Path(home) / sub / lib).exists() for sub in ("lib64", "runtime/lib64")
+                        for lib in ("libascendcl.so", "libacl_rt.so")):
+            return True
+    return ctypes.util.find_library("ascendcl") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "aclnn":
+        raise BackendUnavailable("the aclnn (Ascend NPU) backend is not part of this build yet; use --backend cpu")
+    return "cpu"  # auto: aclnn is not built yet, so auto runs on the cpu backend even where CANN is installed
+
+
+class Model:
+    def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> None:
+        started = time.perf_counter()
+        self.backend = resolve_backend(backend)
+        self.threads = threads
+        self.asw = fmt.AswFile.open(path)
+        try:
+            manifest = self.asw.manifest
+            self.config: dict[str, Any] = manifest["config"]
+            self.tokenizer = TextTokenizer(manifest["tokenizer"])
+            self.chat_template: str | None = manifest["chat_template"]
+            self.special_tokens: dict[str, Any] = manifest["special_tokens"]
+            self.eos_ids: list[int] = list(self.config["eos_token_id"])
+            self.native = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
+                                      [(t.name, t.offset, t.nbytes) for t in self.asw.tensors], self.backend)
+        except BaseException:
+            self.asw.close()
+            raise
+        self.load_s = time.perf_counter() - started
+        self._session: NativeSession | None = None
+
+    # --- prompts
+    def prompt_ids(self, prompt: str | list[Message], raw: bool = False, system: str | None = None) -> list[int]:
+        """Token ids for a prompt: the chat template applied to a user message (or a message list) unless `raw`."""
+        if raw:
+            if not isinstance(prompt, str):
+                raise GenerationError("a raw prompt must be text, not a message list")
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if self.chat_template is None:
+            raise GenerationError("this model has no chat template; pass raw=True (--raw) to send the text as is")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        text = render(self.chat_template, messages, self.special_tokens, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # --- sessions
+    def session(self, context: int | None = None) -> NativeSession:
+        """A fresh session with a KV cache of `context` positions (default: the model's, capped at 4096)."""
+        length = context or min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
+        if length < 1:
+            raise GenerationError(f"context must be >= 1, got {length}")
+        return self.native.session(length, self.threads)
+
+    def _reusable_session(self, context: int | None) -> NativeSession:
+        wanted = context or min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
+        if self._session is None or self._session.max_len != wanted:
+            if self._session is not None:
+                self._session.close()
+            self._session = self.session(wanted)
+        self._session.reset()
+        return self._session
+
+    # --- generation
+    def generate_tokens(self, prompt_ids: Sequence[int], sampling: Sampling = Sampling(),
+                        context: int | None = None, stats: Stats | None = None) -> Iterator[int]:
+        stats = stats if stats is not None else Stats()
+        stats.load_s = self.load_s
+        return generate_ids(self._reusable_session(context), prompt_ids, sampling, self.eos_ids, stats)
+
+    def generate(self, prompt: str | list[Message], *, raw: bool = False, system: str | None = None,
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, context: int | None = None, stats: Stats | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated (greedy unless temperature > 0)."""
+        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+        stream = self.tokenizer.stream()
+        for token in self.generate_tokens(self.prompt_ids(prompt, raw, system), sampling, context, stats):
+            piece = stream.step(token)
+            if piece:
+                yield piece
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self.native.close()
+        self.asw.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Model:
+    """Open a .asw file for generation (`backend` auto|cpu|aclnn, `threads` None = all cores)."""
+    return Model(path, backend, threads)
