@@ -109,7 +109,7 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
         for t, offset in zip(plan.tensors, offsets)
     ]
     # every hash in the manifest is fixed-length hex, so placeholders give the final manifest size up front
-    placeholder_files = {name: "0" * fmt.HASH_HEX_LEN for name in _source_file_names(source)}
+    placeholder_files = {name: "0" * fmt.HASH_HEX_LEN for name in source.file_names()}
     manifest_nbytes = len(fmt.pack_manifest(_manifest(plan, source, entries, placeholder_files)))
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,3 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
         raise
     return Summary(out_path, plan.arch.arch, dtype, layout, len(plan.tensors), plan.parameters,
                    out_path.stat().st_size, plan.source_nbytes, time.perf_counter() - started)
-
-
-def _source_file_names(source: Source) -> list[str]:
-    names = getattr(source, "file_names", None)
-    return list(names()) if names is not None else list(source.file_hashes())

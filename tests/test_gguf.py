@@ -182,7 +182,7 @@ def test_synthetic_qwen2_reads_back(qwen2_file):
         assert prov["kind"] == "gguf" and prov["id"] == "tiny-qwen2.gguf" and prov["revision"] is None
         hashes = src.file_hashes()
         assert list(hashes) == ["tiny-qwen2.gguf"] and len(hashes["tiny-qwen2.gguf"]) == 16
-        assert src.meta.provenance["files"] == hashes
+        assert src.file_names() == ["tiny-qwen2.gguf"]
 
 
 def test_synthetic_tokenizer(qwen2_file):
@@ -383,3 +383,66 @@ def test_smollm2_tensors_and_config_match_transformers(smollm2, smollm2_source):
     assert cfg["rope_theta"] == theta
     assert cfg["rope_scaling"] is None and cfg["attention_bias"] is False
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (576, 30, 49152)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SentencePiece ("llama" tokenizer model) vocabularies
+
+
+def _write_spm_gguf(path: Path) -> list[str]:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces = ["▁", "e", "l", "o", "h", "w", "r", "d", "t", "▁t", "he", "▁the", "ll", "▁h", "▁he", "llo", "▁hello",
+              "▁w", "or", "▁wor", "ld", "▁world", "▁▁"]
+    scores = [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    tokens += pieces
+    rng = np.random.default_rng(1)
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(96)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    shapes = {"token_embd.weight": (len(tokens), 64), "output_norm.weight": (64,), "blk.0.attn_norm.weight": (64,),
+              "blk.0.ffn_norm.weight": (64,), "blk.0.attn_q.weight": (64, 64), "blk.0.attn_k.weight": (32, 64),
+              "blk.0.attn_v.weight": (32, 64), "blk.0.attn_output.weight": (64, 64), "blk.0.ffn_gate.weight": (96, 64),
+              "blk.0.ffn_up.weight": (96, 64), "blk.0.ffn_down.weight": (64, 96)}
+    for name, shape in shapes.items():
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokens
+
+
+def test_sentencepiece_vocab(tmp_path):
+    path = tmp_path / "spm.gguf"
+    tokens = _write_spm_gguf(path)
+    with GGUFSource(path) as src:
+        tok = Tokenizer.from_str(src.meta.tokenizer_json)
+        tc = src.meta.tokenizer_config
+    assert (tc["bos_token"], tc["eos_token"], tc["unk_token"], tc["add_bos_token"]) == ("<s>", "</s>", "<unk>", True)
+
+    def pieces(text: str) -> list[str]:
+        return [tokens[i] for i in tok.encode(text).ids]
+
+    assert pieces("hello world") == ["<s>", "▁hello", "▁world"]
+    assert pieces("the hello  world") == ["<s>", "▁the", "▁hello", "▁", "▁world"]
+    assert pieces("héllo") == ["<s>", "▁h", "<0xC3>", "<0xA9>", "llo"]  # byte fallback
+    assert pieces(" hello") == ["<s>", "▁", "▁hello"]  # as sentencepiece / llama.cpp (dummy prefix + the space)
+    for text in ("hello world", "héllo wörld!", "hello\nworld", " hello"):
+        assert tok.decode(tok.encode(text).ids) == text
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ("hello world", "the hello  world", "héllo wörld!", "hello\nworld"):
+        assert tok.encode(text).ids == ref(text)["input_ids"], text

@@ -13,6 +13,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import xxhash
+
+HASH_CHUNK = 16 * 1024 * 1024
+
+
+def file_xxh3(path: Path) -> str:
+    """xxh3_64 hex digest of a whole file, read in chunks."""
+    hasher = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 class SourceError(Exception):

@@ -18,14 +18,13 @@ Every problem with the file is a `SourceError` naming the file and the problem.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import SourceError, SourceMeta, SourceTensor
+from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 from .gguf_tokenizer import TokenizerBuildError, build_tokenizer, eos_ids
 
 try:
@@ -195,7 +194,6 @@ class GGUFSource:
             raise self._err(f"cannot open: {exc.strerror or exc}") from None
         if magic != GGUF_MAGIC:
             raise self._err(f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-        self._size = size
         try:
             reader = GGUFReader(self.path, "r")
         except Exception as exc:  # the reader raises ValueError/IndexError/... on short or damaged files
@@ -444,7 +442,7 @@ class GGUFSource:
             tokenizer_config=tokenizer_config,
             chat_template=template,
             generation_config=generation,
-            provenance={"kind": "gguf", "id": self.path.name, "revision": None, "files": {}},
+            provenance={"kind": "gguf", "id": self.path.name, "revision": None},
         )
 
     # -- the Source protocol ---------------------------------------------------------------------------------
@@ -483,16 +481,12 @@ class GGUFSource:
             raise self._err(f"cannot read tensor {t.name} ({type(exc).__name__}: {exc})") from None
         return np.array(arr, copy=True, order="C")  # never a view into the memory map
 
+    def file_names(self) -> list[str]:
+        return [self.path.name]
+
     def file_hashes(self) -> dict[str, str]:
         if self._hash is None:
-            import xxhash
-
-            h = xxhash.xxh3_64()
-            with open(self.path, "rb") as fh:
-                while chunk := fh.read(8 << 20):
-                    h.update(chunk)
-            self._hash = h.hexdigest()
-            self.meta.provenance["files"] = {self.path.name: self._hash}
+            self._hash = file_xxh3(self.path)
         return {self.path.name: self._hash}
 
     def close(self) -> None:

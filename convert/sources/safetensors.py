@@ -13,14 +13,12 @@ from typing import Any
 
 import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype, needed by safetensors' numpy frontend)
 import numpy as np
-import xxhash
 from safetensors import safe_open
 
-from .base import SourceError, SourceMeta, SourceTensor
+from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 
 INDEX_FILE = "model.safetensors.index.json"
 SUPPORTED_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
-HASH_CHUNK = 16 * 1024 * 1024
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -33,14 +31,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SourceError(f"{path}: expected a JSON object")
     return value
-
-
-def file_xxh3(path: Path) -> str:
-    hasher = xxhash.xxh3_64()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _token_string(value: Any) -> str | None:
