@@ -1,0 +1,147 @@
+"""ascend-run and the Python API: chat templates as transformers renders them, streaming UTF-8, JSON output,
+stdin prompts, sampling controls, stop reasons, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ascend_super
+from ascend_super.runtime.generate import GenerationError, Sampling, Stats, generate_ids, sample
+from ascend_super.runtime.tokenizer import TextTokenizer
+from checkpoints import tokenizer_json
+from conftest import run_cli
+
+MODEL = "qwen2-gqa-hd64"
+
+
+def test_chat_template_matches_transformers(checkpoint_dir, converted) -> None:
+    import transformers
+
+    reference = transformers.AutoTokenizer.from_pretrained(checkpoint_dir(MODEL))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好, what is 2+2?"}]
+    expected = reference.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(expected, dict) or hasattr(expected, "input_ids"):
+        expected = expected["input_ids"]
+    with ascend_super.load(converted(MODEL)) as model:
+        assert model.prompt_ids(messages) == list(expected)
+        assert model.prompt_ids("hi", system="Be brief.") == model.prompt_ids(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        assert model.prompt_ids("plain text", raw=True) == reference("plain text")["input_ids"]
+
+
+def test_stream_decodes_multibyte_utf8() -> None:
+    tokenizer = TextTokenizer(tokenizer_json(320))
+    text = "你好，世界。今天天气很好。Ünïcödé ✓ 🚀 done"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text) // 2  # the small vocabulary splits characters into byte tokens
+    stream = tokenizer.stream()
+    pieces = [stream.step(i) for i in ids]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)  # a partial character is held back, never mangled
+
+
+def test_cli_streams_and_reports_stats(converted) -> None:
+    result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", "-n", "8", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    stats = result.stderr.strip().splitlines()[-1]
+    for field in ("load", "prompt", "TTFT", "prefill", "tok/s", "decode", "generated"):
+        assert field in stats
+
+
+def test_cli_json_matches_api(converted) -> None:
+    path = converted(MODEL)
+    result = run_cli("ascend-run", str(path), "--prompt", "Hello", "-n", "12", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    with ascend_super.load(path) as model:
+        prompt_ids = model.prompt_ids("Hello")
+        expected = list(model.generate_tokens(prompt_ids, Sampling(max_new_tokens=12)))
+        assert out["prompt_token_ids"] == prompt_ids
+        assert out["generated_token_ids"] == expected
+        assert out["text"] == model.tokenizer.decode(expected)
+    assert out["stop_reason"] in ("length", "eos")
+    assert set(out["stats"]) >= {"load_s", "prompt_tokens", "ttft_s", "prefill_tok_s", "decode_tok_s",
+                                 "generated_tokens", "stop_reason"}
+    assert out["stats"]["prompt_tokens"] == len(prompt_ids)
+
+
+def test_cli_prompt_from_stdin_and_raw(converted) -> None:
+    path = str(converted(MODEL))
+    piped = run_cli("ascend-run", path, "--prompt", "-", "--raw", "-n", "4", "--json", input_text="Hello world")
+    direct = run_cli("ascend-run", path, "--prompt", "Hello world", "--raw", "-n", "4", "--json")
+    assert piped.returncode == 0 and direct.returncode == 0, piped.stderr + direct.stderr
+    assert json.loads(piped.stdout)["prompt_token_ids"] == json.loads(direct.stdout)["prompt_token_ids"]
+    assert json.loads(piped.stdout)["generated_token_ids"] == json.loads(direct.stdout)["generated_token_ids"]
+
+
+def test_sampling_is_seeded(converted) -> None:
+    path = str(converted(MODEL))
+
+    def tokens(*extra: str) -> list[int]:
+        result = run_cli("ascend-run", path, "--prompt", "Hi", "-n", "16", "--json", *extra)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["generated_token_ids"]
+
+    assert tokens("--temperature", "1.5", "--seed", "3") == tokens("--temperature", "1.5", "--seed", "3")
+    assert tokens("--temperature", "1.5", "--seed", "3") != tokens("--temperature", "1.5", "--seed", "4")
+    assert tokens("--temperature", "1.0", "--top-k", "1", "--seed", "9") == tokens()  # top-1 sampling is greedy
+
+
+def test_sample_filters() -> None:
+    logits = np.array([5.0, 4.0, 1.0, -3.0])
+    rng = np.random.default_rng(0)
+    draws = {sample(logits, Sampling(temperature=1.0, top_k=2), rng) for _ in range(200)}
+    assert draws == {0, 1}
+    draws = {sample(logits, Sampling(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
+    assert draws == {0}  # token 0 alone holds > 50 % of the mass
+    with pytest.raises(GenerationError, match="top_p"):
+        Sampling(top_p=0).check()
+
+
+class _FakeSession:
+    """Emits a fixed token sequence; lets the loop's stop logic be tested without a model."""
+
+    def __init__(self, tokens: list[int], max_len: int = 100) -> None:
+        self.tokens, self.pos, self.max_len = list(tokens), 0, max_len
+
+    def prefill(self, tokens: list[int], logits: str = "last"):
+        self.pos += len(tokens)
+        return None, self.tokens.pop(0)
+
+    def decode(self, token: int, logits: str = "last"):
+        self.pos += 1
+        return None, self.tokens.pop(0)
+
+
+def test_stops_on_any_eos_id() -> None:
+    stats = Stats()
+    got = list(generate_ids(_FakeSession([5, 6, 7, 99, 8]), [1, 2], Sampling(max_new_tokens=10), [2, 99], stats))
+    assert got == [5, 6, 7] and stats.stop_reason == "eos" and stats.generated_tokens == 3
+    stats = Stats()
+    got = list(generate_ids(_FakeSession([5, 6, 7, 8]), [1], Sampling(max_new_tokens=2), [99], stats))
+    assert got == [5, 6] and stats.stop_reason == "length"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-n", "600", "--context", "64"], "exceeds the context of 64 tokens"),
+    (["--backend", "aclnn"], "aclnn (Ascend NPU) backend is not part of this build"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+])
+def test_cli_errors(args: list[str], message: str, converted) -> None:
+    result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_rejects_bad_files(tmp_path: Path, converted) -> None:
+    bogus = tmp_path / "bogus.asw"
+    bogus.write_bytes(b"x" * 100)
+    result = run_cli("ascend-run", str(bogus), "--prompt", "Hello")
+    assert result.returncode == 2 and "not a .asw file" in result.stderr
+    nz = run_cli("ascend-run", str(converted(MODEL, "fp16", "nz")), "--prompt", "Hello")
+    assert nz.returncode == 2 and "FRACTAL_NZ" in nz.stderr and "Traceback" not in nz.stderr
