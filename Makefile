@@ -2,29 +2,41 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
+NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h) setup.py
 
 .PHONY: demo test native bench clean
 
-$(STAMP): pyproject.toml $(wildcard setup.py)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
 
-native: $(STAMP)
+# runtime only (what `make demo` needs); the editable install also builds the native library
+$(RUNTIME_STAMP): pyproject.toml setup.py | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# + pytest, torch (CPU wheel, pinned below 2.14), transformers, accelerate
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# rebuild the native library in place after C changes
+native: $(RUNTIME_STAMP) $(NATIVE_SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 
-demo: native
+demo: $(RUNTIME_STAMP) native
 	$(PY) artifacts/demo.py
 
-test: native
+test: $(TEST_STAMP) native
+	$(PY) artifacts/fetch_smollm2.py >/dev/null
 	$(PY) -m pytest -q tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-bench: native
+bench: $(TEST_STAMP) native
 	$(PY) bench/convert.py
 	$(PY) bench/decode.py
 
 clean:
-	rm -rf build native/build runtime/_asw*.so *.egg-info .pytest_cache
+	rm -rf build runtime/_asw*.so *.egg-info .pytest_cache

