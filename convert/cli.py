@@ -64,7 +64,9 @@ def run(
         progress.update(task, total=plan.source_nbytes)
 
     try:
-        with open_source(source, revision) as src, progress:
+        with console.status(f"opening {source} …"):
+            opened = open_source(source, revision)
+        with opened as src, progress:
             summary = convert(src, out_path, dtype, layout, align, on_plan=on_plan,
                               advance=lambda n: progress.advance(task, n))
     except SourceError as exc:

@@ -123,17 +123,31 @@ def test_prefill_and_decode_match_reference(kernels, name, dtype):
 def test_long_prompt_spans_chunks(kernels, dtype):
     config = CONFIGS["gqa7_bias_tied"]
     data, tensors, weights = build(config, dtype, seed=3)
-    tokens = np.random.default_rng(4).integers(0, config["vocab_size"], size=150).tolist()
+    tokens = np.random.default_rng(4).integers(0, config["vocab_size"], size=153).tolist()
     want = forward(weights, config, tokens, kv_dtype=dtype)
     with NativeModel(data, config, dtype, "nd", tensors) as model, model.session(max_len=160) as s:
-        logits, _ = s.prefill(tokens, logits="all")  # 150 positions: chunks of 64 + 64 + 22
-        assert_close(logits, want, dtype, "long prefill")
+        logits, _ = s.prefill(tokens[:150], logits="all")  # 150 positions: chunks of 64 + 64 + 22
+        assert_close(logits, want[:150], dtype, "long prefill")
+        for i in range(150, 153):
+            step, _ = s.decode(tokens[i])
+            assert_close(step, want[i], dtype, f"decode at position {i}")
         # the same sequence in uneven pieces continues the cache correctly
         s.reset()
         assert s.pos == 0
         parts = [s.prefill(tokens[:70], logits="all")[0], s.prefill(tokens[70:71], logits="all")[0],
-                 s.prefill(tokens[71:], logits="all")[0]]
+                 s.prefill(tokens[71:150], logits="all")[0]]
         np.testing.assert_allclose(np.concatenate(parts), logits, rtol=0, atol=1e-4 * np.abs(logits).max())
+
+
+def test_llama3_scaling_is_applied():
+    """The llama3 case above would fail without the scaling: the reference without it is far off."""
+    config, dtype = CONFIGS["llama3_d128"], "fp16"
+    data, tensors, weights = build(config, dtype, seed=1)
+    tokens = np.random.default_rng(2).integers(0, config["vocab_size"], size=15).tolist()
+    unscaled = forward(weights, dict(config, rope_scaling=None), tokens, kv_dtype=dtype)
+    with NativeModel(data, config, dtype, "nd", tensors) as model, model.session(max_len=16) as s:
+        logits, _ = s.prefill(tokens, logits="all")
+    assert np.abs(logits - unscaled).max() > 20 * 5e-4 * np.abs(unscaled).max()
 
 
 def test_decode_with_cache_equals_recompute(kernels):

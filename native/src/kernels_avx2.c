@@ -1,8 +1,10 @@
 /* kernels_avx2.c — AVX2 + FMA + F16C kernel set (x86-64 only, picked at run time, never -march=native).
  *
- * matmul is a register-blocked dot-product kernel: R weight rows x T tokens of 8-lane f32 accumulators, each
- * weight vector converted once (vcvtph2ps for fp16, zero-extend + shift for bf16) and reused across T tokens.
- * For prefill (nt > 1) the inner dimension is processed in blocks of KC so the token tile stays in L2.
+ * Decode (nt = 1) is a GEMV that walks the rows one after another with four independent accumulators, so the
+ * weights stream sequentially from memory (the bound at one token). Prefill (nt > 1) is a register-blocked
+ * dot-product GEMM: R weight rows x T tokens of 8-lane f32 accumulators, each weight vector converted once
+ * (vcvtph2ps for fp16, zero-extend + shift for bf16) and reused across T tokens, with the inner dimension in
+ * blocks of KC so the token tile stays in L2.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -13,7 +15,7 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define INL TGT static inline __attribute__((always_inline))
 
-enum { R = 4, T = 3, KC = 1024 };
+enum { R = 3, T = 3, KC = 1024 }; /* 9 accumulators + 3 weights + 1 token vector: no spills in 16 ymm */
 
 INL __m256 ld8(int dt, const uint16_t *p) {
     __m128i h = _mm_loadu_si128((const __m128i *)p);
@@ -59,29 +61,58 @@ INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint
     }
 typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
 
-TILE_FN(h_r4t1, ASW_DTYPE_F16, 4, 1)
-TILE_FN(h_r4t2, ASW_DTYPE_F16, 4, 2)
-TILE_FN(h_r4t3, ASW_DTYPE_F16, 4, 3)
+TILE_FN(h_r3t1, ASW_DTYPE_F16, 3, 1)
+TILE_FN(h_r3t2, ASW_DTYPE_F16, 3, 2)
+TILE_FN(h_r3t3, ASW_DTYPE_F16, 3, 3)
 TILE_FN(h_r1t1, ASW_DTYPE_F16, 1, 1)
 TILE_FN(h_r1t2, ASW_DTYPE_F16, 1, 2)
 TILE_FN(h_r1t3, ASW_DTYPE_F16, 1, 3)
-TILE_FN(b_r4t1, ASW_DTYPE_BF16, 4, 1)
-TILE_FN(b_r4t2, ASW_DTYPE_BF16, 4, 2)
-TILE_FN(b_r4t3, ASW_DTYPE_BF16, 4, 3)
+TILE_FN(b_r3t1, ASW_DTYPE_BF16, 3, 1)
+TILE_FN(b_r3t2, ASW_DTYPE_BF16, 3, 2)
+TILE_FN(b_r3t3, ASW_DTYPE_BF16, 3, 3)
 TILE_FN(b_r1t1, ASW_DTYPE_BF16, 1, 1)
 TILE_FN(b_r1t2, ASW_DTYPE_BF16, 1, 2)
 TILE_FN(b_r1t3, ASW_DTYPE_BF16, 1, 3)
 
 /* [dtype is f16][full R rows][tokens - 1] */
 static const tile_fn tiles[2][2][T] = {
-    {{b_r1t1, b_r1t2, b_r1t3}, {b_r4t1, b_r4t2, b_r4t3}},
-    {{h_r1t1, h_r1t2, h_r1t3}, {h_r4t1, h_r4t2, h_r4t3}},
+    {{b_r1t1, b_r1t2, b_r1t3}, {b_r3t1, b_r3t2, b_r3t3}},
+    {{h_r1t1, h_r1t2, h_r1t3}, {h_r3t1, h_r3t2, h_r3t3}},
 };
+
+/* one row . one vector, four independent accumulators: the decode GEMV. Rows are walked one after another so
+ * the weights stream through memory sequentially (interleaving several rows defeats the hardware prefetcher). */
+INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        a0 = _mm256_fmadd_ps(ld8(dt, w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(ld8(dt, w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(ld8(dt, w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(ld8(dt, w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(ld8(dt, w + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < k; i++) s += asw_u16_to_f32(dt, w[i]) * x[i];
+    return s;
+}
+
+TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
+    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
+}
+
+TGT static void gemv_bf16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
+    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_BF16, W + r * k, x, k);
+}
 
 TGT static void x_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
-    int64_t kc = nt > 1 ? KC : k;
+    if (nt == 1) {
+        (f16 ? gemv_f16 : gemv_bf16)(Y, W, k, r0, r1, X);
+        return;
+    }
+    int64_t kc = KC;
     for (int64_t k0 = 0; k0 < k; k0 += kc) {
         int64_t kn = k - k0 < kc ? k - k0 : kc;
         int add = k0 > 0;

@@ -1,7 +1,8 @@
 /* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
  *
- * Same structure as kernels_avx2.c with 16-lane accumulators, a larger register tile (32 zmm registers), and
- * masked loads for the inner-dimension tail instead of a scalar loop.
+ * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM for prefill) with
+ * 16-lane accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail
+ * instead of a scalar loop.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -12,7 +13,7 @@
 #define TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
 #define INL TGT static inline __attribute__((always_inline))
 
-enum { R = 4, T = 5, KC = 1024 };
+enum { R = 4, T = 5, KC = 1024 }; /* 20 accumulators + 4 weights + 1 token vector of 32 zmm */
 
 INL __m512 ld16(int dt, const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
@@ -86,10 +87,41 @@ static const tile_fn tiles[2][2][T] = {
     {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
 };
 
+/* one row . one vector, four independent accumulators: the decode GEMV. Rows are walked one after another so
+ * the weights stream through memory sequentially (interleaving several rows defeats the hardware prefetcher). */
+INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(ld16(dt, w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(ld16(dt, w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(ld16(dt, w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
+        a1 = _mm512_fmadd_ps(ld16_tail(dt, w + i, m), _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
+    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
+}
+
+TGT static void gemv_bf16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
+    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_BF16, W + r * k, x, k);
+}
+
 TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
-    int64_t kc = nt > 1 ? KC : k;
+    if (nt == 1) {
+        (f16 ? gemv_f16 : gemv_bf16)(Y, W, k, r0, r1, X);
+        return;
+    }
+    int64_t kc = KC;
     for (int64_t k0 = 0; k0 < k; k0 += kc) {
         int64_t kn = k - k0 < kc ? k - k0 : kc;
         int add = k0 > 0;

@@ -4,6 +4,7 @@
 #include <sched.h>
 #endif
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -11,8 +12,10 @@
 #include "backend.h"
 #include "threadpool.h"
 
-/* how long a worker (or the caller, waiting for the workers) busy-waits before sleeping: ~50-100 us */
-enum { SPIN_ITERS = 20000 };
+/* How a worker waits for the next job (and the caller for the workers): SPIN_PAUSE polls with a pause
+ * instruction (~20 us), then SPIN_YIELD polls with sched_yield (so a waiter that shares a core with the thread it
+ * waits for steps aside instead of burning its time slice), then it sleeps on a condition variable. */
+enum { SPIN_PAUSE = 1000, SPIN_YIELD = 200 };
 
 typedef struct worker {
     struct asw_pool *pool;
@@ -41,14 +44,21 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static inline void pause_or_yield(int spin) {
+    if (spin < SPIN_PAUSE)
+        cpu_relax();
+    else
+        sched_yield();
+}
+
 static void *worker_main(void *v) {
     worker *w = v;
     asw_pool *p = w->pool;
     unsigned seen = 0;
     for (;;) {
         unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
-        for (int spin = 0; g == seen && spin < SPIN_ITERS; spin++) {
-            cpu_relax();
+        for (int spin = 0; g == seen && spin < SPIN_PAUSE + SPIN_YIELD; spin++) {
+            pause_or_yield(spin);
             g = atomic_load_explicit(&p->gen, memory_order_acquire);
         }
         if (g == seen) {
@@ -155,9 +165,9 @@ void asw_pool_run(asw_pool *p, asw_task_fn fn, void *arg) {
 
     fn(arg, 0, p->n);
 
-    for (int spin = 0; spin < SPIN_ITERS; spin++) {
+    for (int spin = 0; spin < SPIN_PAUSE + SPIN_YIELD; spin++) {
         if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
-        cpu_relax();
+        pause_or_yield(spin);
     }
     pthread_mutex_lock(&p->mu);
     while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) pthread_cond_wait(&p->done, &p->mu);

@@ -1,8 +1,9 @@
 /* threadpool.h — a persistent pool of worker threads, created once per session.
  *
  * asw_pool_run(pool, fn, arg) calls fn(arg, ith, nth) for ith = 0..nth-1, ith = 0 on the calling thread, and
- * returns when all have finished (a fork-join barrier). Workers spin briefly for the next job, then sleep on a
- * condition variable, so a decode step costs no thread creation and little wake-up latency.
+ * returns when all have finished (a fork-join barrier). Waiters poll briefly (pause, then sched_yield), then
+ * sleep on a condition variable, so a decode step costs no thread creation and little wake-up latency, and an
+ * idle session burns no CPU.
  */
 #ifndef ASW_THREADPOOL_H
 #define ASW_THREADPOOL_H
