@@ -6,7 +6,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h) setup.py
 
-.PHONY: demo test native bench clean
+.PHONY: demo test native bench clean check-aarch64
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,11 @@ bench: $(TEST_STAMP) native
 
 clean:
 	rm -rf build runtime/_asw*.so *.egg-info .pytest_cache
+
+# compile the native library for aarch64 (A3 hosts are Kunpeng) to check the NEON kernels build with -Werror;
+# needs Debian's gcc-aarch64-linux-gnu (apt-get install gcc-aarch64-linux-gnu)
+check-aarch64:
+	mkdir -p build/aarch64
+	aarch64-linux-gnu-gcc -std=c11 -O3 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
+		-Inative/include native/src/*.c -o build/aarch64/libasw.so -lm
+	@echo "aarch64 build ok: build/aarch64/libasw.so"

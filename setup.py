@@ -19,7 +19,7 @@ class BuildNative(build_ext):
         return []
 
 
-extra_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fvisibility=default"]
+extra_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
 libraries = [] if sys.platform == "win32" else ["m"]
 
 setup(

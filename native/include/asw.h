@@ -18,6 +18,13 @@ extern "C" {
 
 #define ASW_ABI_VERSION 1
 
+/* The library is built with -fvisibility=hidden: only functions marked ASW_API are exported. */
+#if defined(__GNUC__)
+#define ASW_API __attribute__((visibility("default")))
+#else
+#define ASW_API
+#endif
+
 /* weight dtype of the data region */
 enum asw_dtype { ASW_DTYPE_F16 = 1, ASW_DTYPE_BF16 = 2 };
 /* storage layout of 2-D weights */
@@ -60,37 +67,37 @@ typedef struct asw_model asw_model;
 typedef struct asw_session asw_session;
 
 /* Last error of the calling thread ("" if none). Valid until the next call on this thread. */
-const char *asw_last_error(void);
+ASW_API const char *asw_last_error(void);
 
 /* Bitmask of SIMD kernels this build can use on this machine: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON. */
-int32_t asw_cpu_features(void);
+ASW_API int32_t asw_cpu_features(void);
 /* Name of the kernel set picked at run time ("avx512", "avx2", "neon", "portable"). */
-const char *asw_kernel_name(void);
+ASW_API const char *asw_kernel_name(void);
 
 /* Open a model over `data` (the whole data region, `data_nbytes` long; must stay mapped until asw_model_free).
  * `backend` is "cpu" (others reserved). Every tensor is checked: present, inside the region, nbytes = shape x 2.
  * Returns NULL on error. */
-asw_model *asw_model_open(const void *data, uint64_t data_nbytes, const asw_config *cfg,
+ASW_API asw_model *asw_model_open(const void *data, uint64_t data_nbytes, const asw_config *cfg,
                           const asw_tensor_ref *tensors, int32_t n_tensors, const char *backend);
-void asw_model_free(asw_model *model);
+ASW_API void asw_model_free(asw_model *model);
 
 /* A session owns the KV cache for `max_len` positions and a thread pool of `n_threads` (<= 0: all cores). */
-asw_session *asw_session_new(asw_model *model, int32_t max_len, int32_t n_threads);
-void asw_session_free(asw_session *s);
+ASW_API asw_session *asw_session_new(asw_model *model, int32_t max_len, int32_t n_threads);
+ASW_API void asw_session_free(asw_session *s);
 /* Forget all positions (the KV cache is reused). */
-void asw_session_reset(asw_session *s);
+ASW_API void asw_session_reset(asw_session *s);
 /* Number of positions already in the cache. */
-int32_t asw_session_pos(const asw_session *s);
+ASW_API int32_t asw_session_pos(const asw_session *s);
 
 /* Run `n` tokens at positions pos..pos+n-1 as one batch (prefill), appending to the KV cache.
  * logits_mode: NONE writes nothing to `logits`; LAST writes [vocab] floats for the last token; ALL writes
  * [n, vocab]. `argmax` (may be NULL) receives the argmax token of the last position.
  * Returns 0, or a negative code (context full, bad token id, ...) with asw_last_error() set. */
-int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, float *logits,
+ASW_API int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, float *logits,
                     int32_t *argmax);
 
 /* One decode step for `token` at the current position: same as asw_prefill with n = 1. */
-int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, float *logits, int32_t *argmax);
+ASW_API int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, float *logits, int32_t *argmax);
 
 #ifdef __cplusplus
 }
