@@ -14,6 +14,7 @@ No math happens here: each call is one ctypes call into the library.
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import importlib.machinery
 import math
@@ -21,7 +22,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,28 @@ _INT32_MAX = 2**31 - 1
 
 class NativeError(RuntimeError):
     """The native library refused a call (message from asw_last_error()) or could not be loaded."""
+
+
+class _Owned(abc.ABC):
+    """A native handle freed by close(), at the end of a `with` block, or when garbage-collected."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self: "_T") -> "_T":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
+
+
+_T = TypeVar("_T", bound=_Owned)
 
 
 class _Config(ctypes.Structure):
@@ -189,7 +212,7 @@ def make_config(config: Mapping[str, Any], dtype: str, layout: str) -> _Config:
     return c
 
 
-class NativeModel:
+class NativeModel(_Owned):
     """Weights of one .asw data region, opened by the native library and used in place (never copied)."""
 
     def __init__(self, data: np.ndarray, config: Mapping[str, Any], dtype: str, layout: str,
@@ -240,20 +263,9 @@ class NativeModel:
             _load().asw_model_free(self._handle)
             self._handle = None
 
-    def __enter__(self) -> "NativeModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class NativeSession:
+class NativeSession(_Owned):
     """One sequence: a KV cache and the position in it. Driven by one thread at a time."""
 
     def __init__(self, model: NativeModel, max_len: int, threads: int | None = None) -> None:
@@ -337,14 +349,3 @@ class NativeSession:
             self._handle = None
             self._model._sessions.discard(self)
 
-    def __enter__(self) -> "NativeSession":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass

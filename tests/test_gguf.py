@@ -18,6 +18,7 @@ import gguf
 from tokenizers import Tokenizer
 
 from ascend_super.convert.sources.base import SourceError  # noqa: E402
+from ascend_super.convert.sources.gguf_tokenizer import _bytes_to_unicode
 from ascend_super.convert.sources.gguf import GGUFSource, _fit_llama3, _llama3_factors  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -28,15 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 # synthetic files
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _tiny_vocab() -> tuple[list[str], list[int], list[str]]:
