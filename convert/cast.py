@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.native import cast_u16
 
 from .sources.base import SourceError
 
@@ -14,25 +15,22 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def to_u16(array: np.ndarray, dtype: str, what: str) -> np.ndarray:
-    """`array` (float32/float16/bfloat16) cast to fp16 or bf16, returned as little-endian uint16 bits.
-
-    fp16: values that round beyond ±65504 raise SourceError naming `what`. bf16: round to nearest even
-    (ml_dtypes); bf16 input is passed through bit for bit."""
+    """`array` (float32/float16/bfloat16/float64) cast to fp16 or bf16, returned as uint16 bits (round to nearest
+    even, in the native library's SIMD kernels). fp16: values that round beyond ±65504 raise SourceError naming
+    `what`. A source already in the target dtype is passed through bit for bit."""
     if array.dtype == np.float16 and dtype == "fp16" or array.dtype == ml_dtypes.bfloat16 and dtype == "bf16":
         return np.ascontiguousarray(array).view(np.uint16)
-    if array.dtype not in (np.float32, np.float16, np.float64, ml_dtypes.bfloat16):
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.dtype not in (np.float32, np.float16, ml_dtypes.bfloat16):
         raise SourceError(f"{what}: unsupported source dtype {array.dtype}")
-    if dtype == "bf16":
-        return array.astype(ml_dtypes.bfloat16).view(np.uint16)
-    wide = array.astype(np.float32, copy=False)
-    with np.errstate(over="ignore"):
-        narrow = wide.astype(np.float16)
-    overflow = np.isinf(narrow) & np.isfinite(wide)
-    if overflow.any():
-        worst = float(np.abs(wide[overflow]).max())
-        raise SourceError(f"{what}: {int(overflow.sum())} value(s) exceed the fp16 range (largest |x| = {worst:.6g} > "
+    bits, overflow = cast_u16(array, dtype)
+    if overflow:
+        wide = array.astype(np.float32)
+        worst = float(np.abs(wide[np.isfinite(wide)]).max())
+        raise SourceError(f"{what}: {overflow} value(s) exceed the fp16 range (largest |x| = {worst:.6g} > "
                           f"{FP16_MAX:g}); convert with --dtype bf16")
-    return narrow.view(np.uint16)
+    return bits
 
 
 def to_nz(matrix: np.ndarray) -> np.ndarray:

@@ -133,6 +133,8 @@ def _load() -> ctypes.CDLL:
             "asw_session_pos": (ctypes.c_int32, [c_session]),
             "asw_prefill": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
             "asw_decode": (ctypes.c_int32, [c_session, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
+            "asw_cast": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
+                                          ctypes.c_int64]),
         }
         for name, (restype, argtypes) in signatures.items():
             fn = getattr(lib, name)
@@ -145,6 +147,23 @@ def _load() -> ctypes.CDLL:
 def _error(what: str) -> NativeError:
     msg = (_load().asw_last_error() or b"").decode("utf-8", "replace")
     return NativeError(f"{what}: {msg}" if msg else what)
+
+
+_CAST_SOURCES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+def cast_u16(values: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
+    """`values` (float32, float16 or ml_dtypes bfloat16) rounded to `dtype` ("fp16" | "bf16", nearest even) as
+    uint16 bits of the same shape, and how many finite values overflowed to +-inf (fp16). For the converter."""
+    source = np.ascontiguousarray(values)
+    src_type = _CAST_SOURCES.get(source.dtype.name)
+    if src_type is None:
+        raise NativeError(f"cast: unsupported source dtype {source.dtype}")
+    out = np.empty(source.shape, dtype=np.uint16)
+    overflow = _load().asw_cast(source.ctypes.data, src_type, out.ctypes.data, _DTYPES[dtype], source.size)
+    if overflow < 0:
+        raise _error("cast")
+    return out, int(overflow)
 
 
 def kernel_name() -> str:

@@ -31,6 +31,8 @@ enum asw_dtype { ASW_DTYPE_F16 = 1, ASW_DTYPE_BF16 = 2 };
 enum asw_layout { ASW_LAYOUT_ND = 0, ASW_LAYOUT_NZ = 1 };
 /* rope scaling */
 enum asw_rope_scaling { ASW_ROPE_NONE = 0, ASW_ROPE_LLAMA3 = 1 };
+/* source element types of asw_cast */
+enum asw_src_type { ASW_SRC_F32 = 0, ASW_SRC_F16 = 1, ASW_SRC_BF16 = 2 };
 /* what decode/prefill return */
 enum asw_logits_mode { ASW_LOGITS_NONE = 0, ASW_LOGITS_LAST = 1, ASW_LOGITS_ALL = 2 };
 
@@ -98,6 +100,11 @@ ASW_API int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, in
 
 /* One decode step for `token` at the current position: same as asw_prefill with n = 1. */
 ASW_API int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, float *logits, int32_t *argmax);
+
+/* Converter utility: cast n values of `src_type` (enum asw_src_type) to `dtype` (enum asw_dtype) u16 bits,
+ * rounding to nearest even with the run-time kernels. Returns how many finite values overflowed to +-inf
+ * (fp16 only; the caller decides whether that is an error), or -1 with asw_last_error() set. */
+ASW_API int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n);
 
 #ifdef __cplusplus
 }
