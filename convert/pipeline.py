@@ -52,7 +52,7 @@ def _row_blocks(source: Source, name: str, shape: tuple[int, ...]) -> Iterator[t
 
 
 def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: AswWriter,
-                   advance: Callable[[int], None]) -> None:
+                   advance: Callable[[int], None], scratch: np.ndarray) -> None:
     what = f"{source.path}: tensor {tensor.name}"
     if tensor.layout == "nz":
         parts = [to_u16(_read_rows(source, part, 0, shape[0]), dtype, f"{what} (from {part})")
@@ -65,7 +65,7 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
         part_nbytes = source.tensors()[part].nbytes
         done = 0
         for start, stop in _row_blocks(source, part, shape):
-            block = to_u16(_read_rows(source, part, start, stop), dtype, f"{what} (from {part})")
+            block = to_u16(_read_rows(source, part, start, stop), dtype, f"{what} (from {part})", scratch)
             writer.write(memoryview(np.ascontiguousarray(block)).cast("B"))
             step = part_nbytes * stop // shape[0] - done
             advance(step)
@@ -114,11 +114,12 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = AswWriter(out_path, data_alignment)
+    scratch = np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16)  # one row block's output, reused by every block
     try:
         writer.reserve_manifest(manifest_nbytes)
         for tensor, entry in zip(plan.tensors, entries):
             writer.begin_tensor(tensor.name, entry["offset"])
-            _stream_tensor(source, tensor, dtype, writer, advance)
+            _stream_tensor(source, tensor, dtype, writer, advance, scratch)
             entry["xxh3_64"] = writer.end_tensor()
         writer.finish(_manifest(plan, source, entries, source.file_hashes()))
     except BaseException:
