@@ -85,7 +85,6 @@ class SafetensorsSource:
             provenance=provenance or {"kind": "hf-dir", "id": directory.resolve().name, "revision": None},
         )
         self._shards = self._find_shards()
-        self._handles: dict[Path, Any] = {}
         self._tensors: dict[str, SourceTensor] = {}
         self._where: dict[str, Path] = {}
         for shard in self._shards:
@@ -117,12 +116,12 @@ class SafetensorsSource:
         return shards
 
     def _open(self, shard: Path) -> Any:
-        if shard not in self._handles:
-            try:
-                self._handles[shard] = safe_open(str(shard), framework="numpy")
-            except Exception as exc:  # safetensors raises SafetensorError / OSError with its own text
-                raise SourceError(f"{shard}: not a readable safetensors file: {exc}") from None
-        return self._handles[shard]
+        """A fresh handle per read: safetensors maps the whole shard, and a long-lived mapping keeps every page
+        read so far resident (counted in RSS); dropping the handle after each block releases them."""
+        try:
+            return safe_open(str(shard), framework="numpy")
+        except Exception as exc:  # safetensors raises SafetensorError / OSError with its own text
+            raise SourceError(f"{shard}: not a readable safetensors file: {exc}") from None
 
     def tensors(self) -> dict[str, SourceTensor]:
         return self._tensors
@@ -154,7 +153,7 @@ class SafetensorsSource:
         return {shard.name: file_xxh3(shard) for shard in self._shards}
 
     def close(self) -> None:
-        self._handles.clear()
+        """Nothing stays open between reads."""
 
     def __enter__(self) -> "SafetensorsSource":
         return self
