@@ -9,10 +9,8 @@ data region (weights used in place, never copied on the cpu backend). This is th
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import format as fmt
@@ -27,16 +25,6 @@ DEFAULT_CONTEXT = 4096
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; says why."""
-
-
-def cann_present() -> bool:
-    """True when the Ascend runtime library can be found (ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME or the loader)."""
-    for variable in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
-        home = os.environ.get(variable)
-        if home and any((Path(home) / sub / lib).exists() for sub in ("lib64", "runtime/lib64")
-                        for lib in ("libascendcl.so", "libacl_rt.so")):
-            return True
-    return ctypes.util.find_library("ascendcl") is not None
 
 
 def resolve_backend(backend: str) -> str:
