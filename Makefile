@@ -10,7 +10,7 @@ NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h) s
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel
 
 # runtime only (what `make demo` needs); the editable install also builds the native library
 $(RUNTIME_STAMP): pyproject.toml setup.py | $(VENV)/bin/python
