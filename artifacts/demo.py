@@ -33,7 +33,9 @@ def converted_model(gguf: Path) -> Path:
                     return out
         except fmt.FormatError as exc:
             print(f"reconverting: {exc}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "ascend_super.convert", str(gguf), "-o", str(out)], check=True)
+    done = subprocess.run([sys.executable, "-m", "ascend_super.convert", str(gguf), "-o", str(out)])
+    if done.returncode != 0:  # the converter has already said why, in one line
+        raise SystemExit(done.returncode)
     return out
 
 

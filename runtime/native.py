@@ -152,14 +152,18 @@ def _error(what: str) -> NativeError:
 _CAST_SOURCES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
-def cast_u16(values: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
+def cast_u16(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """`values` (float32, float16 or ml_dtypes bfloat16) rounded to `dtype` ("fp16" | "bf16", nearest even) as
-    uint16 bits of the same shape, and how many finite values overflowed to +-inf (fp16). For the converter."""
+    uint16 bits of the same shape (written into `out` when given), and how many finite values overflowed to
+    +-inf (fp16). The GIL is released during the call, so threads can cast slices in parallel."""
     source = np.ascontiguousarray(values)
     src_type = _CAST_SOURCES.get(source.dtype.name)
     if src_type is None:
         raise NativeError(f"cast: unsupported source dtype {source.dtype}")
-    out = np.empty(source.shape, dtype=np.uint16)
+    if out is None:
+        out = np.empty(source.shape, dtype=np.uint16)
+    elif out.dtype != np.uint16 or out.size != source.size or not out.flags.c_contiguous:
+        raise NativeError("cast: `out` must be a contiguous uint16 array of the same size")
     overflow = _load().asw_cast(source.ctypes.data, src_type, out.ctypes.data, _DTYPES[dtype], source.size)
     if overflow < 0:
         raise _error("cast")
