@@ -27,13 +27,9 @@ import numpy as np
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 from .gguf_tokenizer import TokenizerBuildError, build_tokenizer, eos_ids
 
-try:
-    import gguf
-    from gguf import GGMLQuantizationType, GGUFReader, Keys, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
-    from gguf.quants import dequantize as _dequantize
-except ImportError as _exc:  # pragma: no cover - gguf is a declared dependency
-    gguf = None
-    _GGUF_IMPORT_ERROR = _exc
+import gguf
+from gguf import GGMLQuantizationType, GGUFReader, Keys, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
+from gguf.quants import dequantize as _dequantize
 
 GGUF_MAGIC = b"GGUF"
 
@@ -167,8 +163,6 @@ class GGUFSource:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        if gguf is None:  # pragma: no cover
-            raise SourceError(f"{self.path}: the 'gguf' package is not installed ({_GGUF_IMPORT_ERROR})")
         self._hash: str | None = None
         self._reader = self._open()
         self._values = self._read_metadata()
@@ -398,8 +392,6 @@ class GGUFSource:
         if any(has_bias) and not all(has_bias):
             raise self._err("only some layers / projections have q/k/v biases")
         config["attention_bias"] = all(has_bias)
-        if self._arch_name == "qwen2" and not config["attention_bias"]:
-            pass  # Qwen2 always has them in practice; a file without them still loads (bias-free attention)
         if any(".o_proj.bias" in hf for hf in self._entries):
             raise self._err("attention output biases (attn_output.bias) are not supported")
 
