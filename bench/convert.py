@@ -178,6 +178,9 @@ def main() -> None:
     print(f"output size            {out_nbytes:,} bytes ({out_nbytes / 1e6:.0f} MB, {args.dtype})")
     print(f"convert / read         {ratio:.2f}x  (reported-time / read: {inner_s / read_s:.2f}x)   target <= {RATIO_TARGET:g}x"
           f"  -> {'PASS' if ratio <= RATIO_TARGET else 'FAIL'}")
+    if copies:
+        print(f"convert / copy         {conv_s / C.median(copies):.2f}x  (the floor for any converter that writes its "
+              "output durably: read + write + fsync of the same bytes)")
     print(f"converter peak RSS     {rss_mb:.0f} MB (max over rounds, the child's ru_maxrss)   target <= {RSS_TARGET_MB:g} MB"
           f"  -> {'PASS' if rss_mb <= RSS_TARGET_MB else 'FAIL'}")
     if not args.keep_cache:
