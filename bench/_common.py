@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -23,6 +24,9 @@ from typing import Any, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from checkpoints import widen_init  # noqa: E402  (the tests' checkpoint maker: one set of weight scales)
 
 # Qwen/Qwen2-0.5B's config.json (shape and rope), random weights
 QWEN2_05B: dict[str, Any] = {
@@ -33,6 +37,13 @@ QWEN2_05B: dict[str, Any] = {
 }
 CHECKPOINT_VERSION = 1  # bump when the generator below changes
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def add_common_args(parser: argparse.ArgumentParser, keep_help: str) -> None:
+    """--rounds, --keep-cache/--no-keep-cache and --regen, shared by every benchmark."""
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported) [3]")
+    parser.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=True, help=keep_help)
+    parser.add_argument("--regen", action="store_true", help="regenerate the cached checkpoint")
 
 
 def log(msg: str) -> None:
@@ -79,14 +90,7 @@ def ensure_checkpoint(regen: bool = False) -> Path:
     rope_theta = cfg.pop("rope_theta")
     config = transformers.Qwen2Config(**cfg, rope_parameters={"rope_type": "default", "rope_theta": rope_theta})
     model = transformers.Qwen2ForCausalLM(config)
-    with torch.no_grad():  # like tests/checkpoints.py: widen the tiny default init so activations are non-trivial
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            elif name.endswith("bias"):
-                param.copy_(0.2 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) / param.shape[-1] ** 0.5)
+    widen_init(model)  # the tests' weight scales, so activations are non-trivial
     model = model.to(torch.bfloat16)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():

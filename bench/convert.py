@@ -100,13 +100,10 @@ def time_convert(src: Path, out: Path, dtype: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported) [3]")
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="target dtype [fp16]")
     parser.add_argument("--warm", action="store_true", help="measure from the page cache instead of cold")
     parser.add_argument("--no-copy", action="store_true", help="skip the read+write+fsync context measurement")
-    parser.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep the generated checkpoint in .cache/bench/ for the next run [yes]")
-    parser.add_argument("--regen", action="store_true", help="regenerate the cached checkpoint")
+    C.add_common_args(parser, "keep the generated checkpoint in .cache/bench/ for the next run [yes]")
     args = parser.parse_args()
 
     checkpoint = C.ensure_checkpoint(args.regen)

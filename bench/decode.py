@@ -115,7 +115,6 @@ class Transformers:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported) [3]")
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens [64]")
     parser.add_argument("--new", type=int, default=32, help="decode steps (new tokens after the prefill's) [32]")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for ours [all cores]")
@@ -124,9 +123,7 @@ def main() -> None:
                              "baseline of the target [all cores,1]")
     parser.add_argument("--bf16", action="store_true", help="also time a bf16 .asw")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
-    parser.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep the checkpoint and .asw files in .cache/bench/ for the next run [yes]")
-    parser.add_argument("--regen", action="store_true", help="regenerate the cached checkpoint")
+    C.add_common_args(parser, "keep the checkpoint and .asw files in .cache/bench/ for the next run [yes]")
     args = parser.parse_args()
 
     import numpy as np

@@ -57,6 +57,21 @@ class Spec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def widen_init(model: Any) -> None:
+    """transformers' random init is tiny (std 0.02): widen it so logits are informative and norms non-trivial
+    (norm weights ~1 ± 0.1, biases ~0.2, matrices ~1/sqrt(fan-in))."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            elif name.endswith("bias"):
+                param.copy_(0.2 * torch.randn_like(param))
+            else:
+                param.copy_(torch.randn_like(param) / param.shape[-1] ** 0.5)
+
+
 def make_checkpoint(directory: Path, spec: Spec) -> Path:
     import torch
     import transformers
@@ -78,14 +93,7 @@ def make_checkpoint(directory: Path, spec: Spec) -> Path:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
     else:
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
-    with torch.no_grad():  # random init is tiny (std 0.02): widen it so logits are informative, norms non-trivial
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            elif name.endswith("bias"):
-                param.copy_(0.2 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) / param.shape[-1] ** 0.5)
+    widen_init(model)
     model = model.to(getattr(torch, spec.torch_dtype))
     kwargs = {"max_shard_size": spec.shard_size} if spec.shard_size else {}
     model.save_pretrained(directory, **kwargs)
