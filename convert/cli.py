@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,10 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def _default_output(spec: str, dtype: str) -> Path:
     stem = Path(spec.rstrip("/")).name.removesuffix(".gguf") or "model"
     return Path(f"{stem}-{dtype}.asw")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -56,6 +61,7 @@ def run(
     if out_path.exists() and out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a directory")
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: no partial file is left
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
     task = progress.add_task("convert", total=None)
