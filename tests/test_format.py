@@ -4,11 +4,13 @@ tensor, and `ascend-inspect` turns it into one line on stderr (exit 2), never a 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any, Callable
 
 import msgpack
+import numpy as np
 import pytest
 import xxhash
 
@@ -199,3 +201,42 @@ def test_msgpack_roundtrip_of_real_manifest(good_file: Path) -> None:
     preamble = fmt.PREAMBLE_STRUCT.unpack(raw[:64])
     manifest = msgpack.unpackb(raw[64:64 + preamble[5]])
     assert manifest["tensors"][0]["xxh3_64"] == f"{xxhash.xxh3_64_intdigest(raw[preamble[7]:preamble[7] + manifest['tensors'][0]['nbytes']]):016x}"
+
+
+def test_random_corruption_never_crashes(good_file: Path) -> None:
+    """Flipped bytes in the preamble or manifest give a FormatError (or, in padding, a file that still opens),
+    never another exception."""
+    original = good_file.read_bytes()
+    with fmt.AswFile.open(good_file) as asw:
+        manifest_end = 64 + asw.preamble.manifest_nbytes
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "opened": 0}
+    for _ in range(300):
+        raw = bytearray(original)
+        for position in rng.integers(0, manifest_end, size=int(rng.integers(1, 4))):
+            raw[position] = int(rng.integers(0, 256))
+        good_file.write_bytes(bytes(raw))
+        try:
+            fmt.AswFile.open(good_file).close()
+            outcomes["opened"] += 1
+        except fmt.FormatError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 250
+
+
+def test_forged_manifest_with_valid_checksum(good_file: Path) -> None:
+    """A manifest rewritten with the right checksum but absurd values is still refused by name."""
+    _, manifest, data = read_parts(good_file)
+    for change, message in [
+        (lambda m: m["config"].update(hidden_size=2**40), "has shape"),
+        (lambda m: m["config"].update(num_hidden_layers=-1), "config.num_hidden_layers is -1"),
+        (lambda m: m["tensors"][0].update(shape=[2**62, 2**62]), "nbytes"),
+        (lambda m: m["tensors"].__setitem__(0, "nonsense"), "tensors[0] lacks one of the keys"),
+        (lambda m: m.update(tensors=[]), "the last tensor ends at byte"),
+        (lambda m: m.update(dtype="fp8"), "dtype 'fp8' is not one of"),
+    ]:
+        forged = msgpack.unpackb(msgpack.packb(manifest))
+        change(forged)
+        rebuild(good_file, forged, data)
+        with pytest.raises(fmt.FormatError, match=re.escape(message)):
+            fmt.AswFile.open(good_file).close()
