@@ -37,14 +37,24 @@ def run(
 ) -> None:
     """Generate text from a .asw model."""
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
+    if system is not None and raw:
+        fail("--system needs the chat template; it cannot be combined with --raw")
     try:
         loaded = Model(model, backend, threads)
-    except fmt.FormatError as exc:
+    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))
-    except (BackendUnavailable, NativeError) as exc:
-        fail(str(exc))
+    trained = int(loaded.config["max_position_embeddings"])
+    if context is not None and context > trained:
+        stderr.print(f"warning: --context {context} is beyond the {trained} positions the model was trained for",
+                     markup=False, highlight=False)
     stats = Stats()
+    prompt_ids: list[int] = []
+    interrupted = False
     with loaded:
         try:
             prompt_ids = loaded.prompt_ids(prompt, raw, system)
@@ -61,6 +71,7 @@ def run(
             fail(str(exc))
         except KeyboardInterrupt:
             stats.stop_reason = "interrupted"
+            interrupted = True
     if as_json:
         typer.echo(json.dumps({
             "prompt_token_ids": prompt_ids,
@@ -72,6 +83,8 @@ def run(
     else:
         sys.stdout.write("\n")
         stderr.print(stats.line(), highlight=False, markup=False)
+    if interrupted:
+        raise typer.Exit(130)
 
 
 def main() -> None:

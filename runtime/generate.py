@@ -7,11 +7,15 @@ logits and draws with temperature / top-k / top-p from a seeded numpy generator.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+
+
+PREFILL_SLICE = 256  # prompt tokens per native call (the backend batches them in its own chunks)
 
 
 class GenerationError(ValueError):
@@ -29,12 +33,16 @@ class Sampling:
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 <= self.temperature < math.inf):
+            raise GenerationError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise GenerationError(f"seed must be >= 0, got {self.seed}")
+        if self.greedy and (self.top_k or self.top_p < 1 or self.seed is not None):
+            raise GenerationError("top_k, top_p and seed only apply when sampling: set temperature > 0")
 
     @property
     def greedy(self) -> bool:
@@ -54,7 +62,8 @@ class Stats:
 
     def line(self) -> str:
         return (f"load {self.load_s:.2f} s | prompt {self.prompt_tokens} tok | TTFT {self.ttft_s * 1000:.0f} ms | "
-                f"prefill {self.prefill_tok_s:.1f} tok/s | decode {self.decode_tok_s:.1f} tok/s | "
+                f"prefill {self.prefill_tok_s:.1f} tok/s | "
+                f"decode {f'{self.decode_tok_s:.1f} tok/s' if self.decode_tok_s else '-'} | "
                 f"generated {self.generated_tokens} tok ({self.stop_reason})")
 
     def as_dict(self) -> dict[str, object]:
@@ -100,8 +109,8 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
     if needed > session.max_len:
         raise GenerationError(
             f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({sampling.max_new_tokens}) = {needed} exceeds the "
-            f"context of {session.max_len} tokens this session was made for; raise --context or lower "
-            "--max-new-tokens"
+            f"context of {session.max_len} tokens this session was made for; raise the context or lower "
+            "max_new_tokens (--context / --max-new-tokens)"
         )
     rng = np.random.default_rng(sampling.seed)
     mode = "none" if sampling.greedy else "last"
@@ -110,7 +119,10 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
     eos = set(eos_ids)
 
     started = time.perf_counter()
-    logits, token = session.prefill(list(prompt_ids), logits=mode)
+    ids = list(prompt_ids)
+    for start in range(0, len(ids) - PREFILL_SLICE, PREFILL_SLICE):  # Python sees Ctrl-C between slices
+        session.prefill(ids[start:start + PREFILL_SLICE], logits="none")
+    logits, token = session.prefill(ids[(len(ids) - 1) // PREFILL_SLICE * PREFILL_SLICE:], logits=mode)
     if not sampling.greedy:
         token = sample(logits, sampling, rng)
     first = time.perf_counter()

@@ -9,7 +9,9 @@ data region (weights used in place, never copied on the cpu backend). This is th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -39,6 +41,9 @@ class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> None:
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
+        cores = os.cpu_count() or 1
+        if threads is not None and not 1 <= threads <= cores:
+            raise GenerationError(f"threads must be between 1 and the {cores} cores here, got {threads}")
         self.threads = threads
         self.asw = fmt.AswFile.open(path)
         try:
@@ -54,11 +59,15 @@ class Model:
             self.asw.close()
             raise
         self.load_s = time.perf_counter() - started
-        self._session: NativeSession | None = None
+        self._idle: dict[int, list[NativeSession]] = {}  # context length -> sessions not in use
+        self._pool_lock = threading.Lock()
+        self._closed = False
 
     # --- prompts
     def prompt_ids(self, prompt: str | list[Message], raw: bool = False, system: str | None = None) -> list[int]:
         """Token ids for a prompt: the chat template applied to a user message (or a message list) unless `raw`."""
+        if not prompt or isinstance(prompt, str) and not prompt.strip():
+            raise GenerationError("the prompt is empty")
         if raw:
             if not isinstance(prompt, str):
                 raise GenerationError("a raw prompt must be text, not a message list")
@@ -72,28 +81,49 @@ class Model:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     # --- sessions
+    def context_length(self, context: int | None) -> int:
+        """The KV-cache length for a request: `context`, or the model's own capped at DEFAULT_CONTEXT."""
+        if context is None:
+            return min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
+        if context < 1:
+            raise GenerationError(f"context must be >= 1, got {context}")
+        return context
+
     def session(self, context: int | None = None) -> NativeSession:
         """A fresh session with a KV cache of `context` positions (default: the model's, capped at 4096)."""
-        length = context or min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
-        if length < 1:
-            raise GenerationError(f"context must be >= 1, got {length}")
-        return self.native.session(length, self.threads)
+        return self.native.session(self.context_length(context), self.threads)
 
-    def _reusable_session(self, context: int | None) -> NativeSession:
-        wanted = context or min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
-        if self._session is None or self._session.max_len != wanted:
-            if self._session is not None:
-                self._session.close()
-            self._session = self.session(wanted)
-        self._session.reset()
-        return self._session
+    @contextlib.contextmanager
+    def _pooled_session(self, context: int | None) -> Iterator[NativeSession]:
+        """An idle session of this length (made on first use), reset, returned to the pool afterwards; concurrent
+        generations each get their own, so they never share a KV cache."""
+        length = self.context_length(context)
+        with self._pool_lock:
+            idle = self._idle.setdefault(length, [])
+            session = idle.pop() if idle else None
+        if session is None:
+            session = self.session(length)
+        session.reset()
+        try:
+            yield session
+        finally:
+            with self._pool_lock:
+                if self._closed:
+                    session.close()
+                else:
+                    self._idle[length].append(session)
 
     # --- generation
     def generate_tokens(self, prompt_ids: Sequence[int], sampling: Sampling = Sampling(),
                         context: int | None = None, stats: Stats | None = None) -> Iterator[int]:
+        """Yield generated token ids; `stats` (a Stats) is filled in as generation goes."""
         stats = stats if stats is not None else Stats()
+        if not isinstance(stats, Stats):
+            raise GenerationError(f"stats must be an ascend_super.Stats, not {type(stats).__name__}")
         stats.load_s = self.load_s
-        return generate_ids(self._reusable_session(context), prompt_ids, sampling, self.eos_ids, stats)
+        sampling.check()
+        with self._pooled_session(context) as session:
+            yield from generate_ids(session, prompt_ids, sampling, self.eos_ids, stats)
 
     def generate(self, prompt: str | list[Message], *, raw: bool = False, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -107,10 +137,13 @@ class Model:
                 yield piece
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
-        self.native.close()
+        with self._pool_lock:
+            self._closed = True
+            for sessions in self._idle.values():
+                for session in sessions:
+                    session.close()
+            self._idle.clear()
+        self.native.close()  # also closes sessions still in use
         self.asw.close()
 
     def __enter__(self) -> "Model":

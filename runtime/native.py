@@ -15,6 +15,7 @@ No math happens here: each call is one ctypes call into the library.
 from __future__ import annotations
 
 import abc
+import contextlib
 import ctypes
 import importlib.machinery
 import math
@@ -287,9 +288,9 @@ class NativeModel(_Owned):
             self._handle = None
 
 
-
 class NativeSession(_Owned):
-    """One sequence: a KV cache and the position in it. Driven by one thread at a time."""
+    """One sequence: a KV cache and the position in it. Calls from several threads are serialized (the native
+    session and its thread pool serve one caller at a time); for parallel generation use one session per thread."""
 
     def __init__(self, model: NativeModel, max_len: int, threads: int | None = None) -> None:
         self._handle: int | None = None
@@ -305,6 +306,7 @@ class NativeSession(_Owned):
         self._max_len = int(max_len)
         self._vocab = model.vocab
         self._argmax = ctypes.c_int32(0)
+        self._lock = threading.Lock()
         model._sessions.add(self)
 
     @property
@@ -333,8 +335,15 @@ class NativeSession(_Owned):
     def prefill(self, tokens: Sequence[int], logits: str = "last") -> tuple[np.ndarray | None, int]:
         """Run `tokens` at the next positions as one batch. Returns (logits, argmax of the last position):
         logits "last" -> [vocab], "all" -> [n, vocab], "none" -> None."""
+        with self._lock:
+            return self._prefill(tokens, logits)
+
+    def _prefill(self, tokens: Sequence[int], logits: str) -> tuple[np.ndarray | None, int]:
         handle = self._check()
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        raw = np.asarray(tokens)
+        if raw.size and not np.issubdtype(raw.dtype, np.integer):
+            raise NativeError(f"token ids must be integers, got {raw.dtype}")
+        ids = raw.astype(np.int64).reshape(-1)
         if ids.size == 0:
             raise NativeError("prefill needs at least one token")
         if ids.size > _INT32_MAX or ids.min() < -(2**31) or ids.max() > _INT32_MAX:
@@ -352,7 +361,13 @@ class NativeSession(_Owned):
 
     def decode(self, token: int, logits: str = "last") -> tuple[np.ndarray | None, int]:
         """One step for `token` at the next position. Returns (logits [vocab] or None, argmax)."""
+        with self._lock:
+            return self._decode(token, logits)
+
+    def _decode(self, token: int, logits: str) -> tuple[np.ndarray | None, int]:
         handle = self._check()
+        if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
+            raise NativeError(f"token id {token!r} is not an integer")
         if not -(2**31) <= int(token) <= _INT32_MAX:
             raise NativeError(f"token id {token} is not a 32-bit integer")
         mode, out = self._logits_buffer(logits, 1)
@@ -364,11 +379,14 @@ class NativeSession(_Owned):
 
     def reset(self) -> None:
         """Forget all positions (the KV cache memory is reused)."""
-        _load().asw_session_reset(self._check())
+        with self._lock:
+            _load().asw_session_reset(self._check())
 
     def close(self) -> None:
-        if self._handle is not None:
-            _load().asw_session_free(self._handle)
-            self._handle = None
-            self._model._sessions.discard(self)
+        lock = getattr(self, "_lock", None)  # absent when __init__ failed early
+        with lock if lock is not None else contextlib.nullcontext():
+            if self._handle is not None:
+                _load().asw_session_free(self._handle)
+                self._handle = None
+                self._model._sessions.discard(self)
 

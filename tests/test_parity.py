@@ -10,6 +10,7 @@ mapping gives errors of O(1), far outside it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +128,9 @@ def test_cache_equals_recompute_and_long_prompt(name: str, checkpoint_dir, conve
 def test_threads_do_not_change_results(converted) -> None:
     ids = prompt(SPECS["qwen2-gqa-hd64"].vocab, 30)
     results = []
-    for threads in (1, 2, 3):
+    for threads in sorted({1, min(2, os.cpu_count() or 1), os.cpu_count() or 1}):
         with ascend_super.load(converted("qwen2-gqa-hd64"), backend="cpu", threads=threads) as model:
             logits, _ = model.session(64).prefill(ids, logits="all")
             results.append(logits)
-    np.testing.assert_allclose(results[0], results[1], atol=1e-4)
-    np.testing.assert_allclose(results[0], results[2], atol=1e-4)
+    for other in results[1:]:
+        np.testing.assert_allclose(results[0], other, atol=1e-4)

@@ -131,11 +131,74 @@ def test_stops_on_any_eos_id() -> None:
     (["--backend", "aclnn"], "aclnn (Ascend NPU) backend is not part of this build"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--temperature", "nan"], "temperature must be a finite number >= 0"),
+    (["--temperature", "1", "--seed", "-5"], "seed must be >= 0"),
+    (["--top-k", "5"], "only apply when sampling: set temperature > 0"),
+    (["--system", "Be brief.", "--raw"], "--system needs the chat template"),
+    (["--threads", "0"], "threads must be between 1 and the"),
+    (["--context", "0"], "context must be >= 1"),
 ])
 def test_cli_errors(args: list[str], message: str, converted) -> None:
     result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("prompt", "stdin", "message"), [
+    ("", None, "the prompt is empty"),
+    ("   ", None, "the prompt is empty"),
+    ("-", b"caf\xe9", "the prompt is not valid UTF-8 (byte 3)"),
+])
+def test_cli_bad_prompts(prompt: str, stdin: bytes | None, message: str, converted) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ascend_super.runtime", str(converted(MODEL)), "--prompt", prompt]
+    result = subprocess.run(command, input=stdin or b"", capture_output=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr.decode() and b"Traceback" not in result.stderr
+
+
+def test_interleaved_generators_do_not_share_a_cache(converted) -> None:
+    with ascend_super.load(converted(MODEL)) as model:
+        alone = [list(model.generate_tokens(model.prompt_ids(p), Sampling(max_new_tokens=10))) for p in ("a", "bcd")]
+        first = model.generate_tokens(model.prompt_ids("a"), Sampling(max_new_tokens=10))
+        second = model.generate_tokens(model.prompt_ids("bcd"), Sampling(max_new_tokens=10))
+        together: list[list[int]] = [[], []]
+        for a, b in zip(first, second):
+            together[0].append(a)
+            together[1].append(b)
+        together[0] += list(first)
+        together[1] += list(second)
+        assert together == alone
+
+
+def test_threads_share_one_model(converted) -> None:
+    import threading
+
+    with ascend_super.load(converted(MODEL), threads=1) as model:
+        prompts = ["one", "two two", "three three three", "four"]
+        expected = {p: list(model.generate_tokens(model.prompt_ids(p), Sampling(max_new_tokens=12))) for p in prompts}
+        got: dict[str, list[int]] = {}
+
+        def work(p: str) -> None:
+            got[p] = list(model.generate_tokens(model.prompt_ids(p), Sampling(max_new_tokens=12)))
+
+        workers = [threading.Thread(target=work, args=(p,)) for p in prompts]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert not any(worker.is_alive() for worker in workers), "generation deadlocked"
+        assert got == expected
+        shared = model.session(64)  # one session driven from two threads is serialized, not deadlocked
+        ids = model.prompt_ids("one")
+        calls = [threading.Thread(target=shared.prefill, args=(ids,)) for _ in range(2)]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join(timeout=60)
+        assert not any(call.is_alive() for call in calls) and shared.pos == 2 * len(ids)
 
 
 def test_cli_rejects_bad_files(tmp_path: Path, converted) -> None:
