@@ -7,6 +7,14 @@ repository's top-level convert/ and runtime/ folders, mapped into this package.
 __version__ = "0.1.0"
 
 
+def __getattr__(name: str):  # noqa: ANN202  (lazy re-exports: importing the package stays cheap)
+    if name in ("Stats", "Sampling"):
+        from ascend_super.runtime import generate
+
+        return getattr(generate, name)
+    raise AttributeError(f"module 'ascend_super' has no attribute {name!r}")
+
+
 def load(path, backend: str = "auto", threads=None):  # noqa: ANN001, ANN201 (re-exported; see runtime.model.load)
     """Open a .asw file for generation: `ascend_super.load("model.asw").generate("Hi")` yields text pieces."""
     from ascend_super.runtime.model import load as _load

@@ -17,16 +17,17 @@ FP16_MAX = float(np.finfo(np.float16).max)
 def to_u16(array: np.ndarray, dtype: str, what: str, scratch: np.ndarray | None = None) -> np.ndarray:
     """`array` (float32/float16/bfloat16/float64) cast to fp16 or bf16, returned as uint16 bits (round to nearest
     even, in the native library's SIMD kernels). fp16: values that round beyond ±65504 raise SourceError naming
-    `what`. A source already in the target dtype is passed through bit for bit. `scratch` (uint16, at least
-    array.size elements) is reused for the result when given: fresh memory costs a page fault per 4 KiB."""
-    if array.dtype == np.float16 and dtype == "fp16" or array.dtype == ml_dtypes.bfloat16 and dtype == "bf16":
-        return np.ascontiguousarray(array).view(np.uint16)
+    `what`, and so do NaN or infinite source values (a model holding them is broken). A source already in the
+    target dtype comes out bit for bit (the f32 round trip is exact). `scratch` (uint16, at least array.size
+    elements) is reused for the result when given: fresh memory costs a page fault per 4 KiB."""
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     if array.dtype not in (np.float32, np.float16, ml_dtypes.bfloat16):
         raise SourceError(f"{what}: unsupported source dtype {array.dtype}")
     out = scratch[: array.size].reshape(array.shape) if scratch is not None and scratch.size >= array.size else None
-    bits, overflow = cast_u16(array, dtype, out)
+    bits, overflow, nonfinite = cast_u16(array, dtype, out)
+    if nonfinite:
+        raise SourceError(f"{what}: {nonfinite} value(s) are NaN or infinite; the source weights are corrupt")
     if overflow:
         wide = array.astype(np.float32)
         worst = float(np.abs(wide[np.isfinite(wide)]).max())

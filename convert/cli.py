@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -22,28 +25,46 @@ from .sources.hub import ALIASES, open_source
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def _default_output(spec: str, dtype: str) -> Path:
-    stem = Path(spec.rstrip("/")).name.removesuffix(".gguf") or "model"
-    return Path(f"{stem}-{dtype}.asw")
+def _default_name(spec: str, dtype: str) -> str:
+    name = Path(spec.rstrip("/")).name or "model"
+    stem = name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+    return f"{stem}-{dtype}.asw"
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _output_path(output: str | None, spec: str, dtype: str) -> Path:
+    """-o FILE, or -o FOLDER/ (or an existing folder) for the default name inside it."""
+    if output is None:
+        return Path(_default_name(spec, dtype))
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return Path(output) / _default_name(spec, dtype)
+    return Path(output)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: clean up like Ctrl-C, exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 @app.command()
 def run(
     source: Optional[str] = typer.Argument(None, help="Local HF directory, .gguf file, alias, or HF repo id."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .asw file [default: <name>-<dtype>.asw]."),
+    output: Optional[str] = typer.Option(None, "-o", "--output",
+                                         help="Output .asw file, or a folder for <name>-<dtype>.asw (created if "
+                                              "missing) [default: <name>-<dtype>.asw here]."),
     dtype: str = typer.Option("fp16", "--dtype", help="Weight dtype: fp16 (fastest on Ascend) or bf16."),
     layout: str = typer.Option("nd", "--layout", help="Matrix layout: nd (row-major) or nz (FRACTAL_NZ, aclnn only)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit."),
     align: int = typer.Option(fmt.DEFAULT_DATA_ALIGNMENT, "--align",
-                              help="Data-region alignment in bytes (power of two >= 512)."),
+                              help="Data-region alignment in bytes (power of two, 512 to 1 GiB)."),
     list_aliases: bool = typer.Option(False, "--list-aliases", help="Print the model aliases and exit."),
 ) -> None:
     """Convert a Qwen2 / Llama checkpoint into one .asw file."""
     if list_aliases:
+        if source is not None:
+            raise typer.BadParameter("--list-aliases takes no SOURCE")
         for alias, repo in ALIASES.items():
             typer.echo(f"{alias:18} {repo}")
         return
@@ -57,20 +78,21 @@ def run(
         fmt.check_data_alignment(align)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    out_path = output or _default_output(source, dtype)
-    if out_path.exists() and out_path.is_dir():
-        raise typer.BadParameter(f"{out_path} is a directory")
+    out_path = _output_path(output, source, dtype)
 
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: no partial file is left
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` cleans up like Ctrl-C: no partial file is left
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=console, transient=True)
+                        TimeRemainingColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)
     task = progress.add_task("convert", total=None)
 
     def on_plan(plan: Plan) -> None:
         progress.update(task, total=plan.source_nbytes)
 
+    started = time.perf_counter()
     try:
-        with console.status(f"opening {source} …"):
+        status = console.status(f"opening {source} …") if console.is_terminal else contextlib.nullcontext()
+        with status:
             opened = open_source(source, revision)
         with opened as src, progress:
             summary = convert(src, out_path, dtype, layout, align, on_plan=on_plan,
@@ -79,15 +101,17 @@ def run(
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"nothing was written to {out_path}", 130, "interrupted")
+    except Terminated:
+        fail(f"nothing was written to {out_path}", 143, "terminated")
     except OSError as exc:
         fail(str(exc), 1)
 
     table = Table(show_header=False, box=None)
-    gb = summary.file_nbytes / 1e9
+    seconds = time.perf_counter() - started  # opening the source included (GGUF metadata takes seconds)
     rows = [("output", str(summary.out_path)), ("arch", summary.arch), ("dtype / layout", f"{summary.dtype} / {summary.layout}"),
             ("tensors", str(summary.tensors)), ("parameters", f"{summary.parameters:,}"),
-            ("file size", f"{summary.file_nbytes:,} bytes"), ("time", f"{summary.seconds:.2f} s"),
-            ("throughput", f"{gb / max(summary.seconds, 1e-9):.2f} GB/s written")]
+            ("file size", f"{summary.file_nbytes:,} bytes"), ("time", f"{seconds:.2f} s"),
+            ("throughput", f"{summary.tensor_nbytes / 1e9 / max(seconds, 1e-9):.2f} GB/s of tensors written")]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table)

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from ascend_super import __version__
 from ascend_super.runtime import format as fmt
 
 from .cast import to_nz, to_u16
 from .plan import Plan, PlannedTensor, build_plan
-from .sources.base import Source
+from .sources.base import Source, SourceError
 from .writer import AswWriter
 
 BLOCK_BYTES = 64 * 1024 * 1024  # source bytes (as float32) per row block
@@ -33,6 +34,7 @@ class Summary:
     tensors: int
     parameters: int
     file_nbytes: int
+    tensor_nbytes: int  # bytes of tensor data written (the file less manifest and padding)
     source_nbytes: int
     seconds: float
 
@@ -92,6 +94,30 @@ def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_ha
     }
 
 
+def _check_before_writing(source: Source, manifest: dict[str, Any]) -> None:
+    """Refuse, before a byte is written, what the reader or the runtime would refuse later."""
+    try:
+        fmt.check_manifest_values(source.path, manifest)
+    except fmt.FormatError as exc:
+        raise SourceError(f"the source would give an invalid model: {exc}") from None
+    try:
+        Tokenizer.from_str(manifest["tokenizer"])
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON or models
+        raise SourceError(f"{source.path}: tokenizer.json cannot be loaded by tokenizers: {exc}") from None
+
+
+def check_output_path(out_path: Path, source: Source) -> None:
+    """The output must be a regular file (or not exist yet) and must not be one of the source's own files."""
+    if out_path.exists() and not out_path.is_file():
+        raise SourceError(f"{out_path}: exists and is not a regular file; choose another output path")
+    resolved = out_path.resolve()
+    source_dir = source.path if source.path.is_dir() else source.path.parent
+    inputs = {(source_dir / name).resolve() for name in source.file_names()} | {source.path.resolve()}
+    if resolved in inputs or (source.path.is_dir() and resolved.parent == source.path.resolve()
+                              and out_path.exists() and out_path.suffix != ".asw"):
+        raise SourceError(f"{out_path}: is one of the source's own files; refusing to overwrite it")
+
+
 def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "nd",
             data_alignment: int = fmt.DEFAULT_DATA_ALIGNMENT,
             on_plan: Callable[[Plan], None] | None = None,
@@ -99,6 +125,7 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
     """Convert `source` into `out_path`. On any error or interrupt nothing is left at out_path (an existing file
     there is only replaced once the new one is complete)."""
     started = time.perf_counter()
+    check_output_path(out_path, source)
     plan = build_plan(source, dtype, layout)
     if on_plan is not None:
         on_plan(plan)
@@ -110,7 +137,9 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
     ]
     # every hash in the manifest is fixed-length hex, so placeholders give the final manifest size up front
     placeholder_files = {name: "0" * fmt.HASH_HEX_LEN for name in source.file_names()}
-    manifest_nbytes = len(fmt.pack_manifest(_manifest(plan, source, entries, placeholder_files)))
+    draft = _manifest(plan, source, entries, placeholder_files)
+    _check_before_writing(source, draft)
+    manifest_nbytes = len(fmt.pack_manifest(draft))
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = AswWriter(out_path, data_alignment)
@@ -126,4 +155,5 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
         writer.abort()
         raise
     return Summary(out_path, plan.arch.arch, dtype, layout, len(plan.tensors), plan.parameters,
-                   out_path.stat().st_size, plan.source_nbytes, time.perf_counter() - started)
+                   out_path.stat().st_size, sum(t.nbytes for t in plan.tensors), plan.source_nbytes,
+                   time.perf_counter() - started)

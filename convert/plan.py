@@ -93,6 +93,9 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
     if hf.get("use_sliding_window"):
         raise SourceError(f"{where}: sliding-window attention (use_sliding_window=true) is not supported")
     try:
+        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
+            if not isinstance(hf[key], int) or isinstance(hf[key], bool) or hf[key] < 1:
+                raise SourceError(f"{where}: config.json {key} is {hf[key]!r}, not a positive integer")
         hidden = int(hf["hidden_size"])
         heads = int(hf["num_attention_heads"])
         rope_parameters = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
@@ -120,6 +123,9 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
         raise SourceError(f"{where}: config.json lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise SourceError(f"{where}: config.json has a malformed value: {exc}") from None
+    for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        if config[key] < 1:
+            raise SourceError(f"{where}: {key} is {config[key]}, not a positive integer")
     if config["num_attention_heads"] % config["num_key_value_heads"]:
         raise SourceError(f"{where}: num_attention_heads is not a multiple of num_key_value_heads")
     if config["head_dim"] % 2:

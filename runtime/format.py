@@ -38,6 +38,7 @@ assert PREAMBLE_STRUCT.size == PREAMBLE_NBYTES
 TENSOR_ALIGNMENT = 512
 DEFAULT_DATA_ALIGNMENT = 2 * 1024 * 1024
 MIN_DATA_ALIGNMENT = TENSOR_ALIGNMENT
+MAX_DATA_ALIGNMENT = 1 << 30  # 1 GiB (the preamble field is u32)
 MAX_MANIFEST_NBYTES = 256 * 1024 * 1024
 HASH_HEX_LEN = 16  # xxh3_64 as 16 lowercase hex digits: fixed length, so the manifest size is known in advance
 
@@ -85,6 +86,7 @@ class TensorMissing(FormatError): ...
 class TensorUnexpected(FormatError): ...
 class TrailingBytes(FormatError): ...
 class HashMismatch(FormatError): ...
+class NonZeroPadding(FormatError): ...
 
 
 # ------------------------------------------------------------------------------------------------- pure helpers
@@ -190,8 +192,9 @@ def layout_file(manifest_nbytes: int, data_alignment: int) -> int:
 
 
 def check_data_alignment(data_alignment: int) -> None:
-    if data_alignment < MIN_DATA_ALIGNMENT or data_alignment & (data_alignment - 1):
-        raise ValueError(f"data alignment must be a power of two >= {MIN_DATA_ALIGNMENT}, got {data_alignment}")
+    if not MIN_DATA_ALIGNMENT <= data_alignment <= MAX_DATA_ALIGNMENT or data_alignment & (data_alignment - 1):
+        raise ValueError(f"data alignment must be a power of two from {MIN_DATA_ALIGNMENT} to {MAX_DATA_ALIGNMENT}, "
+                         f"got {data_alignment}")
 
 
 # ------------------------------------------------------------------------------------------------------ reader
@@ -282,7 +285,16 @@ class AswFile:
         return self.tensor_bytes(name).view("<u2").reshape(shape)
 
     def verify(self, progress: Callable[[TensorEntry], None] | None = None) -> None:
-        """Recompute every tensor hash; raises HashMismatch naming the first bad tensor."""
+        """Recompute every tensor hash (HashMismatch names the first bad tensor) and check that all padding is
+        zeros (NonZeroPadding names its byte range)."""
+        pads = [(PREAMBLE_NBYTES + self.preamble.manifest_nbytes, self.preamble.data_offset)]
+        cursor = 0
+        for entry in sorted(self.tensors, key=lambda e: e.offset):
+            pads.append((self.preamble.data_offset + cursor, self.preamble.data_offset + entry.offset))
+            cursor = entry.offset + entry.nbytes
+        for start, end in pads:
+            if end > start and np.frombuffer(self._mmap, dtype=np.uint8, count=end - start, offset=start).any():
+                raise NonZeroPadding(f"{self.path}: padding bytes [{start}, {end}) are not all zero")
         for entry in self.tensors:
             actual = xxh3_hex(self.tensor_bytes(entry.name))
             if actual != entry.xxh3_64:
@@ -311,8 +323,10 @@ def _parse_preamble(path: Path, raw: bytes, file_size: int) -> Preamble:
         raise UnsupportedVersion(f"{path}: format version {major}.{minor} is not a released version")
     if reserved != 0:
         raise BadPreamble(f"{path}: reserved preamble bytes 60-63 are not zero")
-    if data_alignment < MIN_DATA_ALIGNMENT or data_alignment & (data_alignment - 1):
-        raise BadPreamble(f"{path}: data alignment {data_alignment} (byte 56) is not a power of two >= {MIN_DATA_ALIGNMENT}")
+    try:
+        check_data_alignment(data_alignment)
+    except ValueError as exc:
+        raise BadPreamble(f"{path}: byte 56: {exc}") from None
     if manifest_offset != PREAMBLE_NBYTES:
         raise ManifestOutOfBounds(f"{path}: manifest offset {manifest_offset} (byte 16) must be {PREAMBLE_NBYTES}")
     if manifest_nbytes == 0 or manifest_nbytes > MAX_MANIFEST_NBYTES:
@@ -359,7 +373,7 @@ def _parse_manifest(path: Path, mapping: mmap.mmap, preamble: Preamble) -> dict[
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise ManifestInvalid(f"{path}: manifest is missing key(s): {', '.join(missing)}")
-    _check_manifest_values(path, manifest)
+    check_manifest_values(path, manifest)
     return manifest
 
 
@@ -368,7 +382,9 @@ def _require(condition: bool, path: Path, what: str) -> None:
         raise ManifestInvalid(f"{path}: manifest {what}")
 
 
-def _check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
+def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
+    """Every rule on the manifest's values (not the tensor table's placement); raises ManifestInvalid. The
+    converter runs it before writing, so it never produces a file the reader refuses."""
     _require(manifest["arch"] in ARCHS, path, f"arch {manifest['arch']!r} is not one of {', '.join(ARCHS)}")
     _require(manifest["dtype"] in DTYPES, path, f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
     _require(manifest["layout"] in LAYOUTS, path, f"layout {manifest['layout']!r} is not one of {', '.join(LAYOUTS)}")
@@ -404,6 +420,12 @@ def _check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
     eos = config.get("eos_token_id")
     _require(isinstance(eos, list) and all(isinstance(i, int) for i in eos), path,
              f"config.eos_token_id is {eos!r}, not a list of token ids")
+    vocab = config["vocab_size"]
+    for key in ("bos_token_id", "pad_token_id"):
+        value = config.get(key)
+        _require(value is None or isinstance(value, int) and 0 <= value < vocab, path,
+                 f"config.{key} is {value!r}, not null or a token id below vocab_size {vocab}")
+    _require(all(0 <= i < vocab for i in eos), path, f"config.eos_token_id {eos} has ids outside [0, {vocab})")
     _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
 
 

@@ -103,7 +103,7 @@ def run(
             try:
                 with progress:
                     asw.verify(lambda entry: progress.advance(task, entry.nbytes))
-            except fmt.HashMismatch as exc:
+            except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
                 fail(str(exc), 1, "verify failed")
             err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
 

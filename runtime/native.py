@@ -135,7 +135,7 @@ def _load() -> ctypes.CDLL:
             "asw_prefill": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
             "asw_decode": (ctypes.c_int32, [c_session, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
             "asw_cast": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
-                                          ctypes.c_int64]),
+                                          ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
         }
         for name, (restype, argtypes) in signatures.items():
             fn = getattr(lib, name)
@@ -153,10 +153,10 @@ def _error(what: str) -> NativeError:
 _CAST_SOURCES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
-def cast_u16(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def cast_u16(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """`values` (float32, float16 or ml_dtypes bfloat16) rounded to `dtype` ("fp16" | "bf16", nearest even) as
-    uint16 bits of the same shape (written into `out` when given), and how many finite values overflowed to
-    +-inf (fp16). The GIL is released during the call, so threads can cast slices in parallel."""
+    uint16 bits of the same shape (written into `out` when given), how many finite values overflowed to +-inf
+    (fp16), and how many source values were NaN or +-inf. The GIL is released during the call."""
     source = np.ascontiguousarray(values)
     src_type = _CAST_SOURCES.get(source.dtype.name)
     if src_type is None:
@@ -165,10 +165,12 @@ def cast_u16(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> t
         out = np.empty(source.shape, dtype=np.uint16)
     elif out.dtype != np.uint16 or out.size != source.size or not out.flags.c_contiguous:
         raise NativeError("cast: `out` must be a contiguous uint16 array of the same size")
-    overflow = _load().asw_cast(source.ctypes.data, src_type, out.ctypes.data, _DTYPES[dtype], source.size)
+    nonfinite = ctypes.c_int64(0)
+    overflow = _load().asw_cast(source.ctypes.data, src_type, out.ctypes.data, _DTYPES[dtype], source.size,
+                                ctypes.byref(nonfinite))
     if overflow < 0:
         raise _error("cast")
-    return out, int(overflow)
+    return out, int(overflow), int(nonfinite.value)
 
 
 def kernel_name() -> str:

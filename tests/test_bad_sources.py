@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,18 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "'model.layers.0.mlp.down_proj.weight' has dtype I8"),
     "not safetensors": (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00garbage"),
                         "not a readable safetensors file"),
+    "non-finite weight": (lambda d: _edit_state(d, lambda s: s["model.layers.1.self_attn.q_proj.weight"].__setitem__(
+        (0, 0), float("inf"))), "blk.1.attn_qkv.weight (from model.layers.1.self_attn.q_proj.weight): 1 value(s) are NaN or infinite"),
+    "tokenizer not loadable": (lambda d: (d / "tokenizer.json").write_text('{"x": 1}'),
+                               "tokenizer.json cannot be loaded by tokenizers"),
+    "eos id outside vocab": (lambda d: _edit_config(d, lambda c: c.update(eos_token_id=99999)),
+                             "config.eos_token_id [99999, 2] has ids outside [0, 320)"),
+    "negative rms eps": (lambda d: _edit_config(d, lambda c: c.update(rms_norm_eps=-1)),
+                         "config.rms_norm_eps is -1.0, not a positive number"),
+    "zero heads": (lambda d: _edit_config(d, lambda c: c.update(num_attention_heads=0)),
+                   "num_attention_heads is 0, not a positive integer"),
+    "shard outside folder": (lambda d: (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"lm_head.weight": "../elsewhere.safetensors"}})), "names a file outside the checkpoint folder"),
     "bad rope scaling": (lambda d: _edit_config(d, lambda c: c.update(rope_parameters={"rope_type": "yarn", "factor": 4.0})),
                          "rope scaling type 'yarn' is not supported"),
 }
@@ -61,6 +74,29 @@ def test_bad_source(case: str, tmp_path: Path, checkpoint_dir) -> None:
     assert message in result.stderr.replace("\n", ""), result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob("out.asw.tmp*"))
+
+
+def test_output_path_rules(tmp_path: Path, checkpoint_dir) -> None:
+    directory = tmp_path / "src"
+    shutil.copytree(checkpoint_dir("qwen2-gqa-hd64"), directory)
+    weights = (directory / "model.safetensors").read_bytes()
+    for target in ("model.safetensors", "config.json"):  # never overwrite what is being read
+        result = run_cli("ascend-convert", str(directory), "-o", str(directory / target))
+        assert result.returncode == 2 and "is one of the source's own files" in result.stderr, result.stderr
+    assert (directory / "model.safetensors").read_bytes() == weights
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = run_cli("ascend-convert", str(directory), "-o", str(fifo))
+    assert result.returncode == 2 and "is not a regular file" in result.stderr
+    result = run_cli("ascend-convert", str(directory), "-o", str(tmp_path / "out") + "/", "--align", "4096")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "src-fp16.asw").is_file()  # a folder gets the default name
+    result = run_cli("ascend-convert", str(directory), "-o", str(tmp_path / "x.asw"), "--align", str(2**32))
+    assert result.returncode == 2 and "power of two from 512 to 1073741824" in result.stderr
+    for wrong, message in ((directory / "model.safetensors", "pass the checkpoint folder"),
+                           (tmp_path / "out" / "src-fp16.asw", "is already a .asw file")):
+        result = run_cli("ascend-convert", str(wrong), "-o", str(tmp_path / "y.asw"))
+        assert result.returncode == 2 and message in result.stderr
 
 
 def test_not_a_source(tmp_path: Path) -> None:

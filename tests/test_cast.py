@@ -31,27 +31,39 @@ def test_cast_matches_numpy_and_ml_dtypes(kernels: str, monkeypatch: pytest.Monk
     finite = np.isfinite(values)
     with np.errstate(over="ignore"):
         want_f16 = values.astype(np.float16)
-    got, overflow = cast_u16(values, "fp16")
+    got, overflow, nonfinite = cast_u16(values, "fp16")
+    assert nonfinite == int((~finite).sum()) > 0
     nan = np.isnan(values)
     assert np.array_equal(got[~nan], want_f16.view(np.uint16)[~nan])
     assert np.all((got[nan] & 0x7C00) == 0x7C00) and np.all(got[nan] & 0x3FF)  # NaN stays NaN
     assert overflow == int((np.isinf(want_f16) & finite).sum()) > 0
 
-    got_bf16, overflow = cast_u16(values, "bf16")
+    got_bf16, overflow, _ = cast_u16(values, "bf16")
     with np.errstate(invalid="ignore"):
         want_bf16 = values.astype(ml_dtypes.bfloat16).view(np.uint16)
     assert np.array_equal(got_bf16[~nan], want_bf16[~nan]) and overflow == 0
     assert np.all(np.isnan(got_bf16[nan].view(ml_dtypes.bfloat16)))
 
     half = want_f16[finite & ~np.isinf(want_f16)]
-    got, _ = cast_u16(half, "bf16")  # fp16 source
+    got, _, _ = cast_u16(half, "bf16")  # fp16 source
     assert np.array_equal(got, half.astype(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16))
     brain = values[finite].astype(ml_dtypes.bfloat16)
-    got, overflow = cast_u16(brain, "fp16")  # bf16 source
+    got, overflow, _ = cast_u16(brain, "fp16")  # bf16 source
     with np.errstate(over="ignore"):
         want = brain.astype(np.float32).astype(np.float16)
     finite_source = np.isfinite(brain.astype(np.float32))  # 3.4e38 is already inf in bf16: not an overflow
     assert np.array_equal(got, want.view(np.uint16)) and overflow == int((np.isinf(want) & finite_source).sum())
+
+
+@pytest.mark.parametrize("kernels", KERNEL_SETS)
+def test_same_dtype_round_trip_is_exact(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASW_KERNELS", kernels)
+    bits = np.arange(0, 2**16, dtype=np.uint16)
+    for dtype, view in (("fp16", np.float16), ("bf16", ml_dtypes.bfloat16)):
+        values = bits.view(view)
+        finite = np.isfinite(values.astype(np.float32))
+        got, _, nonfinite = cast_u16(values[finite], dtype)
+        assert np.array_equal(got, bits[finite]) and nonfinite == 0
 
 
 def test_cast_rejects_other_dtypes() -> None:

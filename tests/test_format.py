@@ -176,6 +176,20 @@ def test_verify_names_bad_tensor(good_file: Path) -> None:
     assert "verify failed" in result.stderr and "'blk.1.attn_output.weight'" in result.stderr
 
 
+def test_verify_checks_padding(good_file: Path) -> None:
+    with fmt.AswFile.open(good_file) as asw:
+        norm = asw.by_name["blk.0.attn_norm.weight"]  # 256 bytes, then padding up to the next 512
+        where = asw.preamble.data_offset + norm.offset + norm.nbytes
+    assert norm.nbytes % fmt.TENSOR_ALIGNMENT
+    raw = bytearray(good_file.read_bytes())
+    raw[where] = 7
+    good_file.write_bytes(bytes(raw))
+    with fmt.AswFile.open(good_file) as asw, pytest.raises(fmt.NonZeroPadding, match=f"padding bytes \\[{where},"):
+        asw.verify()
+    result = run_cli("ascend-inspect", str(good_file), "--verify")
+    assert result.returncode == 1 and "are not all zero" in result.stderr
+
+
 def test_inspect_json_and_verify(good_file: Path) -> None:
     result = run_cli("ascend-inspect", str(good_file), "--json", "--verify")
     assert result.returncode == 0, result.stderr

@@ -57,6 +57,13 @@ def open_source(spec: str, revision: str | None = None) -> Source:
     if path.suffix.lower() == ".gguf" or path.is_file():
         if not path.is_file():
             raise SourceError(f"{spec}: no such file")
+        if path.suffix.lower() == ".safetensors":
+            raise SourceError(f"{spec}: pass the checkpoint folder (with config.json and tokenizer.json), not one "
+                              ".safetensors file")
+        if path.suffix.lower() == ".asw":
+            raise SourceError(f"{spec}: is already a .asw file (ascend-inspect shows what it holds)")
+        if revision is not None:
+            raise SourceError(f"{spec}: --revision applies to hub ids, not local files")
         from .gguf import GGUFSource
 
         return GGUFSource(path)

@@ -106,6 +106,10 @@ class SafetensorsSource:
             if not isinstance(weight_map, dict) or not weight_map:
                 raise SourceError(f"{index_path}: no weight_map")
             shards = sorted({self.path / str(f) for f in weight_map.values()})
+            escaping = [s for s in shards if s.resolve().parent != self.path.resolve()]
+            if escaping:
+                raise SourceError(f"{index_path}: weight_map names a file outside the checkpoint folder: "
+                                  f"{escaping[0]}")
             missing = [s.name for s in shards if not s.is_file()]
             if missing:
                 raise SourceError(f"{index_path}: shard file(s) listed in weight_map are missing: {', '.join(missing)}")

@@ -103,8 +103,10 @@ ASW_API int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, f
 
 /* Converter utility: cast n values of `src_type` (enum asw_src_type) to `dtype` (enum asw_dtype) u16 bits,
  * rounding to nearest even with the run-time kernels. Returns how many finite values overflowed to +-inf
- * (fp16 only; the caller decides whether that is an error), or -1 with asw_last_error() set. */
-ASW_API int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n);
+ * (fp16 only) and stores in *nonfinite how many source values were NaN or +-inf (the caller decides whether
+ * either is an error), or returns -1 with asw_last_error() set. */
+ASW_API int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n,
+                         int64_t *nonfinite);
 
 #ifdef __cplusplus
 }

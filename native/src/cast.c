@@ -2,7 +2,8 @@
  *
  * f32 / fp16 / bf16 source values go through an f32 block on the stack and come out as fp16 or bf16, rounded
  * to nearest even by the kernel set's from_f32 (F16C / AVX-512 / NEON / portable). Overflow (a finite value
- * that became +-inf in fp16) is counted so the converter can name the tensor.
+ * that became +-inf in fp16) and non-finite source values (NaN, +-inf) are counted so the converter can name
+ * the tensor.
  */
 #include <stddef.h>
 #include <string.h>
@@ -19,8 +20,8 @@ static int is_finite_f32(float f) {
     return (bits & 0x7f800000u) != 0x7f800000u;
 }
 
-int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n) {
-    if (src == NULL || dst == NULL || n < 0) {
+int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n, int64_t *nonfinite) {
+    if (src == NULL || dst == NULL || nonfinite == NULL || n < 0) {
         asw_set_error("asw_cast: NULL buffer or negative count");
         return -1;
     }
@@ -39,7 +40,7 @@ int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype
         return -1;
     }
     float block[CAST_BLOCK]; /* [CAST_BLOCK] f32 staging */
-    int64_t overflow = 0;
+    int64_t overflow = 0, bad = 0;
     for (int64_t start = 0; start < n; start += CAST_BLOCK) {
         int64_t count = n - start < CAST_BLOCK ? n - start : CAST_BLOCK;
         const float *values = block;
@@ -50,10 +51,12 @@ int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype
                       (const uint16_t *)src + start, count);
         }
         k->from_f32(dtype, dst + start, values, count);
+        for (int64_t i = 0; i < count; i++) bad += !is_finite_f32(values[i]);
         if (dtype == ASW_DTYPE_F16) {
             for (int64_t i = 0; i < count; i++)
                 overflow += ((dst[start + i] & 0x7fffu) == 0x7c00u) & is_finite_f32(values[i]);
         }
     }
+    *nonfinite = bad;
     return overflow;
 }
