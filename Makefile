@@ -41,10 +41,15 @@ bench: $(TEST_STAMP) native
 clean:
 	rm -rf build runtime/_asw*.so *.egg-info .pytest_cache
 
-# compile the native library for aarch64 (A3 hosts are Kunpeng) to check the NEON kernels build with -Werror;
-# needs Debian's gcc-aarch64-linux-gnu (apt-get install gcc-aarch64-linux-gnu)
+# the NEON kernels (A3 hosts are Kunpeng): cross-compile the library with -Werror for aarch64 and run
+# native/check/kernel_sets.c under qemu, comparing every kernel set's logits with the portable set's.
+# Needs Debian's gcc-aarch64-linux-gnu, qemu-user and libc6-arm64-cross (.ci/run installs them).
 check-aarch64:
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { echo "check-aarch64 needs: apt-get install gcc-aarch64-linux-gnu qemu-user libc6-arm64-cross"; exit 1; }
 	mkdir -p build/aarch64
 	aarch64-linux-gnu-gcc -std=c11 -O3 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
 		-Inative/include native/src/*.c -o build/aarch64/libasw.so -lm
-	@echo "aarch64 build ok: build/aarch64/libasw.so"
+	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -Inative/include \
+		native/check/kernel_sets.c native/src/*.c -o build/aarch64/kernel_sets -lm
+	qemu-aarch64 -L /usr/aarch64-linux-gnu build/aarch64/kernel_sets

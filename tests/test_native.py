@@ -6,6 +6,8 @@ these tests need no converter and no transformers. Every kernel set this machine
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -295,3 +297,17 @@ def test_context_overflow_and_bad_tokens(small):
         assert s.pos == 1
     with pytest.raises(NativeError, match="closed"):
         s.decode(1)
+
+
+def test_every_kernel_set_matches_portable_on_aarch64_too() -> None:
+    """`make check-aarch64`: the library builds for aarch64 with -Werror and its NEON kernels give the portable
+    kernels' logits (run under qemu). The cross toolchain comes from Debian (.ci/run installs it)."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")):
+        pytest.skip("needs gcc-aarch64-linux-gnu, qemu-user and libc6-arm64-cross (apt-get install ...)")
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(["make", "-s", "check-aarch64"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "neon   fp16" in result.stdout and "neon   bf16" in result.stdout and ", 0 failures" in result.stdout
