@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ascend_super import __version__
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.tokenizer import TextTokenizer, TokenizerError
 
 from .cast import to_nz, to_u16
 from .plan import Plan, PlannedTensor, build_plan
@@ -101,9 +101,9 @@ def _check_before_writing(source: Source, manifest: dict[str, Any]) -> None:
     except fmt.FormatError as exc:
         raise SourceError(f"the source would give an invalid model: {exc}") from None
     try:
-        Tokenizer.from_str(manifest["tokenizer"])
-    except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON or models
-        raise SourceError(f"{source.path}: tokenizer.json cannot be loaded by tokenizers: {exc}") from None
+        TextTokenizer(manifest["tokenizer"])  # the runtime's own loader
+    except TokenizerError as exc:
+        raise SourceError(f"{source.path}: {exc}") from None
 
 
 def check_output_path(out_path: Path, source: Source) -> None:

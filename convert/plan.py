@@ -7,6 +7,7 @@ All shape checks against the config happen here, before a single byte is written
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ascend_super.runtime import format as fmt
@@ -123,13 +124,10 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
         raise SourceError(f"{where}: config.json lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise SourceError(f"{where}: config.json has a malformed value: {exc}") from None
-    for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
-        if config[key] < 1:
-            raise SourceError(f"{where}: {key} is {config[key]}, not a positive integer")
-    if config["num_attention_heads"] % config["num_key_value_heads"]:
-        raise SourceError(f"{where}: num_attention_heads is not a multiple of num_key_value_heads")
-    if config["head_dim"] % 2:
-        raise SourceError(f"{where}: head_dim {config['head_dim']} is odd")
+    try:
+        fmt.check_config(Path(where), config)  # the reader's own rules, before any tensor is planned
+    except fmt.FormatError as exc:
+        raise SourceError(f"config.json would give an invalid model: {exc}") from None
     return spec, config
 
 

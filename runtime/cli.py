@@ -58,13 +58,13 @@ def run(
     with loaded:
         try:
             prompt_ids = loaded.prompt_ids(prompt, raw, system)
-            stream = loaded.tokenizer.stream()
             sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
-            for token in loaded.generate_tokens(prompt_ids, sampling, context, stats):
-                if as_json:
-                    continue
-                piece = stream.step(token)
-                if piece:
+            tokens = loaded.generate_tokens(prompt_ids, sampling, context, stats)
+            if as_json:
+                for _ in tokens:  # ids and text are taken from stats afterwards
+                    pass
+            else:
+                for piece in loaded.text_pieces(tokens):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
         except (GenerationError, ChatTemplateError, NativeError) as exc:

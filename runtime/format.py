@@ -396,7 +396,13 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
              "chat_template is neither null nor a string")
     for key in ("generation_config", "special_tokens", "source"):
         _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
-    config = manifest["config"]
+    check_config(path, manifest["config"])
+    _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
+
+
+def check_config(path: Path, config: Any) -> None:
+    """Every rule on the manifest's config map (hyper-parameters, rope scaling, special token ids); raises
+    ManifestInvalid. The converter runs it as soon as it has read config.json."""
     _require(isinstance(config, dict), path, "config is not a map")
     for key in CONFIG_INT_KEYS:
         value = config.get(key)
@@ -426,7 +432,6 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
         _require(value is None or isinstance(value, int) and 0 <= value < vocab, path,
                  f"config.{key} is {value!r}, not null or a token id below vocab_size {vocab}")
     _require(all(0 <= i < vocab for i in eos), path, f"config.eos_token_id {eos} has ids outside [0, {vocab})")
-    _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
 
 
 def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) -> list[TensorEntry]:

@@ -19,7 +19,7 @@ from . import format as fmt
 from .chat import Message, render
 from .generate import GenerationError, Sampling, Stats, generate_ids
 from .native import NativeModel, NativeSession
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, TokenizerError
 
 BACKENDS = ("auto", "cpu", "aclnn")
 DEFAULT_CONTEXT = 4096
@@ -49,7 +49,10 @@ class Model:
         try:
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
-            self.tokenizer = TextTokenizer(manifest["tokenizer"])
+            try:
+                self.tokenizer = TextTokenizer(manifest["tokenizer"])
+            except TokenizerError as exc:
+                raise fmt.ManifestInvalid(f"{self.asw.path}: manifest {exc}") from None
             self.chat_template: str | None = manifest["chat_template"]
             self.special_tokens: dict[str, Any] = manifest["special_tokens"]
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
@@ -121,7 +124,6 @@ class Model:
         if not isinstance(stats, Stats):
             raise GenerationError(f"stats must be an ascend_super.Stats, not {type(stats).__name__}")
         stats.load_s = self.load_s
-        sampling.check()
         with self._pooled_session(context) as session:
             yield from generate_ids(session, prompt_ids, sampling, self.eos_ids, stats)
 
@@ -130,8 +132,13 @@ class Model:
                  seed: int | None = None, context: int | None = None, stats: Stats | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (greedy unless temperature > 0)."""
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+        yield from self.text_pieces(self.generate_tokens(self.prompt_ids(prompt, raw, system), sampling, context,
+                                                         stats))
+
+    def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
+        """The text each generated token completes (DecodeStream: partial UTF-8 is held back), empty ones skipped."""
         stream = self.tokenizer.stream()
-        for token in self.generate_tokens(self.prompt_ids(prompt, raw, system), sampling, context, stats):
+        for token in tokens:
             piece = stream.step(token)
             if piece:
                 yield piece

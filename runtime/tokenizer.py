@@ -7,9 +7,16 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 
+class TokenizerError(ValueError):
+    """The tokenizer.json text cannot be loaded by `tokenizers`; says why."""
+
+
 class TextTokenizer:
     def __init__(self, tokenizer_json: str) -> None:
-        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON or models
+            raise TokenizerError(f"tokenizer.json cannot be loaded by tokenizers: {exc}") from None
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         """Ids of `text`; add_special_tokens applies the tokenizer's post-processor (e.g. a BOS token)."""

@@ -206,5 +206,15 @@ def test_cli_rejects_bad_files(tmp_path: Path, converted) -> None:
     bogus.write_bytes(b"x" * 100)
     result = run_cli("ascend-run", str(bogus), "--prompt", "Hello")
     assert result.returncode == 2 and "not a .asw file" in result.stderr
+    from test_format import read_parts, rebuild
+
+    broken = tmp_path / "tokenizer.asw"
+    broken.write_bytes(converted(MODEL).read_bytes())
+    _, manifest, data = read_parts(broken)
+    manifest["tokenizer"] = '{"x": 1}'
+    rebuild(broken, manifest, data)
+    result = run_cli("ascend-run", str(broken), "--prompt", "Hello")
+    assert result.returncode == 2 and "manifest tokenizer.json cannot be loaded" in result.stderr
+    assert "Traceback" not in result.stderr
     nz = run_cli("ascend-run", str(converted(MODEL, "fp16", "nz")), "--prompt", "Hello")
     assert nz.returncode == 2 and "FRACTAL_NZ" in nz.stderr and "Traceback" not in nz.stderr
