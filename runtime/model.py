@@ -16,6 +16,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from . import format as fmt
+from . import hub
 from .chat import Message, render
 from .generate import GenerationError, Sampling, Stats, generate_ids
 from .native import NativeModel, NativeSession
@@ -45,7 +46,7 @@ class Model:
         if threads is not None and not 1 <= threads <= cores:
             raise GenerationError(f"threads must be between 1 and the {cores} cores here, got {threads}")
         self.threads = threads
-        self.asw = fmt.AswFile.open(path)
+        self.asw = hub.open_model_file(path, self.backend)  # a local path, or hf:// / ms:// (see hub.py)
         try:
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
@@ -161,5 +162,6 @@ class Model:
 
 
 def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Model:
-    """Open a .asw file for generation (`backend` auto|cpu|aclnn, `threads` None = all cores)."""
+    """Open a .asw file for generation: a local path or hf://OWNER/REPO/FILE.asw[@REV] / ms://... (downloaded
+    into the hub's cache, checked once); `backend` auto|cpu|aclnn, `threads` None = all cores."""
     return Model(path, backend, threads)
