@@ -6,7 +6,8 @@ tokens, HF_HUB_OFFLINE; the converter's hub snapshots come through here too) and
 
 - huggingface_hub (`hf_hub_download`): cache HF_HOME / HF_HUB_CACHE, token HF_TOKEN or `hf auth login`. The revision
   resolves to a commit: the snapshot folder the file lies in.
-- modelscope (`model_file_download`, the optional extra `ascend-super[modelscope]`): cache MODELSCOPE_CACHE, token
+- modelscope (`model_file_download`; the optional extra `ascend-super[modelscope]` installs its light official
+  client modelscope-hub, and a full modelscope install works as well): cache MODELSCOPE_CACHE, token
   MODELSCOPE_API_TOKEN or `modelscope login`. ModelScope caches by revision name (default "master"), so that name is
   what is recorded; pin a tag or commit with @REVISION for a reproducible download. HF_HUB_OFFLINE=1 keeps ms://
   off the network as well (modelscope has no offline switch of its own).
@@ -32,7 +33,7 @@ from . import format as fmt
 SCHEMES = {"hf": "Hugging Face", "ms": "ModelScope"}
 MS_DEFAULT_REVISION = "master"
 RECORD_SUFFIX = ".ascend-verified"
-MODELSCOPE_MISSING = "ms:// needs the modelscope package: pip install 'ascend-super[modelscope]'"
+MODELSCOPE_MISSING = "ModelScope needs its client library: pip install 'ascend-super[modelscope]'"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -137,11 +138,26 @@ def _download_hf(hub_file: HubFile) -> Path:
                                     local_files_only=offline()))
 
 
-def _download_ms(hub_file: HubFile) -> Path:
+def _modelscope() -> tuple[Callable[..., str], Callable[..., str]]:
+    """modelscope's (model_file_download, snapshot_download): from the light official client modelscope-hub
+    (what modelscope >= 1.38 delegates to; it imports in well under a second), else from an older modelscope
+    (whose import also loads torch when it is installed: seconds)."""
+    try:
+        from modelscope_hub.compat import model_file_download, snapshot_download
+
+        return model_file_download, snapshot_download
+    except ImportError:
+        pass
     try:
         from modelscope.hub.file_download import model_file_download
+        from modelscope.hub.snapshot_download import snapshot_download
     except ImportError:
         raise HubError(MODELSCOPE_MISSING) from None
+    return model_file_download, snapshot_download
+
+
+def _download_ms(hub_file: HubFile) -> Path:
+    model_file_download, _ = _modelscope()
     with _ms_errors(hub_file.uri):
         return Path(model_file_download(hub_file.repo_id, hub_file.filename,
                                         revision=hub_file.revision or MS_DEFAULT_REVISION,
@@ -157,10 +173,7 @@ def download_snapshot(scheme: str, repo_id: str, revision: str | None, patterns:
         with _hf_errors(what, revision, None):
             return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                           local_files_only=offline()))
-    try:
-        from modelscope.hub.snapshot_download import snapshot_download as ms_snapshot_download
-    except ImportError:
-        raise HubError(MODELSCOPE_MISSING) from None
+    _, ms_snapshot_download = _modelscope()
     with _ms_errors(what):
         return Path(ms_snapshot_download(repo_id, revision=revision or MS_DEFAULT_REVISION,
                                          allow_patterns=patterns, local_files_only=offline()))
@@ -208,13 +221,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def snapshot_revision(folder: Path) -> str | None:
+    """The revision of a snapshot folder in either hub's cache layout (`.../snapshots/<revision>`), else None
+    (modelscope's older flat layout keeps no revision)."""
+    return folder.name if folder.parent.name == "snapshots" else None
+
+
 def _snapshot_revision(path: Path, filename: str) -> str | None:
-    """The revision folder of `.../snapshots/<revision>/<filename>` (both hubs' cache layouts), else None."""
-    depth = len(PurePosixPath(filename).parts)
-    parents = path.parents
-    if len(parents) > depth and parents[depth].name == "snapshots":
-        return parents[depth - 1].name
-    return None
+    return snapshot_revision(path.parents[len(PurePosixPath(filename).parts) - 1])
 
 
 # ------------------------------------------------------------------------------------------- check on arrival
