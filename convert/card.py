@@ -37,6 +37,7 @@ def render_card(asw: fmt.AswFile, file_name: str) -> str:
         front.append(f"base_model: {source_id}")
     front.append("---")
     runs_on = " or ".join(needs["backends"]) + (f" (SoC {needs['soc']})" if needs["soc"] else "")
+    backend = "" if "cpu" in needs["backends"] else f" --backend {needs['backends'][0]}"
     lines = [
         *front,
         "",
@@ -66,8 +67,8 @@ def render_card(asw: fmt.AswFile, file_name: str) -> str:
         "",
         "```bash",
         "pip install ascend-super               # ascend-super[modelscope] for ms://",
-        f"ascend-run hf://OWNER/REPO/{file_name} --prompt \"Hello\"",
-        f"ascend-run ms://OWNER/REPO/{file_name} --prompt \"Hello\"   # from ModelScope",
+        f"ascend-run hf://OWNER/REPO/{file_name}{backend} --prompt \"Hello\"",
+        f"ascend-run ms://OWNER/REPO/{file_name}{backend} --prompt \"Hello\"   # from ModelScope",
         f"ascend-inspect hf://OWNER/REPO/{file_name}                  # what it holds and needs",
         "```",
         "",

@@ -326,3 +326,13 @@ def test_parallel_verify_names_the_first_bad_tensor(threads: int, tmp_path: Path
     with fmt.AswFile.open(path) as asw, pytest.raises(fmt.HashMismatch, match="'token_embd.weight'"):
         asw.verify(threads=threads)
 
+
+
+def test_card_of_an_nz_file_says_how_to_run_it(converted) -> None:
+    from ascend_super.convert.card import render_card
+
+    with fmt.AswFile.open(converted(MODEL, "fp16", "nz")) as asw:
+        card = render_card(asw, "m.asw")
+    assert "| layout | nz |" in card and "aclnn (SoC ascend910b/ascend910_93)" in card
+    assert 'ascend-run hf://OWNER/REPO/m.asw --backend aclnn --prompt "Hello"' in card
+    assert "base_model" not in card  # only hub sources name a base model
