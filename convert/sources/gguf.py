@@ -448,6 +448,14 @@ class GGUFSource:
 
     def read(self, name: str) -> np.ndarray:
         """The tensor in HF orientation: float16 / float32 as stored, everything else dequantized to float32."""
+        e = self._entries.get(name)
+        if e is None:
+            raise KeyError(name)
+        return self.read_rows(name, 0, e.shape[0])
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) in HF orientation, dequantizing only those rows (and, for Q/K rows that llama.cpp
+        permuted, only the whole heads that hold them), so memory stays one row block whatever the tensor."""
         if self._reader is None:
             raise self._err("source is closed")
         e = self._entries.get(name)
@@ -455,18 +463,26 @@ class GGUFSource:
             raise KeyError(name)
         t = e.tensor
         qtype = t.tensor_type
+        first, last = start, stop
+        if len(e.shape) == 1:
+            first, last = 0, e.shape[0]
+        elif e.permute_heads is not None:  # un-permuting mixes rows within a head: read whole heads
+            head_rows = e.shape[0] // e.permute_heads
+            first, last = start // head_rows * head_rows, -(-stop // head_rows) * head_rows
         try:
+            raw = np.asarray(t.data)[first:last]
             if qtype == GGMLQuantizationType.F16:
-                arr = np.asarray(t.data).view(np.float16)
+                arr = raw.view(np.float16)
             elif qtype == GGMLQuantizationType.F64:
-                arr = np.asarray(t.data).view(np.float64).astype(np.float32)
+                arr = raw.view(np.float64).astype(np.float32)
             else:
-                arr = _dequantize(np.asarray(t.data), qtype)
+                arr = _dequantize(raw, qtype)
             if arr.dtype.byteorder not in ("=", "|"):
                 arr = arr.astype(arr.dtype.newbyteorder("="))
-            arr = arr.reshape(e.shape)
+            arr = arr.reshape((last - first, *e.shape[1:]))
             if e.permute_heads is not None:
-                arr = _unpermute(arr, e.permute_heads)
+                arr = _unpermute(arr, e.permute_heads * (last - first) // e.shape[0])
+            arr = arr[start - first:stop - first]
         except NotImplementedError:
             raise self._err(f"tensor {t.name} has type {qtype.name}, which the gguf package cannot dequantize") from None
         except (ValueError, OSError) as exc:
