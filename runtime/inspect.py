@@ -30,6 +30,7 @@ def describe(asw: fmt.AswFile) -> dict[str, Any]:
         "dtype": manifest["dtype"],
         "layout": manifest["layout"],
         "config": manifest["config"],
+        "defaulted_config": manifest.get("defaulted_config", []),  # keys config.json lacked (format 1.1)
         "parameters": sum(int(_product(t.shape)) for t in asw.tensors),
         "file_nbytes": asw.preamble.data_offset + asw.preamble.data_nbytes,
         "data_offset": asw.preamble.data_offset,
@@ -65,6 +66,7 @@ def _print_human(info: dict[str, Any]) -> None:
                                       f"{info['data_offset']:,}, aligned {info['data_alignment']:,})")
     for key, value in info["config"].items():
         head.add_row(f"  {key}", json.dumps(value))
+    head.add_row("  defaulted (transformers' defaults)", ", ".join(info["defaulted_config"]) or "none")
     source = info["source"]
     head.add_row("[bold]source[/bold]", f"{source.get('kind')} {source.get('id')} @ {source.get('revision')}")
     head.add_row("[bold]converter[/bold]", str(source.get("converter")))

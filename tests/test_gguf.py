@@ -202,6 +202,19 @@ def test_synthetic_llama_unpermutes_qk(tmp_path):
         assert tok["model"]["ignore_merges"] is True
 
 
+def test_row_blocks_equal_whole_tensor(tmp_path):
+    """The converter streams GGUF tensors in row blocks (dequantizing only those rows, whole heads for the Q/K
+    rows llama.cpp permuted): any blocking gives back exactly the whole tensor."""
+    path = tmp_path / "tiny-llama.gguf"
+    ref = write_gguf(path, "llama", pre="llama-bpe", tied=False)
+    with GGUFSource(path) as src:
+        for name, want in ref.items():
+            rows = want.shape[0]
+            for step in (1, 3, 7, rows):
+                blocks = [src.read_rows(name, start, min(rows, start + step)) for start in range(0, rows, step)]
+                np.testing.assert_array_equal(np.concatenate(blocks), want, err_msg=f"{name} step {step}")
+
+
 def test_llama3_rope_freqs(tmp_path):
     # Llama 3.1's values: theta 500000, head_dim 128, factor 8, low 1, high 4, original context 8192
     f = _llama3_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192)

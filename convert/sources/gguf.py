@@ -352,7 +352,7 @@ class GGUFSource:
             self._entries[hf] = _Entry(name, t, shape, permute)
 
     def _finish_config(self, config: dict[str, Any]) -> None:
-        """Check the tensors against the hyper-parameters; fill vocab, tying, biases, rope_freqs scaling."""
+        """Fill vocab, tying, biases and rope_freqs scaling from the tensors."""
         emb = self._entries.get("model.embed_tokens.weight")
         if emb is None:
             raise self._err("missing tensor token_embd.weight")
@@ -365,35 +365,10 @@ class GGUFSource:
         config["vocab_size"] = vocab
         config["tie_word_embeddings"] = "lm_head.weight" not in self._entries
 
-        h, d, ffn = config["hidden_size"], config["head_dim"], config["intermediate_size"]
-        q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-        expect = {
-            "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-            "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-            "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h),
-            "mlp.down_proj.weight": (h, ffn),
-        }
-        optional = {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-                    "self_attn.o_proj.bias": (h,)}
-        glob_expect = {"model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
-        gguf_names = {hf: e.gguf_name for hf, e in self._entries.items()}
-        for i in range(config["num_hidden_layers"]):
-            for suffix, shape in expect.items():
-                hf = f"model.layers.{i}.{suffix}"
-                if hf not in self._entries:
-                    raise self._err(f"missing tensor for {hf} (layer {i})")
-        for hf, e in self._entries.items():
-            suffix = hf.split(".", 3)[3] if hf.startswith("model.layers.") else None
-            want = (expect.get(suffix) or optional.get(suffix)) if suffix else glob_expect.get(hf, e.shape)
-            if e.shape != want:
-                raise self._err(f"tensor {gguf_names[hf]} has shape {list(e.shape)}, expected {list(want)}")
-        has_bias = [f"model.layers.{i}.self_attn.{p}_proj.bias" in self._entries
-                    for i in range(config["num_hidden_layers"]) for p in "qkv"]
-        if any(has_bias) and not all(has_bias):
-            raise self._err("only some layers / projections have q/k/v biases")
-        config["attention_bias"] = all(has_bias)
+        # which tensors a layer needs, and their shapes, the planner checks against format.expected_tensors
         if any(".o_proj.bias" in hf for hf in self._entries):
             raise self._err("attention output biases (attn_output.bias) are not supported")
+        config["attention_bias"] = any(".self_attn.q_proj.bias" in hf for hf in self._entries)
 
         if self._rope_freqs is not None:
             if config["rope_scaling"] is not None:
