@@ -100,6 +100,17 @@ def time_convert(src: Path, out: Path, dtype: str) -> dict[str, float]:
     return result
 
 
+def ensure_source(gguf: bool, regen: bool) -> Path:
+    """The cached source, generated in a child process: a converter started from this process after it held the
+    generated model would report this process's RSS as its own peak (Linux carries ru_maxrss across exec)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import _common as C; "
+            f"p = C.ensure_checkpoint({regen!r}); print(C.ensure_gguf(p) if {gguf!r} else p)")
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"generating the benchmark source failed (exit {done.returncode})")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="target dtype [fp16]")
@@ -109,12 +120,9 @@ def main() -> None:
     C.add_common_args(parser, "keep the generated checkpoint in .cache/bench/ for the next run [yes]")
     args = parser.parse_args()
 
-    checkpoint = C.ensure_checkpoint(args.regen)
-    files = C.source_files(checkpoint)
-    kind = f"{len(files)} safetensors file(s)"
-    if args.gguf:
-        checkpoint = C.ensure_gguf(checkpoint)
-        files, kind = [checkpoint], "GGUF, Q8_0 weights"
+    checkpoint = ensure_source(args.gguf, args.regen)
+    files = [checkpoint] if args.gguf else C.source_files(checkpoint)
+    kind = "GGUF, Q8_0 weights" if args.gguf else f"{len(files)} safetensors file(s), bf16"
     source_nbytes = sum(f.stat().st_size for f in files)
     out = C.CACHE / f"bench-convert-{os.getpid()}.asw"
     copy_out = C.CACHE / f"bench-copy-{os.getpid()}.bin"

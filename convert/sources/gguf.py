@@ -18,6 +18,7 @@ Every problem with the file is a `SourceError` naming the file and the problem.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,11 +459,25 @@ class GGUFSource:
             if e.permute_heads is not None:
                 arr = _unpermute(arr, e.permute_heads * (last - first) // e.shape[0])
             arr = arr[start - first:stop - first]
+            arr = np.array(arr, copy=True, order="C")  # never a view into the memory map
         except NotImplementedError:
             raise self._err(f"tensor {t.name} has type {qtype.name}, which the gguf package cannot dequantize") from None
         except (ValueError, OSError) as exc:
             raise self._err(f"cannot read tensor {t.name} ({type(exc).__name__}: {exc})") from None
-        return np.array(arr, copy=True, order="C")  # never a view into the memory map
+        row_bytes = int(t.n_bytes) // e.shape[0]
+        self._release(int(t.data_offset) + first * row_bytes, (last - first) * row_bytes)
+        return arr
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop the mapped pages of bytes just read from this process's resident set (they stay in the page
+        cache), so the converter's RSS is one row block, not every byte of the file read so far."""
+        mapping = getattr(self._reader.data, "_mmap", None) if self._reader is not None else None
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(mapping), offset + length)
+        if end > start:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def file_names(self) -> list[str]:
         return [self.path.name]
