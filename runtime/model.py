@@ -37,13 +37,21 @@ def resolve_backend(backend: str) -> str:
     return "cpu"  # auto: aclnn is not built yet, so auto runs on the cpu backend even where CANN is installed
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as the native thread pool counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> None:
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         if threads is not None and not 1 <= threads <= cores:
-            raise GenerationError(f"threads must be between 1 and the {cores} cores here, got {threads}")
+            raise GenerationError(f"threads must be between 1 and the {cores} cores this process may use, "
+                                  f"got {threads}")
         self.threads = threads
         self.asw = fmt.AswFile.open(path)
         try:
@@ -56,14 +64,14 @@ class Model:
             self.chat_template: str | None = manifest["chat_template"]
             self.special_tokens: dict[str, Any] = manifest["special_tokens"]
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
-            self.native = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
+            self.native: NativeModel | None = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
                                       [(t.name, t.offset, t.nbytes) for t in self.asw.tensors], self.backend)
         except BaseException:
             self.asw.close()
             raise
         self.load_s = time.perf_counter() - started
         self._idle: dict[int, list[NativeSession]] = {}  # context length -> sessions not in use
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threading.Lock()  # guards _idle, _closed and native against a concurrent close()
         self._closed = False
 
     # --- prompts
@@ -94,7 +102,11 @@ class Model:
 
     def session(self, context: int | None = None) -> NativeSession:
         """A fresh session with a KV cache of `context` positions (default: the model's, capped at 4096)."""
-        return self.native.session(self.context_length(context), self.threads)
+        length = self.context_length(context)
+        with self._pool_lock:  # close() cannot free the native model while a session is being made on it
+            if self._closed or self.native is None:
+                raise GenerationError("the model is closed")
+            return self.native.session(length, self.threads)
 
     @contextlib.contextmanager
     def _pooled_session(self, context: int | None) -> Iterator[NativeSession]:
@@ -144,14 +156,25 @@ class Model:
                 yield piece
 
     def close(self) -> None:
+        """Free the native model and its sessions, then unmap the file and release its descriptor (at once, unless
+        arrays from the mapping are still referenced elsewhere: then when the last of them goes)."""
         with self._pool_lock:
+            if self._closed:
+                return
             self._closed = True
-            for sessions in self._idle.values():
-                for session in sessions:
-                    session.close()
-            self._idle.clear()
-        self.native.close()  # also closes sessions still in use
+            self._free_native()
         self.asw.close()
+
+    def _free_native(self) -> None:
+        """Close idle sessions and the native model (which closes sessions still in use) and drop every reference
+        to them, so that nothing here keeps a view of the mapping alive (a helper: no local outlives it)."""
+        for sessions in self._idle.values():
+            for session in sessions:
+                session.close()
+        self._idle.clear()
+        if self.native is not None:
+            self.native.close()
+            self.native = None
 
     def __enter__(self) -> "Model":
         return self
