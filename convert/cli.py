@@ -14,7 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ascend_super.runtime import format as fmt
-from ascend_super.runtime.cliutil import fail
+from ascend_super.runtime.cliutil import fail, literal, printable, version_option
 from ascend_super.runtime.cliutil import stderr as console
 
 from .pipeline import convert
@@ -35,17 +35,38 @@ def _output_path(output: str | None, spec: str, dtype: str) -> Path:
     """-o FILE, or -o FOLDER/ (or an existing folder) for the default name inside it."""
     if output is None:
         return Path(_default_name(spec, dtype))
+    if not output:
+        raise typer.BadParameter("is empty; give a file or folder name, or leave -o out for the default name",
+                                 param_hint="'-o' / '--output'")
     if output.endswith(("/", os.sep)) or Path(output).is_dir():
-        return Path(output) / _default_name(spec, dtype)
-    return Path(output)
+        out_path = Path(output) / _default_name(spec, dtype)
+    else:
+        out_path = Path(output)
+    for folder in out_path.parents:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise typer.BadParameter(f"{printable(str(folder))} is a file, not a folder, so "
+                                         f"{printable(str(out_path))} cannot be created inside it",
+                                         param_hint="'-o' / '--output'")
+            break
+    return out_path
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: clean up like Ctrl-C, exit 143."""
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: clean up like Ctrl-C, exit 128 + the signal number. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way (e.g. around a source reader) mistakes it for a
+    damaged source."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
+
+
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, and a dropped ssh session
 
 
 @app.command()
@@ -53,13 +74,14 @@ def run(
     source: Optional[str] = typer.Argument(None, help="Local HF directory, .gguf file, alias, or HF repo id."),
     output: Optional[str] = typer.Option(None, "-o", "--output",
                                          help="Output .asw file, or a folder for <name>-<dtype>.asw (created if "
-                                              "missing) [default: <name>-<dtype>.asw here]."),
+                                              "missing); default: <name>-<dtype>.asw here."),
     dtype: str = typer.Option("fp16", "--dtype", help="Weight dtype: fp16 (fastest on Ascend) or bf16."),
     layout: str = typer.Option("nd", "--layout", help="Matrix layout: nd (row-major) or nz (FRACTAL_NZ, aclnn only)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit."),
     align: int = typer.Option(fmt.DEFAULT_DATA_ALIGNMENT, "--align",
                               help="Data-region alignment in bytes (power of two, 512 to 1 GiB)."),
     list_aliases: bool = typer.Option(False, "--list-aliases", help="Print the model aliases and exit."),
+    version: bool = version_option(),
 ) -> None:
     """Convert a Qwen2 / Llama checkpoint into one .asw file."""
     if list_aliases:
@@ -80,7 +102,8 @@ def run(
         raise typer.BadParameter(str(exc)) from None
     out_path = _output_path(output, source, dtype)
 
-    signal.signal(signal.SIGTERM, _terminate)  # `kill` cleans up like Ctrl-C: no partial file is left
+    for signum in TERMINATING_SIGNALS:  # clean up like Ctrl-C: no partial file is left
+        signal.signal(signum, _terminate)
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
                         disable=not console.is_terminal)
@@ -91,7 +114,7 @@ def run(
 
     started = time.perf_counter()
     try:
-        status = console.status(f"opening {source} …") if console.is_terminal else contextlib.nullcontext()
+        status = console.status(literal(f"opening {source} …")) if console.is_terminal else contextlib.nullcontext()
         with status:
             opened = open_source(source, revision)
         with opened as src, progress:
@@ -101,14 +124,16 @@ def run(
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"nothing was written to {out_path}", 130, "interrupted")
-    except Terminated:
-        fail(f"nothing was written to {out_path}", 143, "terminated")
-    except OSError as exc:
-        fail(str(exc), 1)
+    except Terminated as stop:
+        fail(f"{signal.Signals(stop.signum).name}: nothing was written to {out_path}", 128 + stop.signum,
+             "terminated")
+    except OSError as exc:  # e.g. the disk filled up: the temporary file is gone, the output untouched
+        where = exc.filename if exc.filename is not None else out_path
+        fail(f"{where}: {exc.strerror or exc}; nothing was written to {out_path}")
 
     table = Table(show_header=False, box=None)
     seconds = time.perf_counter() - started  # opening the source included (GGUF metadata takes seconds)
-    rows = [("output", str(summary.out_path)), ("arch", summary.arch), ("dtype / layout", f"{summary.dtype} / {summary.layout}"),
+    rows = [("output", literal(summary.out_path)), ("arch", summary.arch), ("dtype / layout", f"{summary.dtype} / {summary.layout}"),
             ("tensors", str(summary.tensors)), ("parameters", f"{summary.parameters:,}"),
             ("file size", f"{summary.file_nbytes:,} bytes"), ("time", f"{seconds:.2f} s"),
             ("throughput", f"{summary.tensor_nbytes / 1e9 / max(seconds, 1e-9):.2f} GB/s of tensors written")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,24 @@ class AswFile:
     def open(cls, path: str | os.PathLike[str]) -> "AswFile":
         path = Path(path)
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < PREAMBLE_NBYTES:
-                    raise TruncatedFile(f"{path}: file is {size} bytes, shorter than the {PREAMBLE_NBYTES}-byte preamble")
-                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            # O_NONBLOCK: opening a FIFO for reading must not wait for a writer before fstat can refuse it
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"{path}: not a regular file (a .asw model must be a file, not a pipe, device or "
+                                  "folder)")
+            if info.st_size < PREAMBLE_NBYTES:
+                raise TruncatedFile(f"{path}: file is {info.st_size} bytes, shorter than the {PREAMBLE_NBYTES}-byte "
+                                    "preamble")
+            size = info.st_size
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
         try:
             preamble = _parse_preamble(path, mapping[:PREAMBLE_NBYTES], size)
             manifest = _parse_manifest(path, mapping, preamble)
@@ -267,6 +279,14 @@ class AswFile:
     @property
     def layout(self) -> str:
         return self.manifest["layout"]
+
+    def mapped_range(self) -> tuple[int, int]:
+        """(address, length) of the whole mapping in this process (for a guard against the file shrinking)."""
+        view = np.frombuffer(self._mmap, dtype=np.uint8)
+        try:
+            return int(view.ctypes.data), len(self._mmap)
+        finally:
+            del view
 
     def data_region(self) -> np.ndarray:
         """The whole data region as a read-only uint8 array (a view of the mapping, no copy)."""

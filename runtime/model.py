@@ -23,6 +23,7 @@ from .tokenizer import TextTokenizer, TokenizerError
 
 BACKENDS = ("auto", "cpu", "aclnn")
 DEFAULT_CONTEXT = 4096
+MAX_CONTEXT = 1 << 24  # the native library's bound on one session's KV-cache length (asw_session_new)
 
 
 class BackendUnavailable(RuntimeError):
@@ -96,8 +97,12 @@ class Model:
         """The KV-cache length for a request: `context`, or the model's own capped at DEFAULT_CONTEXT."""
         if context is None:
             return min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
+        if isinstance(context, bool) or not isinstance(context, int):
+            raise GenerationError(f"context must be a whole number of positions, got {context!r}")
         if context < 1:
             raise GenerationError(f"context must be >= 1, got {context}")
+        if context > MAX_CONTEXT:
+            raise GenerationError(f"context must be at most {MAX_CONTEXT} positions, got {context}")
         return context
 
     def session(self, context: int | None = None) -> NativeSession:
