@@ -11,10 +11,10 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.text import Text
 
 from ascend_super.runtime import format as fmt
-from ascend_super.runtime.cliutil import fail, literal, printable, version_option
+from ascend_super.runtime.cliutil import fail, literal, version_option
 from ascend_super.runtime.cliutil import stderr as console
 
 from .pipeline import convert
@@ -36,8 +36,7 @@ def _output_path(output: str | None, spec: str, dtype: str) -> Path:
     if output is None:
         return Path(_default_name(spec, dtype))
     if not output:
-        raise typer.BadParameter("is empty; give a file or folder name, or leave -o out for the default name",
-                                 param_hint="'-o' / '--output'")
+        fail("-o/--output is empty; give a file or folder name, or leave -o out for the default name")
     if output.endswith(("/", os.sep)) or Path(output).is_dir():
         out_path = Path(output) / _default_name(spec, dtype)
     else:
@@ -45,9 +44,7 @@ def _output_path(output: str | None, spec: str, dtype: str) -> Path:
     for folder in out_path.parents:
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
-                raise typer.BadParameter(f"{printable(str(folder))} is a file, not a folder, so "
-                                         f"{printable(str(out_path))} cannot be created inside it",
-                                         param_hint="'-o' / '--output'")
+                fail(f"-o/--output: {folder} is a file, not a folder, so {out_path} cannot be created inside it")
             break
     return out_path
 
@@ -131,16 +128,14 @@ def run(
         where = exc.filename if exc.filename is not None else out_path
         fail(f"{where}: {exc.strerror or exc}; nothing was written to {out_path}")
 
-    table = Table(show_header=False, box=None)
     seconds = time.perf_counter() - started  # opening the source included (GGUF metadata takes seconds)
-    rows = [("output", literal(summary.out_path)), ("arch", summary.arch), ("dtype / layout", f"{summary.dtype} / {summary.layout}"),
+    rows = [("output", str(summary.out_path)), ("arch", summary.arch),
+            ("dtype / layout", f"{summary.dtype} / {summary.layout}"),
             ("tensors", str(summary.tensors)), ("parameters", f"{summary.parameters:,}"),
             ("file size", f"{summary.file_nbytes:,} bytes"), ("time", f"{seconds:.2f} s"),
             ("throughput", f"{summary.tensor_nbytes / 1e9 / max(seconds, 1e-9):.2f} GB/s of tensors written")]
-    for key, value in rows:
-        table.add_row(f"[bold]{key}[/bold]", value)
-    console.print(table)
-
+    for key, value in rows:  # one unwrapped line each: a long output path stays whole and copyable
+        console.print(Text.assemble((f"{key:<15}", "bold"), literal(value)))
 
 def main() -> None:
     app()
