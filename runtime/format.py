@@ -67,7 +67,19 @@ NZ_TENSOR_NAMES = ("output.weight",)
 
 # ------------------------------------------------------------------------------------------------------ errors
 class FormatError(Exception):
-    """A .asw file is malformed. Every subclass is one distinct, named problem; the message says where."""
+    """A .asw file is malformed. Every subclass is one distinct, named problem; the message says where.
+
+    A message stays one readable line even when it quotes a forged value (a whole tokenizer as the arch, a huge
+    list): past MAX_ERROR_CHARS its middle is cut, keeping the start (file, what) and the end (what was expected)."""
+
+    def __init__(self, message: str) -> None:
+        if len(message) > MAX_ERROR_CHARS:
+            keep = MAX_ERROR_CHARS // 2
+            message = f"{message[:keep]} … ({len(message) - 2 * keep} characters left out) … {message[-keep:]}"
+        super().__init__(message)
+
+
+MAX_ERROR_CHARS = 1000
 
 
 class BadMagic(FormatError): ...
@@ -406,7 +418,8 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
     """Every rule on the manifest's values (not the tensor table's placement); raises ManifestInvalid. The
     converter runs it before writing, so it never produces a file the reader refuses."""
     _require(manifest["arch"] in ARCHS, path, f"arch {manifest['arch']!r} is not one of {', '.join(ARCHS)}")
-    _require(manifest["dtype"] in DTYPES, path, f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
+    _require(isinstance(manifest["dtype"], str) and manifest["dtype"] in DTYPES, path,
+             f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
     _require(manifest["layout"] in LAYOUTS, path, f"layout {manifest['layout']!r} is not one of {', '.join(LAYOUTS)}")
     _require(manifest["tensor_alignment"] == TENSOR_ALIGNMENT, path,
              f"tensor_alignment {manifest['tensor_alignment']!r} is not {TENSOR_ALIGNMENT}")
@@ -510,6 +523,10 @@ def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) 
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise ManifestInvalid(f"{path}: tensor {duplicate!r} appears more than once")
+    layers = manifest["config"]["num_hidden_layers"]
+    if layers > len(entries):  # every layer has tensors: checked before the expected list is built for it
+        raise TensorMissing(f"{path}: config.num_hidden_layers is {layers} but the manifest lists only "
+                            f"{len(entries)} tensors")
     expected = expected_tensors(manifest["config"])
     for name, shape in expected.items():
         found = next((e for e in entries if e.name == name), None)
