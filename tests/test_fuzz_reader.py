@@ -26,12 +26,12 @@ from typing import Any, Callable
 
 import msgpack
 import pytest
-import xxhash
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from ascend_super.runtime import format as fmt
 from ascend_super.runtime.inspect import describe
+from test_format import assemble
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES_DEFAULT = 10_000
@@ -75,18 +75,6 @@ def seeds(converted) -> list[Seed]:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz") / "case.asw"
-
-
-def assemble(manifest_bytes: bytes, data: bytes, alignment: int, **fields: int) -> bytes:
-    """A file around these manifest bytes with a consistent checksum and layout (fields override the preamble)."""
-    data_offset = fmt.layout_file(len(manifest_bytes), alignment)
-    values = dict(version_major=fmt.VERSION_MAJOR, version_minor=fmt.VERSION_MINOR, flags=0,
-                  manifest_offset=fmt.PREAMBLE_NBYTES, manifest_nbytes=len(manifest_bytes),
-                  manifest_xxh3_64=xxhash.xxh3_64_intdigest(manifest_bytes), data_offset=data_offset,
-                  data_nbytes=len(data), data_alignment=alignment)
-    values.update(fields)
-    head = fmt.Preamble(**values).pack() + manifest_bytes
-    return head + b"\0" * (data_offset - len(head)) + data
 
 
 # ------------------------------------------------------------------------------------------------ strategies
@@ -147,7 +135,7 @@ def mutate_msgpack(draw: Callable[..., Any], case: Seed) -> bytes:
             packed[where:where] = draw(st.binary(min_size=1, max_size=9))
         elif len(packed) > 1:
             del packed[where:where + draw(st.integers(1, 16))]
-    return assemble(bytes(packed), case.data, case.preamble.data_alignment)
+    return assemble(None, case.data, case.preamble.data_alignment, bytes(packed))
 
 
 def pack_or_original(manifest: dict[str, Any], case: Seed) -> bytes:
@@ -197,7 +185,7 @@ def mutate_manifest(draw: Callable[..., Any], case: Seed) -> bytes:
     if draw(st.booleans()):  # the data region resized too, so table changes can line up with it
         delta = draw(st.one_of(st.sampled_from([-4096, -512, -2, 2, 512, 4096]), st.integers(-8192, 8192)))
         data = (data + b"\0" * 8192)[:max(0, len(data) + delta)]
-    return assemble(pack_or_original(manifest, case), data, case.preamble.data_alignment)
+    return assemble(None, data, case.preamble.data_alignment, pack_or_original(manifest, case))
 
 
 def mutate_config(draw: Callable[..., Any], case: Seed) -> bytes:
@@ -206,7 +194,7 @@ def mutate_config(draw: Callable[..., Any], case: Seed) -> bytes:
     config = manifest["config"]
     for key in draw(st.lists(st.sampled_from(sorted(config)), min_size=1, max_size=3, unique=True)):
         config[key] = draw(st.one_of(st.sampled_from(BOUNDARY_INTS), values))
-    return assemble(pack_or_original(manifest, case), case.data, case.preamble.data_alignment)
+    return assemble(None, case.data, case.preamble.data_alignment, pack_or_original(manifest, case))
 
 
 MUTATORS = {"raw": mutate_raw, "preamble": mutate_preamble, "msgpack": mutate_msgpack, "manifest": mutate_manifest,
