@@ -240,7 +240,7 @@ class AswFile:
         path = Path(path)
         try:
             # O_NONBLOCK: opening a FIFO for reading must not wait for a writer before fstat can refuse it
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
         try:
