@@ -1,5 +1,5 @@
 """`python -m ascend_super.convert` = `ascend-convert`."""
 
-from .cli import main
+from .entry import main
 
 main()

@@ -1,6 +1,7 @@
 """Writes one .asw file safely: a small state machine over a temporary file in the target folder.
 
-    writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<pid> next to OUT
+    writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<pid> next to OUT (and removes the
+                                                         # OUT.asw.tmp-<pid> files of processes that no longer exist)
     writer.reserve_manifest(nbytes)                      # size of the final manifest (hashes are fixed-length)
     writer.begin_tensor(name, offset); writer.write(chunk)...; writer.end_tensor() -> xxh3 hex   (in file order)
     writer.finish(manifest)                              # preamble + manifest, fsync, rename over OUT
@@ -25,11 +26,51 @@ class WriterStateError(RuntimeError):
     """The writer was driven out of order (a bug in the caller)."""
 
 
+TMP_INFIX = ".tmp-"  # OUT.asw.tmp-<pid>: the file being written, renamed over OUT when complete
+
+
+def _temporary_name(out_path: Path, pid: int) -> Path:
+    return out_path.with_name(f"{out_path.name}{TMP_INFIX}{pid}")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(out_path: Path) -> list[Path]:
+    """Remove the OUT.tmp-PID files that conversions to `out_path` left behind when killed outright (SIGKILL, a
+    crash, power loss): those whose process no longer exists on this machine. Returns what was removed."""
+    prefix = out_path.name + TMP_INFIX
+    try:
+        candidates = [entry for entry in out_path.parent.iterdir() if entry.name.startswith(prefix)]
+    except OSError:  # the folder does not exist yet, or cannot be listed: nothing to clean
+        return []
+    removed = []
+    for entry in candidates:
+        digits = entry.name[len(prefix):]
+        if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0 or int(digits) == os.getpid():
+            continue
+        if _process_exists(int(digits)) or entry.is_symlink() or not entry.is_file():
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 class AswWriter:
     def __init__(self, out_path: Path, data_alignment: int = fmt.DEFAULT_DATA_ALIGNMENT) -> None:
         fmt.check_data_alignment(data_alignment)
         self.out_path = out_path
-        self.tmp_path = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+        remove_stale_temporaries(out_path)
+        self.tmp_path = _temporary_name(out_path, os.getpid())
         self.data_alignment = data_alignment
         self._file: BinaryIO | None = open(self.tmp_path, "wb")
         self._state = "new"

@@ -1,5 +1,5 @@
 """`python -m ascend_super.runtime` = `ascend-run`."""
 
-from .cli import main
+from .entry import run
 
-main()
+run()

@@ -63,3 +63,7 @@ def render(template: str, messages: list[Message], special_tokens: dict[str, Any
                                          **variables, **extra)
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template: {exc}") from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        # the template is code from the model file: the sandbox's own limits (a range beyond MAX_RANGE raises
+        # OverflowError) and the template's runtime errors are its failures, not ours
+        raise ChatTemplateError(f"chat template: {type(exc).__name__}: {exc}") from None

@@ -11,7 +11,8 @@ import typer
 from . import format as fmt
 from . import hub
 from .chat import ChatTemplateError
-from .cliutil import fail, stderr
+from .busguard import exit_on_bus_error
+from .cliutil import fail, literal, stderr, version_option
 from .generate import GenerationError, Sampling, Stats
 from .model import BACKENDS, BackendUnavailable, Model
 from .native import NativeError
@@ -20,7 +21,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def _note(message: str) -> None:
-    stderr.print(message, markup=False, highlight=False)
+    stderr.print(literal(message))
 
 
 @app.command()
@@ -36,46 +37,48 @@ def run(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     backend: str = typer.Option("auto", "--backend", help=f"One of {', '.join(BACKENDS)}."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     device: int = typer.Option(0, "--device", help="aclnn: the NPU device id."),
     eager: bool = typer.Option(False, "--eager", help="aclnn: launch decode op by op instead of replaying a graph."),
-    context: Optional[int] = typer.Option(None, "--context", help="KV-cache length [default: model's, max 4096]."),
+    context: Optional[int] = typer.Option(None, "--context", help="KV-cache length (default: the model's, at most "
+                                                                  "4096)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+    version: bool = version_option(),
 ) -> None:
     """Generate text from a .asw model."""
-    if prompt == "-":
-        prompt = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
     try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
-    if system is not None and raw:
-        fail("--system needs the chat template; it cannot be combined with --raw")
-    try:
+        if prompt == "-":
+            prompt = read_stdin_prompt()
+        try:
+            prompt.encode("utf-8")  # an argument with bytes that are not UTF-8 (surrogateescape)
+        except UnicodeEncodeError as exc:
+            fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
+        if system is not None and raw:
+            fail("--system needs the chat template; it cannot be combined with --raw")
         located = hub.locate(model, report=_note)
-    except hub.HubError as exc:
-        fail(str(exc))
-    try:
         loaded = Model(located, backend, threads, device, eager)
-    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
+    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError, hub.HubError) as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("nothing was generated", 130, "interrupted")
+    exit_on_bus_error(loaded.asw)  # the file truncated under us: one line naming it, not "Bus error"
     trained = int(loaded.config["max_position_embeddings"])
     if context is not None and context > trained:
-        stderr.print(f"warning: --context {context} is beyond the {trained} positions the model was trained for",
-                     markup=False, highlight=False)
+        stderr.print(literal(f"warning: --context {context} is beyond the {trained} positions the model was "
+                             "trained for"))
     stats = Stats()
     prompt_ids: list[int] = []
+    pieces: list[str] = []
     interrupted = False
     with loaded:
         try:
             prompt_ids = loaded.prompt_ids(prompt, raw, system)
             sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
             tokens = loaded.generate_tokens(prompt_ids, sampling, context, stats)
-            if as_json:
-                for _ in tokens:  # ids and text are taken from stats afterwards
-                    pass
-            else:
-                for piece in loaded.text_pieces(tokens):
+            for piece in loaded.text_pieces(tokens):  # ids are taken from stats afterwards
+                if as_json:
+                    pieces.append(piece)  # a character cut by the token limit is left out, as when streaming
+                else:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
         except (GenerationError, ChatTemplateError, NativeError) as exc:
@@ -87,15 +90,28 @@ def run(
         typer.echo(json.dumps({
             "prompt_token_ids": prompt_ids,
             "generated_token_ids": stats.generated_token_ids,
-            "text": loaded.tokenizer.decode(stats.generated_token_ids),
+            "text": "".join(pieces),
             "stop_reason": stats.stop_reason,
             "stats": stats.as_dict(),
         }, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
-        stderr.print(stats.line(), highlight=False, markup=False)
+        stderr.print(literal(stats.line()))
     if interrupted:
         raise typer.Exit(130)
+
+
+def read_stdin_prompt() -> str:
+    """The prompt from standard input: UTF-8 (checked), without a leading byte-order mark or one final line end."""
+    if sys.stdin is None:
+        fail("--prompt - reads standard input, which is closed")
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
+    text = text.removeprefix("\ufeff")
+    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,7 +84,19 @@ NZ_TENSOR_NAMES = ("output.weight",)
 
 # ------------------------------------------------------------------------------------------------------ errors
 class FormatError(Exception):
-    """A .asw file is malformed. Every subclass is one distinct, named problem; the message says where."""
+    """A .asw file is malformed. Every subclass is one distinct, named problem; the message says where.
+
+    A message stays one readable line even when it quotes a forged value (a whole tokenizer as the arch, a huge
+    list): past MAX_ERROR_CHARS its middle is cut, keeping the start (file, what) and the end (what was expected)."""
+
+    def __init__(self, message: str) -> None:
+        if len(message) > MAX_ERROR_CHARS:
+            keep = MAX_ERROR_CHARS // 2
+            message = f"{message[:keep]} … ({len(message) - 2 * keep} characters left out) … {message[-keep:]}"
+        super().__init__(message)
+
+
+MAX_ERROR_CHARS = 1000
 
 
 class BadMagic(FormatError): ...
@@ -268,13 +281,24 @@ class AswFile:
     def open(cls, path: str | os.PathLike[str]) -> "AswFile":
         path = Path(path)
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < PREAMBLE_NBYTES:
-                    raise TruncatedFile(f"{path}: file is {size} bytes, shorter than the {PREAMBLE_NBYTES}-byte preamble")
-                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            # O_NONBLOCK: opening a FIFO for reading must not wait for a writer before fstat can refuse it
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"{path}: not a regular file (a .asw model must be a file, not a pipe, device or "
+                                  "folder)")
+            if info.st_size < PREAMBLE_NBYTES:
+                raise TruncatedFile(f"{path}: file is {info.st_size} bytes, shorter than the {PREAMBLE_NBYTES}-byte "
+                                    "preamble")
+            size = info.st_size
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise FormatError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
         try:
             preamble = _parse_preamble(path, mapping[:PREAMBLE_NBYTES], size)
             manifest = _parse_manifest(path, mapping, preamble)
@@ -309,6 +333,14 @@ class AswFile:
     @property
     def layout(self) -> str:
         return self.manifest["layout"]
+
+    def mapped_range(self) -> tuple[int, int]:
+        """(address, length) of the whole mapping in this process (for a guard against the file shrinking)."""
+        view = np.frombuffer(self._mmap, dtype=np.uint8)
+        try:
+            return int(view.ctypes.data), len(self._mmap)
+        finally:
+            del view
 
     def data_region(self) -> np.ndarray:
         """The whole data region as a read-only uint8 array (a view of the mapping, no copy)."""
@@ -475,7 +507,8 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
     validator: the converter runs it before writing, and every reader (ascend-inspect, ascend-run, the API) runs
     it through `AswFile.open`, so a file one accepts the others accept."""
     _require(manifest["arch"] in ARCHS, path, f"arch {manifest['arch']!r} is not one of {', '.join(ARCHS)}")
-    _require(manifest["dtype"] in DTYPES, path, f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
+    _require(isinstance(manifest["dtype"], str) and manifest["dtype"] in DTYPES, path,
+             f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
     _require(manifest["layout"] in LAYOUTS, path, f"layout {manifest['layout']!r} is not one of {', '.join(LAYOUTS)}")
     _require(manifest["tensor_alignment"] == TENSOR_ALIGNMENT, path,
              f"tensor_alignment {manifest['tensor_alignment']!r} is not {TENSOR_ALIGNMENT}")
@@ -658,6 +691,10 @@ def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) 
             raise ManifestInvalid(f"{path}: tensor {entry.name!r} appears more than once")
         by_name[entry.name] = entry
     names = list(by_name)
+    layers = manifest["config"]["num_hidden_layers"]
+    if layers > len(entries):  # every layer has tensors: checked before the expected list is built for it
+        raise TensorMissing(f"{path}: config.num_hidden_layers is {layers} but the manifest lists only "
+                            f"{len(entries)} tensors")
     expected = expected_tensors(manifest["config"])
     for name, shape in expected.items():
         found = by_name.get(name)

@@ -12,6 +12,7 @@ generator.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, Sequence
@@ -36,6 +37,15 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> None:
+        for name in ("max_new_tokens", "top_k", "seed"):
+            value = getattr(self, name)
+            if not (value is None and name == "seed" or isinstance(value, numbers.Integral)
+                    and not isinstance(value, bool)):
+                raise GenerationError(f"{name} must be a whole number, got {value!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise GenerationError(f"{name} must be a number, got {value!r}")
         if self.max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not (0 <= self.temperature < math.inf):
@@ -66,8 +76,10 @@ class Stats:
     generated_token_ids: list[int] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"load {self.load_s:.2f} s | prompt {self.prompt_tokens} tok | TTFT {self.ttft_s * 1000:.0f} ms | "
-                f"prefill {self.prefill_tok_s:.1f} tok/s | "
+        """One line of stats; '-' for what was not measured (e.g. TTFT when interrupted during prefill)."""
+        return (f"load {self.load_s:.2f} s | prompt {self.prompt_tokens} tok | "
+                f"TTFT {f'{self.ttft_s * 1000:.0f} ms' if self.ttft_s else '-'} | "
+                f"prefill {f'{self.prefill_tok_s:.1f} tok/s' if self.prefill_tok_s else '-'} | "
                 f"decode {f'{self.decode_tok_s:.1f} tok/s' if self.decode_tok_s else '-'} | "
                 f"generated {self.generated_tokens} tok ({self.stop_reason})")
 

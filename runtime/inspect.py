@@ -13,7 +13,8 @@ from rich.table import Table
 
 from . import format as fmt
 from . import hub
-from .cliutil import fail
+from .busguard import exit_on_bus_error
+from .cliutil import fail, literal, version_option
 from .cliutil import stderr as err_console
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -51,6 +52,13 @@ def describe(asw: fmt.AswFile) -> dict[str, Any]:
     }
 
 
+def describe_source(source: dict[str, Any]) -> str:
+    """`kind id @ revision`, leaving out what the manifest does not record (a local folder has no revision)."""
+    text = " ".join(str(source[key]) for key in ("kind", "id") if source.get(key) is not None) or "unknown"
+    revision = source.get("revision")
+    return f"{text} @ {revision}" if revision is not None else text
+
+
 def _product(shape: tuple[int, ...]) -> int:
     count = 1
     for dim in shape:
@@ -59,33 +67,34 @@ def _product(shape: tuple[int, ...]) -> int:
 
 
 def _print_human(info: dict[str, Any]) -> None:
-    head = Table(show_header=False, box=None, title=info["path"], title_justify="left")
+    """Tables of `info`; every string that comes from the file or its path is printed literally (no markup, control
+    characters escaped)."""
+    head = Table(show_header=False, box=None, title=literal(info["path"]), title_justify="left")
     for key in ("format_version", "arch", "dtype", "layout"):
-        head.add_row(f"[bold]{key}[/bold]", str(info[key]))
+        head.add_row(f"[bold]{key}[/bold]", literal(info[key]))
     needs = info["requires"]
-    head.add_row("[bold]requires[/bold]", f"format {needs['format_major']}.x, layout {needs['layout']}, backend "
-                                          f"{' or '.join(needs['backends'])}" +
-                 (f", SoC {needs['soc']}" if needs["soc"] else ""))
+    head.add_row("[bold]requires[/bold]", literal(f"format {needs['format_major']}.x, layout {needs['layout']}, "
+                                                  f"backend {' or '.join(needs['backends'])}" +
+                                                  (f", SoC {needs['soc']}" if needs["soc"] else "")))
     if info.get("origin"):
         origin = info["origin"]
-        head.add_row("[bold]origin[/bold]", f"{origin['uri']} @ {origin['revision']}")
+        head.add_row("[bold]origin[/bold]", literal(f"{origin['uri']} @ {origin['revision']}"))
     head.add_row("[bold]parameters[/bold]", f"{info['parameters']:,}")
     head.add_row("[bold]file[/bold]", f"{info['file_nbytes']:,} bytes (data {info['data_nbytes']:,} at "
                                       f"{info['data_offset']:,}, aligned {info['data_alignment']:,})")
     for key, value in info["config"].items():
-        head.add_row(f"  {key}", json.dumps(value))
-    head.add_row("  defaulted (transformers' defaults)", ", ".join(info["defaulted_config"]) or "none")
-    source = info["source"]
-    head.add_row("[bold]source[/bold]", f"{source.get('kind')} {source.get('id')} @ {source.get('revision')}")
-    head.add_row("[bold]converter[/bold]", str(source.get("converter")))
+        head.add_row(literal(f"  {key}"), literal(json.dumps(value)))
+    head.add_row("  defaulted (transformers' defaults)", literal(", ".join(info["defaulted_config"]) or "none"))
+    head.add_row("[bold]source[/bold]", literal(describe_source(info["source"])))
+    head.add_row("[bold]converter[/bold]", literal(info["source"].get("converter", "unknown")))
     head.add_row("[bold]chat template[/bold]", "yes" if info["chat_template"] else "no")
     console.print(head)
     table = Table()
     for column in ("name", "shape", "layout", "offset", "bytes", "xxh3_64"):
         table.add_column(column, no_wrap=True)
     for t in info["tensors"]:
-        table.add_row(t["name"], "x".join(map(str, t["shape"])), t["layout"], f"{t['offset']:,}", f"{t['nbytes']:,}",
-                      t["xxh3_64"])
+        table.add_row(literal(t["name"]), "x".join(map(str, t["shape"])), literal(t["layout"]), f"{t['offset']:,}",
+                      f"{t['nbytes']:,}", literal(t["xxh3_64"]))
     console.print(table)
 
 
@@ -94,6 +103,7 @@ def run(
     model: str = typer.Argument(..., help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] or ms://..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     verify: bool = typer.Option(False, "--verify", help="Recompute every tensor hash; exit 1 on the first mismatch."),
+    version: bool = version_option(),
 ) -> None:
     """Show a .asw file's architecture, requirements, hyper-parameters and tensors; optionally verify every hash."""
     try:
@@ -103,6 +113,7 @@ def run(
         fail(str(exc))
     except fmt.FormatError as exc:
         fail(str(exc), 1 if isinstance(exc, (fmt.HashMismatch, fmt.NonZeroPadding)) else 2)
+    exit_on_bus_error(asw)  # the file truncated under us: one line naming it, not "Bus error"
     with asw:
         info = describe(asw)
         info["origin"] = located.describe()
@@ -115,11 +126,13 @@ def run(
                 hub.verify(asw, located)
             except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
                 fail(str(exc), 1, "verify failed")
+            except KeyboardInterrupt:
+                fail("the file was not fully verified", 130, "interrupted")
             err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
 
 
 def _note(message: str) -> None:
-    err_console.print(message, markup=False, highlight=False)
+    err_console.print(literal(message))
 
 
 def main() -> None:

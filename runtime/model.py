@@ -26,6 +26,7 @@ from .tokenizer import TextTokenizer, TokenizerError
 
 BACKENDS = ("auto", "cpu", "aclnn")
 DEFAULT_CONTEXT = 4096
+MAX_CONTEXT = 1 << 24  # the native library's bound on one session's KV-cache length (asw_session_new)
 
 
 class BackendUnavailable(RuntimeError):
@@ -50,14 +51,22 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as the native thread pool counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
                  device: int = 0, eager: bool = False) -> None:
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         if threads is not None and not 1 <= threads <= cores:
-            raise GenerationError(f"threads must be between 1 and the {cores} cores here, got {threads}")
+            raise GenerationError(f"threads must be between 1 and the {cores} cores this process may use, "
+                                  f"got {threads}")
         self.threads = threads
         self.asw = hub.open_model_file(path, self.backend)  # a local path, or hf:// / ms:// (see hub.py)
         try:
@@ -70,15 +79,15 @@ class Model:
             self.chat_template: str | None = manifest["chat_template"]
             self.special_tokens: dict[str, Any] = manifest["special_tokens"]
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
-            self.native = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
-                                      [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
-                                      self.backend, device_id=device, eager=eager)
+            self.native: NativeModel | None = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
+                                                            [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
+                                                            self.backend, device_id=device, eager=eager)
         except BaseException:
             self.asw.close()
             raise
         self.load_s = time.perf_counter() - started
         self._idle: dict[int, list[NativeSession]] = {}  # context length -> sessions not in use
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threading.Lock()  # guards _idle, _closed and native against a concurrent close()
         self._closed = False
 
     # --- prompts
@@ -103,13 +112,21 @@ class Model:
         """The KV-cache length for a request: `context`, or the model's own capped at DEFAULT_CONTEXT."""
         if context is None:
             return min(int(self.config["max_position_embeddings"]), DEFAULT_CONTEXT)
+        if isinstance(context, bool) or not isinstance(context, int):
+            raise GenerationError(f"context must be a whole number of positions, got {context!r}")
         if context < 1:
             raise GenerationError(f"context must be >= 1, got {context}")
+        if context > MAX_CONTEXT:
+            raise GenerationError(f"context must be at most {MAX_CONTEXT} positions, got {context}")
         return context
 
     def session(self, context: int | None = None) -> NativeSession:
         """A fresh session with a KV cache of `context` positions (default: the model's, capped at 4096)."""
-        return self.native.session(self.context_length(context), self.threads)
+        length = self.context_length(context)
+        with self._pool_lock:  # close() cannot free the native model while a session is being made on it
+            if self._closed or self.native is None:
+                raise GenerationError("the model is closed")
+            return self.native.session(length, self.threads)
 
     @contextlib.contextmanager
     def _pooled_session(self, context: int | None) -> Iterator[NativeSession]:
@@ -160,14 +177,25 @@ class Model:
                 yield piece
 
     def close(self) -> None:
+        """Free the native model and its sessions, then unmap the file and release its descriptor (at once, unless
+        arrays from the mapping are still referenced elsewhere: then when the last of them goes)."""
         with self._pool_lock:
+            if self._closed:
+                return
             self._closed = True
-            for sessions in self._idle.values():
-                for session in sessions:
-                    session.close()
-            self._idle.clear()
-        self.native.close()  # also closes sessions still in use
+            self._free_native()
         self.asw.close()
+
+    def _free_native(self) -> None:
+        """Close idle sessions and the native model (which closes sessions still in use) and drop every reference
+        to them, so that nothing here keeps a view of the mapping alive (a helper: no local outlives it)."""
+        for sessions in self._idle.values():
+            for session in sessions:
+                session.close()
+        self._idle.clear()
+        if self.native is not None:
+            self.native.close()
+            self.native = None
 
     def __enter__(self) -> "Model":
         return self

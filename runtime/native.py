@@ -159,6 +159,7 @@ def _load() -> ctypes.CDLL:
             "asw_decode_enqueue": (ctypes.c_int32, [c_session]),
             "asw_decode_read": (ctypes.c_int32, [c_session, i32p]),
             "asw_decode_discard": (ctypes.c_int32, [c_session]),
+            "asw_exit_on_sigbus": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_int32]),
             "asw_cast": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                                           ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
         }
@@ -196,6 +197,12 @@ def cast_u16(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> t
     if overflow < 0:
         raise _error("cast")
     return out, int(overflow), int(nonfinite.value)
+
+
+def exit_on_sigbus(begin: int, nbytes: int, message: bytes, exit_code: int) -> bool:
+    """Process-wide: a bus error inside [begin, begin + nbytes) writes `message` to stderr and exits with
+    `exit_code` (native/src/sigbus.c). False where the guard could not be installed."""
+    return _load().asw_exit_on_sigbus(begin, nbytes, message, exit_code) == 0
 
 
 def kernel_name() -> str:

@@ -84,9 +84,16 @@ def converted(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir):
     return get
 
 
+def script_code(script: str) -> str:
+    """Python code that runs console script `script` as its installed entry point does."""
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name=script)
+    return f"from {entry.module} import {entry.attr}; {entry.attr}()"
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
-    """Run one of our console scripts (by module) in a subprocess; returns the completed process."""
-    modules = {"ascend-convert": "ascend_super.convert.cli", "ascend-inspect": "ascend_super.runtime.inspect",
-               "ascend-run": "ascend_super.runtime.cli"}
-    command = [sys.executable, "-c", f"from {modules[args[0]]} import main; main()", *args[1:]]
+    """Run one of our console scripts (its entry point from pyproject.toml) in a subprocess; returns the completed
+    process."""
+    command = [sys.executable, "-c", script_code(args[0]), *args[1:]]
     return subprocess.run(command, capture_output=True, text=True, env=env, input=input_text, timeout=600)

@@ -27,6 +27,13 @@ def read_parts(path: Path) -> tuple[fmt.Preamble, dict[str, Any], bytes]:
 def rebuild(path: Path, manifest: dict[str, Any], data: bytes, alignment: int = 4096,
             raw_manifest: bytes | None = None, **preamble_fields: int) -> None:
     """Write a file from parts with the format's own packing (so tests can break exactly one thing)."""
+    path.write_bytes(assemble(manifest, data, alignment, raw_manifest, **preamble_fields))
+
+
+def assemble(manifest: dict[str, Any] | None, data: bytes, alignment: int = 4096, raw_manifest: bytes | None = None,
+             **preamble_fields: int) -> bytes:
+    """The bytes of a file around `manifest` (or `raw_manifest` bytes) with a consistent checksum and layout; the
+    preamble fields given override the computed ones."""
     packed = raw_manifest if raw_manifest is not None else fmt.pack_manifest(manifest)
     data_offset = fmt.layout_file(len(packed), alignment)
     fields = dict(version_major=fmt.VERSION_MAJOR, version_minor=fmt.VERSION_MINOR, flags=0,
@@ -35,7 +42,7 @@ def rebuild(path: Path, manifest: dict[str, Any], data: bytes, alignment: int = 
                   data_nbytes=len(data), data_alignment=alignment)
     fields.update(preamble_fields)
     body = fmt.Preamble(**fields).pack() + packed
-    path.write_bytes(body + b"\0" * (data_offset - len(body)) + data)
+    return body + b"\0" * (data_offset - len(body)) + data
 
 
 def tensor(manifest: dict[str, Any], name: str) -> dict[str, Any]:

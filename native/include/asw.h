@@ -154,6 +154,11 @@ ASW_API int32_t asw_decode_enqueue(asw_session *s);
 ASW_API int32_t asw_decode_read(asw_session *s, int32_t *token);
 ASW_API int32_t asw_decode_discard(asw_session *s);
 
+/* Command-line guard: a SIGBUS whose fault address lies in [begin, begin + nbytes) (a mapped .asw file truncated
+ * under us) writes `message` to stderr and _exit(exit_code)s; any other SIGBUS keeps the default action. One
+ * guarded range per process. Returns 0, or -1 (message over 1023 bytes, sigaction failed, no POSIX signals). */
+ASW_API int32_t asw_exit_on_sigbus(const void *begin, uint64_t nbytes, const char *message, int32_t exit_code);
+
 /* Converter utility: cast n values of `src_type` (enum asw_src_type) to `dtype` (enum asw_dtype) u16 bits,
  * rounding to nearest even with the run-time kernels. Returns how many finite values overflowed to +-inf
  * (fp16 only) and stores in *nonfinite how many source values were NaN or +-inf (the caller decides whether

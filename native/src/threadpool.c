@@ -34,7 +34,22 @@ struct asw_pool {
     atomic_int stop;      /* 1: workers exit */
     asw_task_fn fn;       /* current job, published by the release store to gen */
     void *arg;
+    unsigned forks;       /* fork_count when the workers were started: they exist only in that process */
 };
+
+/* fork() copies only the calling thread: in a child, a pool's workers are gone and its mutex may have been held
+ * by one of them. A pthread_atfork child handler counts forks; a pool whose workers date from an earlier count
+ * re-creates its synchronisation and workers before the next job (and does not join the lost threads when
+ * freed). One relaxed load per job, no syscall. */
+static atomic_uint fork_count;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void count_fork_in_child(void) { atomic_fetch_add_explicit(&fork_count, 1u, memory_order_relaxed); }
+static void register_atfork(void) { pthread_atfork(NULL, NULL, count_fork_in_child); }
+
+static int workers_are_ours(const asw_pool *p) {
+    return p->forks == atomic_load_explicit(&fork_count, memory_order_relaxed);
+}
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -90,7 +105,30 @@ static int online_cores(void) {
     return n > 0 ? (int)n : 1;
 }
 
+/* Start workers 1..n-1 with fresh synchronisation. On a pthread_create failure the pool keeps the workers that
+ * started (p->n shrinks to match; jobs get nth = p->n) and returns the index that failed, else 0. */
+static int start_workers(asw_pool *p) {
+    atomic_store_explicit(&p->gen, 0u, memory_order_relaxed);
+    atomic_store_explicit(&p->pending, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->stop, 0, memory_order_relaxed);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->forks = atomic_load_explicit(&fork_count, memory_order_relaxed);
+    for (int i = 1; i < p->n; i++) {
+        worker *w = &p->workers[i - 1];
+        w->pool = p;
+        w->ith = i;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            p->n = i;
+            return i;
+        }
+    }
+    return 0;
+}
+
 asw_pool *asw_pool_new(int n_threads) {
+    pthread_once(&atfork_once, register_atfork);
     if (n_threads <= 0) n_threads = online_cores();
     if (n_threads > 1024) {
         asw_set_error("n_threads %d is more than 1024", n_threads);
@@ -102,55 +140,46 @@ asw_pool *asw_pool_new(int n_threads) {
         return NULL;
     }
     p->n = n_threads;
-    atomic_init(&p->gen, 0u);
-    atomic_init(&p->pending, 0);
-    atomic_init(&p->stop, 0);
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
     if (n_threads > 1) {
         p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
         if (p->workers == NULL) {
             asw_set_error("out of memory (thread pool)");
-            p->n = 1;
-            asw_pool_free(p);
+            free(p);
             return NULL;
         }
-        for (int i = 1; i < n_threads; i++) {
-            worker *w = &p->workers[i - 1];
-            w->pool = p;
-            w->ith = i;
-            if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-                asw_set_error("pthread_create failed for worker %d of %d", i, n_threads);
-                p->n = i; /* only workers 1..i-1 exist: stop and join those */
-                asw_pool_free(p);
-                return NULL;
-            }
-        }
+    }
+    int failed = start_workers(p);
+    if (failed) {
+        asw_set_error("pthread_create failed for worker %d of %d", failed, n_threads);
+        asw_pool_free(p); /* stops and joins the workers that did start */
+        return NULL;
     }
     return p;
 }
 
 void asw_pool_free(asw_pool *p) {
     if (p == NULL) return;
-    if (p->n > 1) {
-        atomic_store_explicit(&p->stop, 1, memory_order_release);
-        pthread_mutex_lock(&p->mu);
-        atomic_fetch_add_explicit(&p->gen, 1u, memory_order_release);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->mu);
-        for (int i = 1; i < p->n; i++) pthread_join(p->workers[i - 1].thread, NULL);
-    }
+    if (workers_are_ours(p)) {
+        if (p->n > 1) {
+            atomic_store_explicit(&p->stop, 1, memory_order_release);
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add_explicit(&p->gen, 1u, memory_order_release);
+            pthread_cond_broadcast(&p->wake);
+            pthread_mutex_unlock(&p->mu);
+            for (int i = 1; i < p->n; i++) pthread_join(p->workers[i - 1].thread, NULL);
+        }
+        pthread_cond_destroy(&p->done);
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->mu);
+    } /* else forked: the workers are gone and destroying a condition they waited on would block for them */
     free(p->workers);
-    pthread_cond_destroy(&p->done);
-    pthread_cond_destroy(&p->wake);
-    pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
 int asw_pool_size(const asw_pool *p) { return p->n; }
 
 void asw_pool_run(asw_pool *p, asw_task_fn fn, void *arg) {
+    if (p->n > 1 && !workers_are_ours(p)) start_workers(p); /* forked: fewer workers if some fail to start */
     if (p->n == 1) {
         fn(arg, 0, 1);
         return;

@@ -11,7 +11,8 @@
 typedef void (*asw_task_fn)(void *arg, int ith, int nth);
 typedef struct asw_pool asw_pool;
 
-/* n_threads <= 0: number of online cores. NULL on error (asw error set). */
+/* n_threads <= 0: number of online cores. NULL on error (asw error set). A pool survives fork(): in the child
+ * its workers are started again before its next job. */
 asw_pool *asw_pool_new(int n_threads);
 void asw_pool_free(asw_pool *p);
 int asw_pool_size(const asw_pool *p);
