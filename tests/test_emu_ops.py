@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emu_support import (ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR, BF16, BOOL, FLOAT, FLOAT16, FORMAT_NZ,
-                         INT32, INT64, AclError, DevArray, Emu, round_to)
+                         INT32, INT64, AclError, DevArray, Emu, fia_args, round_to)
 
 P = ctypes.c_void_p
 RTOL = {FLOAT: 1e-5, FLOAT16: 2e-3, BF16: 1.6e-2}  # about one unit in the last place of the output dtype
@@ -308,17 +308,6 @@ def attention_ref(q, k, v, scale, masked):
     return out
 
 
-def fia(emu, q, keys, values, n, nkv, scale, layout, out, mask=None, kv_lens=None, sparse=0, lse=None, pre=2147483647, nxt=2147483647):
-    kl, vl = emu.tensor_list([k.t for k in keys]), emu.tensor_list([v.t for v in values])
-    args = [P(q.t), P(kl), P(vl), None, P(mask.t) if mask else None, None,
-            P(emu.int_array(kv_lens)) if kv_lens else None] + [None] * 22
-    args += [ctypes.c_int64(n), ctypes.c_double(scale), ctypes.c_int64(pre), ctypes.c_int64(nxt), ctypes.c_char_p(layout.encode()),
-             ctypes.c_int64(nkv), ctypes.c_int64(sparse), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0),
-             ctypes.c_bool(lse is not None), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0), P(out.t),
-             P(lse.t) if lse else None]
-    return args
-
-
 @pytest.mark.parametrize("dtype", [FLOAT16, BF16])
 def test_fia_decode_bsh_gqa_with_mask_and_kv_length(emu, rng, dtype):
     n, nkv, d, s2, pos = 4, 2, 8, 16, 9
@@ -328,7 +317,7 @@ def test_fia_decode_bsh_gqa_with_mask_and_kv_length(emu, rng, dtype):
     md = DevArray(emu, mask, BOOL)
     out, lse = DevArray(emu, np.zeros_like(q), dtype), DevArray(emu, np.zeros((1, n, 1, 1)), FLOAT)
     scale = 1 / np.sqrt(d)
-    emu.run("FusedInferAttentionScoreV4", *fia(emu, qd, [kd], [vd], n, nkv, scale, "BSH", out, mask=md, lse=lse))
+    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, nkv, scale, "BSH", out, mask=md, lse=lse))
     qh = q.reshape(1, n, d).transpose(1, 0, 2)
     kh, vh = k.reshape(s2, nkv, d).transpose(1, 0, 2), v.reshape(s2, nkv, d).transpose(1, 0, 2)
     ref = attention_ref(qh, kh, vh, scale, mask)
@@ -338,7 +327,7 @@ def test_fia_decode_bsh_gqa_with_mask_and_kv_length(emu, rng, dtype):
     close(lse.read().reshape(n), ref_lse, FLOAT, atol=1e-4)
     # actualSeqLengthsKv instead of a mask: the same result for length pos + 1
     out2 = DevArray(emu, np.zeros_like(q), dtype)
-    emu.run("FusedInferAttentionScoreV4", *fia(emu, qd, [kd], [vd], n, nkv, scale, "BSH", out2, kv_lens=[pos + 1]))
+    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, nkv, scale, "BSH", out2, kv_lens=[pos + 1]))
     np.testing.assert_array_equal(out2.read(), out.read())
 
 
@@ -348,16 +337,16 @@ def test_fia_prefill_bnsd_causal(emu, rng):
     qd, kd, vd = (DevArray(emu, x, FLOAT16) for x in (q, k, v))
     causal = np.triu(np.ones((s, s), bool), 1)
     out = DevArray(emu, np.zeros_like(q), FLOAT16)
-    emu.run("FusedInferAttentionScoreV4", *fia(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out, mask=DevArray(emu, causal, BOOL)))
+    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out, mask=DevArray(emu, causal, BOOL)))
     close(out.read()[0], round_to(attention_ref(q[0], k[0], v[0], 0.25, causal), FLOAT16), FLOAT16, atol=2e-3)
     # sparseMode 2 (left-up causal) with the optimised 2048 x 2048 mask gives the same
     opt = DevArray(emu, np.triu(np.ones((2048, 2048), bool), 1), BOOL)
     out2 = DevArray(emu, np.zeros_like(q), FLOAT16)
-    emu.run("FusedInferAttentionScoreV4", *fia(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out2, mask=opt, sparse=2))
+    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out2, mask=opt, sparse=2))
     np.testing.assert_array_equal(out2.read(), out.read())
     # BNSD_BSND: BNSD in, BSND out
     out3 = DevArray(emu, np.zeros((1, s, n, d)), FLOAT16)
-    emu.run("FusedInferAttentionScoreV4", *fia(emu, qd, [kd], [vd], n, n, 0.25, "BNSD_BSND", out3, mask=DevArray(emu, causal, BOOL)))
+    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD_BSND", out3, mask=DevArray(emu, causal, BOOL)))
     np.testing.assert_array_equal(out3.read(), out.read().transpose(0, 2, 1, 3))
 
 
@@ -365,15 +354,15 @@ def test_fia_checks(emu, rng):
     q = DevArray(emu, rand(rng, (1, 1, 16), FLOAT16), FLOAT16)
     k = DevArray(emu, rand(rng, (1, 8, 16), FLOAT16), FLOAT16)
     out = DevArray(emu, np.zeros((1, 1, 16)), FLOAT16)
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q, [k], [k], 2, 2, 1.0, "TND", out), match="not emulated")
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, kv_lens=[9]), match="outside [0, 8]")
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q, [k], [k], 4, 3, 1.0, "BSH", out), match="multiple of numKeyValueHeads")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "TND", out), match="not emulated")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, kv_lens=[9]), match="outside [0, 8]")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 4, 3, 1.0, "BSH", out), match="multiple of numKeyValueHeads")
     q32 = DevArray(emu, rand(rng, (1, 1, 16), FLOAT), FLOAT)
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q32, [k], [k], 2, 2, 1.0, "BSH", out), match="query has dtype FLOAT")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q32, [k], [k], 2, 2, 1.0, "BSH", out), match="query has dtype FLOAT")
     strided = DevArray(emu, rand(rng, (1, 16, 16), FLOAT16), FLOAT16, shape=[1, 8, 16], strides=[256, 32, 1], storage=[1, 16, 16])
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q, [strided], [strided], 2, 2, 1.0, "BSH", out), match="must be contiguous")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [strided], [strided], 2, 2, 1.0, "BSH", out), match="must be contiguous")
     wrong_mask = DevArray(emu, np.zeros((1, 4)), BOOL)
-    refused(emu, "FusedInferAttentionScoreV4", *fia(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, mask=wrong_mask), match="attenMask shape")
+    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, mask=wrong_mask), match="attenMask shape")
 
 
 # ---------------------------------------------------------------------------------------------- SwiGlu
