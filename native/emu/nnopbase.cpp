@@ -443,33 +443,30 @@ EMU_EXPORT aclnnStatus aclDestroyScalar(const aclScalar *scalar) {
     return 0;
 }
 
-EMU_EXPORT aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateIntArray: value is null"), nullptr;
-    auto *a = new aclIntArray();
+/* The array objects copy their values at creation (opbase common_types.cpp). */
+template <typename A, typename T> static A *copy_array(const char *api, const T *value, uint64_t size) {
+    if (size > 0 && !value) return set_error("%s: value is null", api), nullptr;
+    auto *a = new A();
     if (size) a->v.assign(value, value + size);
     return a;
+}
+
+EMU_EXPORT aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size) {
+    return copy_array<aclIntArray>("aclCreateIntArray", value, size);
+}
+EMU_EXPORT aclFloatArray *aclCreateFloatArray(const float *value, uint64_t size) {
+    return copy_array<aclFloatArray>("aclCreateFloatArray", value, size);
+}
+EMU_EXPORT aclBoolArray *aclCreateBoolArray(const bool *value, uint64_t size) {
+    return copy_array<aclBoolArray>("aclCreateBoolArray", value, size);
 }
 EMU_EXPORT aclnnStatus aclDestroyIntArray(const aclIntArray *array) {
     delete array;
     return 0;
 }
-
-EMU_EXPORT aclFloatArray *aclCreateFloatArray(const float *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateFloatArray: value is null"), nullptr;
-    auto *a = new aclFloatArray();
-    if (size) a->v.assign(value, value + size);
-    return a;
-}
 EMU_EXPORT aclnnStatus aclDestroyFloatArray(const aclFloatArray *array) {
     delete array;
     return 0;
-}
-
-EMU_EXPORT aclBoolArray *aclCreateBoolArray(const bool *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateBoolArray: value is null"), nullptr;
-    auto *a = new aclBoolArray();
-    if (size) a->v.assign(value, value + size);
-    return a;
 }
 EMU_EXPORT aclnnStatus aclDestroyBoolArray(const aclBoolArray *array) {
     delete array;
@@ -477,10 +474,7 @@ EMU_EXPORT aclnnStatus aclDestroyBoolArray(const aclBoolArray *array) {
 }
 
 EMU_EXPORT aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateTensorList: value is null"), nullptr;
-    auto *l = new aclTensorList();
-    if (size) l->v.assign(value, value + size);
-    return l;
+    return copy_array<aclTensorList>("aclCreateTensorList", value, size); /* the pointers only */
 }
 /* Destroys the member tensors too (opbase common_types.cpp; llama.cpp relies on it). */
 EMU_EXPORT aclnnStatus aclDestroyTensorList(const aclTensorList *array) {

@@ -48,11 +48,12 @@ EMU_PHASE2(Embedding)
 /* ------------------------------------------------------------------ RmsNorm / AddRmsNorm */
 
 /* rstd shape: x's dims with the trailing gamma.ndim dims set to 1 */
-static int check_norm_shapes(const char *op, const aclTensor *x, const aclTensor *gamma, const aclTensor *rstd, int64_t *rows, int64_t *cols) {
+static int check_norm_shapes(const char *op, const aclTensor *x, const aclTensor *gamma, const aclTensor *rstd, bool row_gamma_ok,
+                             int64_t *rows, int64_t *cols) {
     const Dims &xd = D(x).view, &gd = D(gamma).view;
     Dims g = gd;
-    /* AddRmsNorm's [1, last dim] gamma (documented for a null rstd) normalises over the last dim */
-    if (g.size() == 2 && g[0] == 1 && xd.size() >= 1 && g[1] == xd.back() && !(xd.size() >= 2 && xd[xd.size() - 2] == 1)) g = {g[1]};
+    /* AddRmsNorm's [1, last dim] gamma (its doc's combinations with a null rstd) normalises over the last dim */
+    if (row_gamma_ok && g.size() == 2 && g[0] == 1 && g[1] == xd.back()) g = {g[1]};
     if (g.size() > xd.size() || !std::equal(g.begin(), g.end(), xd.end() - g.size()))
         return bad(op, "gamma %s must equal the trailing dims of x %s", dims_str(gd).c_str(), dims_str(xd).c_str());
     *cols = numel(g);
@@ -76,7 +77,7 @@ EMU_EXPORT aclnnStatus aclnnRmsNormGetWorkspaceSize(const aclTensor *x, const ac
     EMU_CHECK(need_tensor(op, "rstdOut", rstdOut, {ACL_FLOAT}));
     EMU_CHECK(need_shape(op, "yOut", yOut, D(x).view));
     int64_t rows, cols;
-    EMU_CHECK(check_norm_shapes(op, x, gamma, rstdOut, &rows, &cols));
+    EMU_CHECK(check_norm_shapes(op, x, gamma, rstdOut, false, &rows, &cols));
     float eps = (float)epsilon;
     return make_executor(op, {x, gamma}, {yOut, rstdOut}, 0, [=](const std::vector<TV> &t, char *, std::string &) {
         std::vector<float> xv = t[0].load(), g = t[1].load(), y(xv.size()), rstd((size_t)rows);
@@ -115,7 +116,7 @@ EMU_EXPORT aclnnStatus aclnnAddRmsNormGetWorkspaceSize(const aclTensor *x1, cons
     if (!rstdOut && !(D(gamma).view.size() == 2 && D(gamma).view[0] == 1 && D(gamma).view[1] == D(x1).view.back()))
         return bad(op, "with rstdOut null, gamma must be [1, %lld] (doc combination table)", (long long)D(x1).view.back());
     int64_t rows, cols;
-    EMU_CHECK(check_norm_shapes(op, x1, gamma, rstdOut, &rows, &cols));
+    EMU_CHECK(check_norm_shapes(op, x1, gamma, rstdOut, rstdOut == nullptr, &rows, &cols));
     float eps = (float)epsilon;
     return make_executor(op, {x1, x2, gamma}, {yOut, rstdOut, xOut}, 0, [=](const std::vector<TV> &t, char *, std::string &) {
         std::vector<float> a = t[0].load(), b = t[1].load(), g = t[2].load(), x(a.size()), y(a.size()), rstd((size_t)rows);

@@ -741,7 +741,6 @@ EMU_EXPORT aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src,
         st->cap->why = "aclrtMemcpyAsync with pageable host memory";
         return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclrtMemcpyAsync: pageable host memory cannot be captured (use aclrtMallocHost); capture invalidated");
     }
-    bool captured = st->cap != nullptr;
     rc = enqueue(stream, TaskKind::Copy, std::string("memcpy ") + kCopyNames[k], [=](std::string &err) {
         int r = do_copy(dst, src, count_, k, err);
         if (!r && t_replaying) count([&](Counters &t) { t.replayed_copies[k].count++; t.replayed_copies[k].bytes += count_; });
@@ -749,7 +748,6 @@ EMU_EXPORT aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src,
     });
     if (rc) return rc;
     count([&](Counters &t) { t.copies[k].count++; t.copies[k].bytes += count_; });
-    (void)captured;
     /* pageable host memory: the call returns after the copy is done (CANN runtime docs) */
     if (pageable && k != 0 && !st->cap) {
         drain(st, last_seq(st));
