@@ -436,9 +436,9 @@ def test_inplace_copy_strided_broadcast_and_convert(emu, rng):
 
 @pytest.mark.parametrize("src,dst", [(FLOAT, FLOAT16), (FLOAT, BF16), (FLOAT16, FLOAT), (FLOAT, INT32), (INT32, FLOAT), (FLOAT, BOOL)])
 def test_cast(emu, src, dst):
-    x = np.array([0.1, -2.7, 65504.0, 1e-8, 3.0, 0.0], np.float32)
+    x = np.array([0.1, -2.7, 65504.0, 1e-8, 3.0, 0.0, 3.1e-5, -65519.0], np.float32)  # fp16 subnormal and rounding edges
     x = round_to(x, src) if src != INT32 else x.astype(np.int32)
-    xd, out = DevArray(emu, x, src), DevArray(emu, np.zeros(6), dst)
+    xd, out = DevArray(emu, x, src), DevArray(emu, np.zeros(8), dst)
     emu.run("Cast", P(xd.t), ctypes.c_int(dst), P(out.t))
     if dst in (FLOAT16, BF16, FLOAT):
         np.testing.assert_array_equal(out.read(), round_to(np.asarray(x, np.float32), dst))
