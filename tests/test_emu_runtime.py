@@ -50,6 +50,12 @@ def test_device_memory_round_trip_and_bounds(emu):
         emu.check("aclrtFree", emu.acl.aclrtFree(p))
 
 
+def test_new_memory_is_not_zeroed(emu):
+    p = emu.malloc(8)
+    np.testing.assert_array_equal(emu.download(p, 8, np.uint8), [0xFF] * 8)  # NaN as fp16/bf16/fp32, -1 as ints
+    assert np.isnan(emu.download(p, 8, np.float16)).all()
+
+
 def test_wrong_memcpy_kind_refused(emu):
     host = np.zeros(4, np.float32)
     dev = emu.upload(host)

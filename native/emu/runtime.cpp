@@ -615,6 +615,9 @@ EMU_EXPORT aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy
         if (alias != MAP_FAILED) munmap(alias, mapped);
         return fail(E_BAD_ALLOC, "aclrtMalloc(%zu): mmap failed", size);
     }
+    /* the runtime does not zero memory: fill it with 0xFF bytes (NaN in every float dtype, -1 in integers) so that a
+     * read of bytes nothing wrote shows up */
+    memset(alias, 0xFF, size);
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         g_allocs[(uintptr_t)user] = Alloc{size, mapped, (char *)alias};
@@ -649,6 +652,7 @@ EMU_EXPORT aclError aclrtMallocHost(void **hostPtr, size_t size) {
     if (!hostPtr || size == 0) return fail(E_INVALID_PARAM, "aclrtMallocHost: null pointer or size 0");
     void *p = aligned_alloc(64, (size + 63) / 64 * 64);
     if (!p) return fail(E_BAD_ALLOC, "aclrtMallocHost(%zu): out of memory", size);
+    memset(p, 0xFF, size); /* not zeroed either */
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         g_host_pins[(uintptr_t)p] = size;
