@@ -358,3 +358,18 @@ print(ctypes.c_int32.from_address(pinned).value)
         assert step["copies"]["host_to_device"]["count"] == 0
         assert step["copies"]["device_to_host"] == {"count": 1, "bytes": 4}
     assert len(data["syncs"]) == 3 and all(s["graph_replays"] == 1 for s in data["syncs"])
+
+
+def test_object_api_argument_checks(emu):
+    dims = (ctypes.c_int64 * 2)(2, 3)
+    assert emu.nn.aclCreateTensor(None, 2, FLOAT16, None, 0, 2, dims, 2, None) is None
+    assert "viewDims is null" in emu.err()
+    neg = (ctypes.c_int64 * 2)(3, -1)
+    assert emu.nn.aclCreateTensor(dims, 2, FLOAT16, neg, 0, 2, dims, 2, None) is None
+    assert "negative stride" in emu.err()
+    assert emu.nn.aclCreateScalar(None, INT32) is None
+    assert emu.nn.aclCreateIntArray(None, 2) is None
+    assert emu.nn.aclDestroyTensor(None) == 0 and emu.nn.aclDestroyTensorList(None) == 0  # destroying null is OK
+    # a tensor list owns its members: destroying the list destroys them (opbase; llama.cpp relies on it)
+    members = [emu.tensor(0, [2], INT32) for _ in range(3)]
+    assert emu.nn.aclDestroyTensorList(emu.tensor_list(members)) == 0

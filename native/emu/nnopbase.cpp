@@ -307,6 +307,13 @@ template <typename F> static void for_each_elem(const TV &t, F f) {
     }
 }
 
+void TV::copy_elem(int64_t e, const TV &src, int64_t se) const {
+    if (is_float(d.dtype) || is_float(src.d.dtype))
+        setf(e, src.getf(se));
+    else
+        seti(e, src.geti(se));
+}
+
 std::vector<float> TV::load() const {
     std::vector<float> out((size_t)numel());
     for_each_elem(*this, [&](int64_t i, int64_t e) { out[i] = getf(e); });

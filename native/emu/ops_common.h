@@ -43,9 +43,6 @@ int64_t broadcast_index(int64_t lin, const Dims &out, const Dims &in);
 inline const TensorDesc &D(const aclTensor *t) {
     return *tensor_desc(t);
 }
-inline bool is_float(aclDataType dt) {
-    return dt == ACL_FLOAT || dt == ACL_FLOAT16 || dt == ACL_BF16 || dt == ACL_DOUBLE;
-}
 
 /* Matrix product shared by Mm/Addmm/MatmulWeightNz/AddmmWeightNz: out[m,n] = alpha*sum_k a[m,k]*b[k,n]
  * (+ beta*bias broadcast), accumulated in fp32 in the workspace, rounded once to out's dtype. */

@@ -114,14 +114,8 @@ EMU_PHASE2(GtTensor)
 
 /* ------------------------------------------------------------------ InplaceCopy / Cast: element conversion */
 static void convert(const TV &src, const TV &dst, const Dims &shape) {
-    bool fl = is_float(src.d.dtype) || is_float(dst.d.dtype);
-    for (int64_t i = 0; i < dst.numel(); i++) {
-        int64_t es = src.elem(broadcast_index(i, shape, src.d.view)), ed = dst.elem(i);
-        if (fl)
-            dst.setf(ed, src.getf(es));
-        else
-            dst.seti(ed, src.geti(es));
-    }
+    for (int64_t i = 0; i < dst.numel(); i++)
+        dst.copy_elem(dst.elem(i), src, src.elem(broadcast_index(i, shape, src.d.view)));
 }
 
 EMU_EXPORT aclnnStatus aclnnInplaceCopyGetWorkspaceSize(aclTensor *selfRef, const aclTensor *src,

@@ -38,13 +38,7 @@ EMU_EXPORT aclnnStatus aclnnEmbeddingGetWorkspaceSize(const aclTensor *weight, c
                     err = "index " + std::to_string(r) + " out of range [0, " + std::to_string(rows) + ")";
                     return (int)E_RT_AICORE_EXCEPTION;
                 }
-                for (int64_t j = 0; j < h; j++) {
-                    int64_t src = w.elem(r * h + j), dst = o.elem(i * h + j);
-                    if (is_float(w.d.dtype))
-                        o.setf(dst, w.getf(src));
-                    else
-                        o.seti(dst, w.geti(src));
-                }
+                for (int64_t j = 0; j < h; j++) { o.copy_elem(o.elem(i * h + j), w, w.elem(r * h + j)); }
             }
             return 0;
         },
@@ -319,7 +313,6 @@ EMU_EXPORT aclnnStatus aclnnInplaceIndexCopyGetWorkspaceSize(aclTensor *selfRef,
         op, {selfRef, index, source}, {}, 0,
         [=](const std::vector<TV> &t, char *, std::string &err) {
             const TV &self = t[0], &idx = t[1], &s = t[2];
-            bool fl = is_float(self.d.dtype);
             for (int64_t j = 0; j < n; j++) {
                 int64_t k = idx.geti(idx.elem(j));
                 if (k < 0) k += size;
@@ -330,11 +323,7 @@ EMU_EXPORT aclnnStatus aclnnInplaceIndexCopyGetWorkspaceSize(aclTensor *selfRef,
                 }
                 for (int64_t o = 0; o < outer; o++)
                     for (int64_t i = 0; i < inner; i++) {
-                        int64_t se = s.elem((o * n + j) * inner + i), de = self.elem((o * size + k) * inner + i);
-                        if (fl)
-                            self.setf(de, s.getf(se));
-                        else
-                            self.seti(de, s.geti(se));
+                        self.copy_elem(self.elem((o * size + k) * inner + i), s, s.elem((o * n + j) * inner + i));
                     }
             }
             return 0;
