@@ -40,6 +40,9 @@ _LOGITS_TOPK = 3
 MAX_PENDING = 4  # ASW_MAX_PENDING: decode steps that may be queued at once
 MAX_BATCH = 64  # ASW_MAX_BATCH: sessions in one batched decode step
 _INT32_MAX = 2**31 - 1
+_CONFIG_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "intermediate_size", "vocab_size", "attention_bias", "tie_word_embeddings", "rms_norm_eps",
+                "rope_theta")
 
 
 class NativeError(RuntimeError):
@@ -218,47 +221,46 @@ def cpu_features() -> int:
     return int(_load().asw_cpu_features())
 
 
-def _int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = config.get(key, default)
+def _int(config: Mapping[str, Any], key: str) -> int:
+    value = config.get(key)
     if value is None or isinstance(value, bool) or int(value) != value or not -(2**31) <= int(value) <= _INT32_MAX:
         raise NativeError(f"config: {key} = {value!r} is not a 32-bit integer")
     return int(value)
 
 
-def _float(config: Mapping[str, Any], key: str, default: float | None = None) -> float:
-    value = config.get(key, default)
+def _float(config: Mapping[str, Any], key: str) -> float:
+    value = config.get(key)
     if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
         raise NativeError(f"config: {key} = {value!r} is not a finite number")
     return float(value)
 
 
 def make_config(config: Mapping[str, Any], dtype: str, layout: str) -> _Config:
-    """asw_config from a manifest "config" map (HuggingFace key names)."""
-    if dtype not in _DTYPES:
-        raise NativeError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-    if layout not in _LAYOUTS:
-        raise NativeError(f"layout {layout!r} is not one of {sorted(_LAYOUTS)}")
-    heads = _int(config, "num_attention_heads")
-    head_dim = config.get("head_dim") or _int(config, "hidden_size") // max(heads, 1)
+    """asw_config from a manifest "config" map (HuggingFace key names). The rules on those values live in
+    runtime/format.py (check_config, applied to every file) and the C guards in native/src/model.c; this only
+    translates, refusing what would not fit the C struct. There are no defaults here: every key is required."""
+    if dtype not in _DTYPES or layout not in _LAYOUTS:
+        raise NativeError(f"dtype {dtype!r} / layout {layout!r} is not one of {sorted(_DTYPES)} / {sorted(_LAYOUTS)}")
+    missing = [key for key in _CONFIG_KEYS if key not in config]
+    if missing:
+        raise NativeError(f"config lacks {', '.join(missing)}")
     c = _Config()
     c.abi_version = ABI_VERSION
     c.dtype = _DTYPES[dtype]
     c.layout = _LAYOUTS[layout]
     c.n_layers = _int(config, "num_hidden_layers")
     c.hidden = _int(config, "hidden_size")
-    c.n_heads = heads
-    c.n_kv_heads = _int(config, "num_key_value_heads", heads)
-    c.head_dim = _int({"head_dim": head_dim}, "head_dim")
+    c.n_heads = _int(config, "num_attention_heads")
+    c.n_kv_heads = _int(config, "num_key_value_heads")
+    c.head_dim = _int(config, "head_dim")
     c.ffn = _int(config, "intermediate_size")
     c.vocab = _int(config, "vocab_size")
-    c.attn_bias = int(bool(config.get("attention_bias", False)))
-    c.tie_embeddings = int(bool(config.get("tie_word_embeddings", False)))
-    c.rms_eps = _float(config, "rms_norm_eps", 1e-6)
-    c.rope_theta = _float(config, "rope_theta", 10000.0)
+    c.attn_bias = int(bool(config["attention_bias"]))
+    c.tie_embeddings = int(bool(config["tie_word_embeddings"]))
+    c.rms_eps = _float(config, "rms_norm_eps")
+    c.rope_theta = _float(config, "rope_theta")
     scaling = config.get("rope_scaling")
-    rope_type = None
-    if scaling is not None:
-        rope_type = scaling.get("rope_type", scaling.get("type"))
+    rope_type = None if scaling is None else scaling.get("rope_type", scaling.get("type"))
     if rope_type not in _ROPE:
         raise NativeError(f"config: rope_scaling type {rope_type!r} is not supported (none or llama3)")
     c.rope_scaling = _ROPE[rope_type]
