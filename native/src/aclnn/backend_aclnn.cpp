@@ -14,6 +14,7 @@
  * operators one by one. Prefill is eager, batched in chunks, with a host-built causal mask.
  */
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -37,7 +38,9 @@ namespace {
  * ------------------------------------------------------------------------------------------------------------ */
 
 const asw_host *g_host = nullptr;
-const cann_api *A = nullptr; /* the resolved CANN functions (after the first model_init) */
+std::atomic<const cann_api *> g_api{nullptr}; /* the resolved CANN functions (after the first model_init) */
+inline const cann_api *api() { return g_api.load(std::memory_order_acquire); }
+#define A api()
 
 struct backend_error : std::runtime_error {
     int32_t code;
@@ -304,8 +307,9 @@ void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, 
     guarded([&]() -> int32_t {
         if (A == nullptr) {
             std::string why;
-            A = cann_load(&why);
-            if (A == nullptr) fail(ASW_ERR_BACKEND, "aclnn backend: " + why);
+            const cann_api *loaded = cann_load(&why); /* once per process; every caller gets the same table */
+            if (loaded == nullptr) fail(ASW_ERR_BACKEND, "aclnn backend: " + why);
+            g_api.store(loaded, std::memory_order_release);
         }
         if (cfg->dtype != ASW_DTYPE_F16 && cfg->dtype != ASW_DTYPE_BF16)
             fail(ASW_ERR_ARG, format("aclnn backend: weight dtype %d is not fp16 or bf16", (int)cfg->dtype));
