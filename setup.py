@@ -20,7 +20,7 @@ class BuildNative(build_ext):
 
 
 extra_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
-libraries = [] if sys.platform == "win32" else ["m"]
+libraries = [] if sys.platform == "win32" else ["m", "dl"]
 
 setup(
     ext_modules=[

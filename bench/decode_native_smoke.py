@@ -38,7 +38,7 @@ def shapes(c: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def build(c: dict, dtype: str) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+def build(c: dict, dtype: str) -> tuple[np.ndarray, list[tuple[str, int, int, str, tuple[int, ...]]]]:
     rng = np.random.default_rng(0)
     table, offset = [], 0
     for name, shape in shapes(c).items():
@@ -57,7 +57,7 @@ def build(c: dict, dtype: str) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
         else:
             u16 = (value.view(np.uint32) >> 16).astype(np.uint16)
         data[off:off + nbytes] = u16.reshape(-1).view(np.uint8)
-    return data, [(n, o, b) for n, o, b, _ in table]
+    return data, [(n, o, b, "nd", shape) for n, o, b, shape in table]
 
 
 def bench_hf(c: dict, steps: int, prompt: int) -> None:

@@ -32,6 +32,8 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     backend: str = typer.Option("auto", "--backend", help=f"One of {', '.join(BACKENDS)}."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    device: int = typer.Option(0, "--device", help="aclnn: the NPU device id."),
+    eager: bool = typer.Option(False, "--eager", help="aclnn: launch decode op by op instead of replaying a graph."),
     context: Optional[int] = typer.Option(None, "--context", help="KV-cache length [default: model's, max 4096]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
@@ -45,7 +47,7 @@ def run(
     if system is not None and raw:
         fail("--system needs the chat template; it cannot be combined with --raw")
     try:
-        loaded = Model(model, backend, threads)
+        loaded = Model(model, backend, threads, device, eager)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))
     trained = int(loaded.config["max_position_embeddings"])

@@ -1,8 +1,12 @@
 """The generation loop: prefill the prompt, then decode one token at a time until an eos id or the token budget,
 yielding each token with the text it completed, and timing every phase.
 
-Greedy decoding asks the native library for the argmax only (no logits cross the ABI); sampling asks for the last
-logits and draws with temperature / top-k / top-p from a seeded numpy generator.
+Greedy decoding never copies logits: the backend keeps each step's argmax as the next step's input (on the device
+for aclnn) and the host only reads the token back to stream it and check the stop conditions. On a backend that
+runs steps asynchronously, step t+1 is queued before token t is read, so the device never waits for the host; a stop
+is then seen one step late and the extra step is discarded. Sampling asks the backend for the k largest logits
+(k = top_k, or SAMPLE_CANDIDATES when only temperature / top_p are set) and draws from those with a seeded numpy
+generator.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 
 PREFILL_SLICE = 256  # prompt tokens per native call (the backend batches them in its own chunks)
+SAMPLE_CANDIDATES = 256  # logits the backend returns for sampling when top_k is not set
 
 
 class GenerationError(ValueError):
@@ -80,13 +85,19 @@ class Session(Protocol):
     @property
     def max_len(self) -> int: ...
     def prefill(self, tokens: Sequence[int], logits: str = "last") -> tuple[np.ndarray | None, int]: ...
-    def decode(self, token: int, logits: str = "last") -> tuple[np.ndarray | None, int]: ...
+    def forward_topk(self, tokens: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def enqueue(self) -> None: ...
+    def read(self) -> int: ...
+    def discard(self) -> None: ...
 
 
-def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """One token from `logits` with temperature, then top-k, then top-p (nucleus) filtering."""
-    scaled = logits.astype(np.float64) / sampling.temperature
-    order = np.argsort(-scaled, kind="stable")
+def sample(values: np.ndarray, ids: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """One token from candidate logits `values` (descending) with ids `ids`: temperature, then top-k, then top-p
+    (nucleus) filtering."""
+    if not np.all(np.isfinite(values)):
+        raise GenerationError("the model produced non-finite logits")
+    scaled = values.astype(np.float64) / sampling.temperature
+    order = np.argsort(-scaled, kind="stable")  # already descending from the backend; stable keeps ties by id
     if sampling.top_k:
         order = order[: sampling.top_k]
     kept = scaled[order]
@@ -96,12 +107,18 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
         cutoff = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1  # smallest prefix with mass >= top_p
         probs = probs[:cutoff] / probs[:cutoff].sum()
         order = order[:cutoff]
-    return int(order[rng.choice(len(order), p=probs)])
+    return int(ids[order[rng.choice(len(order), p=probs)]])
+
+
+def candidates(sampling: Sampling, vocab: int) -> int:
+    """How many top logits the backend returns per sampled step."""
+    return min(sampling.top_k or SAMPLE_CANDIDATES, vocab)
 
 
 def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling, eos_ids: Sequence[int],
-                 stats: Stats) -> Iterator[int]:
-    """Yield generated token ids (the eos token that stops generation is not yielded). Fills `stats`."""
+                 stats: Stats, vocab: int, lookahead: int = 0) -> Iterator[int]:
+    """Yield generated token ids (the eos token that stops generation is not yielded). Fills `stats`.
+    `lookahead`: greedy steps queued ahead of the one being read (the backend's NativeModel.lookahead)."""
     sampling.check()
     if not prompt_ids:
         raise GenerationError("the prompt is empty (no tokens)")
@@ -113,23 +130,27 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
             "max_new_tokens (--context / --max-new-tokens)"
         )
     rng = np.random.default_rng(sampling.seed)
-    mode = "none" if sampling.greedy else "last"
+    k = candidates(sampling, vocab)
     stats.prompt_tokens = len(prompt_ids)
     stats.generated_token_ids = []
     eos = set(eos_ids)
 
     started = time.perf_counter()
     ids = list(prompt_ids)
-    for start in range(0, len(ids) - PREFILL_SLICE, PREFILL_SLICE):  # Python sees Ctrl-C between slices
+    last_slice = (len(ids) - 1) // PREFILL_SLICE * PREFILL_SLICE
+    for start in range(0, last_slice, PREFILL_SLICE):  # Python sees Ctrl-C between slices
         session.prefill(ids[start:start + PREFILL_SLICE], logits="none")
-    logits, token = session.prefill(ids[(len(ids) - 1) // PREFILL_SLICE * PREFILL_SLICE:], logits=mode)
-    if not sampling.greedy:
-        token = sample(logits, sampling, rng)
+    if sampling.greedy:
+        _, token = session.prefill(ids[last_slice:], logits="none")
+    else:
+        token = sample(*session.forward_topk(ids[last_slice:], k), sampling, rng)
     first = time.perf_counter()
     stats.ttft_s = first - started
     stats.prefill_tok_s = len(prompt_ids) / max(stats.ttft_s, 1e-9)
     stats.stop_reason = "length"
-    decode_calls = 0
+    decode_steps = 0
+    remaining = sampling.max_new_tokens - 1  # decode steps that may still be needed
+    queued = 0
     try:
         while True:
             if token in eos:
@@ -140,10 +161,20 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
             yield token
             if stats.generated_tokens >= sampling.max_new_tokens:
                 return
-            logits, token = session.decode(token, logits=mode)
-            decode_calls += 1
-            if not sampling.greedy:
-                token = sample(logits, sampling, rng)
+            if sampling.greedy:
+                # the step to read next, plus `lookahead` more, so the device works while the host reads
+                while remaining and queued < 1 + lookahead:
+                    session.enqueue()
+                    remaining -= 1
+                    queued += 1
+                token = session.read()
+                queued -= 1
+            else:
+                token = sample(*session.forward_topk([token], k), sampling, rng)
+                remaining -= 1
+            decode_steps += 1
     finally:
+        if queued:
+            session.discard()  # steps queued past a stop: their tokens are dropped and their positions given back
         elapsed = time.perf_counter() - first
-        stats.decode_tok_s = decode_calls / elapsed if decode_calls and elapsed > 0 else 0.0
+        stats.decode_tok_s = decode_steps / elapsed if decode_steps and elapsed > 0 else 0.0

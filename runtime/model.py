@@ -10,9 +10,11 @@ data region (weights used in place, never copied on the cpu backend). This is th
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import format as fmt
@@ -29,16 +31,27 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; says why."""
 
 
+def cann_present() -> bool:
+    """Whether an AscendCL runtime is installed here (what `--backend auto` looks for)."""
+    for env, sub in (("ASW_CANN_LIB_DIR", ""), ("ASCEND_HOME_PATH", "lib64")):
+        root = os.environ.get(env)
+        if root and any((Path(root) / sub / name).is_file() for name in ("libascendcl.so", "libacl_rt.so")):
+            return True
+    return ctypes.util.find_library("ascendcl") is not None
+
+
 def resolve_backend(backend: str) -> str:
+    """The backend a request names: `auto` is aclnn where CANN is installed, else cpu."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "aclnn":
-        raise BackendUnavailable("the aclnn (Ascend NPU) backend is not part of this build yet; use --backend cpu")
-    return "cpu"  # auto: aclnn is not built yet, so auto runs on the cpu backend even where CANN is installed
+    if backend == "auto":
+        return "aclnn" if cann_present() else "cpu"
+    return backend
 
 
 class Model:
-    def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
+                 device: int = 0, eager: bool = False) -> None:
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
         cores = os.cpu_count() or 1
@@ -57,7 +70,8 @@ class Model:
             self.special_tokens: dict[str, Any] = manifest["special_tokens"]
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
             self.native = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
-                                      [(t.name, t.offset, t.nbytes) for t in self.asw.tensors], self.backend)
+                                      [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
+                                      self.backend, device_id=device, eager=eager)
         except BaseException:
             self.asw.close()
             raise
@@ -125,7 +139,8 @@ class Model:
             raise GenerationError(f"stats must be an ascend_super.Stats, not {type(stats).__name__}")
         stats.load_s = self.load_s
         with self._pooled_session(context) as session:
-            yield from generate_ids(session, prompt_ids, sampling, self.eos_ids, stats)
+            yield from generate_ids(session, prompt_ids, sampling, self.eos_ids, stats, self.native.vocab,
+                                    self.native.lookahead)
 
     def generate(self, prompt: str | list[Message], *, raw: bool = False, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -160,6 +175,8 @@ class Model:
         self.close()
 
 
-def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Model:
-    """Open a .asw file for generation (`backend` auto|cpu|aclnn, `threads` None = all cores)."""
-    return Model(path, backend, threads)
+def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None, device: int = 0,
+         eager: bool = False) -> Model:
+    """Open a .asw file for generation (`backend` auto|cpu|aclnn, `threads` None = all cores; aclnn: `device` id,
+    `eager` = op-by-op decode instead of graph replay)."""
+    return Model(path, backend, threads, device, eager)

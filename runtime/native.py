@@ -7,6 +7,10 @@ module init; it is a plain C library loaded with ctypes.
     with NativeModel(data, config, "fp16", "nd", tensors) as model, model.session(max_len=2048) as s:
         logits, token = s.prefill(prompt_ids)          # logits of the last position [vocab], its argmax
         _, token = s.decode(token, logits="none")      # argmax only: no vocab-sized copy
+        s.enqueue(); s.enqueue(); token = s.read()     # pipelined greedy steps fed by the kept argmax
+        values, ids = s.decode_topk(token, k=40)       # the 40 largest logits for sampling
+
+`tensors` rows are (name, offset, nbytes, layout, shape) of the manifest's tensor table.
 
 Every error of the library is raised as NativeError with the library's own message (asw_last_error()).
 No math happens here: each call is one ctypes call into the library.
@@ -27,11 +31,13 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 _DTYPES = {"fp16": 1, "bf16": 2}
 _LAYOUTS = {"nd": 0, "nz": 1}
 _ROPE = {None: 0, "default": 0, "llama3": 1}
 _LOGITS = {"none": 0, "last": 1, "all": 2}
+_LOGITS_TOPK = 3
+MAX_PENDING = 4  # ASW_MAX_PENDING: decode steps that may be queued at once
 _INT32_MAX = 2**31 - 1
 
 
@@ -86,7 +92,18 @@ class _Config(ctypes.Structure):
 
 
 class _TensorRef(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("offset", ctypes.c_uint64), ("nbytes", ctypes.c_uint64)]
+    _fields_ = [("name", ctypes.c_char_p), ("offset", ctypes.c_uint64), ("nbytes", ctypes.c_uint64),
+                ("layout", ctypes.c_int32), ("ndim", ctypes.c_int32), ("shape", ctypes.c_int64 * 2)]
+
+
+class _OpenOptions(ctypes.Structure):
+    _fields_ = [("abi_version", ctypes.c_int32), ("backend", ctypes.c_char_p), ("device_id", ctypes.c_int32),
+                ("eager", ctypes.c_int32)]
+
+
+class _SessionOptions(ctypes.Structure):
+    _fields_ = [("abi_version", ctypes.c_int32), ("max_len", ctypes.c_int32), ("n_threads", ctypes.c_int32),
+                ("kv_dtype", ctypes.c_int32)]
 
 
 _lib: ctypes.CDLL | None = None
@@ -126,14 +143,19 @@ def _load() -> ctypes.CDLL:
             "asw_cpu_features": (ctypes.c_int32, []),
             "asw_kernel_name": (ctypes.c_char_p, []),
             "asw_model_open": (c_model, [ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(_Config),
-                                         ctypes.POINTER(_TensorRef), ctypes.c_int32, ctypes.c_char_p]),
+                                         ctypes.POINTER(_TensorRef), ctypes.c_int32, ctypes.POINTER(_OpenOptions)]),
             "asw_model_free": (None, [c_model]),
-            "asw_session_new": (c_session, [c_model, ctypes.c_int32, ctypes.c_int32]),
+            "asw_model_describe": (ctypes.c_char_p, [c_model]),
+            "asw_model_lookahead": (ctypes.c_int32, [c_model]),
+            "asw_session_new": (c_session, [c_model, ctypes.POINTER(_SessionOptions)]),
             "asw_session_free": (None, [c_session]),
-            "asw_session_reset": (None, [c_session]),
+            "asw_session_reset": (ctypes.c_int32, [c_session]),
             "asw_session_pos": (ctypes.c_int32, [c_session]),
-            "asw_prefill": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
-            "asw_decode": (ctypes.c_int32, [c_session, ctypes.c_int32, ctypes.c_int32, f32p, i32p]),
+            "asw_forward": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, f32p,
+                                             i32p, i32p]),
+            "asw_decode_enqueue": (ctypes.c_int32, [c_session]),
+            "asw_decode_read": (ctypes.c_int32, [c_session, i32p]),
+            "asw_decode_discard": (ctypes.c_int32, [c_session]),
             "asw_cast": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                                           ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
         }
@@ -239,10 +261,12 @@ def make_config(config: Mapping[str, Any], dtype: str, layout: str) -> _Config:
 
 
 class NativeModel(_Owned):
-    """Weights of one .asw data region, opened by the native library and used in place (never copied)."""
+    """Weights of one .asw data region, opened by the native library: used in place on the cpu backend, copied
+    once to the device on aclnn. Sessions keep the native model alive, so closing in any order is safe."""
 
     def __init__(self, data: np.ndarray, config: Mapping[str, Any], dtype: str, layout: str,
-                 tensors: Sequence[tuple[str, int, int]], backend: str = "cpu") -> None:
+                 tensors: Sequence[tuple[str, int, int, str, Sequence[int]]], backend: str = "cpu",
+                 device_id: int = 0, eager: bool = False) -> None:
         self._handle: int | None = None
         lib = _load()
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
@@ -253,20 +277,31 @@ class NativeModel(_Owned):
         self.config = dict(config)
         self.dtype = dtype
         self.layout = layout
+        self.backend = backend
         cfg = make_config(config, dtype, layout)
         refs = (_TensorRef * len(tensors))()
         names = []
-        for i, (name, offset, nbytes) in enumerate(tensors):
+        for i, (name, offset, nbytes, tensor_layout, shape) in enumerate(tensors):
             if not (0 <= int(offset) < 2**64 and 0 <= int(nbytes) < 2**64):
                 raise NativeError(f"tensor {name!r}: offset {offset} / nbytes {nbytes} out of range")
+            if tensor_layout not in _LAYOUTS or not 1 <= len(shape) <= 2 or \
+                    not all(0 <= int(d) < 2**63 for d in shape):
+                raise NativeError(f"tensor {name!r}: layout {tensor_layout!r} / shape {list(shape)} not supported")
             encoded = name.encode("utf-8")
             names.append(encoded)
             refs[i].name = encoded
             refs[i].offset = int(offset)
             refs[i].nbytes = int(nbytes)
+            refs[i].layout = _LAYOUTS[tensor_layout]
+            refs[i].ndim = len(shape)
+            refs[i].shape[0] = int(shape[0])
+            refs[i].shape[1] = int(shape[1]) if len(shape) == 2 else 0
+        if not 0 <= int(device_id) <= _INT32_MAX:
+            raise NativeError(f"device id {device_id} must be a non-negative 32-bit integer")
+        options = _OpenOptions(ABI_VERSION, backend.encode(), int(device_id), int(bool(eager)))
         self._cfg = cfg
         handle = lib.asw_model_open(ctypes.c_void_p(data.ctypes.data if data.size else None), data.size,
-                                    ctypes.byref(cfg), refs, len(tensors), backend.encode())
+                                    ctypes.byref(cfg), refs, len(tensors), ctypes.byref(options))
         if not handle:
             raise _error("cannot open model")
         self._handle = handle
@@ -276,10 +311,23 @@ class NativeModel(_Owned):
     def vocab(self) -> int:
         return int(self._cfg.vocab)
 
-    def session(self, max_len: int, threads: int | None = None) -> "NativeSession":
-        """A KV cache of `max_len` positions and a thread pool (threads None or <= 0: all cores)."""
+    def describe(self) -> str:
+        """What the model runs on, e.g. "cpu avx512"."""
+        return _load().asw_model_describe(self._check()).decode("utf-8", "replace")
+
+    @property
+    def lookahead(self) -> int:
+        """Greedy steps worth queuing before reading one: 0 on cpu (a step runs inside enqueue), 1 on aclnn."""
+        return int(_load().asw_model_lookahead(self._check()))
+
+    def _check(self) -> int:
         if self._handle is None:
             raise NativeError("model is closed")
+        return self._handle
+
+    def session(self, max_len: int, threads: int | None = None) -> "NativeSession":
+        """A KV cache of `max_len` positions and a thread pool (threads None or <= 0: all cores)."""
+        self._check()
         return NativeSession(self, max_len, threads)
 
     def close(self) -> None:
@@ -288,6 +336,27 @@ class NativeModel(_Owned):
                 s.close()
             _load().asw_model_free(self._handle)
             self._handle = None
+
+
+def _as_ids(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Token ids as a contiguous int32 array, refusing what is not a 32-bit integer."""
+    raw = np.asarray(tokens)
+    if raw.size and not np.issubdtype(raw.dtype, np.integer):
+        raise NativeError(f"token ids must be integers, got {raw.dtype}")
+    ids = raw.astype(np.int64).reshape(-1)
+    if ids.size == 0:
+        raise NativeError("prefill needs at least one token")
+    if ids.size > _INT32_MAX or ids.min() < -(2**31) or ids.max() > _INT32_MAX:
+        raise NativeError("token ids must be 32-bit integers")
+    return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+def _as_id(token: int) -> int:
+    if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
+        raise NativeError(f"token id {token!r} is not an integer")
+    if not -(2**31) <= int(token) <= _INT32_MAX:
+        raise NativeError(f"token id {token} is not a 32-bit integer")
+    return int(token)
 
 
 class NativeSession(_Owned):
@@ -300,7 +369,8 @@ class NativeSession(_Owned):
         if not 1 <= int(max_len) <= _INT32_MAX:
             raise NativeError(f"max_len {max_len} must be a positive 32-bit integer")
         n_threads = 0 if threads is None else int(threads)
-        handle = lib.asw_session_new(model._handle, int(max_len), max(min(n_threads, _INT32_MAX), -1))
+        options = _SessionOptions(ABI_VERSION, int(max_len), max(min(n_threads, _INT32_MAX), -1), 0)
+        handle = lib.asw_session_new(model._handle, ctypes.byref(options))
         if not handle:
             raise _error("cannot create session")
         self._handle = handle
@@ -308,12 +378,13 @@ class NativeSession(_Owned):
         self._max_len = int(max_len)
         self._vocab = model.vocab
         self._argmax = ctypes.c_int32(0)
+        self._token = ctypes.c_int32(0)
         self._lock = threading.Lock()
         model._sessions.add(self)
 
     @property
     def pos(self) -> int:
-        """Positions already in the KV cache."""
+        """Positions in the KV cache, counting queued decode steps."""
         return int(_load().asw_session_pos(self._check()))
 
     @property
@@ -325,64 +396,82 @@ class NativeSession(_Owned):
             raise NativeError("session is closed")
         return self._handle
 
-    def _logits_buffer(self, mode: str, n: int) -> tuple[int, np.ndarray | None]:
-        if mode not in _LOGITS:
-            raise NativeError(f"logits must be one of {sorted(_LOGITS)}, not {mode!r}")
-        if mode == "none":
-            return 0, None
-        rows = n if mode == "all" else 1
-        out = np.empty((rows, self._vocab), dtype=np.float32)
-        return _LOGITS[mode], out
+    def _forward(self, ids32: np.ndarray, logits: str, k: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One asw_forward call; returns (logits or top-k values, top-k ids)."""
+        handle = self._check()
+        ids_ptr = None
+        if logits == "topk":
+            mode, out = _LOGITS_TOPK, np.empty(k, dtype=np.float32)
+            ids_out = np.empty(k, dtype=np.int32)
+            ids_ptr = ids_out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        elif logits in _LOGITS:
+            mode = _LOGITS[logits]
+            out = None if logits == "none" else np.empty((ids32.size if logits == "all" else 1, self._vocab),
+                                                          dtype=np.float32)
+            ids_out = None
+        else:
+            raise NativeError(f"logits must be one of {sorted(_LOGITS)}, not {logits!r}")
+        out_ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if out is not None else None
+        rc = _load().asw_forward(handle, ids32.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), ids32.size, mode, k,
+                                 out_ptr, ids_ptr, ctypes.byref(self._argmax))
+        if rc != 0:
+            raise _error("prefill failed" if ids32.size > 1 else "decode failed")
+        return out, ids_out
 
     def prefill(self, tokens: Sequence[int], logits: str = "last") -> tuple[np.ndarray | None, int]:
         """Run `tokens` at the next positions as one batch. Returns (logits, argmax of the last position):
         logits "last" -> [vocab], "all" -> [n, vocab], "none" -> None."""
         with self._lock:
-            return self._prefill(tokens, logits)
-
-    def _prefill(self, tokens: Sequence[int], logits: str) -> tuple[np.ndarray | None, int]:
-        handle = self._check()
-        raw = np.asarray(tokens)
-        if raw.size and not np.issubdtype(raw.dtype, np.integer):
-            raise NativeError(f"token ids must be integers, got {raw.dtype}")
-        ids = raw.astype(np.int64).reshape(-1)
-        if ids.size == 0:
-            raise NativeError("prefill needs at least one token")
-        if ids.size > _INT32_MAX or ids.min() < -(2**31) or ids.max() > _INT32_MAX:
-            raise NativeError("token ids must be 32-bit integers")
-        ids32 = np.ascontiguousarray(ids, dtype=np.int32)
-        mode, out = self._logits_buffer(logits, ids32.size)
-        out_ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if out is not None else None
-        rc = _load().asw_prefill(handle, ids32.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), ids32.size, mode,
-                                 out_ptr, ctypes.byref(self._argmax))
-        if rc != 0:
-            raise _error("prefill failed")
-        if out is not None and logits == "last":
-            out = out[0]
-        return out, int(self._argmax.value)
+            out, _ = self._forward(_as_ids(tokens), logits)
+            if out is not None and logits == "last":
+                out = out[0]
+            return out, int(self._argmax.value)
 
     def decode(self, token: int, logits: str = "last") -> tuple[np.ndarray | None, int]:
         """One step for `token` at the next position. Returns (logits [vocab] or None, argmax)."""
         with self._lock:
-            return self._decode(token, logits)
+            out, _ = self._forward(np.array([_as_id(token)], dtype=np.int32), logits)
+            return (out[0] if out is not None else None), int(self._argmax.value)
 
-    def _decode(self, token: int, logits: str) -> tuple[np.ndarray | None, int]:
-        handle = self._check()
-        if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
-            raise NativeError(f"token id {token!r} is not an integer")
-        if not -(2**31) <= int(token) <= _INT32_MAX:
-            raise NativeError(f"token id {token} is not a 32-bit integer")
-        mode, out = self._logits_buffer(logits, 1)
-        out_ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if out is not None else None
-        rc = _load().asw_decode(handle, int(token), mode, out_ptr, ctypes.byref(self._argmax))
-        if rc != 0:
-            raise _error("decode failed")
-        return (out[0] if out is not None else None), int(self._argmax.value)
+    def forward_topk(self, tokens: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run `tokens`; return the k largest logits of the last position (descending) and their token ids.
+        This is what sampling reads: the full vocabulary never crosses the ABI."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self._vocab:
+            raise NativeError(f"top-k needs 1 <= k <= {self._vocab}, got {k!r}")
+        with self._lock:
+            values, ids = self._forward(_as_ids(tokens), "topk", int(k))
+            assert values is not None and ids is not None
+            return values, ids
+
+    def decode_topk(self, token: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """forward_topk for one token."""
+        return self.forward_topk([_as_id(token)], k)
+
+    def enqueue(self) -> None:
+        """Queue one greedy step fed by the previous step's argmax (kept by the backend, on the device for aclnn).
+        At most MAX_PENDING steps may be queued; read() returns their tokens in order."""
+        with self._lock:
+            if _load().asw_decode_enqueue(self._check()) != 0:
+                raise _error("decode failed")
+
+    def read(self) -> int:
+        """The token of the oldest queued step (waits for it)."""
+        with self._lock:
+            if _load().asw_decode_read(self._check(), ctypes.byref(self._token)) != 0:
+                raise _error("decode failed")
+            return int(self._token.value)
+
+    def discard(self) -> None:
+        """Drop the queued steps (after a stop condition); their positions are given back."""
+        with self._lock:
+            if _load().asw_decode_discard(self._check()) != 0:
+                raise _error("decode failed")
 
     def reset(self) -> None:
-        """Forget all positions (the KV cache memory is reused)."""
+        """Forget all positions and queued steps (the KV cache memory is reused)."""
         with self._lock:
-            _load().asw_session_reset(self._check())
+            if _load().asw_session_reset(self._check()) != 0:
+                raise _error("reset failed")
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)  # absent when __init__ failed early
@@ -391,4 +480,3 @@ class NativeSession(_Owned):
                 _load().asw_session_free(self._handle)
                 self._handle = None
                 self._model._sessions.discard(self)
-

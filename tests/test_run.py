@@ -92,43 +92,71 @@ def test_sampling_is_seeded(converted) -> None:
 
 
 def test_sample_filters() -> None:
-    logits = np.array([5.0, 4.0, 1.0, -3.0])
+    values = np.array([5.0, 4.0, 1.0, -3.0])  # the backend's top-k candidates, descending
+    ids = np.array([40, 10, 30, 20])
     rng = np.random.default_rng(0)
-    draws = {sample(logits, Sampling(temperature=1.0, top_k=2), rng) for _ in range(200)}
-    assert draws == {0, 1}
-    draws = {sample(logits, Sampling(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
-    assert draws == {0}  # token 0 alone holds > 50 % of the mass
+    draws = {sample(values, ids, Sampling(temperature=1.0, top_k=2), rng) for _ in range(200)}
+    assert draws == {40, 10}
+    draws = {sample(values, ids, Sampling(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
+    assert draws == {40}  # the first candidate alone holds > 50 % of the mass
+    with pytest.raises(GenerationError, match="non-finite logits"):
+        sample(np.array([np.nan, 1.0]), ids[:2], Sampling(temperature=1.0), rng)
     with pytest.raises(GenerationError, match="top_p"):
         Sampling(top_p=0).check()
 
 
 class _FakeSession:
-    """Emits a fixed token sequence; lets the loop's stop logic be tested without a model."""
+    """Emits a fixed token sequence through the pipelined greedy calls; lets the loop's stop logic be tested
+    without a model, and records the order of calls."""
 
     def __init__(self, tokens: list[int], max_len: int = 100) -> None:
         self.tokens, self.pos, self.max_len = list(tokens), 0, max_len
+        self.queued: list[int] = []
+        self.calls: list[str] = []
 
     def prefill(self, tokens: list[int], logits: str = "last"):
         self.pos += len(tokens)
         return None, self.tokens.pop(0)
 
-    def decode(self, token: int, logits: str = "last"):
+    def enqueue(self) -> None:
+        self.calls.append("enqueue")
         self.pos += 1
-        return None, self.tokens.pop(0)
+        self.queued.append(self.tokens.pop(0))
+
+    def read(self) -> int:
+        self.calls.append("read")
+        return self.queued.pop(0)
+
+    def discard(self) -> None:
+        self.calls.append("discard")
+        self.pos -= len(self.queued)
+        self.queued.clear()
 
 
-def test_stops_on_any_eos_id() -> None:
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_stops_on_any_eos_id(lookahead: int) -> None:
     stats = Stats()
-    got = list(generate_ids(_FakeSession([5, 6, 7, 99, 8]), [1, 2], Sampling(max_new_tokens=10), [2, 99], stats))
+    session = _FakeSession([5, 6, 7, 99, 8, 9])
+    got = list(generate_ids(session, [1, 2], Sampling(max_new_tokens=10), [2, 99], stats, 100, lookahead))
     assert got == [5, 6, 7] and stats.stop_reason == "eos" and stats.generated_tokens == 3
+    assert session.pos == 2 + 3  # 5, 6, 7 are in the cache; the step that made 99 (and any after it) is given back
     stats = Stats()
-    got = list(generate_ids(_FakeSession([5, 6, 7, 8]), [1], Sampling(max_new_tokens=2), [99], stats))
+    session = _FakeSession([5, 6, 7, 8])
+    got = list(generate_ids(session, [1], Sampling(max_new_tokens=2), [99], stats, 100, lookahead))
     assert got == [5, 6] and stats.stop_reason == "length"
+    assert session.calls == ["enqueue", "read"]  # never a step beyond max_new_tokens
+
+
+def test_next_step_is_queued_before_a_token_is_read() -> None:
+    session = _FakeSession([5, 6, 7, 8, 9])
+    got = list(generate_ids(session, [1], Sampling(max_new_tokens=4), [99], Stats(), 100, lookahead=1))
+    assert got == [5, 6, 7, 8]
+    assert session.calls == ["enqueue", "enqueue", "read", "enqueue", "read", "read"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["-n", "600", "--context", "64"], "exceeds the context of 64 tokens"),
-    (["--backend", "aclnn"], "aclnn (Ascend NPU) backend is not part of this build"),
+    (["--backend", "aclnn"], "backend 'aclnn'"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--temperature", "nan"], "temperature must be a finite number >= 0"),

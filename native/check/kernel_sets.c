@@ -50,10 +50,13 @@ typedef struct {
     uint64_t size;
 } layout_t;
 
-static void add(layout_t *l, const char *name, uint64_t elements) {
+/* one ND tensor of shape [rows, cols] (cols = 0: 1-D [rows]) */
+static void add(layout_t *l, const char *name, uint64_t rows, uint64_t cols) {
+    uint64_t elements = rows * (cols ? cols : 1u);
     snprintf(l->names[l->count], NAME_LEN, "%s", name);
     l->size = (l->size + 511u) / 512u * 512u;
-    l->refs[l->count] = (asw_tensor_ref){l->names[l->count], l->size, elements * 2u};
+    l->refs[l->count] = (asw_tensor_ref){l->names[l->count], l->size, elements * 2u, ASW_LAYOUT_ND, cols ? 2 : 1,
+                                         {(int64_t)rows, (int64_t)cols}};
     l->size += elements * 2u;
     l->count++;
 }
@@ -62,29 +65,31 @@ static void build_layout(layout_t *l) {
     char name[NAME_LEN];
     const uint64_t qkv = (uint64_t)(HEADS + 2 * KV_HEADS) * HEAD_DIM;
     memset(l, 0, sizeof *l);
-    add(l, "token_embd.weight", (uint64_t)VOCAB * HIDDEN);
+    add(l, "token_embd.weight", VOCAB, HIDDEN);
     for (int i = 0; i < LAYERS; i++) {
-        snprintf(name, NAME_LEN, "blk.%d.attn_norm.weight", i), add(l, name, HIDDEN);
-        snprintf(name, NAME_LEN, "blk.%d.attn_qkv.weight", i), add(l, name, qkv * HIDDEN);
-        snprintf(name, NAME_LEN, "blk.%d.attn_qkv.bias", i), add(l, name, qkv);
-        snprintf(name, NAME_LEN, "blk.%d.attn_output.weight", i), add(l, name, (uint64_t)HIDDEN * HEADS * HEAD_DIM);
-        snprintf(name, NAME_LEN, "blk.%d.ffn_norm.weight", i), add(l, name, HIDDEN);
-        snprintf(name, NAME_LEN, "blk.%d.ffn_gate_up.weight", i), add(l, name, 2u * FFN * HIDDEN);
-        snprintf(name, NAME_LEN, "blk.%d.ffn_down.weight", i), add(l, name, (uint64_t)HIDDEN * FFN);
+        snprintf(name, NAME_LEN, "blk.%d.attn_norm.weight", i), add(l, name, HIDDEN, 0);
+        snprintf(name, NAME_LEN, "blk.%d.attn_qkv.weight", i), add(l, name, qkv, HIDDEN);
+        snprintf(name, NAME_LEN, "blk.%d.attn_qkv.bias", i), add(l, name, qkv, 0);
+        snprintf(name, NAME_LEN, "blk.%d.attn_output.weight", i), add(l, name, HIDDEN, (uint64_t)HEADS * HEAD_DIM);
+        snprintf(name, NAME_LEN, "blk.%d.ffn_norm.weight", i), add(l, name, HIDDEN, 0);
+        snprintf(name, NAME_LEN, "blk.%d.ffn_gate_up.weight", i), add(l, name, 2u * FFN, HIDDEN);
+        snprintf(name, NAME_LEN, "blk.%d.ffn_down.weight", i), add(l, name, HIDDEN, FFN);
     }
-    add(l, "output_norm.weight", HIDDEN);
-    add(l, "output.weight", (uint64_t)VOCAB * HIDDEN);
+    add(l, "output_norm.weight", HIDDEN, 0);
+    add(l, "output.weight", VOCAB, HIDDEN);
 }
 
 /* logits of every prompt position and of each decode step: [(PROMPT + STEPS), VOCAB] */
 static int run(const char *kernels, const uint8_t *region, const layout_t *l, const asw_config *cfg, float *out) {
     if (setenv("ASW_KERNELS", kernels, 1) != 0) return -1;
-    asw_model *m = asw_model_open(region, l->size, cfg, l->refs, l->count, "cpu");
+    asw_open_options open = {.abi_version = ASW_ABI_VERSION, .backend = "cpu"};
+    asw_model *m = asw_model_open(region, l->size, cfg, l->refs, l->count, &open);
     if (m == NULL) {
         fprintf(stderr, "%s: open: %s\n", kernels, asw_last_error());
         return -1;
     }
-    asw_session *s = asw_session_new(m, PROMPT + STEPS, 2);
+    asw_session_options so = {.abi_version = ASW_ABI_VERSION, .max_len = PROMPT + STEPS, .n_threads = 2};
+    asw_session *s = asw_session_new(m, &so);
     if (s == NULL) {
         fprintf(stderr, "%s: session: %s\n", kernels, asw_last_error());
         asw_model_free(m);

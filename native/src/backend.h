@@ -1,7 +1,14 @@
-/* backend.h — what model.c hands a backend, and the backend function table.
+/* backend.h — what model.c hands a backend, and the backend function table (the native seam).
  *
- * model.c validates the config and binds every tensor of the data region to the pointers below; a backend
- * (cpu now, aclnn later) only computes. Shapes are in HuggingFace orientation [out, in], row-major u16.
+ * model.c validates the config, checks every tensor of the table against the shape the config implies, and
+ * binds it to an asw_weight below; a backend only computes. Weights are u16 (fp16 or bf16), HuggingFace
+ * orientation [out, in]. Each backend checks the layouts it can run (cpu: ND only; aclnn: ND and NZ).
+ *
+ * Backends live in a registry (model.c): "cpu" is built into the library; "aclnn" is a separate shared library
+ * (libasw_aclnn.so next to the main library, or the path in ASW_ACLNN_LIB) opened with dlopen only when asked
+ * for, so the cpu path never loads anything of CANN. A plugin exports
+ *     const asw_backend *asw_backend_entry(const asw_host *host);
+ * and reports errors through host->set_error.
  */
 #ifndef ASW_BACKEND_H
 #define ASW_BACKEND_H
@@ -10,47 +17,93 @@
 
 #include "asw.h"
 
-/* internal error codes returned through the ABI (asw_last_error() has the words) */
+/* error codes returned through the ABI (asw_last_error() has the words) */
 enum {
     ASW_ERR_ARG = -1,      /* bad argument (NULL, n <= 0, bad logits mode) */
     ASW_ERR_CONTEXT = -2,  /* pos + n > max_len */
     ASW_ERR_TOKEN = -3,    /* token id outside [0, vocab) */
     ASW_ERR_NOMEM = -4,    /* allocation failed */
-    ASW_ERR_BACKEND = -5,  /* backend failure */
+    ASW_ERR_BACKEND = -5,  /* backend failure (device error, missing library, ...) */
+    ASW_ERR_NUMERIC = -6,  /* NaN or inf where a number was needed (logits, KV values) */
+    ASW_ERR_STATE = -7,    /* call out of order (decode_read with nothing queued, enqueue before a forward) */
 };
 
+#define ASW_BACKEND_ABI 1
+
+/* One tensor of the data region. `host` points into the caller's mapping; `offset` is its byte offset from the
+ * region start (a device backend addresses the same bytes inside its one device copy of the region). */
+typedef struct asw_weight {
+    const uint16_t *host; /* NULL when absent (attn_qkv.bias without attn_bias) */
+    uint64_t offset;
+    uint64_t nbytes;
+    int32_t layout;       /* enum asw_layout */
+    int32_t ndim;         /* 1 or 2 */
+    int64_t rows, cols;   /* logical [rows, cols] = [out, in]; 1-D: [rows], cols = 1 */
+} asw_weight;
+
 typedef struct asw_layer_weights {
-    const uint16_t *attn_norm;     /* [hidden] */
-    const uint16_t *attn_qkv;      /* [(n_heads + 2 n_kv_heads) head_dim, hidden] */
-    const uint16_t *attn_qkv_bias; /* [(n_heads + 2 n_kv_heads) head_dim], NULL without attn_bias */
-    const uint16_t *attn_output;   /* [hidden, n_heads head_dim] */
-    const uint16_t *ffn_norm;      /* [hidden] */
-    const uint16_t *ffn_gate_up;   /* [2 ffn, hidden]: gate rows then up rows */
-    const uint16_t *ffn_down;      /* [hidden, ffn] */
+    asw_weight attn_norm;     /* [hidden] */
+    asw_weight attn_qkv;      /* [(n_heads + 2 n_kv_heads) head_dim, hidden]: q rows, k rows, v rows */
+    asw_weight attn_qkv_bias; /* [(n_heads + 2 n_kv_heads) head_dim]; host NULL without attn_bias */
+    asw_weight attn_output;   /* [hidden, n_heads head_dim] */
+    asw_weight ffn_norm;      /* [hidden] */
+    asw_weight ffn_gate_up;   /* [2 ffn, hidden]: gate rows then up rows */
+    asw_weight ffn_down;      /* [hidden, ffn] */
 } asw_layer_weights;
 
 typedef struct asw_weights {
-    const uint16_t *token_embd;  /* [vocab, hidden] */
-    asw_layer_weights *layers;   /* [n_layers] */
-    const uint16_t *output_norm; /* [hidden] */
-    const uint16_t *output;      /* [vocab, hidden]; == token_embd when tie_embeddings */
+    asw_weight token_embd;    /* [vocab, hidden] (always ND) */
+    asw_layer_weights *layers;/* [n_layers] */
+    asw_weight output_norm;   /* [hidden] */
+    asw_weight output;        /* [vocab, hidden]; a copy of token_embd when tie_embeddings */
 } asw_weights;
 
+/* What a forward call must produce (model.c has checked the arguments against the mode). */
+typedef struct asw_outputs {
+    int32_t logits_mode; /* enum asw_logits_mode */
+    int32_t k;           /* TOPK: 1 <= k <= vocab */
+    float *logits;       /* LAST [vocab], ALL [n, vocab], TOPK [k]; NULL for NONE */
+    int32_t *topk_ids;   /* TOPK [k] */
+    int32_t *argmax;     /* [1] argmax of the last position, or NULL */
+} asw_outputs;
+
 typedef struct asw_backend {
+    int32_t abi;          /* ASW_BACKEND_ABI */
     const char *name;
-    /* Prepare the weights (cpu: choose kernels; aclnn: upload the region once). NULL + error on failure. */
-    void *(*model_init)(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes);
+    /* Decode steps worth queuing ahead of the one being read: 0 for a backend that computes a step inside
+     * decode_enqueue (cpu), 1 for one that only launches it (aclnn). */
+    int32_t lookahead;
+    /* Prepare the weights (cpu: choose kernels; aclnn: one device copy of the region). Refuse layouts it cannot
+     * run here. NULL + error on failure. `data` is the mapped region; it stays mapped until model_free. */
+    void *(*model_init)(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,
+                        const asw_open_options *opt);
     void (*model_free)(void *bmodel);
-    /* KV cache for max_len positions and the session's threads (n_threads <= 0: all cores). */
-    void *(*session_init)(void *bmodel, int32_t max_len, int32_t n_threads);
+    /* One line: backend, kernels or device, mode. */
+    const char *(*describe)(void *bmodel);
+    /* KV cache for opt->max_len positions (opt->kv_dtype already resolved to an enum asw_dtype). */
+    void *(*session_init)(void *bmodel, const asw_session_options *opt);
     void (*session_free)(void *bsession);
-    /* Run tokens[0..n) at positions pos..pos+n-1 (already checked: 0 < n, pos + n <= max_len, ids < vocab).
-     * logits: NONE nothing, LAST [vocab], ALL [n, vocab]. *argmax (if not NULL): argmax of the last position. */
-    int32_t (*forward)(void *bsession, const int32_t *tokens, int32_t n, int32_t pos, int32_t logits_mode,
-                       float *logits, int32_t *argmax);
-    /* Name of the kernel set this model uses. */
-    const char *(*kernel_name)(void *bmodel);
+    /* Forget every position and any queued step. */
+    int32_t (*session_reset)(void *bsession);
+    /* Run tokens[0..n) at positions pos..pos+n-1 (checked: 0 < n, pos + n <= max_len, ids < vocab, nothing
+     * queued). Keeps the last position's argmax as the next decode_enqueue input (on the device for aclnn). */
+    int32_t (*forward)(void *bsession, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *out);
+    /* Queue one greedy step at `pos` whose input is the kept argmax; it becomes the kept argmax in turn
+     * (checked: pos < max_len, fewer than ASW_MAX_PENDING queued, a forward since the last reset). */
+    int32_t (*decode_enqueue)(void *bsession, int32_t pos);
+    /* Wait for the oldest queued step and return its token (checked: one is queued). */
+    int32_t (*decode_read)(void *bsession, int32_t *token);
+    /* Wait for every queued step and drop their tokens. */
+    int32_t (*decode_discard)(void *bsession);
 } asw_backend;
+
+/* What the library offers a backend plugin. */
+typedef struct asw_host {
+    int32_t abi;                          /* ASW_BACKEND_ABI */
+    void (*set_error)(const char *message); /* sets the calling thread's asw_last_error() */
+} asw_host;
+
+typedef const asw_backend *(*asw_backend_entry_fn)(const asw_host *host);
 
 extern const asw_backend asw_backend_cpu;
 

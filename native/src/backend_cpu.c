@@ -6,6 +6,7 @@
  * tokens. The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,9 +18,10 @@ enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized fo
 
 typedef struct cpu_model {
     asw_config cfg;
-    asw_weights w;          /* pointers into the caller's region (layers array owned by model.c) */
+    asw_weights w;          /* tensors of the caller's region, used in place (layers array owned by model.c) */
     const asw_kernels *k;   /* SIMD kernel set chosen at open time */
     float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
+    char describe[64];
 } cpu_model;
 
 typedef struct cpu_session {
@@ -37,7 +39,10 @@ typedef struct cpu_session {
     float *rope_cos; /* [CHUNK, head_dim / 2] */
     float *rope_sin; /* [CHUNK, head_dim / 2] */
     float *scores;   /* [n_threads, max_len] attention scores, one row per thread */
-    float *logits;   /* [vocab] last-position logits when the caller wants only the argmax */
+    float *logits;   /* [vocab] last-position logits when the caller wants only the argmax or the top-k */
+    int32_t next_token;             /* argmax of the last step: the input of the next decode_enqueue */
+    int32_t ring[ASW_MAX_PENDING];  /* tokens of queued decode steps (computed at enqueue), oldest at ring_head */
+    int32_t ring_head, ring_count;
     uint16_t *key_cache;   /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
     uint16_t *value_cache; /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
 } cpu_session;
@@ -72,9 +77,31 @@ static void rope_inv_freq(const asw_config *c, float *inv_freq) {
     }
 }
 
-static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes) {
+/* Tensors of the model in table order, for checks that apply to each. */
+static int cpu_layouts_ok(const asw_config *cfg, const asw_weights *w) {
+    if (cfg->layout == ASW_LAYOUT_NZ || w->token_embd.layout != ASW_LAYOUT_ND || w->output.layout != ASW_LAYOUT_ND) {
+        asw_set_error("FRACTAL_NZ layout is for the aclnn backend; convert with --layout nd for the cpu backend");
+        return 0;
+    }
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const asw_layer_weights *lw = &w->layers[l];
+        const asw_weight *all[] = {&lw->attn_qkv, &lw->attn_output, &lw->ffn_gate_up, &lw->ffn_down};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            if (all[i]->layout != ASW_LAYOUT_ND) {
+                asw_set_error("layer %d: FRACTAL_NZ weights are for the aclnn backend; convert with --layout nd for "
+                              "the cpu backend", l);
+                return 0;
+            }
+    }
+    return 1;
+}
+
+static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,
+                            const asw_open_options *opt) {
     (void)data;
     (void)data_nbytes;
+    (void)opt;
+    if (!cpu_layouts_ok(cfg, w)) return NULL;
     const char *why = NULL;
     const asw_kernels *k = kernels_select(&why);
     if (k == NULL) {
@@ -96,6 +123,7 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
         return NULL;
     }
     rope_inv_freq(cfg, m->inv_freq);
+    snprintf(m->describe, sizeof m->describe, "cpu %s", k->name);
     return m;
 }
 
@@ -106,7 +134,7 @@ static void cpu_model_free(void *bm) {
     free(m);
 }
 
-static const char *cpu_kernel_name(void *bm) { return ((cpu_model *)bm)->k->name; }
+static const char *cpu_describe(void *bm) { return ((cpu_model *)bm)->describe; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * session
@@ -132,8 +160,9 @@ static void cpu_session_free(void *bs) {
     free(s);
 }
 
-static void *cpu_session_init(void *bm, int32_t max_len, int32_t n_threads) {
+static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     cpu_model *m = bm;
+    int32_t max_len = opt->max_len, n_threads = opt->n_threads;
     const asw_config *c = &m->cfg;
     cpu_session *s = calloc(1, sizeof *s);
     if (s == NULL) {
@@ -287,11 +316,45 @@ static void rope(float *x, const float *cos, const float *sin, int half) {
     }
 }
 
+/* Index of the largest of v[0..n); -1 if any value is NaN (a NaN must never become token 0). */
 static int32_t argmax(const float *v, int32_t n) {
     int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
+    int nan = v[0] != v[0];
+    for (int32_t i = 1; i < n; i++) {
+        nan |= v[i] != v[i];
         if (v[i] > v[best]) best = i;
-    return best;
+    }
+    return nan ? -1 : best;
+}
+
+/* The k largest of v[0..n) in descending order (ties: lower id first) into vals/ids; v has no NaN. A partial
+ * insertion sort: O(n k), fine for the k <= a few hundred that sampling asks for. */
+static void top_k(const float *v, int32_t n, int32_t k, float *vals, int32_t *ids) {
+    int32_t have = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (have == k && !(v[i] > vals[k - 1])) continue;
+        int32_t j = have < k ? have++ : k - 1;
+        while (j > 0 && v[i] > vals[j - 1]) {
+            vals[j] = vals[j - 1];
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        vals[j] = v[i];
+        ids[j] = i;
+    }
+}
+
+/* fp16 turns |x| >= 65520 into inf, and inf in the KV cache into NaN scores: refuse instead. */
+static int kv_fits(int dtype, const float *x, int n, int layer, int pos, const char *what) {
+    if (dtype != ASW_DTYPE_F16) return 1;
+    for (int i = 0; i < n; i++)
+        if (!(fabsf(x[i]) < 65520.0f)) {
+            asw_set_error("layer %d position %d: %s value %g does not fit the fp16 KV cache (largest 65504); "
+                          "convert with --dtype bf16",
+                          layer, pos, what, (double)x[i]);
+            return 0;
+        }
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -300,7 +363,7 @@ static int32_t argmax(const float *v, int32_t n) {
 
 /* One chunk: tokens[0..n) at positions pos..pos+n-1, n <= CHUNK. If out != NULL, logits of positions
  * first..n-1 go to out ([n - first, vocab]). */
-static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos, float *out, int first) {
+static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos, float *out, int first) {
     cpu_model *m = s->m;
     const asw_config *c = &m->cfg;
     const asw_weights *w = &m->w;
@@ -310,7 +373,7 @@ static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos,
 
     /* x [n, H] = token embeddings */
     for (int t = 0; t < n; t++)
-        k->to_f32(dt, s->x + (size_t)t * H, w->token_embd + (size_t)tokens[t] * H, H);
+        k->to_f32(dt, s->x + (size_t)t * H, w->token_embd.host + (size_t)tokens[t] * H, H);
 
     /* rope_cos, rope_sin [n, D/2] for positions pos..pos+n-1 (f32 like transformers) */
     for (int t = 0; t < n; t++)
@@ -326,14 +389,14 @@ static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos,
         uint16_t *vc = s->value_cache + (size_t)l * s->max_len * kv_dim; /* [max_len, kv_dim] */
 
         /* xb [n, H] = rmsnorm(x) * attn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->attn_norm, H, c->rms_eps);
+        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->attn_norm.host, H, c->rms_eps);
 
         /* qkv [n, qkv_dim] = xb . Wqkv^T (+ bias) */
-        matmul(s, s->qkv, qkv_dim, lw->attn_qkv, qkv_dim, H, s->xb, H, n);
-        if (lw->attn_qkv_bias != NULL)
+        matmul(s, s->qkv, qkv_dim, lw->attn_qkv.host, qkv_dim, H, s->xb, H, n);
+        if (lw->attn_qkv_bias.host != NULL)
             for (int t = 0; t < n; t++)
                 for (int i = 0; i < qkv_dim; i++)
-                    s->qkv[(size_t)t * qkv_dim + i] += asw_u16_to_f32(dt, lw->attn_qkv_bias[i]);
+                    s->qkv[(size_t)t * qkv_dim + i] += asw_u16_to_f32(dt, lw->attn_qkv_bias.host[i]);
 
         /* RoPE on q and k; k, v [kv_dim] -> cache rows pos+t (rounded to dtype) */
         for (int t = 0; t < n; t++) {
@@ -343,6 +406,8 @@ static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos,
             const float *cs = s->rope_cos + (size_t)t * half, *sn = s->rope_sin + (size_t)t * half;
             for (int h = 0; h < c->n_heads; h++) rope(q + h * D, cs, sn, half);
             for (int h = 0; h < c->n_kv_heads; h++) rope(kk + h * D, cs, sn, half);
+            if (!kv_fits(dt, kk, kv_dim, l, pos + t, "key") || !kv_fits(dt, v, kv_dim, l, pos + t, "value"))
+                return ASW_ERR_NUMERIC;
             k->from_f32(dt, kc + (size_t)(pos + t) * kv_dim, kk, kv_dim);
             k->from_f32(dt, vc + (size_t)(pos + t) * kv_dim, v, kv_dim);
         }
@@ -352,53 +417,93 @@ static void forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos,
         asw_pool_run(s->pool, attention_task, &aj);
 
         /* x += att . Wo^T */
-        matmul(s, s->xb2, H, lw->attn_output, H, q_dim, s->att, q_dim, n);
+        matmul(s, s->xb2, H, lw->attn_output.host, H, q_dim, s->att, q_dim, n);
         for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
 
         /* xb [n, H] = rmsnorm(x) * ffn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->ffn_norm, H, c->rms_eps);
+        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->ffn_norm.host, H, c->rms_eps);
 
         /* hb [n, 2F] = xb . Wgate_up^T;  act [n, F] = silu(gate) * up */
-        matmul(s, s->hb, 2 * F, lw->ffn_gate_up, 2 * F, H, s->xb, H, n);
+        matmul(s, s->hb, 2 * F, lw->ffn_gate_up.host, 2 * F, H, s->xb, H, n);
         swiglu_job sj = {s->act, s->hb, n, F};
         asw_pool_run(s->pool, swiglu_task, &sj);
 
         /* x += act . Wdown^T */
-        matmul(s, s->xb2, H, lw->ffn_down, H, F, s->act, F, n);
+        matmul(s, s->xb2, H, lw->ffn_down.host, H, F, s->act, F, n);
         for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
     }
 
-    if (out == NULL) return;
+    if (out == NULL) return 0;
     /* out [n - first, vocab] = rmsnorm(x[first..n)) * output_norm . Woutput^T */
     for (int t = first; t < n; t++)
-        rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, w->output_norm, H, c->rms_eps);
-    matmul(s, out, c->vocab, w->output, c->vocab, H, s->xb + (size_t)first * H, H, n - first);
+        rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, w->output_norm.host, H, c->rms_eps);
+    matmul(s, out, c->vocab, w->output.host, c->vocab, H, s->xb + (size_t)first * H, H, n - first);
+    return 0;
 }
 
-static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, int32_t logits_mode,
-                           float *logits, int32_t *amax) {
+static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *o) {
     cpu_session *s = bs;
     int32_t vocab = s->m->cfg.vocab;
-    int want_last = logits_mode == ASW_LOGITS_LAST || amax != NULL;
+    int mode = o->logits_mode;
     float *last = NULL; /* [vocab] logits of position n - 1 */
     for (int32_t c0 = 0; c0 < n; c0 += CHUNK) {
         int nc = n - c0 < CHUNK ? n - c0 : CHUNK;
         int final = c0 + nc == n;
-        if (logits_mode == ASW_LOGITS_ALL) {
-            float *out = logits + (size_t)c0 * vocab; /* [nc, vocab] */
-            forward_chunk(s, tokens + c0, nc, pos + c0, out, 0);
+        int32_t rc;
+        if (mode == ASW_LOGITS_ALL) {
+            float *out = o->logits + (size_t)c0 * vocab; /* [nc, vocab] */
+            rc = forward_chunk(s, tokens + c0, nc, pos + c0, out, 0);
             last = out + (size_t)(nc - 1) * vocab;
-        } else if (final && want_last) {
-            last = logits_mode == ASW_LOGITS_LAST ? logits : s->logits;
-            forward_chunk(s, tokens + c0, nc, pos + c0, last, nc - 1);
+        } else if (final) {
+            last = mode == ASW_LOGITS_LAST ? o->logits : s->logits;
+            rc = forward_chunk(s, tokens + c0, nc, pos + c0, last, nc - 1);
         } else {
-            forward_chunk(s, tokens + c0, nc, pos + c0, NULL, 0);
+            rc = forward_chunk(s, tokens + c0, nc, pos + c0, NULL, 0);
         }
+        if (rc != 0) return rc;
     }
-    if (amax != NULL) *amax = argmax(last, vocab);
+    int32_t best = argmax(last, vocab);
+    if (best < 0) {
+        asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)",
+                      (int)(pos + n - 1));
+        return ASW_ERR_NUMERIC;
+    }
+    if (mode == ASW_LOGITS_TOPK) top_k(last, vocab, o->k, o->logits, o->topk_ids);
+    if (o->argmax != NULL) *o->argmax = best;
+    s->next_token = best;
     return 0;
 }
 
+static int32_t cpu_session_reset(void *bs) {
+    cpu_session *s = bs;
+    s->ring_head = s->ring_count = 0;
+    return 0;
+}
+
+/* The cpu computes a queued step at once; the ring only keeps the order the ABI promises. */
+static int32_t cpu_decode_enqueue(void *bs, int32_t pos) {
+    cpu_session *s = bs;
+    int32_t token = s->next_token;
+    asw_outputs o = {ASW_LOGITS_NONE, 0, NULL, NULL, NULL};
+    int32_t rc = cpu_forward(s, &token, 1, pos, &o);
+    if (rc != 0) return rc;
+    s->ring[(s->ring_head + s->ring_count) % ASW_MAX_PENDING] = s->next_token;
+    s->ring_count++;
+    return 0;
+}
+
+static int32_t cpu_decode_read(void *bs, int32_t *token) {
+    cpu_session *s = bs;
+    *token = s->ring[s->ring_head];
+    s->ring_head = (s->ring_head + 1) % ASW_MAX_PENDING;
+    s->ring_count--;
+    return 0;
+}
+
+static int32_t cpu_decode_discard(void *bs) { return cpu_session_reset(bs); }
+
 const asw_backend asw_backend_cpu = {
-    "cpu", cpu_model_init, cpu_model_free, cpu_session_init, cpu_session_free, cpu_forward, cpu_kernel_name,
+    ASW_BACKEND_ABI,    "cpu",    0,     cpu_model_init,     cpu_model_free,  cpu_describe,
+    cpu_session_init,   cpu_session_free, cpu_session_reset, cpu_forward,     cpu_decode_enqueue,
+    cpu_decode_read,    cpu_decode_discard,
 };

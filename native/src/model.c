@@ -1,12 +1,17 @@
-/* model.c — the ABI entry points: config validation, tensor binding, sessions, dispatch to a backend.
+/* model.c — the ABI entry points: config validation, tensor binding, the backend registry, sessions.
  *
  * Nothing here computes. asw_model_open checks the config, then checks every tensor of the table against the
- * shape the config implies (present once, inside the region, nbytes = shape x 2) and binds it to a weight
- * pointer; the backend gets only validated pointers. Sessions track the position and check every request
- * (context room, token ids) before the backend sees it.
+ * shape the config implies (present once, inside the region, nbytes = its layout's size) and binds it to an
+ * asw_weight; the backend (picked by name from the registry: "cpu" built in, "aclnn" dlopen'ed on demand) gets
+ * only validated tensors. Sessions track the position and the queued decode steps and check every request
+ * (context room, token ids, call order) before the backend sees it. A session holds a reference on its model,
+ * so freeing a model before its sessions is safe: the last one out frees it.
  */
+#define _GNU_SOURCE /* dladdr */
+#include <dlfcn.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,18 +23,24 @@
 
 struct asw_model {
     asw_config cfg;
-    asw_weights w;              /* pointers into the caller's data region */
+    asw_weights w;              /* bound tensors of the caller's data region */
     asw_layer_weights *layers;  /* [n_layers], w.layers */
     const asw_backend *backend;
     void *bmodel;               /* the backend's model state */
+    int refs;                   /* 1 for the caller + 1 per live session; guarded by refs_lock */
+    char describe[256];
 };
 
 struct asw_session {
     asw_model *model;
-    void *bsession; /* the backend's session state (KV cache, threads) */
+    void *bsession;  /* the backend's session state (KV cache, threads / device buffers) */
     int32_t max_len;
-    int32_t pos;    /* positions already in the cache */
+    int32_t pos;     /* positions in the cache, counting queued decode steps */
+    int32_t pending; /* decode steps queued and not yet read */
+    int32_t primed;  /* 1 once a forward has left an argmax for decode_enqueue */
 };
+
+static pthread_mutex_t refs_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---------------------------------------------------------------------------------------------------------
  * errors
@@ -94,11 +105,7 @@ static int validate_config(const asw_config *c) {
         asw_set_error("config: dtype %d is not fp16 (%d) or bf16 (%d)", (int)c->dtype, ASW_DTYPE_F16, ASW_DTYPE_BF16);
         return 0;
     }
-    if (c->layout == ASW_LAYOUT_NZ) {
-        asw_set_error("FRACTAL_NZ layout is for the aclnn backend; convert with --layout nd for the cpu backend");
-        return 0;
-    }
-    if (c->layout != ASW_LAYOUT_ND) {
+    if (c->layout != ASW_LAYOUT_ND && c->layout != ASW_LAYOUT_NZ) {
         asw_set_error("config: layout %d is not nd (%d) or nz (%d)", (int)c->layout, ASW_LAYOUT_ND, ASW_LAYOUT_NZ);
         return 0;
     }
@@ -144,14 +151,27 @@ static int validate_config(const asw_config *c) {
  * tensor binding
  */
 
+/* Tensors stored FRACTAL_NZ in an nz file (docs/FORMAT.md §4); every other tensor is ND. */
+static int nz_candidate(const char *name) {
+    static const char *const suffixes[] = {".attn_qkv.weight", ".attn_output.weight", ".ffn_gate_up.weight",
+                                           ".ffn_down.weight"};
+    if (strcmp(name, "output.weight") == 0) return 1;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        size_t m = strlen(suffixes[i]);
+        if (n > m && strcmp(name + n - m, suffixes[i]) == 0) return 1;
+    }
+    return 0;
+}
+
 typedef struct expected_tensor {
     char name[64];
-    int64_t rows, cols;      /* shape [rows, cols]; cols = 0 for 1-D [rows] */
-    const uint16_t **slot;   /* where the bound pointer goes */
+    int64_t rows, cols;  /* shape [rows, cols]; cols = 0 for 1-D [rows] */
+    asw_weight *slot;    /* where the bound tensor goes */
     int seen;
 } expected_tensor;
 
-static void expect(expected_tensor *e, int *n, const char *name, int64_t rows, int64_t cols, const uint16_t **slot) {
+static void expect(expected_tensor *e, int *n, const char *name, int64_t rows, int64_t cols, asw_weight *slot) {
     expected_tensor *t = &e[(*n)++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->rows = rows;
@@ -160,11 +180,65 @@ static void expect(expected_tensor *e, int *n, const char *name, int64_t rows, i
     t->seen = 0;
 }
 
-static void shape_str(const expected_tensor *t, char *buf, size_t len) {
-    if (t->cols > 0)
-        snprintf(buf, len, "[%" PRId64 ", %" PRId64 "]", t->rows, t->cols);
+static void shape_str(int64_t rows, int64_t cols, char *buf, size_t len) {
+    if (cols > 0)
+        snprintf(buf, len, "[%" PRId64 ", %" PRId64 "]", rows, cols);
     else
-        snprintf(buf, len, "[%" PRId64 "]", t->rows);
+        snprintf(buf, len, "[%" PRId64 "]", rows);
+}
+
+static uint64_t round16(int64_t v) { return ((uint64_t)v + 15u) / 16u * 16u; }
+
+/* Checks one table entry against what the config expects and binds it. */
+static int bind_one(const asw_config *c, expected_tensor *t, const asw_tensor_ref *r, const uint8_t *data,
+                    uint64_t data_nbytes) {
+    char want_shape[64], got_shape[64];
+    shape_str(t->rows, t->cols, want_shape, sizeof want_shape);
+    int want_ndim = t->cols > 0 ? 2 : 1;
+    if (r->ndim != want_ndim || r->shape[0] != t->rows || (want_ndim == 2 && r->shape[1] != t->cols)) {
+        if (r->ndim == 1 || r->ndim == 2)
+            shape_str(r->shape[0], r->ndim == 2 ? r->shape[1] : 0, got_shape, sizeof got_shape);
+        else
+            snprintf(got_shape, sizeof got_shape, "(%d dims)", (int)r->ndim);
+        asw_set_error("tensor '%s' has shape %s, the config implies %s", t->name, got_shape, want_shape);
+        return 0;
+    }
+    int allowed_nz = c->layout == ASW_LAYOUT_NZ && nz_candidate(t->name);
+    if (r->layout != ASW_LAYOUT_ND && !(r->layout == ASW_LAYOUT_NZ && allowed_nz)) {
+        asw_set_error("tensor '%s' has layout %d; in a%s file it must be %s", t->name, (int)r->layout,
+                      c->layout == ASW_LAYOUT_NZ ? "n nz" : "n nd", allowed_nz ? "nz" : "nd");
+        return 0;
+    }
+    if (allowed_nz && r->layout != ASW_LAYOUT_NZ) {
+        asw_set_error("tensor '%s' must be stored nz in an nz file", t->name);
+        return 0;
+    }
+    uint64_t want = r->layout == ASW_LAYOUT_NZ ? round16(t->rows) * round16(t->cols) * 2u
+                                               : (uint64_t)t->rows * (uint64_t)(t->cols > 0 ? t->cols : 1) * 2u;
+    if (r->nbytes != want) {
+        asw_set_error("tensor '%s' has %" PRIu64 " bytes, expected %" PRIu64 " (shape %s, %s, 2 bytes each)", t->name,
+                      r->nbytes, want, want_shape, r->layout == ASW_LAYOUT_NZ ? "nz" : "nd");
+        return 0;
+    }
+    if (r->offset > data_nbytes || r->nbytes > data_nbytes - r->offset) {
+        asw_set_error("tensor '%s' at offset %" PRIu64 " + %" PRIu64 " bytes lies outside the data region (%" PRIu64
+                      " bytes)",
+                      t->name, r->offset, r->nbytes, data_nbytes);
+        return 0;
+    }
+    if (((uintptr_t)data + r->offset) % 2 != 0) {
+        asw_set_error("tensor '%s' at offset %" PRIu64 " is not 2-byte aligned", t->name, r->offset);
+        return 0;
+    }
+    asw_weight *w = t->slot;
+    w->host = (const uint16_t *)(data + r->offset);
+    w->offset = r->offset;
+    w->nbytes = r->nbytes;
+    w->layout = r->layout;
+    w->ndim = want_ndim;
+    w->rows = t->rows;
+    w->cols = t->cols > 0 ? t->cols : 1;
+    return 1;
 }
 
 static int bind_tensors(asw_model *m, const uint8_t *data, uint64_t data_nbytes, const asw_tensor_ref *tensors,
@@ -224,30 +298,12 @@ static int bind_tensors(asw_model *m, const uint8_t *data, uint64_t data_nbytes,
             goto done;
         }
         t->seen = 1;
-        char shape[64];
-        shape_str(t, shape, sizeof shape);
-        uint64_t want = (uint64_t)t->rows * (uint64_t)(t->cols > 0 ? t->cols : 1) * 2u;
-        if (r->nbytes != want) {
-            asw_set_error("tensor '%s' has %" PRIu64 " bytes, expected %" PRIu64 " (shape %s x 2 bytes)", t->name,
-                          r->nbytes, want, shape);
-            goto done;
-        }
-        if (r->offset > data_nbytes || r->nbytes > data_nbytes - r->offset) {
-            asw_set_error("tensor '%s' at offset %" PRIu64 " + %" PRIu64 " bytes lies outside the data region (%" PRIu64
-                          " bytes)",
-                          t->name, r->offset, r->nbytes, data_nbytes);
-            goto done;
-        }
-        if (((uintptr_t)data + r->offset) % 2 != 0) {
-            asw_set_error("tensor '%s' at offset %" PRIu64 " is not 2-byte aligned", t->name, r->offset);
-            goto done;
-        }
-        *t->slot = (const uint16_t *)(data + r->offset);
+        if (!bind_one(c, t, r, data, data_nbytes)) goto done;
     }
     for (int j = 0; j < ne; j++)
         if (!e[j].seen) {
             char shape[64];
-            shape_str(&e[j], shape, sizeof shape);
+            shape_str(e[j].rows, e[j].cols, shape, sizeof shape);
             asw_set_error("missing tensor '%s' (shape %s)", e[j].name, shape);
             goto done;
         }
@@ -259,28 +315,124 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------------------------
+ * backend registry: "cpu" is built in; "aclnn" lives in libasw_aclnn.so, opened on first use
+ */
+
+static void host_set_error(const char *message) { asw_set_error("%s", message); }
+
+static const asw_host plugin_host = {ASW_BACKEND_ABI, host_set_error};
+
+typedef struct plugin_slot {
+    const char *name;
+    const char *file;    /* library file name, looked up next to this library */
+    const char *env;     /* environment variable with an explicit path */
+    const asw_backend *backend;
+    void *handle;        /* kept open for the life of the process */
+} plugin_slot;
+
+static plugin_slot plugins[] = {{"aclnn", "libasw_aclnn.so", "ASW_ACLNN_LIB", NULL, NULL}};
+static pthread_mutex_t plugins_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Directory of this library (the plugin sits beside it). */
+static void own_dir(char *buf, size_t len) {
+    Dl_info info;
+    buf[0] = '\0';
+    if (dladdr((void *)&own_dir, &info) != 0 && info.dli_fname != NULL) {
+        snprintf(buf, len, "%s", info.dli_fname);
+        char *slash = strrchr(buf, '/');
+        if (slash != NULL)
+            slash[1] = '\0';
+        else
+            buf[0] = '\0';
+    }
+}
+
+static const asw_backend *load_plugin(plugin_slot *p) {
+    if (p->backend != NULL) return p->backend;
+    char path[4096];
+    const char *env = getenv(p->env);
+    if (env != NULL && env[0] != '\0') {
+        snprintf(path, sizeof path, "%s", env);
+    } else {
+        own_dir(path, sizeof path);
+        size_t used = strlen(path);
+        snprintf(path + used, sizeof path - used, "%s", p->file);
+    }
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *why = dlerror();
+        asw_set_error("backend '%s': cannot load %.3000s (%.500s); build it with `make native` or set %s", p->name,
+                      path, why ? why : "unknown error", p->env);
+        return NULL;
+    }
+    asw_backend_entry_fn entry = (asw_backend_entry_fn)dlsym(h, "asw_backend_entry");
+    if (entry == NULL) {
+        asw_set_error("backend '%s': %.3000s does not export asw_backend_entry", p->name, path);
+        dlclose(h);
+        return NULL;
+    }
+    const asw_backend *be = entry(&plugin_host);
+    if (be == NULL) {
+        dlclose(h); /* entry() set the error */
+        return NULL;
+    }
+    if (be->abi != ASW_BACKEND_ABI) {
+        asw_set_error("backend '%s': %.3000s speaks backend ABI %d, this library %d", p->name, path, (int)be->abi,
+                      ASW_BACKEND_ABI);
+        dlclose(h);
+        return NULL;
+    }
+    p->handle = h;
+    p->backend = be;
+    return be;
+}
+
+static const asw_backend *find_backend(const char *name) {
+    if (name == NULL || strcmp(name, "cpu") == 0) return &asw_backend_cpu;
+    for (size_t i = 0; i < sizeof plugins / sizeof plugins[0]; i++)
+        if (strcmp(name, plugins[i].name) == 0) {
+            pthread_mutex_lock(&plugins_lock);
+            const asw_backend *be = load_plugin(&plugins[i]);
+            pthread_mutex_unlock(&plugins_lock);
+            return be;
+        }
+    asw_set_error("unknown backend '%.100s' (have: cpu, aclnn)", name);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
  * model
  */
 
+static void model_release(asw_model *m) {
+    pthread_mutex_lock(&refs_lock);
+    int left = --m->refs;
+    pthread_mutex_unlock(&refs_lock);
+    if (left > 0) return;
+    if (m->bmodel != NULL) m->backend->model_free(m->bmodel);
+    free(m->layers);
+    free(m);
+}
+
 asw_model *asw_model_open(const void *data, uint64_t data_nbytes, const asw_config *cfg,
-                          const asw_tensor_ref *tensors, int32_t n_tensors, const char *backend) {
+                          const asw_tensor_ref *tensors, int32_t n_tensors, const asw_open_options *opt) {
     clear_error();
-    if (cfg == NULL) {
-        asw_set_error("asw_model_open: cfg is NULL");
+    if (cfg == NULL || opt == NULL) {
+        asw_set_error("asw_model_open: cfg and opt must not be NULL");
+        return NULL;
+    }
+    if (opt->abi_version != ASW_ABI_VERSION) {
+        asw_set_error("asw_model_open: options abi_version %d, this library speaks %d", (int)opt->abi_version,
+                      ASW_ABI_VERSION);
         return NULL;
     }
     if ((data == NULL && data_nbytes > 0) || n_tensors < 0 || (tensors == NULL && n_tensors > 0)) {
         asw_set_error("asw_model_open: bad data/tensor arguments");
         return NULL;
     }
-    const asw_backend *be = NULL;
-    if (backend == NULL || strcmp(backend, "cpu") == 0) {
-        be = &asw_backend_cpu;
-    } else {
-        asw_set_error("backend '%.100s' is not available in this build (have: cpu)", backend);
-        return NULL;
-    }
     if (!validate_config(cfg)) return NULL;
+    const asw_backend *be = find_backend(opt->backend);
+    if (be == NULL) return NULL;
 
     asw_model *m = calloc(1, sizeof *m);
     if (m == NULL) {
@@ -289,44 +441,59 @@ asw_model *asw_model_open(const void *data, uint64_t data_nbytes, const asw_conf
     }
     m->cfg = *cfg;
     m->backend = be;
+    m->refs = 1;
     m->layers = calloc((size_t)cfg->n_layers, sizeof *m->layers);
     if (m->layers == NULL) {
         asw_set_error("out of memory (layer table)");
-        asw_model_free(m);
+        model_release(m);
         return NULL;
     }
     m->w.layers = m->layers;
     if (!bind_tensors(m, data, data_nbytes, tensors, n_tensors)) {
-        asw_model_free(m);
+        model_release(m);
         return NULL;
     }
-    m->bmodel = be->model_init(&m->cfg, &m->w, data, data_nbytes);
+    m->bmodel = be->model_init(&m->cfg, &m->w, data, data_nbytes, opt);
     if (m->bmodel == NULL) {
-        asw_model_free(m);
+        model_release(m);
         return NULL;
     }
+    snprintf(m->describe, sizeof m->describe, "%s", be->describe(m->bmodel));
     return m;
 }
 
 void asw_model_free(asw_model *m) {
-    if (m == NULL) return;
-    if (m->bmodel != NULL) m->backend->model_free(m->bmodel);
-    free(m->layers);
-    free(m);
+    if (m != NULL) model_release(m);
 }
+
+const char *asw_model_describe(const asw_model *m) { return m == NULL ? "" : m->describe; }
+
+int32_t asw_model_lookahead(const asw_model *m) { return m == NULL ? 0 : m->backend->lookahead; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * sessions
  */
 
-asw_session *asw_session_new(asw_model *model, int32_t max_len, int32_t n_threads) {
+asw_session *asw_session_new(asw_model *model, const asw_session_options *opt) {
     clear_error();
-    if (model == NULL) {
-        asw_set_error("asw_session_new: model is NULL");
+    if (model == NULL || opt == NULL) {
+        asw_set_error("asw_session_new: model and opt must not be NULL");
         return NULL;
     }
-    if (max_len < 1 || max_len > (1 << 24)) {
-        asw_set_error("asw_session_new: max_len %d is outside [1, %d]", (int)max_len, 1 << 24);
+    if (opt->abi_version != ASW_ABI_VERSION) {
+        asw_set_error("asw_session_new: options abi_version %d, this library speaks %d", (int)opt->abi_version,
+                      ASW_ABI_VERSION);
+        return NULL;
+    }
+    if (opt->max_len < 1 || opt->max_len > (1 << 24)) {
+        asw_set_error("asw_session_new: max_len %d is outside [1, %d]", (int)opt->max_len, 1 << 24);
+        return NULL;
+    }
+    asw_session_options resolved = *opt;
+    if (resolved.kv_dtype == 0) resolved.kv_dtype = model->cfg.dtype;
+    if (resolved.kv_dtype != model->cfg.dtype) {
+        asw_set_error("asw_session_new: kv_dtype %d is not supported; the KV cache uses the weight dtype (%d)",
+                      (int)resolved.kv_dtype, (int)model->cfg.dtype);
         return NULL;
     }
     asw_session *s = calloc(1, sizeof *s);
@@ -335,60 +502,169 @@ asw_session *asw_session_new(asw_model *model, int32_t max_len, int32_t n_thread
         return NULL;
     }
     s->model = model;
-    s->max_len = max_len;
-    s->bsession = model->backend->session_init(model->bmodel, max_len, n_threads);
+    s->max_len = opt->max_len;
+    s->bsession = model->backend->session_init(model->bmodel, &resolved);
     if (s->bsession == NULL) {
         free(s);
         return NULL;
     }
+    pthread_mutex_lock(&refs_lock);
+    model->refs++;
+    pthread_mutex_unlock(&refs_lock);
     return s;
 }
 
 void asw_session_free(asw_session *s) {
     if (s == NULL) return;
-    s->model->backend->session_free(s->bsession);
+    asw_model *m = s->model;
+    m->backend->session_free(s->bsession);
     free(s);
+    model_release(m);
 }
 
-void asw_session_reset(asw_session *s) {
-    if (s != NULL) s->pos = 0;
+int32_t asw_session_reset(asw_session *s) {
+    clear_error();
+    if (s == NULL) {
+        asw_set_error("asw_session_reset: session is NULL");
+        return ASW_ERR_ARG;
+    }
+    int32_t rc = s->model->backend->session_reset(s->bsession);
+    s->pos = 0;
+    s->pending = 0;
+    s->primed = 0;
+    return rc;
 }
 
 int32_t asw_session_pos(const asw_session *s) { return s == NULL ? 0 : s->pos; }
 
-int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, float *logits,
-                    int32_t *argmax) {
+int32_t asw_forward(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, int32_t k,
+                    float *logits, int32_t *topk_ids, int32_t *argmax) {
     clear_error();
     if (s == NULL || tokens == NULL || n <= 0) {
-        asw_set_error("asw_prefill: need a session and n >= 1 tokens (got n = %d)", (int)n);
+        asw_set_error("asw_forward: need a session and n >= 1 tokens (got n = %d)", (int)n);
         return ASW_ERR_ARG;
     }
-    if (logits_mode != ASW_LOGITS_NONE && logits_mode != ASW_LOGITS_LAST && logits_mode != ASW_LOGITS_ALL) {
-        asw_set_error("asw_prefill: logits_mode %d is not none (0), last (1) or all (2)", (int)logits_mode);
+    int32_t vocab = s->model->cfg.vocab;
+    switch (logits_mode) {
+    case ASW_LOGITS_NONE: break;
+    case ASW_LOGITS_LAST:
+    case ASW_LOGITS_ALL:
+        if (logits == NULL) {
+            asw_set_error("asw_forward: logits is NULL but logits_mode is %d", (int)logits_mode);
+            return ASW_ERR_ARG;
+        }
+        break;
+    case ASW_LOGITS_TOPK:
+        if (logits == NULL || topk_ids == NULL || k < 1 || k > vocab) {
+            asw_set_error("asw_forward: top-k needs logits and topk_ids buffers and 1 <= k <= vocab %d (got k = %d)",
+                          (int)vocab, (int)k);
+            return ASW_ERR_ARG;
+        }
+        break;
+    default:
+        asw_set_error("asw_forward: logits_mode %d is not none (0), last (1), all (2) or topk (3)", (int)logits_mode);
         return ASW_ERR_ARG;
     }
-    if (logits_mode != ASW_LOGITS_NONE && logits == NULL) {
-        asw_set_error("asw_prefill: logits is NULL but logits_mode is %d", (int)logits_mode);
-        return ASW_ERR_ARG;
+    if (s->pending > 0) {
+        asw_set_error("asw_forward: %d queued decode steps must be read or discarded first", (int)s->pending);
+        return ASW_ERR_STATE;
     }
     if (n > s->max_len - s->pos) {
         asw_set_error("context full: %d positions in the cache + %d new > max_len %d", (int)s->pos, (int)n,
                       (int)s->max_len);
         return ASW_ERR_CONTEXT;
     }
-    int32_t vocab = s->model->cfg.vocab;
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= vocab) {
             asw_set_error("token id %d at index %d is outside the vocabulary [0, %d)", (int)tokens[i], (int)i,
                           (int)vocab);
             return ASW_ERR_TOKEN;
         }
-    int32_t rc = s->model->backend->forward(s->bsession, tokens, n, s->pos, logits_mode, logits, argmax);
-    if (rc != 0) return rc;
+    asw_outputs out = {logits_mode, k, logits, topk_ids, argmax};
+    int32_t rc = s->model->backend->forward(s->bsession, tokens, n, s->pos, &out);
+    if (rc != 0) {
+        s->primed = 0; /* the kept argmax is not trustworthy after a failed step */
+        return rc;
+    }
     s->pos += n;
+    s->primed = 1;
     return 0;
+}
+
+int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, float *logits,
+                    int32_t *argmax) {
+    if (logits_mode == ASW_LOGITS_TOPK) {
+        asw_set_error("asw_prefill: use asw_forward for top-k");
+        return ASW_ERR_ARG;
+    }
+    return asw_forward(s, tokens, n, logits_mode, 0, logits, NULL, argmax);
 }
 
 int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, float *logits, int32_t *argmax) {
     return asw_prefill(s, &token, 1, logits_mode, logits, argmax);
+}
+
+int32_t asw_decode_enqueue(asw_session *s) {
+    clear_error();
+    if (s == NULL) {
+        asw_set_error("asw_decode_enqueue: session is NULL");
+        return ASW_ERR_ARG;
+    }
+    if (!s->primed) {
+        asw_set_error("asw_decode_enqueue: no token to continue from; run asw_forward first");
+        return ASW_ERR_STATE;
+    }
+    if (s->pending >= ASW_MAX_PENDING) {
+        asw_set_error("asw_decode_enqueue: %d steps already queued (the most is %d)", (int)s->pending,
+                      ASW_MAX_PENDING);
+        return ASW_ERR_STATE;
+    }
+    if (s->pos >= s->max_len) {
+        asw_set_error("context full: %d positions in the cache + 1 new > max_len %d", (int)s->pos, (int)s->max_len);
+        return ASW_ERR_CONTEXT;
+    }
+    int32_t rc = s->model->backend->decode_enqueue(s->bsession, s->pos);
+    if (rc != 0) {
+        s->primed = 0;
+        return rc;
+    }
+    s->pos++;
+    s->pending++;
+    return 0;
+}
+
+int32_t asw_decode_read(asw_session *s, int32_t *token) {
+    clear_error();
+    if (s == NULL || token == NULL) {
+        asw_set_error("asw_decode_read: session and token must not be NULL");
+        return ASW_ERR_ARG;
+    }
+    if (s->pending == 0) {
+        asw_set_error("asw_decode_read: no decode step is queued");
+        return ASW_ERR_STATE;
+    }
+    int32_t rc = s->model->backend->decode_read(s->bsession, token);
+    s->pending--;
+    if (rc != 0) {
+        /* a failed step poisons the steps after it: drop them and their positions */
+        s->model->backend->decode_discard(s->bsession);
+        s->pos -= s->pending + 1;
+        s->pending = 0;
+        s->primed = 0;
+    }
+    return rc;
+}
+
+int32_t asw_decode_discard(asw_session *s) {
+    clear_error();
+    if (s == NULL) {
+        asw_set_error("asw_decode_discard: session is NULL");
+        return ASW_ERR_ARG;
+    }
+    if (s->pending == 0) return 0;
+    int32_t rc = s->model->backend->decode_discard(s->bsession);
+    s->pos -= s->pending;
+    s->pending = 0;
+    s->primed = 0; /* the kept argmax belongs to a dropped step */
+    return rc;
 }
