@@ -21,8 +21,8 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="The .asw file."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
+    model: Optional[Path] = typer.Argument(None, help="The .asw file (--selftest: default the golden model)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (chat template only)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Most tokens to generate."),
@@ -36,8 +36,15 @@ def run(
     eager: bool = typer.Option(False, "--eager", help="aclnn: launch decode op by op instead of replaying a graph."),
     context: Optional[int] = typer.Option(None, "--context", help="KV-cache length [default: model's, max 4096]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+    selftest: bool = typer.Option(False, "--selftest", help="With --backend aclnn: check the device against the cpu "
+                                  "backend and the golden tokens; exit 0 only if all pass."),
 ) -> None:
     """Generate text from a .asw model."""
+    if selftest:
+        run_selftest(model, backend, device)
+        return
+    if model is None or prompt is None:
+        fail("need a model and --prompt (or --selftest)")
     if prompt == "-":
         prompt = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
     try:
@@ -87,6 +94,20 @@ def run(
         stderr.print(stats.line(), highlight=False, markup=False)
     if interrupted:
         raise typer.Exit(130)
+
+
+def run_selftest(model: Optional[Path], backend: str, device: int) -> None:
+    """`--selftest`: the aclnn bring-up table (runtime/selftest.py); exit 1 if a check fails."""
+    from . import selftest as checks
+
+    if backend != "aclnn":
+        fail("--selftest checks the aclnn backend: run it with --backend aclnn")
+    try:
+        ok = checks.run(model, device, typer.echo)
+    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
+        fail(str(exc))
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

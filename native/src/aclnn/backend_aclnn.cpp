@@ -308,7 +308,7 @@ void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, 
         if (A == nullptr) {
             std::string why;
             const cann_api *loaded = cann_load(&why); /* once per process; every caller gets the same table */
-            if (loaded == nullptr) fail(ASW_ERR_BACKEND, "aclnn backend: " + why);
+            if (loaded == nullptr) fail(ASW_ERR_BACKEND, "backend 'aclnn' cannot run here: " + why);
             g_api.store(loaded, std::memory_order_release);
         }
         if (cfg->dtype != ASW_DTYPE_F16 && cfg->dtype != ASW_DTYPE_BF16)
