@@ -892,7 +892,13 @@ asw_backend make_table() {
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const asw_backend *asw_backend_entry(const asw_host *host) {
-    if (host == nullptr || host->abi != ASW_BACKEND_ABI || host->set_error == nullptr) return nullptr;
+    if (host == nullptr || host->set_error == nullptr) return nullptr;
+    if (host->abi != ASW_BACKEND_ABI) {
+        host->set_error(format("backend 'aclnn': the library speaks backend ABI %d, this plugin %d", (int)host->abi,
+                               ASW_BACKEND_ABI)
+                            .c_str());
+        return nullptr;
+    }
     g_host = host;
     static const asw_backend table = make_table();
     return &table;
