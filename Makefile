@@ -6,7 +6,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h native/src/aclnn/*.cpp native/src/aclnn/*.h) setup.py
 
-.PHONY: demo test native bench clean check-aarch64
+.PHONY: demo test native bench clean check-aarch64 emu
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,31 @@ check-aarch64:
 	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -Inative/include \
 		native/check/kernel_sets.c native/src/*.c -o build/aarch64/kernel_sets -lm -ldl
 	qemu-aarch64 -L /usr/aarch64-linux-gnu build/aarch64/kernel_sets
+
+# The CANN emulator (test infrastructure, never shipped): libascendcl.so, libnnopbase.so and the operator libraries
+# under build/emu/, built from native/emu/ against native/src/aclnn/cann_api.h. The emulator tests run this target.
+EMU_DIR := build/emu
+EMU_CXX ?= g++
+EMU_CXXFLAGS := -std=c++17 -O2 -Wall -Wextra -Werror -fPIC -pthread
+EMU_HEADERS := $(wildcard native/emu/*.h) native/src/aclnn/cann_api.h
+EMU_OP_LIBS := math nn transformer
+EMU_LINK := $(EMU_CXX) -shared -pthread -Wl,-rpath,'$$ORIGIN' -L$(EMU_DIR)
+
+emu: $(EMU_DIR)/libascendcl.so $(EMU_DIR)/libnnopbase.so $(EMU_OP_LIBS:%=$(EMU_DIR)/libopapi_%.so) $(EMU_DIR)/libopapi.so
+
+$(EMU_DIR)/obj/%.o: native/emu/%.cpp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(EMU_CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(EMU_DIR)/libascendcl.so: $(EMU_DIR)/obj/runtime.o
+	$(EMU_LINK) -Wl,-soname,libascendcl.so $^ -o $@
+
+$(EMU_DIR)/libnnopbase.so: $(EMU_DIR)/obj/nnopbase.o $(EMU_DIR)/libascendcl.so
+	$(EMU_LINK) -Wl,-soname,libnnopbase.so $< -lascendcl -o $@
+
+$(EMU_DIR)/libopapi_%.so: $(EMU_DIR)/obj/ops_%.o $(EMU_DIR)/obj/ops_common.o $(EMU_DIR)/libnnopbase.so
+	$(EMU_LINK) -Wl,-soname,libopapi_$*.so $(filter %.o,$^) -lnnopbase -lascendcl -o $@
+
+# the pre-8.5 layout: every operator in one library (the backend's fallback)
+$(EMU_DIR)/libopapi.so: $(EMU_OP_LIBS:%=$(EMU_DIR)/obj/ops_%.o) $(EMU_DIR)/obj/ops_common.o $(EMU_DIR)/libnnopbase.so
+	$(EMU_LINK) -Wl,-soname,libopapi.so $(filter %.o,$^) -lnnopbase -lascendcl -o $@
