@@ -25,10 +25,11 @@ PROMPT_LENGTH = 24
 DECODE_STEPS = 8
 GREEDY_TOKENS = 16
 TOPK = 8
-# |aclnn - cpu| <= ATOL + RTOL * max|cpu logits| per position: the device computes activations in the weight
-# dtype (fp16/bf16) where the cpu backend keeps f32, so the bound is wider than the cpu-vs-transformers one.
-ATOL = {"fp16": 2e-2, "bf16": 1.5e-1}
-RTOL = 1e-2
+# |aclnn - cpu| <= ATOL + RTOL * max|cpu logits| per position: twice the bound each backend meets against
+# transformers in the tests (tests/test_parity.py, tests/test_aclnn_backend.py), since both errors add up here.
+ATOL = {"fp16": 1e-2, "bf16": 1.2e-1}
+RTOL = 4e-3
+TIE_GAP = ATOL  # tokens may part right after the cpu's own top-2 logits came closer than this
 
 
 @dataclass
@@ -59,6 +60,14 @@ def _pipelined_greedy(session: NativeSession, prompt: list[int], count: int) -> 
         tokens.append(session.read())
     session.discard()
     return tokens
+
+
+def near_tie_gap(path: Path, ids: list[int], context: int) -> float:
+    """The cpu backend's gap between its two largest logits after `ids` (where two greedy runs parted)."""
+    with Model(path, "cpu") as cpu:
+        logits, _ = cpu.session(context).prefill(ids, logits="last")
+    top2 = np.sort(logits)[-2:]
+    return float(top2[1] - top2[0])
 
 
 def _prompt(vocab: int) -> list[int]:
@@ -118,11 +127,15 @@ def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bo
                         "bit-identical", graph_tokens == eager_tokens))
         if cpu is not None:
             parted = next((i for i, (a, b) in enumerate(zip(graph_tokens, cpu_tokens)) if a != b), None)
-            rows.append(Row(f"greedy {GREEDY_TOKENS} tokens vs cpu", "identical" if parted is None
-                            else f"part at token {parted}", "identical", parted is None))
+            if parted is None:
+                rows.append(Row(f"greedy {GREEDY_TOKENS} tokens vs cpu", "identical", "identical", True))
+            else:
+                gap = near_tie_gap(path, prompt + cpu_tokens[:parted], context)
+                rows.append(Row(f"greedy {GREEDY_TOKENS} tokens vs cpu", f"part at {parted}, gap {gap:.2g}",
+                                f"gap < {TIE_GAP[dtype]:g}", gap < TIE_GAP[dtype]))
         golden_json = path.with_suffix(".json")
-        if golden_json.is_file():
-            golden = json.loads(golden_json.read_text())
+        golden = json.loads(golden_json.read_text()) if golden_json.is_file() else {}
+        if golden.get("asw") == path.name and "expected_tokens" in golden:
             expected = golden["expected_tokens"]
             g.reset()
             got = _pipelined_greedy(g, golden["prompt_ids"], len(expected))

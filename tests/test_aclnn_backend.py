@@ -5,8 +5,10 @@ Each case runs the backend in a subprocess (tests/aclnn_worker.py; CANN is opene
 stays loaded, while other test files check what happens when it is missing). The emulator is independent of the
 cpu backend (its own reference loops, from the CANN documentation), so agreement means something.
 
-Tolerances: the device keeps activations in the weight dtype between operators (fp16/bf16), where the cpu backend
-keeps f32, so the logits bound vs transformers is wider than test_parity.py's: ATOL[dtype] + RTOL * max|logits|.
+Tolerances (|ours - transformers| <= ATOL[dtype] + RTOL * max|logits| per position): fp16 files get exactly
+test_parity.py's bound for the cpu backend. The device keeps activations in the weight dtype between operators where
+the cpu backend keeps f32; with bf16 (8 mantissa bits) that costs up to 1.18x the cpu bound on these checkpoints
+(measured, prefill logits), so bf16 gets 1.5x its ATOL. A wrong rope, norm, mask or head mapping is O(1) off.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from test_parity import check_greedy, hf_greedy, hf_model, prompt
 
 EMU_DIR = REPO / "build" / "emu"
 WORKER = Path(__file__).parent / "aclnn_worker.py"
-ATOL = {"fp16": 2e-2, "bf16": 1.5e-1}
-RTOL = 1e-2
+ATOL = {"fp16": 5e-3, "bf16": 6e-2}
+RTOL = 2e-3
 TIE_GAP = {dtype: 2 * atol for dtype, atol in ATOL.items()}
 DECODE_STEPS = 8
 GREEDY = 16
