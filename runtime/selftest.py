@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from .generate import GenerationError
 from .model import Model
 from .native import NativeSession
 
@@ -78,6 +79,9 @@ def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bo
     """Run every check, print the table; True if all pass."""
     started = time.perf_counter()
     path = model_path if model_path is not None else GOLDEN
+    if model_path is None and not GOLDEN.is_file():
+        raise GenerationError(f"the golden model ships with the source tree only ({GOLDEN} is missing): "
+                              "pass a .asw file to check")
     rows: list[Row] = []
     graph = Model(path, "aclnn", device=device)
     eager = Model(path, "aclnn", device=device, eager=True)
