@@ -52,7 +52,8 @@ setup(
                 ACLNN_PLUGIN,
                 sources=sorted(glob.glob("native/src/aclnn/*.cpp")),
                 include_dirs=["native/include", "native/src"],
-                depends=sorted(glob.glob("native/src/aclnn/*.h")) + ["native/src/backend.h", "native/include/asw.h"],
+                depends=sorted(glob.glob("native/src/aclnn/*.h"))
+                + ["native/src/backend.h", "native/src/rope.h", "native/include/asw.h"],
                 language="c++",
                 extra_compile_args=["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
                 extra_link_args=["-Wl,--no-undefined"],

@@ -28,6 +28,7 @@
 
 extern "C" {
 #include "backend.h"
+#include "rope.h"
 }
 #include "cann_loader.h"
 
@@ -244,31 +245,6 @@ aclnn_model::~aclnn_model() {
     if (device_set) A->aclrtResetDevice(device);
 }
 
-/* RoPE inverse frequencies exactly as transformers computes them (f32 ops, same order as the cpu backend) */
-std::vector<float> rope_inv_freq(const asw_config *c) {
-    int half = c->head_dim / 2;
-    std::vector<float> inv(half);
-    for (int j = 0; j < half; j++) inv[j] = 1.0f / std::pow(c->rope_theta, (float)(2 * j) / (float)c->head_dim);
-    if (c->rope_scaling != ASW_ROPE_LLAMA3) return inv;
-    /* transformers modeling_rope_utils._compute_llama3_parameters */
-    float factor = c->rope_factor;
-    double old_len = (double)c->rope_original_max_pos;
-    float low_wavelen = (float)(old_len / c->rope_low_freq_factor);
-    float high_wavelen = (float)(old_len / c->rope_high_freq_factor);
-    float band = (float)((double)c->rope_high_freq_factor - (double)c->rope_low_freq_factor);
-    for (int j = 0; j < half; j++) {
-        float f = inv[j];
-        float wavelen = (1.0f / f) * (float)(2.0 * 3.14159265358979323846);
-        if (wavelen > low_wavelen) {
-            inv[j] = f / factor;
-        } else if (!(wavelen < high_wavelen)) {
-            float smooth = ((1.0f / wavelen) * (float)old_len - c->rope_low_freq_factor) / band;
-            inv[j] = (1.0f - smooth) * f / factor + smooth * f;
-        }
-    }
-    return inv;
-}
-
 aclTensor *vector_view(const aclnn_model &m, const asw_weight &w, const char *what) {
     if (w.layout != ASW_LAYOUT_ND)
         fail(ASW_ERR_ARG, format("aclnn backend: %s must be ND (the file says NZ)", what));
@@ -323,7 +299,8 @@ void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, 
         m->device = opt->device_id;
         m->eager = opt->eager != 0;
         m->dt = cfg->dtype == ASW_DTYPE_F16 ? ACL_FLOAT16 : ACL_BF16;
-        m->inv_freq = rope_inv_freq(cfg);
+        m->inv_freq.resize((size_t)(cfg->head_dim / 2));
+        asw_rope_inv_freq(cfg, m->inv_freq.data());
 
         init_runtime();
         uint32_t count = 0;
