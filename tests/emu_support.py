@@ -244,6 +244,19 @@ class DevArray:
         return as_float(raw, self.dtype) if self.dtype in (FLOAT, FLOAT16, BF16, DOUBLE) else raw
 
 
+def fia_args(emu: Emu, q: DevArray, keys, values, n: int, nkv: int, scale: float, layout: str, out: DevArray, mask=None,
+             kv_lens=None, sparse: int = 0, lse=None, pre: int = 2147483647, nxt: int = 2147483647) -> list:
+    """Phase-1 arguments of aclnnFusedInferAttentionScoreV4 (all quantisation/paging inputs null)."""
+    kl, vl = emu.tensor_list([k.t for k in keys]), emu.tensor_list([v.t for v in values])
+    args = [ctypes.c_void_p(q.t), ctypes.c_void_p(kl), ctypes.c_void_p(vl), None, ctypes.c_void_p(mask.t) if mask else None, None,
+            ctypes.c_void_p(emu.int_array(kv_lens)) if kv_lens else None] + [None] * 22
+    args += [ctypes.c_int64(n), ctypes.c_double(scale), ctypes.c_int64(pre), ctypes.c_int64(nxt), ctypes.c_char_p(layout.encode()),
+             ctypes.c_int64(nkv), ctypes.c_int64(sparse), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0),
+             ctypes.c_bool(lse is not None), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_void_p(out.t),
+             ctypes.c_void_p(lse.t) if lse else None]
+    return args
+
+
 def run_python(code: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter with tests/ on sys.path (for crashing and per-process checks)."""
     prelude = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from emu_support import (ACLNN_ERR_PARAM_INVALID, D2H, FLOAT, FLOAT16, H2D, INT32, INT64, AclError, DevArray, Emu,
+from emu_support import (ACLNN_ERR_PARAM_INVALID, D2H, FLOAT16, H2D, INT32, INT64, AclError, DevArray, Emu, fia_args,
                          run_python)
 
 
@@ -195,6 +195,41 @@ def test_captured_host_values_replay_as_captured(emu):
     assert staged.read()[0] == 202
     emu.check("aclmdlRIDestroy", emu.acl.aclmdlRIDestroy(model))
     assert emu.acl.aclmdlRIExecuteAsync(model, s) != 0
+
+
+def test_captured_attention_keeps_its_host_kv_length(emu):
+    """actualSeqLengthsKv is a host aclIntArray: a captured FIA replays the length it was captured with, while the
+    device memory it reads (the KV cache) is read at each replay."""
+    rng = np.random.default_rng(1)
+    n, d, s2 = 2, 8, 6
+    q = DevArray(emu, rng.standard_normal((1, 1, n * d)), FLOAT16)
+    k = DevArray(emu, rng.standard_normal((1, s2, n * d)), FLOAT16)
+    out, eager = DevArray(emu, np.zeros((1, 1, n * d)), FLOAT16), DevArray(emu, np.zeros((1, 1, n * d)), FLOAT16)
+    s = emu.new_stream()
+    ws, ex = emu.phase1("FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], n, n, 0.3, "BSH", out, kv_lens=[3]))
+    wsp = emu.malloc(ws)
+    emu.check("aclmdlRICaptureBegin", emu.acl.aclmdlRICaptureBegin(s, 0))
+    emu.phase2("FusedInferAttentionScoreV4", ws, ex, stream=s, workspace=wsp)
+    model = ctypes.c_void_p()
+    emu.check("aclmdlRICaptureEnd", emu.acl.aclmdlRICaptureEnd(s, ctypes.byref(model)))
+
+    def replay():
+        emu.check("aclmdlRIExecuteAsync", emu.acl.aclmdlRIExecuteAsync(model, s))
+        emu.sync(s)
+        emu.run("FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], n, n, 0.3, "BSH", eager, kv_lens=[3]))
+        return out.read()
+
+    first = replay()
+    np.testing.assert_array_equal(first, eager.read())
+    rows = k.host.copy()
+    rows[0, 3:] = rng.standard_normal((s2 - 3, n * d)).astype(np.float16)  # beyond the captured length
+    emu.check("aclrtMemcpy", emu.acl.aclrtMemcpy(k.ptr, rows.nbytes, rows.ctypes.data, rows.nbytes, H2D))
+    np.testing.assert_array_equal(replay(), first)
+    rows[0, :3] = rng.standard_normal((3, n * d)).astype(np.float16)  # inside it: read at replay
+    emu.check("aclrtMemcpy", emu.acl.aclrtMemcpy(k.ptr, rows.nbytes, rows.ctypes.data, rows.nbytes, H2D))
+    second = replay()
+    assert not np.array_equal(second, first)
+    np.testing.assert_array_equal(second, eager.read())
 
 
 def test_task_update_changes_a_captured_group(emu):

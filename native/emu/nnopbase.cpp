@@ -210,21 +210,45 @@ void TV::seti(int64_t e, int64_t v) const {
     }
 }
 
+/* Calls f(lin, e) for every view element in row-major order; ND views walk their strides without divisions. */
+template <typename F> static void for_each_elem(const TV &t, F f) {
+    int64_t n = t.numel();
+    if (n == 0) return;
+    if (t.d.format == ACL_FORMAT_FRACTAL_NZ) {
+        for (int64_t i = 0; i < n; i++) f(i, t.elem(i));
+        return;
+    }
+    size_t r = t.d.view.size();
+    std::vector<int64_t> idx(r, 0);
+    int64_t e = t.d.offset;
+    for (int64_t i = 0; i < n; i++) {
+        f(i, e);
+        for (size_t k = r; k-- > 0;) { /* odometer step */
+            if (++idx[k] < t.d.view[k]) {
+                e += t.d.strides[k];
+                break;
+            }
+            e -= (t.d.view[k] - 1) * t.d.strides[k];
+            idx[k] = 0;
+        }
+    }
+}
+
 std::vector<float> TV::load() const {
     std::vector<float> out((size_t)numel());
-    for (int64_t i = 0; i < (int64_t)out.size(); i++) out[i] = getf(elem(i));
+    for_each_elem(*this, [&](int64_t i, int64_t e) { out[i] = getf(e); });
     return out;
 }
 std::vector<int64_t> TV::loadi() const {
     std::vector<int64_t> out((size_t)numel());
-    for (int64_t i = 0; i < (int64_t)out.size(); i++) out[i] = geti(elem(i));
+    for_each_elem(*this, [&](int64_t i, int64_t e) { out[i] = geti(e); });
     return out;
 }
 void TV::store(const std::vector<float> &v) const {
-    for (int64_t i = 0; i < (int64_t)v.size(); i++) setf(elem(i), v[i]);
+    for_each_elem(*this, [&](int64_t i, int64_t e) { setf(e, v[i]); });
 }
 void TV::storei(const std::vector<int64_t> &v) const {
-    for (int64_t i = 0; i < (int64_t)v.size(); i++) seti(elem(i), v[i]);
+    for_each_elem(*this, [&](int64_t i, int64_t e) { seti(e, v[i]); });
 }
 
 /* ------------------------------------------------------------------ executors */

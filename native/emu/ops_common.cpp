@@ -96,23 +96,23 @@ int64_t broadcast_index(int64_t lin, const Dims &out, const Dims &in) {
 int matmul_kernel(const TV &a, const TV &b, const TV *bias, float alpha, float beta, const TV &out, char *ws) {
     int64_t M = a.d.view[0], K = a.d.view[1], N = b.d.view[1];
     float *acc = (float *)ws; /* [M, N] fp32 accumulators in the workspace */
-    std::vector<float> arow((size_t)K);
-    std::vector<float> bmat = b.load(); /* [K, N] */
-    for (int64_t m = 0; m < M; m++) {
-        for (int64_t k = 0; k < K; k++) arow[k] = a.getf(a.elem(m * K + k));
-        for (int64_t n = 0; n < N; n++) {
-            float s = 0.0f;
-            for (int64_t k = 0; k < K; k++) s += arow[k] * bmat[(size_t)(k * N + n)];
-            acc[m * N + n] = s;
-        }
-    }
-    Dims od = out.d.view;
+    std::vector<float> am = a.load(), bm = b.load(), bt((size_t)(N * K));
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t n = 0; n < N; n++) bt[(size_t)(n * K + k)] = bm[(size_t)(k * N + n)];
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
-            float v = alpha * acc[m * N + n];
-            if (bias) v += beta * bias->getf(bias->elem(broadcast_index(m * N + n, od, bias->d.view)));
-            out.setf(out.elem(m * N + n), v);
+            const float *x = &am[(size_t)(m * K)], *y = &bt[(size_t)(n * K)];
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++) s += x[k] * y[k];
+            acc[m * N + n] = s;
         }
+    std::vector<float> res((size_t)(M * N));
+    Dims od = out.d.view;
+    for (int64_t i = 0; i < M * N; i++) {
+        res[(size_t)i] = alpha * acc[i];
+        if (bias) res[(size_t)i] += beta * bias->getf(bias->elem(broadcast_index(i, od, bias->d.view)));
+    }
+    out.store(res);
     return 0;
 }
 
