@@ -1,6 +1,8 @@
 """`ascend-run --backend aclnn --selftest [MODEL.asw]`: the bring-up check for a machine with an Ascend NPU.
 
-It opens the model on the aclnn backend twice (graph replay and eager decode) and, for ND files, on the cpu backend,
+First every ACLNN operator the backend uses runs once on the device at the model's shapes against a numpy
+reference (runtime/opcheck.py; the matmul with the file's own layer-0 QKV weight, ND or FRACTAL_NZ). Then it opens
+the model on the aclnn backend twice (graph replay and eager decode) and, for ND files, on the cpu backend,
 then checks, printing one table row each: prefill logits at every position against the cpu backend, host-fed decode
 logits, top-k, greedy tokens through the pipelined device decode (graph and eager bit-identical, and equal to the
 cpu backend's except right after a near-tie), and, for the golden model that ships with the source tree
@@ -17,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import opcheck
 from .generate import GenerationError
 from .model import Model
 from .native import NativeSession
@@ -63,6 +66,22 @@ def _pipelined_greedy(session: NativeSession, prompt: list[int], count: int) -> 
     return tokens
 
 
+def _operator_rows(path: Path, device: int) -> list[opcheck.Result]:
+    """The per-operator table at the model's shapes (its layer-0 QKV weight and bias from the file)."""
+    from . import format as fmt
+
+    with fmt.AswFile.open(path) as asw:
+        entry = asw.by_name["blk.0.attn_qkv.weight"]
+        weight = asw.tensor_bytes(entry.name).view(np.uint16).copy()
+        bias = None
+        if "blk.0.attn_qkv.bias" in asw.by_name:
+            bias = asw.tensor_bytes("blk.0.attn_qkv.bias").view(np.uint16).copy()
+        config = dict(asw.manifest["config"])
+        config.setdefault("head_dim", int(config["hidden_size"]) // int(config["num_attention_heads"]))
+        return opcheck.check_all(config, asw.dtype, (weight, entry.layout, entry.shape[0], entry.shape[1]), bias,
+                                 device)
+
+
 def near_tie_gap(path: Path, ids: list[int], context: int) -> float:
     """The cpu backend's gap between its two largest logits after `ids` (where two greedy runs parted)."""
     with Model(path, "cpu") as cpu:
@@ -83,11 +102,19 @@ def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bo
         raise GenerationError(f"the golden model ships with the source tree only ({GOLDEN} is missing): "
                               "pass a .asw file to check")
     rows: list[Row] = []
+    echo(f"model: {path}")
+    op_rows = _operator_rows(path, device)
+    echo(f"{'operator':<28} {'shapes':<52} {'max err/max|ref|':<17} {'bound':<8} status")
+    for r in op_rows:
+        err = "exact" if r.bound == 0 and r.ok else f"{r.error:.2e}"
+        echo(f"{r.op:<28} {r.shapes:<52} {err:<17} {r.bound:<8.0e} {'PASS' if r.ok else 'FAIL'}")
+    rows.append(Row(f"{len(op_rows)} operator checks", f"{sum(r.ok for r in op_rows)} pass", "all",
+                    all(r.ok for r in op_rows)))
     graph = Model(path, "aclnn", device=device)
     eager = Model(path, "aclnn", device=device, eager=True)
     cpu = Model(path, "cpu") if graph.asw.layout == "nd" else None
     dtype = graph.asw.dtype
-    echo(f"model: {path} ({dtype}, {graph.asw.layout})")
+    echo(f"model: {dtype}, {graph.asw.layout}")
     echo(f"device: {graph.native.describe()}")
     with graph, eager:
         prompt = _prompt(graph.native.vocab)

@@ -847,6 +847,196 @@ int32_t decode_discard(void *bs) {
     });
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * one operator on host data (the self-test's per-operator table; runtime/selftest.py holds the references)
+ * ------------------------------------------------------------------------------------------------------------ */
+
+/* how an argument is described to the operator */
+enum { ARG_ND = 0, ARG_WEIGHT_ND = 1, ARG_WEIGHT_NZ = 2 };
+
+}  // namespace
+
+extern "C" {
+/* One argument of asw_aclnn_op_check: host data in, and the same buffer receives the device contents afterwards. */
+typedef struct asw_op_arg {
+    void *host;
+    int64_t nbytes;  /* bytes at host */
+    int32_t dtype;   /* aclDataType */
+    int32_t kind;    /* ARG_ND: contiguous `dims`; ARG_WEIGHT_ND / _NZ: a row-major (or NZ) [N, K] weight = dims,
+                      * passed as the transposed view [K, N] as the backend does */
+    int32_t ndim;
+    int32_t pad;
+    int64_t dims[4];
+} asw_op_arg;
+}
+
+namespace {
+
+struct op_check_state {
+    int32_t device = -1;
+    aclrtContext ctx = nullptr;
+    aclrtStream stream = nullptr;
+    std::vector<void *> buffers;
+    ~op_check_state() {
+        if (A == nullptr) return;
+        if (ctx != nullptr) A->aclrtSetCurrentContext(ctx);
+        if (stream != nullptr) A->aclrtSynchronizeStream(stream);
+        for (void *b : buffers) A->aclrtFree(b);
+        if (stream != nullptr) A->aclrtDestroyStream(stream);
+        if (ctx != nullptr) A->aclrtDestroyContext(ctx);
+        if (device >= 0) A->aclrtResetDevice(device);
+    }
+};
+
+aclTensor *arg_tensor(tensors &T, const asw_op_arg &a, void *dev) {
+    aclDataType dt = (aclDataType)a.dtype;
+    if (a.kind == ARG_ND) return T.nd(dev, dt, std::vector<int64_t>(a.dims, a.dims + a.ndim));
+    int64_t n = a.dims[0], k = a.dims[1], dims[2] = {k, n}, strides[2] = {1, k};
+    aclTensor *t;
+    if (a.kind == ARG_WEIGHT_NZ) {
+        int64_t storage[4] = {(k + 15) / 16, (n + 15) / 16, 16, 16};
+        t = A->aclCreateTensor(dims, 2, dt, strides, 0, ACL_FORMAT_FRACTAL_NZ, storage, 4, dev);
+    } else {
+        int64_t storage[2] = {n, k};
+        t = A->aclCreateTensor(dims, 2, dt, strides, 0, ACL_FORMAT_ND, storage, 2, dev);
+    }
+    if (t == nullptr) fail(ASW_ERR_BACKEND, "aclCreateTensor failed for a weight");
+    T.owned.push_back(t);
+    return t;
+}
+
+void op_check(int32_t device, const std::string &op, asw_op_arg *args, int32_t n, const double *attrs,
+              int32_t n_attrs) {
+    if (A == nullptr) {
+        std::string why;
+        const cann_api *loaded = cann_load(&why);
+        if (loaded == nullptr) fail(ASW_ERR_BACKEND, "backend 'aclnn' cannot run here: " + why);
+        g_api.store(loaded, std::memory_order_release);
+    }
+    init_runtime();
+    op_check_state st;
+    ACL_CHECK(aclrtSetDevice, device);
+    st.device = device;
+    ACL_CHECK(aclrtCreateContext, &st.ctx, device);
+    ACL_CHECK(aclrtSetCurrentContext, st.ctx);
+    ACL_CHECK(aclrtCreateStream, &st.stream);
+    std::vector<void *> dev((size_t)n);
+    tensors T;
+    std::vector<aclTensor *> t((size_t)n);
+    for (int32_t i = 0; i < n; i++) {
+        ACL_CHECK(aclrtMalloc, &dev[(size_t)i], (size_t)args[i].nbytes, ACL_MEM_MALLOC_HUGE_FIRST);
+        st.buffers.push_back(dev[(size_t)i]);
+        ACL_CHECK(aclrtMemcpy, dev[(size_t)i], (size_t)args[i].nbytes, args[i].host, (size_t)args[i].nbytes,
+                  ACL_MEMCPY_HOST_TO_DEVICE);
+        t[(size_t)i] = arg_tensor(T, args[i], dev[(size_t)i]);
+    }
+    auto need = [&](int32_t args_wanted, int32_t attrs_wanted) {
+        if (n != args_wanted || n_attrs < attrs_wanted)
+            fail(ASW_ERR_ARG, format("%s takes %d arguments and %d attributes", op.c_str(), (int)args_wanted,
+                                     (int)attrs_wanted));
+    };
+    /* the workspace: phase 1 sizes it, then the same call runs for real */
+    aclnn_session s;
+    s.stream = st.stream;
+    auto run = [&](auto &&call) {
+        s.how = mode::size;
+        call();
+        s.how = mode::run;
+        s.ws_size = s.ws_needed;
+        if (s.ws_size > 0) {
+            ACL_CHECK(aclrtMalloc, &s.ws, (size_t)s.ws_size, ACL_MEM_MALLOC_HUGE_FIRST);
+            st.buffers.push_back(s.ws);
+        }
+        call();
+        s.ws = nullptr; /* freed with st.buffers */
+    };
+    const int8_t keep = 0;
+    static char layout[] = "BSND";
+    if (op == "RmsNorm") {
+        need(4, 1);
+        run([&] { OP(s, RmsNorm, t[0], t[1], attrs[0], t[2], t[3]); });
+    } else if (op == "AddRmsNorm") {
+        need(6, 1);
+        run([&] { OP(s, AddRmsNorm, t[0], t[1], t[2], attrs[0], t[3], t[4], t[5]); });
+    } else if (op == "Mm") {
+        need(3, 0);
+        if (args[1].kind == ARG_WEIGHT_NZ) run([&] { OP(s, MatmulWeightNz, t[0], t[1], t[2], keep); });
+        else run([&] { OP(s, Mm, t[0], t[1], t[2], keep); });
+    } else if (op == "Addmm") {
+        float one = 1.0f;
+        aclScalar *alpha = A->aclCreateScalar(&one, ACL_FLOAT);
+        need(4, 0);
+        try {
+            if (args[2].kind == ARG_WEIGHT_NZ)
+                run([&] { OP(s, AddmmWeightNz, t[0], t[1], t[2], alpha, alpha, t[3], keep); });
+            else run([&] { OP(s, Addmm, t[0], t[1], t[2], alpha, alpha, t[3], keep); });
+        } catch (...) {
+            A->aclDestroyScalar(alpha);
+            throw;
+        }
+        A->aclDestroyScalar(alpha);
+    } else if (op == "RotaryPositionEmbedding") {
+        need(4, 1);
+        run([&] { OP(s, RotaryPositionEmbedding, t[0], t[1], t[2], (int64_t)attrs[0], t[3]); });
+    } else if (op == "SwiGlu") {
+        need(2, 0);
+        run([&] { OP(s, SwiGlu, t[0], (int64_t)-1, t[1]); });
+    } else if (op == "FusedInferAttentionScoreV4") {
+        need(5, 2); /* query [1, S, Hq, D], key, value [1, KV, Hkv, D], mask, out; attrs Hq, Hkv */
+        const int64_t Hq = (int64_t)attrs[0], Hkv = (int64_t)attrs[1], D = args[0].dims[3];
+        auto list = [&](int i) {
+            std::vector<int64_t> dims(args[i].dims, args[i].dims + args[i].ndim);
+            return T.list1(dev[(size_t)i], (aclDataType)args[i].dtype, dims, 0);
+        };
+        aclTensorList *k = list(1), *v = list(2);
+        const aclTensor *none = nullptr;
+        run([&] {
+            OP(s, FusedInferAttentionScoreV4, t[0], k, v, none, t[3], (const aclIntArray *)nullptr,
+               (const aclIntArray *)nullptr, none, none, none, none, none, none, none, none, none, none, none, none,
+               none, none, none, none, (const aclIntArray *)nullptr, none, none, none, none, none, Hq,
+               1.0 / std::sqrt((double)D), kNoLimit, kNoLimit, layout, Hkv, (int64_t)0, (int64_t)0, (int64_t)0,
+               (int64_t)0, false, (int64_t)0, (int64_t)0, (int64_t)0, t[4], none);
+        });
+    } else if (op == "InplaceIndexCopy") {
+        need(3, 0);
+        run([&] { OP(s, InplaceIndexCopy, t[0], (int64_t)0, t[1], t[2]); });
+    } else if (op == "Embedding") {
+        need(3, 0);
+        run([&] { OP(s, Embedding, t[0], t[1], t[2]); });
+    } else if (op == "ArgMax") {
+        need(2, 0);
+        run([&] { OP(s, ArgMax, t[0], (int64_t)-1, false, t[1]); });
+    } else if (op == "Topk") {
+        need(3, 1);
+        run([&] { OP(s, Topk, t[0], (int64_t)attrs[0], (int64_t)-1, true, true, t[1], t[2]); });
+    } else if (op == "GtTensor") {
+        need(3, 0);
+        run([&] { OP(s, GtTensor, t[0], t[1], t[2]); });
+    } else if (op == "InplaceAdds") {
+        need(1, 1);
+        int32_t value = (int32_t)attrs[0], one = 1;
+        aclScalar *other = A->aclCreateScalar(&value, ACL_INT32), *alpha = A->aclCreateScalar(&one, ACL_INT32);
+        try {
+            run([&] { OP(s, InplaceAdds, t[0], other, alpha); });
+        } catch (...) {
+            A->aclDestroyScalar(other);
+            A->aclDestroyScalar(alpha);
+            throw;
+        }
+        A->aclDestroyScalar(other);
+        A->aclDestroyScalar(alpha);
+    } else if (op == "InplaceCopy") {
+        need(2, 0);
+        run([&] { OP(s, InplaceCopy, t[0], t[1]); });
+    } else {
+        fail(ASW_ERR_ARG, "unknown operator " + op);
+    }
+    ACL_CHECK(aclrtSynchronizeStream, st.stream);
+    for (int32_t i = 0; i < n; i++)
+        ACL_CHECK(aclrtMemcpy, args[i].host, (size_t)args[i].nbytes, dev[(size_t)i], (size_t)args[i].nbytes,
+                  ACL_MEMCPY_DEVICE_TO_HOST);
+}
+
 /* the function table, filled by field name so it follows backend.h */
 asw_backend make_table() {
     asw_backend t{};
@@ -867,6 +1057,22 @@ asw_backend make_table() {
 }
 
 }  // namespace
+
+/* Run one operator on host buffers on `device` (its own context and stream): every argument is uploaded, the
+ * operator runs (phase 1 sizes the workspace first), every argument comes back. 0, or -1 with `error` filled. For
+ * the self-test's per-operator table; the argument order of each operator is in op_check(). */
+extern "C" __attribute__((visibility("default"))) int32_t asw_aclnn_op_check(int32_t device, const char *op,
+                                                                           asw_op_arg *args, int32_t n_args,
+                                                                           const double *attrs, int32_t n_attrs,
+                                                                           char *error, int32_t error_len) {
+    try {
+        op_check(device, op, args, n_args, attrs, n_attrs);
+        return 0;
+    } catch (const std::exception &e) {
+        if (error != nullptr && error_len > 0) snprintf(error, (size_t)error_len, "%s", e.what());
+        return -1;
+    }
+}
 
 extern "C" __attribute__((visibility("default"))) const asw_backend *asw_backend_entry(const asw_host *host) {
     if (host == nullptr || host->set_error == nullptr) return nullptr;
