@@ -271,6 +271,15 @@ matrix matrix_view(const aclnn_model &m, const asw_weight &w) {
     return r;
 }
 
+/* open CANN (once per process; every caller gets the same table) */
+void ensure_api() {
+    if (A != nullptr) return;
+    std::string why;
+    const cann_api *loaded = cann_load(&why);
+    if (loaded == nullptr) fail(ASW_ERR_BACKEND, "backend 'aclnn' cannot run here: " + why);
+    g_api.store(loaded, std::memory_order_release);
+}
+
 /* aclInit may run once per process; a repeated call answers ACL_ERROR_REPEAT_INITIALIZE, which is fine */
 void init_runtime() {
     int32_t rc = A->aclInit(nullptr);
@@ -281,12 +290,7 @@ void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, 
                  const asw_open_options *opt) {
     void *result = nullptr;
     guarded([&]() -> int32_t {
-        if (A == nullptr) {
-            std::string why;
-            const cann_api *loaded = cann_load(&why); /* once per process; every caller gets the same table */
-            if (loaded == nullptr) fail(ASW_ERR_BACKEND, "backend 'aclnn' cannot run here: " + why);
-            g_api.store(loaded, std::memory_order_release);
-        }
+        ensure_api();
         if (cfg->dtype != ASW_DTYPE_F16 && cfg->dtype != ASW_DTYPE_BF16)
             fail(ASW_ERR_ARG, format("aclnn backend: weight dtype %d is not fp16 or bf16", (int)cfg->dtype));
         if (cfg->head_dim % 2 != 0)
@@ -694,7 +698,7 @@ void *session_init(void *bm, const asw_session_options *opt) {
     return result;
 }
 
-/* wait for the stream and forget queued steps and graphs' inputs */
+/* wait for the stream and forget the queued steps and the device-held token/position */
 int32_t session_reset(void *bs) {
     return guarded([&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
@@ -836,16 +840,8 @@ int32_t decode_read(void *bs, int32_t *token) {
     });
 }
 
-int32_t decode_discard(void *bs) {
-    return guarded([&]() -> int32_t {
-        aclnn_session &s = *static_cast<aclnn_session *>(bs);
-        s.m->make_current();
-        ACL_CHECK(aclrtSynchronizeStream, s.stream);
-        s.head = s.pending = 0;
-        s.dev_pos = -1; /* the kept token belongs to a dropped step */
-        return 0;
-    });
-}
+/* dropping the queued steps is a reset: the kept token belongs to a dropped step (model.c asks for a forward) */
+int32_t decode_discard(void *bs) { return session_reset(bs); }
 
 /* ------------------------------------------------------------------------------------------------------------
  * one operator on host data (the self-test's per-operator table; runtime/selftest.py holds the references)
@@ -907,12 +903,7 @@ aclTensor *arg_tensor(tensors &T, const asw_op_arg &a, void *dev) {
 
 void op_check(int32_t device, const std::string &op, asw_op_arg *args, int32_t n, const double *attrs,
               int32_t n_attrs) {
-    if (A == nullptr) {
-        std::string why;
-        const cann_api *loaded = cann_load(&why);
-        if (loaded == nullptr) fail(ASW_ERR_BACKEND, "backend 'aclnn' cannot run here: " + why);
-        g_api.store(loaded, std::memory_order_release);
-    }
+    ensure_api();
     init_runtime();
     op_check_state st;
     ACL_CHECK(aclrtSetDevice, device);
