@@ -22,8 +22,18 @@ EMU_DIR = REPO / "build" / "emu"
 FLOAT, FLOAT16, INT8, INT32, UINT8, INT16, INT64, DOUBLE, BOOL, BF16 = 0, 1, 2, 3, 4, 6, 9, 11, 12, 27
 FORMAT_ND, FORMAT_NZ = 2, 29
 H2H, H2D, D2H, D2D = 0, 1, 2, 3
-NP_DTYPES = {FLOAT: np.float32, FLOAT16: np.float16, INT8: np.int8, INT32: np.int32, UINT8: np.uint8,
-             INT16: np.int16, INT64: np.int64, DOUBLE: np.float64, BOOL: np.bool_, BF16: np.uint16}
+NP_DTYPES = {
+    FLOAT: np.float32,
+    FLOAT16: np.float16,
+    INT8: np.int8,
+    INT32: np.int32,
+    UINT8: np.uint8,
+    INT16: np.int16,
+    INT64: np.int64,
+    DOUBLE: np.float64,
+    BOOL: np.bool_,
+    BF16: np.uint16,
+}
 ACLNN_ERR_PARAM_NULLPTR, ACLNN_ERR_PARAM_INVALID = 161001, 161002
 
 _built = False
@@ -91,29 +101,65 @@ class Emu:
         mode = os.RTLD_GLOBAL | os.RTLD_NOW
         self.acl = ctypes.CDLL(str(d / "libascendcl.so"), mode=mode)
         self.nn = ctypes.CDLL(str(d / "libnnopbase.so"), mode=mode)
-        self.ops = {name: ctypes.CDLL(str(d / f"libopapi_{name}.so"), mode=mode)
-                    for name in ("math", "nn", "transformer")}
+        self.ops = {
+            name: ctypes.CDLL(str(d / f"libopapi_{name}.so"), mode=mode) for name in ("math", "nn", "transformer")
+        }
         self.acl.aclGetRecentErrMsg.restype = ctypes.c_char_p
         self.acl.aclrtGetSocName.restype = ctypes.c_char_p
         self.nn.aclCreateTensor.restype = ctypes.c_void_p
-        self.nn.aclCreateTensor.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_uint64, ctypes.c_int,
-                                            ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int,
-                                            ctypes.POINTER(ctypes.c_int64), ctypes.c_uint64, ctypes.c_void_p]
+        self.nn.aclCreateTensor.argtypes = [
+            ctypes.POINTER(ctypes.c_int64),
+            ctypes.c_uint64,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int64),
+            ctypes.c_int64,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int64),
+            ctypes.c_uint64,
+            ctypes.c_void_p,
+        ]
         for fn in ("aclCreateScalar", "aclCreateIntArray", "aclCreateTensorList", "aclCreateBoolArray"):
             getattr(self.nn, fn).restype = ctypes.c_void_p
         self.nn.aclCreateScalar.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self.nn.aclCreateIntArray.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_uint64]
         self.nn.aclCreateTensorList.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint64]
-        for fn in ("aclDestroyTensor", "aclDestroyScalar", "aclDestroyIntArray", "aclDestroyTensorList",
-                   "aclSetAclOpExecutorRepeatable", "aclDestroyAclOpExecutor"):
+        for fn in (
+            "aclDestroyTensor",
+            "aclDestroyScalar",
+            "aclDestroyIntArray",
+            "aclDestroyTensorList",
+            "aclSetAclOpExecutorRepeatable",
+            "aclDestroyAclOpExecutor",
+        ):
             getattr(self.nn, fn).argtypes = [ctypes.c_void_p]
-        self.acl.aclrtMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        self.acl.aclrtMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                                              ctypes.c_int, ctypes.c_void_p]
+        self.acl.aclrtMemcpy.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+        ]
+        self.acl.aclrtMemcpyAsync.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         self.acl.aclrtMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_int]
-        for fn in ("aclrtFree", "aclrtFreeHost", "aclrtSynchronizeStream", "aclrtDestroyStream",
-                   "aclmdlRIDestroy", "aclrtSynchronizeEvent", "aclrtDestroyEvent", "aclrtSetCurrentContext",
-                   "aclmdlRICaptureTaskGrpBegin", "aclmdlRICaptureTaskUpdateEnd"):
+        for fn in (
+            "aclrtFree",
+            "aclrtFreeHost",
+            "aclrtSynchronizeStream",
+            "aclrtDestroyStream",
+            "aclmdlRIDestroy",
+            "aclrtSynchronizeEvent",
+            "aclrtDestroyEvent",
+            "aclrtSetCurrentContext",
+            "aclmdlRICaptureTaskGrpBegin",
+            "aclmdlRICaptureTaskUpdateEnd",
+        ):
             getattr(self.acl, fn).argtypes = [ctypes.c_void_p]
         self.acl.aclmdlRIExecuteAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.acl.aclmdlRICaptureBegin.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -123,7 +169,13 @@ class Emu:
         self.acl.aclrtRecordEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.acl.aclrtStreamWaitEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.acl.aclrtResetEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self.acl.aclrtMemsetAsync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_size_t, ctypes.c_void_p]
+        self.acl.aclrtMemsetAsync.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int32,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+        ]
         rc = self.acl.aclInit(None)
         assert rc in (0, 100002), rc
         self.check("aclrtSetDevice", self.acl.aclrtSetDevice(0))
@@ -168,16 +220,18 @@ class Emu:
         self.check("aclrtSynchronizeStream", self.acl.aclrtSynchronizeStream(stream or self.stream))
 
     # ---- nnopbase objects
-    def tensor(self, ptr: int, shape, dtype: int, strides=None, offset: int = 0, fmt: int = FORMAT_ND,
-               storage=None) -> int:
+    def tensor(
+        self, ptr: int, shape, dtype: int, strides=None, offset: int = 0, fmt: int = FORMAT_ND, storage=None
+    ) -> int:
         shape = list(shape)
         if strides is None:
-            strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
+            strides = [int(np.prod(shape[i + 1 :], dtype=np.int64)) for i in range(len(shape))]
         if storage is None:
             storage = [offset + 1 + sum((d - 1) * s for d, s in zip(shape, strides))] if shape else [1]
         arr = lambda v: (ctypes.c_int64 * max(len(v), 1))(*v)  # noqa: E731
-        t = self.nn.aclCreateTensor(arr(shape), len(shape), dtype, arr(strides), offset, fmt, arr(storage),
-                                    len(storage), ptr)
+        t = self.nn.aclCreateTensor(
+            arr(shape), len(shape), dtype, arr(strides), offset, fmt, arr(storage), len(storage), ptr
+        )
         assert t, self.err()
         return t
 
@@ -214,8 +268,7 @@ class Emu:
     def phase2(self, name: str, ws_size: int, ex, stream=None, workspace: int | None = None) -> int | None:
         if workspace is None and ws_size:
             workspace = self.malloc(ws_size)
-        rc = self.op(f"aclnn{name}")(ctypes.c_void_p(workspace), ctypes.c_uint64(ws_size), ex,
-                                     stream or self.stream)
+        rc = self.op(f"aclnn{name}")(ctypes.c_void_p(workspace), ctypes.c_uint64(ws_size), ex, stream or self.stream)
         self.check(f"aclnn{name}", rc)
         return workspace
 
@@ -244,16 +297,52 @@ class DevArray:
         return as_float(raw, self.dtype) if self.dtype in (FLOAT, FLOAT16, BF16, DOUBLE) else raw
 
 
-def fia_args(emu: Emu, q: DevArray, keys, values, n: int, nkv: int, scale: float, layout: str, out: DevArray, mask=None,
-             kv_lens=None, sparse: int = 0, lse=None, pre: int = 2147483647, nxt: int = 2147483647) -> list:
+def fia_args(
+    emu: Emu,
+    q: DevArray,
+    keys,
+    values,
+    n: int,
+    nkv: int,
+    scale: float,
+    layout: str,
+    out: DevArray,
+    mask=None,
+    kv_lens=None,
+    sparse: int = 0,
+    lse=None,
+    pre: int = 2147483647,
+    nxt: int = 2147483647,
+) -> list:
     """Phase-1 arguments of aclnnFusedInferAttentionScoreV4 (all quantisation/paging inputs null)."""
     kl, vl = emu.tensor_list([k.t for k in keys]), emu.tensor_list([v.t for v in values])
-    args = [ctypes.c_void_p(q.t), ctypes.c_void_p(kl), ctypes.c_void_p(vl), None, ctypes.c_void_p(mask.t) if mask else None, None,
-            ctypes.c_void_p(emu.int_array(kv_lens)) if kv_lens else None] + [None] * 22
-    args += [ctypes.c_int64(n), ctypes.c_double(scale), ctypes.c_int64(pre), ctypes.c_int64(nxt), ctypes.c_char_p(layout.encode()),
-             ctypes.c_int64(nkv), ctypes.c_int64(sparse), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0),
-             ctypes.c_bool(lse is not None), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_void_p(out.t),
-             ctypes.c_void_p(lse.t) if lse else None]
+    args = [
+        ctypes.c_void_p(q.t),
+        ctypes.c_void_p(kl),
+        ctypes.c_void_p(vl),
+        None,
+        ctypes.c_void_p(mask.t) if mask else None,
+        None,
+        ctypes.c_void_p(emu.int_array(kv_lens)) if kv_lens else None,
+    ] + [None] * 22
+    args += [
+        ctypes.c_int64(n),
+        ctypes.c_double(scale),
+        ctypes.c_int64(pre),
+        ctypes.c_int64(nxt),
+        ctypes.c_char_p(layout.encode()),
+        ctypes.c_int64(nkv),
+        ctypes.c_int64(sparse),
+        ctypes.c_int64(0),
+        ctypes.c_int64(0),
+        ctypes.c_int64(0),
+        ctypes.c_bool(lse is not None),
+        ctypes.c_int64(0),
+        ctypes.c_int64(0),
+        ctypes.c_int64(0),
+        ctypes.c_void_p(out.t),
+        ctypes.c_void_p(lse.t) if lse else None,
+    ]
     return args
 
 
@@ -261,5 +350,6 @@ def run_python(code: str, env: dict | None = None, timeout: int = 120) -> subpro
     """Run `code` in a fresh interpreter with tests/ on sys.path (for crashing and per-process checks)."""
     prelude = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout, env=full_env
+    )

@@ -46,13 +46,34 @@ def vendor_include() -> Path:
         return include
     wheels = CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                          "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
-                          f"torch-npu=={TORCH_NPU}", "-d", str(wheels)], capture_output=True, text=True, timeout=900)
+    got = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            f"torch-npu=={TORCH_NPU}",
+            "-d",
+            str(wheels),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     wheel = next(wheels.glob(f"torch_npu-{TORCH_NPU}-*.whl"), None)
     if got.returncode != 0 or wheel is None:
         if os.environ.get("CI"):
-            pytest.fail(f"could not download torch-npu=={TORCH_NPU} for its AscendCL headers: {got.stderr.strip()[-500:]}")
+            pytest.fail(
+                f"could not download torch-npu=={TORCH_NPU} for its AscendCL headers: {got.stderr.strip()[-500:]}"
+            )
         pytest.skip(f"torch-npu=={TORCH_NPU} (the vendor headers) could not be downloaded: {got.stderr.strip()[-200:]}")
     with zipfile.ZipFile(wheel) as z:
         members = [m for m in z.namelist() if m.startswith("torch_npu/include/")]
@@ -64,9 +85,23 @@ def vendor_include() -> Path:
 def compile_check(source: str, include: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     src = tmp_path / "check.cpp"
     src.write_text(source)
-    return subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{include}",
-                           f"-I{REPO / 'native' / 'src' / 'aclnn'}", *extra, str(src)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            CXX,
+            "-std=c++17",
+            "-fsyntax-only",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{include}",
+            f"-I{REPO / 'native' / 'src' / 'aclnn'}",
+            *extra,
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cann_api_runtime_matches_vendor_headers(vendor_include, tmp_path):
@@ -81,10 +116,13 @@ def test_emulator_runtime_compiles_against_vendor_headers(vendor_include, tmp_pa
 
 
 def test_the_check_catches_a_wrong_prototype_and_a_wrong_value(vendor_include, tmp_path):
-    wrong = CHECKS + "\nCHECK_VALUE(ACL_FORMAT_FRACTAL_NZ, 30)\n" + \
-        "typedef aclError (*aclrtMalloc_wrong)(void **, size_t, int);\n" + \
-        "static_assert(std::is_same<decltype(&::aclrtMalloc), aclrtMalloc_wrong>::value, \"prototype differs\");\n" + \
-        'extern "C" aclError aclrtFree(const void *devPtr);\n'
+    wrong = (
+        CHECKS
+        + "\nCHECK_VALUE(ACL_FORMAT_FRACTAL_NZ, 30)\n"
+        + "typedef aclError (*aclrtMalloc_wrong)(void **, size_t, int);\n"
+        + 'static_assert(std::is_same<decltype(&::aclrtMalloc), aclrtMalloc_wrong>::value, "prototype differs");\n'
+        + 'extern "C" aclError aclrtFree(const void *devPtr);\n'
+    )
     out = compile_check(wrong, vendor_include, tmp_path)
     assert out.returncode != 0
     assert "value differs from the vendor's: ACL_FORMAT_FRACTAL_NZ" in out.stderr

@@ -8,8 +8,22 @@ import ctypes
 import numpy as np
 import pytest
 
-from emu_support import (ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR, BF16, BOOL, FLOAT, FLOAT16, FORMAT_NZ,
-                         INT32, INT64, AclError, DevArray, Emu, fia_args, round_to)
+from emu_support import (
+    ACLNN_ERR_PARAM_INVALID,
+    ACLNN_ERR_PARAM_NULLPTR,
+    BF16,
+    BOOL,
+    FLOAT,
+    FLOAT16,
+    FORMAT_NZ,
+    INT32,
+    INT64,
+    AclError,
+    DevArray,
+    Emu,
+    fia_args,
+    round_to,
+)
 
 P = ctypes.c_void_p
 RTOL = {FLOAT: 1e-5, FLOAT16: 2e-3, BF16: 1.6e-2}  # about one unit in the last place of the output dtype
@@ -55,8 +69,22 @@ def test_embedding_checks(emu):
     weight = DevArray(emu, np.zeros((4, 3)), FLOAT16)
     bad_idx = DevArray(emu, np.array([4]), INT32)
     out = DevArray(emu, np.zeros((1, 3)), FLOAT16)
-    refused(emu, "Embedding", P(weight.t), P(DevArray(emu, np.array([1.0]), FLOAT).t), P(out.t), match="indices has dtype FLOAT")
-    refused(emu, "Embedding", P(weight.t), P(bad_idx.t), P(DevArray(emu, np.zeros((2, 3)), FLOAT16).t), match="out has shape")
+    refused(
+        emu,
+        "Embedding",
+        P(weight.t),
+        P(DevArray(emu, np.array([1.0]), FLOAT).t),
+        P(out.t),
+        match="indices has dtype FLOAT",
+    )
+    refused(
+        emu,
+        "Embedding",
+        P(weight.t),
+        P(bad_idx.t),
+        P(DevArray(emu, np.zeros((2, 3)), FLOAT16).t),
+        match="out has shape",
+    )
     ws, ex = emu.phase1("Embedding", P(weight.t), P(bad_idx.t), P(out.t))
     emu.phase2("Embedding", ws, ex)
     with pytest.raises(AclError, match="index 4 out of range"):
@@ -70,7 +98,9 @@ def rms_ref(x, gamma, eps, ndim_g):
     return (x * rstd * gamma).astype(np.float32), rstd.astype(np.float32)
 
 
-@pytest.mark.parametrize("dtype,gtype", [(FLOAT16, FLOAT), (FLOAT16, FLOAT16), (BF16, BF16), (BF16, FLOAT), (FLOAT, FLOAT)])
+@pytest.mark.parametrize(
+    "dtype,gtype", [(FLOAT16, FLOAT), (FLOAT16, FLOAT16), (BF16, BF16), (BF16, FLOAT), (FLOAT, FLOAT)]
+)
 def test_rms_norm(emu, rng, dtype, gtype):
     x, g = rand(rng, (3, 5, 8), dtype), rand(rng, (8,), gtype)
     xd, gd = DevArray(emu, x, dtype), DevArray(emu, g, gtype)
@@ -94,7 +124,16 @@ def test_rms_norm_two_normalised_dims_and_checks(emu, rng):
     refused(emu, "RmsNorm", P(xd.t), P(gd.t), ctypes.c_double(1e-6), P(y.t), None, code=ACLNN_ERR_PARAM_NULLPTR)
     xh = DevArray(emu, x, FLOAT16)
     gb = DevArray(emu, g, BF16)
-    refused(emu, "RmsNorm", P(xh.t), P(gb.t), ctypes.c_double(1e-6), P(DevArray(emu, x, FLOAT16).t), P(rstd.t), match="gamma has dtype BF16")
+    refused(
+        emu,
+        "RmsNorm",
+        P(xh.t),
+        P(gb.t),
+        ctypes.c_double(1e-6),
+        P(DevArray(emu, x, FLOAT16).t),
+        P(rstd.t),
+        match="gamma has dtype BF16",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- AddRmsNorm
@@ -128,11 +167,44 @@ def test_add_rms_norm_optional_outputs(emu, rng):
     r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(1e-6))
     close(y.read(), round_to(round_to(x * r, FLOAT16) * g, FLOAT16), FLOAT16)
     g1 = DevArray(emu, g[0], FLOAT16)
-    refused(emu, "AddRmsNorm", P(a.t), P(b.t), P(g1.t), ctypes.c_double(1e-6), P(y.t), None, None, match="gamma must be [1, 8]")
+    refused(
+        emu,
+        "AddRmsNorm",
+        P(a.t),
+        P(b.t),
+        P(g1.t),
+        ctypes.c_double(1e-6),
+        P(y.t),
+        None,
+        None,
+        match="gamma must be [1, 8]",
+    )
     rstd = DevArray(emu, np.zeros((2, 1)), FLOAT)
-    refused(emu, "AddRmsNorm", P(a.t), P(b.t), P(g1.t), ctypes.c_double(1e-6), P(y.t), P(rstd.t), None, code=ACLNN_ERR_PARAM_NULLPTR)
+    refused(
+        emu,
+        "AddRmsNorm",
+        P(a.t),
+        P(b.t),
+        P(g1.t),
+        ctypes.c_double(1e-6),
+        P(y.t),
+        P(rstd.t),
+        None,
+        code=ACLNN_ERR_PARAM_NULLPTR,
+    )
     gf = DevArray(emu, g, FLOAT)
-    refused(emu, "AddRmsNorm", P(a.t), P(b.t), P(gf.t), ctypes.c_double(1e-6), P(y.t), None, None, match="gamma has dtype FLOAT")
+    refused(
+        emu,
+        "AddRmsNorm",
+        P(a.t),
+        P(b.t),
+        P(gf.t),
+        ctypes.c_double(1e-6),
+        P(y.t),
+        None,
+        None,
+        match="gamma has dtype FLOAT",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Mm / Addmm
@@ -167,8 +239,15 @@ def test_mm_offset_view_and_checks(emu, rng):
     close(out.read(), mm_ref(buf[2:], b, FLOAT16), FLOAT16, atol=1e-3)
     refused(emu, "Mm", P(bd.t), P(bd.t), P(out.t), ctypes.c_int8(0), match="inner dims")
     hb = DevArray(emu, b, BF16)
-    refused(emu, "Mm", P(DevArray(emu, buf, BF16).t), P(hb.t), P(DevArray(emu, np.zeros((4, 3)), BF16).t), ctypes.c_int8(2),
-            match="USE_FP16")
+    refused(
+        emu,
+        "Mm",
+        P(DevArray(emu, buf, BF16).t),
+        P(hb.t),
+        P(DevArray(emu, np.zeros((4, 3)), BF16).t),
+        ctypes.c_int8(2),
+        match="USE_FP16",
+    )
     past = DevArray(emu, buf, FLOAT16, shape=[2, 8], strides=[8, 1], offset=24, storage=[4, 8])
     refused(emu, "Mm", P(past.t), P(bd.t), P(out.t), ctypes.c_int8(0), match="outside its storage")
 
@@ -178,7 +257,16 @@ def test_addmm(emu, rng, bias_shape, alpha, beta):
     a, w, bias = rand(rng, (5, 24), FLOAT16), rand(rng, (40, 24), FLOAT16), rand(rng, bias_shape, FLOAT16)
     ad, wd, bd = DevArray(emu, a, FLOAT16), weight_view(emu, w, FLOAT16), DevArray(emu, bias, FLOAT16)
     out = DevArray(emu, np.zeros((5, 40)), FLOAT16)
-    emu.run("Addmm", P(bd.t), P(ad.t), P(wd.t), P(emu.scalar(beta, FLOAT)), P(emu.scalar(alpha, FLOAT)), P(out.t), ctypes.c_int8(0))
+    emu.run(
+        "Addmm",
+        P(bd.t),
+        P(ad.t),
+        P(wd.t),
+        P(emu.scalar(beta, FLOAT)),
+        P(emu.scalar(alpha, FLOAT)),
+        P(out.t),
+        ctypes.c_int8(0),
+    )
     close(out.read(), mm_ref(a, w.T, FLOAT16, bias, alpha, beta), FLOAT16, atol=2e-3)
 
 
@@ -206,14 +294,25 @@ def test_matmul_weight_nz(emu, rng, dtype, transposed):
     close(out.read(), mm_ref(a, w.T, dtype), dtype, atol=1e-3)
     bias = rand(rng, (n,), dtype)
     bd, out2 = DevArray(emu, bias, dtype), DevArray(emu, np.zeros((m, n)), dtype)
-    emu.run("AddmmWeightNz", P(bd.t), P(ad.t), P(wd.t), P(emu.scalar(1.0, FLOAT)), P(emu.scalar(1.0, FLOAT)), P(out2.t), ctypes.c_int8(0))
+    emu.run(
+        "AddmmWeightNz",
+        P(bd.t),
+        P(ad.t),
+        P(wd.t),
+        P(emu.scalar(1.0, FLOAT)),
+        P(emu.scalar(1.0, FLOAT)),
+        P(out2.t),
+        ctypes.c_int8(0),
+    )
     close(out2.read(), mm_ref(a, w.T, dtype, bias), dtype, atol=2e-3)
 
 
 def test_matmul_weight_nz_checks(emu, rng):
     w = rand(rng, (40, 24), FLOAT16)
     a, out = DevArray(emu, rand(rng, (3, 24), FLOAT16), FLOAT16), DevArray(emu, np.zeros((3, 40)), FLOAT16)
-    span = DevArray(emu, w, FLOAT16, shape=[24, 40], strides=[1, 24], fmt=FORMAT_NZ, storage=[40 * 24])  # llama.cpp-style span
+    span = DevArray(
+        emu, w, FLOAT16, shape=[24, 40], strides=[1, 24], fmt=FORMAT_NZ, storage=[40 * 24]
+    )  # llama.cpp-style span
     refused(emu, "MatmulWeightNz", P(a.t), P(span.t), P(out.t), ctypes.c_int8(0), match="needs 1536")
     nd = weight_view(emu, w, FLOAT16)
     refused(emu, "MatmulWeightNz", P(a.t), P(nd.t), P(out.t), ctypes.c_int8(0), match="must be FRACTAL_NZ")
@@ -260,14 +359,43 @@ def test_rope_checks(emu, rng):
     c = DevArray(emu, rand(rng, (1, 2, 1, 8), FLOAT16), FLOAT16)
     out = DevArray(emu, np.zeros((1, 2, 3, 8)), FLOAT16)
     refused(emu, "RotaryPositionEmbedding", P(x.t), P(c.t), P(c.t), ctypes.c_int64(2), P(out.t), match="mode 2")
-    strided_out = DevArray(emu, np.zeros((1, 2, 6, 8)), FLOAT16, shape=[1, 2, 3, 8], strides=[96, 48, 8, 1], storage=[1, 2, 6, 8])
-    refused(emu, "RotaryPositionEmbedding", P(x.t), P(c.t), P(c.t), ctypes.c_int64(0), P(strided_out.t), match="out must be contiguous")
+    strided_out = DevArray(
+        emu, np.zeros((1, 2, 6, 8)), FLOAT16, shape=[1, 2, 3, 8], strides=[96, 48, 8, 1], storage=[1, 2, 6, 8]
+    )
+    refused(
+        emu,
+        "RotaryPositionEmbedding",
+        P(x.t),
+        P(c.t),
+        P(c.t),
+        ctypes.c_int64(0),
+        P(strided_out.t),
+        match="out must be contiguous",
+    )
     c32 = DevArray(emu, rand(rng, (1, 2, 1, 8), FLOAT), FLOAT)
-    refused(emu, "RotaryPositionEmbedding", P(x.t), P(c32.t), P(c32.t), ctypes.c_int64(0), P(out.t), match="cos has dtype FLOAT")
+    refused(
+        emu,
+        "RotaryPositionEmbedding",
+        P(x.t),
+        P(c32.t),
+        P(c32.t),
+        ctypes.c_int64(0),
+        P(out.t),
+        match="cos has dtype FLOAT",
+    )
     bad = DevArray(emu, rand(rng, (1, 2, 3, 8), FLOAT16), FLOAT16, shape=[1, 2, 3, 8])
     x2 = DevArray(emu, rand(rng, (2, 2, 3, 8), FLOAT16), FLOAT16)
     out2 = DevArray(emu, np.zeros((2, 2, 3, 8)), FLOAT16)
-    refused(emu, "RotaryPositionEmbedding", P(x2.t), P(bad.t), P(bad.t), ctypes.c_int64(0), P(out2.t), match="not one of the documented")
+    refused(
+        emu,
+        "RotaryPositionEmbedding",
+        P(x2.t),
+        P(bad.t),
+        P(bad.t),
+        ctypes.c_int64(0),
+        P(out2.t),
+        match="not one of the documented",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- InplaceIndexCopy
@@ -295,7 +423,7 @@ def test_inplace_index_copy_kv_write(emu, rng):
         emu.sync()
 
 
-# ---------------------------------------------------------------------------------------------- FusedInferAttentionScoreV4
+# ------------------------------------------------------------------------------- FusedInferAttentionScoreV4
 def attention_ref(q, k, v, scale, masked):
     """q [N, S1, D], k/v [Nkv, S2, D], masked [S1, S2] bool (True = masked out); GQA by head groups."""
     group = q.shape[0] // k.shape[0]
@@ -337,7 +465,10 @@ def test_fia_prefill_bnsd_causal(emu, rng):
     qd, kd, vd = (DevArray(emu, x, FLOAT16) for x in (q, k, v))
     causal = np.triu(np.ones((s, s), bool), 1)
     out = DevArray(emu, np.zeros_like(q), FLOAT16)
-    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out, mask=DevArray(emu, causal, BOOL)))
+    emu.run(
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD", out, mask=DevArray(emu, causal, BOOL)),
+    )
     close(out.read()[0], round_to(attention_ref(q[0], k[0], v[0], 0.25, causal), FLOAT16), FLOAT16, atol=2e-3)
     # sparseMode 2 (left-up causal) with the optimised 2048 x 2048 mask gives the same
     opt = DevArray(emu, np.triu(np.ones((2048, 2048), bool), 1), BOOL)
@@ -346,7 +477,10 @@ def test_fia_prefill_bnsd_causal(emu, rng):
     np.testing.assert_array_equal(out2.read(), out.read())
     # BNSD_BSND: BNSD in, BSND out
     out3 = DevArray(emu, np.zeros((1, s, n, d)), FLOAT16)
-    emu.run("FusedInferAttentionScoreV4", *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD_BSND", out3, mask=DevArray(emu, causal, BOOL)))
+    emu.run(
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, qd, [kd], [vd], n, n, 0.25, "BNSD_BSND", out3, mask=DevArray(emu, causal, BOOL)),
+    )
     np.testing.assert_array_equal(out3.read(), out.read().transpose(0, 2, 1, 3))
 
 
@@ -355,14 +489,41 @@ def test_fia_checks(emu, rng):
     k = DevArray(emu, rand(rng, (1, 8, 16), FLOAT16), FLOAT16)
     out = DevArray(emu, np.zeros((1, 1, 16)), FLOAT16)
     refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "TND", out), match="not emulated")
-    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, kv_lens=[9]), match="outside [0, 8]")
-    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 4, 3, 1.0, "BSH", out), match="multiple of numKeyValueHeads")
+    refused(
+        emu,
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, kv_lens=[9]),
+        match="outside [0, 8]",
+    )
+    refused(
+        emu,
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, q, [k], [k], 4, 3, 1.0, "BSH", out),
+        match="multiple of numKeyValueHeads",
+    )
     q32 = DevArray(emu, rand(rng, (1, 1, 16), FLOAT), FLOAT)
-    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q32, [k], [k], 2, 2, 1.0, "BSH", out), match="query has dtype FLOAT")
-    strided = DevArray(emu, rand(rng, (1, 16, 16), FLOAT16), FLOAT16, shape=[1, 8, 16], strides=[256, 32, 1], storage=[1, 16, 16])
-    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [strided], [strided], 2, 2, 1.0, "BSH", out), match="must be contiguous")
+    refused(
+        emu,
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, q32, [k], [k], 2, 2, 1.0, "BSH", out),
+        match="query has dtype FLOAT",
+    )
+    strided = DevArray(
+        emu, rand(rng, (1, 16, 16), FLOAT16), FLOAT16, shape=[1, 8, 16], strides=[256, 32, 1], storage=[1, 16, 16]
+    )
+    refused(
+        emu,
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, q, [strided], [strided], 2, 2, 1.0, "BSH", out),
+        match="must be contiguous",
+    )
     wrong_mask = DevArray(emu, np.zeros((1, 4)), BOOL)
-    refused(emu, "FusedInferAttentionScoreV4", *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, mask=wrong_mask), match="attenMask shape")
+    refused(
+        emu,
+        "FusedInferAttentionScoreV4",
+        *fia_args(emu, q, [k], [k], 2, 2, 1.0, "BSH", out, mask=wrong_mask),
+        match="attenMask shape",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- SwiGlu
@@ -377,9 +538,18 @@ def test_swiglu_gate_is_the_first_half(emu, rng, dtype):
 
 def test_swiglu_checks(emu, rng):
     odd = DevArray(emu, rand(rng, (2, 7), FLOAT16), FLOAT16)
-    refused(emu, "SwiGlu", P(odd.t), ctypes.c_int64(-1), P(DevArray(emu, np.zeros((2, 3)), FLOAT16).t), match="must be even")
+    refused(
+        emu, "SwiGlu", P(odd.t), ctypes.c_int64(-1), P(DevArray(emu, np.zeros((2, 3)), FLOAT16).t), match="must be even"
+    )
     strided = DevArray(emu, rand(rng, (4, 8), FLOAT16), FLOAT16, shape=[2, 8], strides=[16, 1], storage=[4, 8])
-    refused(emu, "SwiGlu", P(strided.t), ctypes.c_int64(-1), P(DevArray(emu, np.zeros((2, 4)), FLOAT16).t), match="contiguous")
+    refused(
+        emu,
+        "SwiGlu",
+        P(strided.t),
+        ctypes.c_int64(-1),
+        P(DevArray(emu, np.zeros((2, 4)), FLOAT16).t),
+        match="contiguous",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- ArgMax
@@ -394,7 +564,15 @@ def test_argmax_first_maximum(emu, rng, otype):
     keep = DevArray(emu, np.zeros((1, 50)), otype)
     emu.run("ArgMax", P(xd.t), ctypes.c_int64(0), ctypes.c_bool(True), P(keep.t))
     np.testing.assert_array_equal(keep.read()[0], np.argmax(x, axis=0))
-    refused(emu, "ArgMax", P(xd.t), ctypes.c_int64(-1), ctypes.c_bool(False), P(DevArray(emu, np.zeros(2), FLOAT16).t), match="out has dtype")
+    refused(
+        emu,
+        "ArgMax",
+        P(xd.t),
+        ctypes.c_int64(-1),
+        ctypes.c_bool(False),
+        P(DevArray(emu, np.zeros(2), FLOAT16).t),
+        match="out has dtype",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- InplaceAdds / GtTensor
@@ -434,11 +612,15 @@ def test_inplace_copy_strided_broadcast_and_convert(emu, rng):
     refused(emu, "InplaceCopy", P(sd.t), P(dd.t), match="does not broadcast")
 
 
-@pytest.mark.parametrize("src,dst", [(FLOAT, FLOAT16), (FLOAT, BF16), (FLOAT16, FLOAT), (FLOAT, INT32), (INT32, FLOAT), (FLOAT, BOOL)])
+@pytest.mark.parametrize(
+    "src,dst", [(FLOAT, FLOAT16), (FLOAT, BF16), (FLOAT16, FLOAT), (FLOAT, INT32), (INT32, FLOAT), (FLOAT, BOOL)]
+)
 def test_cast(emu, src, dst):
-    x = np.array([0.1, -2.7, 65504.0, 1e-8, 3.0, 0.0], np.float32)
+    x = np.array(
+        [0.1, -2.7, 65504.0, 1e-8, 3.0, 0.0, 3.1e-5, -65519.0], np.float32
+    )  # fp16 subnormal and rounding edges
     x = round_to(x, src) if src != INT32 else x.astype(np.int32)
-    xd, out = DevArray(emu, x, src), DevArray(emu, np.zeros(6), dst)
+    xd, out = DevArray(emu, x, src), DevArray(emu, np.zeros(8), dst)
     emu.run("Cast", P(xd.t), ctypes.c_int(dst), P(out.t))
     if dst in (FLOAT16, BF16, FLOAT):
         np.testing.assert_array_equal(out.read(), round_to(np.asarray(x, np.float32), dst))
@@ -453,9 +635,28 @@ def test_topk(emu, rng, largest):
     x[1, 3] = x[1, 8] = 5.0 if largest else -5.0  # a tie keeps the lower index first
     xd = DevArray(emu, x, FLOAT)
     vals, idx = DevArray(emu, np.zeros((2, 4)), FLOAT), DevArray(emu, np.zeros((2, 4)), INT64)
-    emu.run("Topk", P(xd.t), ctypes.c_int64(4), ctypes.c_int64(-1), ctypes.c_bool(largest), ctypes.c_bool(True), P(vals.t), P(idx.t))
+    emu.run(
+        "Topk",
+        P(xd.t),
+        ctypes.c_int64(4),
+        ctypes.c_int64(-1),
+        ctypes.c_bool(largest),
+        ctypes.c_bool(True),
+        P(vals.t),
+        P(idx.t),
+    )
     order = np.argsort(-x if largest else x, axis=-1, kind="stable")[:, :4]
     np.testing.assert_array_equal(idx.read(), order)
     np.testing.assert_array_equal(vals.read(), np.take_along_axis(x, order, -1))
-    refused(emu, "Topk", P(xd.t), ctypes.c_int64(13), ctypes.c_int64(-1), ctypes.c_bool(True), ctypes.c_bool(True), P(vals.t), P(idx.t),
-            match="k 13")
+    refused(
+        emu,
+        "Topk",
+        P(xd.t),
+        ctypes.c_int64(13),
+        ctypes.c_int64(-1),
+        ctypes.c_bool(True),
+        ctypes.c_bool(True),
+        P(vals.t),
+        P(idx.t),
+        match="k 13",
+    )

@@ -11,8 +11,19 @@ import threading
 import numpy as np
 import pytest
 
-from emu_support import (ACLNN_ERR_PARAM_INVALID, D2H, FLOAT16, H2D, INT32, INT64, AclError, DevArray, Emu, fia_args,
-                         run_python)
+from emu_support import (
+    ACLNN_ERR_PARAM_INVALID,
+    D2H,
+    FLOAT16,
+    H2D,
+    INT32,
+    INT64,
+    AclError,
+    DevArray,
+    Emu,
+    fia_args,
+    run_python,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +36,19 @@ def test_soc_name_and_device_count(emu):
     n = ctypes.c_uint32()
     emu.check("aclrtGetDeviceCount", emu.acl.aclrtGetDeviceCount(ctypes.byref(n)))
     assert n.value == 1
-    out = run_python("from emu_support import Emu; import ctypes; e = Emu.get(); n = ctypes.c_uint32();"
-                     "e.acl.aclrtGetDeviceCount(ctypes.byref(n)); print(n.value, e.acl.aclrtSetDevice(3))",
-                     env={"ASW_EMU_DEVICES": "4"})
+    out = run_python(
+        "from emu_support import Emu; import ctypes; e = Emu.get(); n = ctypes.c_uint32();"
+        "e.acl.aclrtGetDeviceCount(ctypes.byref(n)); print(n.value, e.acl.aclrtSetDevice(3))",
+        env={"ASW_EMU_DEVICES": "4"},
+    )
     assert out.stdout.split() == ["4", "0"], out.stderr
 
 
 def test_host_dereference_of_device_pointer_crashes():
-    out = run_python("from emu_support import Emu; import ctypes; e = Emu.get(); p = e.malloc(64);"
-                     "print('allocated', flush=True); ctypes.string_at(p, 4)")
+    out = run_python(
+        "from emu_support import Emu; import ctypes; e = Emu.get(); p = e.malloc(64);"
+        "print('allocated', flush=True); ctypes.string_at(p, 4)"
+    )
     assert "allocated" in out.stdout
     assert out.returncode == -11  # SIGSEGV: the caller's mapping of device memory is PROT_NONE
 
@@ -48,6 +63,12 @@ def test_device_memory_round_trip_and_bounds(emu):
     emu.check("aclrtFree", emu.acl.aclrtFree(p))
     with pytest.raises(AclError, match="freed"):
         emu.check("aclrtFree", emu.acl.aclrtFree(p))
+
+
+def test_new_memory_is_not_zeroed(emu):
+    p = emu.malloc(8)
+    np.testing.assert_array_equal(emu.download(p, 8, np.uint8), [0xFF] * 8)  # NaN as fp16/bf16/fp32, -1 as ints
+    assert np.isnan(emu.download(p, 8, np.float16)).all()
 
 
 def test_wrong_memcpy_kind_refused(emu):
@@ -84,10 +105,16 @@ def test_event_sync_waits_only_for_work_before_the_record(emu):
     pinned = emu.malloc_host(4)
     cell = ctypes.c_int32.from_address(pinned)
     for _ in range(2):
-        emu.phase2("InplaceAdds", *emu.phase1("InplaceAdds", ctypes.c_void_p(counter.t), ctypes.c_void_p(one), ctypes.c_void_p(one)))
+        emu.phase2(
+            "InplaceAdds",
+            *emu.phase1("InplaceAdds", ctypes.c_void_p(counter.t), ctypes.c_void_p(one), ctypes.c_void_p(one)),
+        )
     emu.check("aclrtMemcpyAsync", emu.acl.aclrtMemcpyAsync(pinned, 4, counter.ptr, 4, D2H, emu.stream))
     emu.check("aclrtRecordEvent", emu.acl.aclrtRecordEvent(ev, emu.stream))
-    emu.phase2("InplaceAdds", *emu.phase1("InplaceAdds", ctypes.c_void_p(counter.t), ctypes.c_void_p(one), ctypes.c_void_p(one)))
+    emu.phase2(
+        "InplaceAdds",
+        *emu.phase1("InplaceAdds", ctypes.c_void_p(counter.t), ctypes.c_void_p(one), ctypes.c_void_p(one)),
+    )
     emu.check("aclrtSynchronizeEvent", emu.acl.aclrtSynchronizeEvent(ev))
     assert cell.value == 2
     assert counter.read()[0] == 2  # the launch after the record has not run yet
@@ -168,7 +195,9 @@ def test_sync_copy_during_global_capture_invalidates_it(emu):
 
 def _adds(emu, target: DevArray, value: int, stream):
     s = emu.scalar(value, INT32)
-    ws, ex = emu.phase1("InplaceAdds", ctypes.c_void_p(target.t), ctypes.c_void_p(s), ctypes.c_void_p(emu.scalar(1, INT32)))
+    ws, ex = emu.phase1(
+        "InplaceAdds", ctypes.c_void_p(target.t), ctypes.c_void_p(s), ctypes.c_void_p(emu.scalar(1, INT32))
+    )
     emu.check("aclDestroyScalar", emu.nn.aclDestroyScalar(s))  # the executor copied the value
     emu.phase2("InplaceAdds", ws, ex, stream=stream)
 
@@ -299,7 +328,8 @@ one = e.scalar(1, INT32)
 pinned = e.malloc_host(4)
 ev = ctypes.c_void_p(); e.acl.aclrtCreateEventWithFlag(ctypes.byref(ev), 1)
 e.acl.aclmdlRICaptureBegin(e.stream, 0)
-e.phase2("InplaceAdds", *e.phase1("InplaceAdds", ctypes.c_void_p(pos.t), ctypes.c_void_p(one), ctypes.c_void_p(one)), stream=e.stream)
+args = [ctypes.c_void_p(x) for x in (pos.t, one, one)]
+e.phase2("InplaceAdds", *e.phase1("InplaceAdds", *args), stream=e.stream)
 m = ctypes.c_void_p(); e.check("end", e.acl.aclmdlRICaptureEnd(e.stream, ctypes.byref(m)))
 e.acl.aswemu_mark_step()
 for _ in range(3):
@@ -328,3 +358,18 @@ print(ctypes.c_int32.from_address(pinned).value)
         assert step["copies"]["host_to_device"]["count"] == 0
         assert step["copies"]["device_to_host"] == {"count": 1, "bytes": 4}
     assert len(data["syncs"]) == 3 and all(s["graph_replays"] == 1 for s in data["syncs"])
+
+
+def test_object_api_argument_checks(emu):
+    dims = (ctypes.c_int64 * 2)(2, 3)
+    assert emu.nn.aclCreateTensor(None, 2, FLOAT16, None, 0, 2, dims, 2, None) is None
+    assert "viewDims is null" in emu.err()
+    neg = (ctypes.c_int64 * 2)(3, -1)
+    assert emu.nn.aclCreateTensor(dims, 2, FLOAT16, neg, 0, 2, dims, 2, None) is None
+    assert "negative stride" in emu.err()
+    assert emu.nn.aclCreateScalar(None, INT32) is None
+    assert emu.nn.aclCreateIntArray(None, 2) is None
+    assert emu.nn.aclDestroyTensor(None) == 0 and emu.nn.aclDestroyTensorList(None) == 0  # destroying null is OK
+    # a tensor list owns its members: destroying the list destroys them (opbase; llama.cpp relies on it)
+    members = [emu.tensor(0, [2], INT32) for _ in range(3)]
+    assert emu.nn.aclDestroyTensorList(emu.tensor_list(members)) == 0

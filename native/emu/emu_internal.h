@@ -88,12 +88,17 @@ struct TV {
     void setf(int64_t e, float v) const; /* rounds to the dtype (round to nearest even) */
     int64_t geti(int64_t e) const;
     void seti(int64_t e, int64_t v) const;
+    /* element e of this tensor = element se of src, converted (through float if either side is a float dtype) */
+    void copy_elem(int64_t e, const TV &src, int64_t se) const;
     std::vector<float> load() const; /* the whole view in row-major order */
     std::vector<int64_t> loadi() const;
     void store(const std::vector<float> &v) const;
     void storei(const std::vector<int64_t> &v) const;
 };
 
+inline bool is_float(aclDataType dt) {
+    return dt == ACL_FLOAT || dt == ACL_FLOAT16 || dt == ACL_BF16 || dt == ACL_DOUBLE;
+}
 size_t dtype_size(aclDataType dt); /* 0 for dtypes the emulator does not model */
 const char *dtype_name(aclDataType dt);
 float round_to(aclDataType dt, float v); /* the value after a store to dt and a load back */

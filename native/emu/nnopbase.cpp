@@ -46,10 +46,19 @@ namespace emu {
 /* ------------------------------------------------------------------ dtypes */
 size_t dtype_size(aclDataType dt) {
     switch ((int)dt) {
-    case ACL_FLOAT: case ACL_INT32: case ACL_UINT32: return 4;
-    case ACL_FLOAT16: case ACL_BF16: case ACL_INT16: case ACL_UINT16: return 2;
-    case ACL_INT8: case ACL_UINT8: case ACL_BOOL: return 1;
-    case ACL_INT64: case ACL_UINT64: case ACL_DOUBLE: return 8;
+    case ACL_FLOAT:
+    case ACL_INT32:
+    case ACL_UINT32: return 4;
+    case ACL_FLOAT16:
+    case ACL_BF16:
+    case ACL_INT16:
+    case ACL_UINT16: return 2;
+    case ACL_INT8:
+    case ACL_UINT8:
+    case ACL_BOOL: return 1;
+    case ACL_INT64:
+    case ACL_UINT64:
+    case ACL_DOUBLE: return 8;
     default: return 0;
     }
 }
@@ -79,8 +88,10 @@ float half_to_float(uint16_t h) {
         float f = std::ldexp((float)man, -24);
         return sign ? -f : f;
     }
-    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-    else bits = sign | ((exp + 112) << 23) | (man << 13);
+    if (exp == 31)
+        bits = sign | 0x7f800000u | (man << 13);
+    else
+        bits = sign | ((exp + 112) << 23) | (man << 13);
     float f;
     memcpy(&f, &bits, 4);
     return f;
@@ -93,7 +104,7 @@ uint16_t float_to_half(float f) {
     x &= 0x7fffffffu;
     if (x >= 0x7f800000u) return sign | (x > 0x7f800000u ? 0x7e00 : 0x7c00);
     if (x >= 0x477ff000u) return sign | 0x7c00; /* >= 65520 rounds to infinity */
-    if (x < 0x38800000u) {                     /* below 2^-14: subnormal, exact scaling then round to even */
+    if (x < 0x38800000u) {                      /* below 2^-14: subnormal, exact scaling then round to even */
         float a;
         memcpy(&a, &x, 4);
         return sign | (uint16_t)std::lrint(std::ldexp(a, 24));
@@ -164,10 +175,26 @@ int64_t TV::elem(int64_t lin) const {
 float TV::getf(int64_t e) const {
     const char *p = base + e * (int64_t)es;
     switch ((int)d.dtype) {
-    case ACL_FLOAT: { float v; memcpy(&v, p, 4); return v; }
-    case ACL_FLOAT16: { uint16_t v; memcpy(&v, p, 2); return half_to_float(v); }
-    case ACL_BF16: { uint16_t v; memcpy(&v, p, 2); return bf16_to_float(v); }
-    case ACL_DOUBLE: { double v; memcpy(&v, p, 8); return (float)v; }
+    case ACL_FLOAT: {
+        float v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    case ACL_FLOAT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return half_to_float(v);
+    }
+    case ACL_BF16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return bf16_to_float(v);
+    }
+    case ACL_DOUBLE: {
+        double v;
+        memcpy(&v, p, 8);
+        return (float)v;
+    }
     default: return (float)geti(e);
     }
 }
@@ -176,9 +203,21 @@ void TV::setf(int64_t e, float v) const {
     char *p = base + e * (int64_t)es;
     switch ((int)d.dtype) {
     case ACL_FLOAT: memcpy(p, &v, 4); return;
-    case ACL_FLOAT16: { uint16_t h = float_to_half(v); memcpy(p, &h, 2); return; }
-    case ACL_BF16: { uint16_t h = float_to_bf16(v); memcpy(p, &h, 2); return; }
-    case ACL_DOUBLE: { double x = v; memcpy(p, &x, 8); return; }
+    case ACL_FLOAT16: {
+        uint16_t h = float_to_half(v);
+        memcpy(p, &h, 2);
+        return;
+    }
+    case ACL_BF16: {
+        uint16_t h = float_to_bf16(v);
+        memcpy(p, &h, 2);
+        return;
+    }
+    case ACL_DOUBLE: {
+        double x = v;
+        memcpy(p, &x, 8);
+        return;
+    }
     case ACL_BOOL: seti(e, v != 0.0f); return;
     default: seti(e, (int64_t)std::trunc(v)); return;
     }
@@ -188,12 +227,34 @@ int64_t TV::geti(int64_t e) const {
     const char *p = base + e * (int64_t)es;
     switch ((int)d.dtype) {
     case ACL_INT8: return (int8_t)*p;
-    case ACL_UINT8: case ACL_BOOL: return (uint8_t)*p;
-    case ACL_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case ACL_UINT16: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case ACL_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
-    case ACL_UINT32: { uint32_t v; memcpy(&v, p, 4); return v; }
-    case ACL_INT64: case ACL_UINT64: { int64_t v; memcpy(&v, p, 8); return v; }
+    case ACL_UINT8:
+    case ACL_BOOL: return (uint8_t)*p;
+    case ACL_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        return v;
+    }
+    case ACL_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return v;
+    }
+    case ACL_INT32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    case ACL_UINT32: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    case ACL_INT64:
+    case ACL_UINT64: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        return v;
+    }
     default: return (int64_t)getf(e);
     }
 }
@@ -201,11 +262,23 @@ int64_t TV::geti(int64_t e) const {
 void TV::seti(int64_t e, int64_t v) const {
     char *p = base + e * (int64_t)es;
     switch ((int)d.dtype) {
-    case ACL_INT8: case ACL_UINT8: *p = (char)v; return;
+    case ACL_INT8:
+    case ACL_UINT8: *p = (char)v; return;
     case ACL_BOOL: *p = v != 0; return;
-    case ACL_INT16: case ACL_UINT16: { int16_t x = (int16_t)v; memcpy(p, &x, 2); return; }
-    case ACL_INT32: case ACL_UINT32: { int32_t x = (int32_t)v; memcpy(p, &x, 4); return; }
-    case ACL_INT64: case ACL_UINT64: memcpy(p, &v, 8); return;
+    case ACL_INT16:
+    case ACL_UINT16: {
+        int16_t x = (int16_t)v;
+        memcpy(p, &x, 2);
+        return;
+    }
+    case ACL_INT32:
+    case ACL_UINT32: {
+        int32_t x = (int32_t)v;
+        memcpy(p, &x, 4);
+        return;
+    }
+    case ACL_INT64:
+    case ACL_UINT64: memcpy(p, &v, 8); return;
     default: setf(e, (float)v); return;
     }
 }
@@ -232,6 +305,13 @@ template <typename F> static void for_each_elem(const TV &t, F f) {
             idx[k] = 0;
         }
     }
+}
+
+void TV::copy_elem(int64_t e, const TV &src, int64_t se) const {
+    if (is_float(d.dtype) || is_float(src.d.dtype))
+        setf(e, src.getf(se));
+    else
+        seti(e, src.geti(se));
 }
 
 std::vector<float> TV::load() const {
@@ -261,7 +341,9 @@ static int64_t storage_elems(const TensorDesc &t) {
     return n;
 }
 
-const TensorDesc *tensor_desc(const aclTensor *t) { return t ? &t->d : nullptr; }
+const TensorDesc *tensor_desc(const aclTensor *t) {
+    return t ? &t->d : nullptr;
+}
 
 bool scalar_value(const aclScalar *s, double *value, aclDataType *dtype) {
     if (!s) return false;
@@ -270,12 +352,18 @@ bool scalar_value(const aclScalar *s, double *value, aclDataType *dtype) {
     return true;
 }
 
-const std::vector<int64_t> *int_array_values(const aclIntArray *a) { return a ? &a->v : nullptr; }
-const std::vector<const aclTensor *> *tensor_list_items(const aclTensorList *l) { return l ? &l->v : nullptr; }
+const std::vector<int64_t> *int_array_values(const aclIntArray *a) {
+    return a ? &a->v : nullptr;
+}
+const std::vector<const aclTensor *> *tensor_list_items(const aclTensorList *l) {
+    return l ? &l->v : nullptr;
+}
 
-int make_executor(const char *op, const std::vector<const aclTensor *> &inputs, const std::vector<const aclTensor *> &outputs,
-                  uint64_t workspace, KernelFn kernel, uint64_t *workspaceSize, aclOpExecutor **executor) {
-    if (!workspaceSize || !executor) return fail(NN_ERR_PARAM_NULLPTR, "%sGetWorkspaceSize: workspaceSize or executor is null", op);
+int make_executor(const char *op, const std::vector<const aclTensor *> &inputs,
+                  const std::vector<const aclTensor *> &outputs, uint64_t workspace, KernelFn kernel,
+                  uint64_t *workspaceSize, aclOpExecutor **executor) {
+    if (!workspaceSize || !executor)
+        return fail(NN_ERR_PARAM_NULLPTR, "%sGetWorkspaceSize: workspaceSize or executor is null", op);
     auto *ex = new aclOpExecutor();
     ex->op = op;
     ex->workspace = workspace;
@@ -290,19 +378,24 @@ int make_executor(const char *op, const std::vector<const aclTensor *> &inputs, 
         const TensorDesc &t = all[i]->d;
         if (!dtype_size(t.dtype)) {
             delete ex;
-            return fail(NN_ERR_PARAM_INVALID, "%s: tensor %zu has a dtype the operator does not support (%d)", op, i, (int)t.dtype);
+            return fail(NN_ERR_PARAM_INVALID, "%s: tensor %zu has a dtype the operator does not support (%d)", op, i,
+                        (int)t.dtype);
         }
         if (t.format != ACL_FORMAT_FRACTAL_NZ) {
             int64_t last = t.offset;
             bool empty = false;
             for (size_t k = 0; k < t.view.size(); k++) {
-                if (t.view[k] == 0) empty = true;
-                else last += (t.view[k] - 1) * t.strides[k];
+                if (t.view[k] == 0)
+                    empty = true;
+                else
+                    last += (t.view[k] - 1) * t.strides[k];
             }
             if (!empty && last >= storage_elems(t)) {
                 delete ex;
-                return fail(NN_ERR_PARAM_INVALID, "%s: tensor %zu's view (offset %lld, last element %lld) lies outside its storage of %lld elements",
-                            op, i, (long long)t.offset, (long long)last, (long long)storage_elems(t));
+                return fail(
+                    NN_ERR_PARAM_INVALID,
+                    "%s: tensor %zu's view (offset %lld, last element %lld) lies outside its storage of %lld elements",
+                    op, i, (long long)t.offset, (long long)last, (long long)storage_elems(t));
             }
         }
     }
@@ -319,18 +412,27 @@ int launch_executor(const char *op, void *workspace, uint64_t workspaceSize, acl
     if (!ex) return fail(NN_ERR_PARAM_NULLPTR, "%s: executor is null", op);
     {
         std::lock_guard<std::mutex> lk(g_exec_mu);
-        if (!g_executors.count(ex)) return fail(NN_ERR_PARAM_INVALID, "%s: executor %p was not made by a GetWorkspaceSize call (or was destroyed)", op, (void *)ex);
+        if (!g_executors.count(ex))
+            return fail(NN_ERR_PARAM_INVALID,
+                        "%s: executor %p was not made by a GetWorkspaceSize call (or was destroyed)", op, (void *)ex);
         if (ex->consumed)
-            return fail(NN_ERR_PARAM_INVALID, "%s: executor %p was already run once and is not repeatable (call aclSetAclOpExecutorRepeatable after phase 1)", op, (void *)ex);
+            return fail(NN_ERR_PARAM_INVALID,
+                        "%s: executor %p was already run once and is not repeatable (call "
+                        "aclSetAclOpExecutorRepeatable after phase 1)",
+                        op, (void *)ex);
     }
-    if (ex->op != op) return fail(NN_ERR_PARAM_INVALID, "%s: executor %p belongs to %s", op, (void *)ex, ex->op.c_str());
+    if (ex->op != op)
+        return fail(NN_ERR_PARAM_INVALID, "%s: executor %p belongs to %s", op, (void *)ex, ex->op.c_str());
     if (workspaceSize < ex->workspace)
         return fail(NN_ERR_PARAM_INVALID, "%s: workspaceSize %llu is smaller than the %llu bytes phase 1 asked for", op,
                     (unsigned long long)workspaceSize, (unsigned long long)ex->workspace);
     if (ex->workspace > 0) {
-        if (!workspace) return fail(NN_ERR_PARAM_NULLPTR, "%s: workspace is null but %llu bytes are needed", op, (unsigned long long)ex->workspace);
+        if (!workspace)
+            return fail(NN_ERR_PARAM_NULLPTR, "%s: workspace is null but %llu bytes are needed", op,
+                        (unsigned long long)ex->workspace);
         if (dev_bytes_after(workspace) < ex->workspace)
-            return fail(NN_ERR_PARAM_INVALID, "%s: workspace %p is not %llu bytes of device memory", op, workspace, (unsigned long long)ex->workspace);
+            return fail(NN_ERR_PARAM_INVALID, "%s: workspace %p is not %llu bytes of device memory", op, workspace,
+                        (unsigned long long)ex->workspace);
     }
     std::vector<TensorDesc> tensors = ex->tensors;
     std::vector<bool> present = ex->present;
@@ -374,9 +476,9 @@ int launch_executor(const char *op, void *workspace, uint64_t workspaceSize, acl
 
 /* ================================================================== exported object API */
 
-EMU_EXPORT aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType, const int64_t *stride,
-                                      int64_t offset, aclFormat format, const int64_t *storageDims, uint64_t storageDimsNum,
-                                      void *tensorData) {
+EMU_EXPORT aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType,
+                                      const int64_t *stride, int64_t offset, aclFormat format,
+                                      const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData) {
     if (viewDimsNum > 0 && !viewDims) return set_error("aclCreateTensor: viewDims is null"), nullptr;
     if (storageDimsNum > 0 && !storageDims) return set_error("aclCreateTensor: storageDims is null"), nullptr;
     if (viewDimsNum > 8 || storageDimsNum > 8) return set_error("aclCreateTensor: more than 8 dims"), nullptr;
@@ -400,7 +502,8 @@ EMU_EXPORT aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDims
         d.strides.assign(viewDimsNum, 1);
         for (size_t i = viewDimsNum; i-- > 1;) d.strides[i - 1] = d.strides[i] * d.view[i];
     }
-    if (storageDims) d.storage.assign(storageDims, storageDims + storageDimsNum);
+    if (storageDims)
+        d.storage.assign(storageDims, storageDims + storageDimsNum);
     else {
         int64_t span = offset + 1;
         for (size_t i = 0; i < viewDimsNum; i++) span += (d.view[i] - 1) * d.strides[i];
@@ -423,17 +526,58 @@ EMU_EXPORT aclScalar *aclCreateScalar(void *value, aclDataType dataType) {
     double v;
     const char *p = (const char *)value;
     switch ((int)dataType) {
-    case ACL_FLOAT: { float f; memcpy(&f, p, 4); v = f; break; }
-    case ACL_FLOAT16: { uint16_t h; memcpy(&h, p, 2); v = half_to_float(h); break; }
-    case ACL_BF16: { uint16_t h; memcpy(&h, p, 2); v = bf16_to_float(h); break; }
+    case ACL_FLOAT: {
+        float f;
+        memcpy(&f, p, 4);
+        v = f;
+        break;
+    }
+    case ACL_FLOAT16: {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        v = half_to_float(h);
+        break;
+    }
+    case ACL_BF16: {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        v = bf16_to_float(h);
+        break;
+    }
     case ACL_DOUBLE: memcpy(&v, p, 8); break;
     case ACL_INT8: v = (int8_t)*p; break;
-    case ACL_UINT8: case ACL_BOOL: v = (uint8_t)*p; break;
-    case ACL_INT16: { int16_t x; memcpy(&x, p, 2); v = x; break; }
-    case ACL_INT32: { int32_t x; memcpy(&x, p, 4); v = x; break; }
-    case ACL_UINT32: { uint32_t x; memcpy(&x, p, 4); v = x; break; }
-    case ACL_INT64: { int64_t x; memcpy(&x, p, 8); v = (double)x; break; }
-    case ACL_UINT64: { uint64_t x; memcpy(&x, p, 8); v = (double)x; break; }
+    case ACL_UINT8:
+    case ACL_BOOL: v = (uint8_t)*p; break;
+    case ACL_INT16: {
+        int16_t x;
+        memcpy(&x, p, 2);
+        v = x;
+        break;
+    }
+    case ACL_INT32: {
+        int32_t x;
+        memcpy(&x, p, 4);
+        v = x;
+        break;
+    }
+    case ACL_UINT32: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        v = x;
+        break;
+    }
+    case ACL_INT64: {
+        int64_t x;
+        memcpy(&x, p, 8);
+        v = (double)x;
+        break;
+    }
+    case ACL_UINT64: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        v = (double)x;
+        break;
+    }
     default: return set_error("aclCreateScalar: unsupported dtype %d", (int)dataType), nullptr;
     }
     return new aclScalar{dataType, v};
@@ -443,33 +587,30 @@ EMU_EXPORT aclnnStatus aclDestroyScalar(const aclScalar *scalar) {
     return 0;
 }
 
-EMU_EXPORT aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateIntArray: value is null"), nullptr;
-    auto *a = new aclIntArray();
+/* The array objects copy their values at creation (opbase common_types.cpp). */
+template <typename A, typename T> static A *copy_array(const char *api, const T *value, uint64_t size) {
+    if (size > 0 && !value) return set_error("%s: value is null", api), nullptr;
+    auto *a = new A();
     if (size) a->v.assign(value, value + size);
     return a;
+}
+
+EMU_EXPORT aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size) {
+    return copy_array<aclIntArray>("aclCreateIntArray", value, size);
+}
+EMU_EXPORT aclFloatArray *aclCreateFloatArray(const float *value, uint64_t size) {
+    return copy_array<aclFloatArray>("aclCreateFloatArray", value, size);
+}
+EMU_EXPORT aclBoolArray *aclCreateBoolArray(const bool *value, uint64_t size) {
+    return copy_array<aclBoolArray>("aclCreateBoolArray", value, size);
 }
 EMU_EXPORT aclnnStatus aclDestroyIntArray(const aclIntArray *array) {
     delete array;
     return 0;
 }
-
-EMU_EXPORT aclFloatArray *aclCreateFloatArray(const float *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateFloatArray: value is null"), nullptr;
-    auto *a = new aclFloatArray();
-    if (size) a->v.assign(value, value + size);
-    return a;
-}
 EMU_EXPORT aclnnStatus aclDestroyFloatArray(const aclFloatArray *array) {
     delete array;
     return 0;
-}
-
-EMU_EXPORT aclBoolArray *aclCreateBoolArray(const bool *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateBoolArray: value is null"), nullptr;
-    auto *a = new aclBoolArray();
-    if (size) a->v.assign(value, value + size);
-    return a;
 }
 EMU_EXPORT aclnnStatus aclDestroyBoolArray(const aclBoolArray *array) {
     delete array;
@@ -477,10 +618,7 @@ EMU_EXPORT aclnnStatus aclDestroyBoolArray(const aclBoolArray *array) {
 }
 
 EMU_EXPORT aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size) {
-    if (size > 0 && !value) return set_error("aclCreateTensorList: value is null"), nullptr;
-    auto *l = new aclTensorList();
-    if (size) l->v.assign(value, value + size);
-    return l;
+    return copy_array<aclTensorList>("aclCreateTensorList", value, size); /* the pointers only */
 }
 /* Destroys the member tensors too (opbase common_types.cpp; llama.cpp relies on it). */
 EMU_EXPORT aclnnStatus aclDestroyTensorList(const aclTensorList *array) {
@@ -493,7 +631,8 @@ EMU_EXPORT aclnnStatus aclDestroyTensorList(const aclTensorList *array) {
 static int live_executor(aclOpExecutor *ex, const char *api) {
     std::lock_guard<std::mutex> lk(g_exec_mu);
     if (!ex) return fail(NN_ERR_PARAM_NULLPTR, "%s: executor is null", api);
-    if (!g_executors.count(ex) || ex->consumed) return fail(NN_ERR_PARAM_INVALID, "%s: executor %p is not live", api, (void *)ex);
+    if (!g_executors.count(ex) || ex->consumed)
+        return fail(NN_ERR_PARAM_INVALID, "%s: executor %p is not live", api, (void *)ex);
     return 0;
 }
 
@@ -507,9 +646,11 @@ EMU_EXPORT aclnnStatus aclSetAclOpExecutorRepeatable(aclOpExecutor *executor) {
 EMU_EXPORT aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor) {
     if (!executor) return 0;
     std::lock_guard<std::mutex> lk(g_exec_mu);
-    if (!g_executors.count(executor)) return fail(NN_ERR_PARAM_INVALID, "aclDestroyAclOpExecutor: %p is not an executor", (void *)executor);
+    if (!g_executors.count(executor))
+        return fail(NN_ERR_PARAM_INVALID, "aclDestroyAclOpExecutor: %p is not an executor", (void *)executor);
     if (!executor->repeatable)
-        return fail(NN_ERR_PARAM_INVALID, "aclDestroyAclOpExecutor: only repeatable executors are destroyed by the caller (phase 2 frees the others)");
+        return fail(NN_ERR_PARAM_INVALID, "aclDestroyAclOpExecutor: only repeatable executors are destroyed by the "
+                                          "caller (phase 2 frees the others)");
     g_executors.erase(executor);
     delete executor;
     return 0;
@@ -522,15 +663,18 @@ static aclnnStatus set_tensor_addr(aclOpExecutor *ex, size_t index, aclTensor *t
     size_t n = output ? ex->tensors.size() - ex->ninputs : ex->ninputs;
     if (index >= n) return fail(NN_ERR_PARAM_INVALID, "%s: index %zu, the operator has %zu", api, index, n);
     size_t i = output ? ex->ninputs + index : index;
-    if (!ex->present[i]) return fail(NN_ERR_PARAM_INVALID, "%s: tensor %zu was passed as nullptr in phase 1", api, index);
+    if (!ex->present[i])
+        return fail(NN_ERR_PARAM_INVALID, "%s: tensor %zu was passed as nullptr in phase 1", api, index);
     ex->tensors[i].data = addr;
     if (tensor) tensor->d.data = addr;
     return 0;
 }
-EMU_EXPORT aclnnStatus aclSetInputTensorAddr(aclOpExecutor *executor, const size_t index, aclTensor *tensor, void *addr) {
+EMU_EXPORT aclnnStatus aclSetInputTensorAddr(aclOpExecutor *executor, const size_t index, aclTensor *tensor,
+                                             void *addr) {
     return set_tensor_addr(executor, index, tensor, addr, false);
 }
-EMU_EXPORT aclnnStatus aclSetOutputTensorAddr(aclOpExecutor *executor, const size_t index, aclTensor *tensor, void *addr) {
+EMU_EXPORT aclnnStatus aclSetOutputTensorAddr(aclOpExecutor *executor, const size_t index, aclTensor *tensor,
+                                              void *addr) {
     return set_tensor_addr(executor, index, tensor, addr, true);
 }
 
@@ -538,4 +682,6 @@ EMU_EXPORT aclnnStatus aclnnInit(const char *configPath) {
     (void)configPath;
     return 0;
 }
-EMU_EXPORT aclnnStatus aclnnFinalize() { return 0; }
+EMU_EXPORT aclnnStatus aclnnFinalize() {
+    return 0;
+}

@@ -28,7 +28,8 @@ int bad(const char *op, const char *fmt, ...) {
     return fail(NN_ERR_PARAM_INVALID, "%s: %s", op, buf);
 }
 
-int need_tensor(const char *op, const char *name, const aclTensor *t, std::initializer_list<aclDataType> dtypes, bool nz_ok) {
+int need_tensor(const char *op, const char *name, const aclTensor *t, std::initializer_list<aclDataType> dtypes,
+                bool nz_ok) {
     if (!t) return fail(NN_ERR_PARAM_NULLPTR, "%s: %s is null", op, name);
     const TensorDesc &d = D(t);
     bool ok = false;
@@ -38,25 +39,30 @@ int need_tensor(const char *op, const char *name, const aclTensor *t, std::initi
         allowed += std::string(allowed.empty() ? "" : ", ") + dtype_name(dt);
     }
     if (!ok) return bad(op, "%s has dtype %s; supported: %s", name, dtype_name(d.dtype), allowed.c_str());
-    if (d.format == ACL_FORMAT_FRACTAL_NZ && !nz_ok) return bad(op, "%s: FRACTAL_NZ is not supported here (ND only)", name);
-    if (d.format != ACL_FORMAT_ND && d.format != ACL_FORMAT_NCHW && d.format != ACL_FORMAT_NHWC && d.format != ACL_FORMAT_FRACTAL_NZ)
+    if (d.format == ACL_FORMAT_FRACTAL_NZ && !nz_ok)
+        return bad(op, "%s: FRACTAL_NZ is not supported here (ND only)", name);
+    if (d.format != ACL_FORMAT_ND && d.format != ACL_FORMAT_NCHW && d.format != ACL_FORMAT_NHWC &&
+        d.format != ACL_FORMAT_FRACTAL_NZ)
         return bad(op, "%s has format %d; supported: ND%s", name, (int)d.format, nz_ok ? ", FRACTAL_NZ" : "");
     return 0;
 }
 
 int need_shape(const char *op, const char *name, const aclTensor *t, const Dims &expect) {
-    if (D(t).view != expect) return bad(op, "%s has shape %s, expected %s", name, dims_str(D(t).view).c_str(), dims_str(expect).c_str());
+    if (D(t).view != expect)
+        return bad(op, "%s has shape %s, expected %s", name, dims_str(D(t).view).c_str(), dims_str(expect).c_str());
     return 0;
 }
 
 int need_same_dtype(const char *op, const char *a, const aclTensor *ta, const char *b, const aclTensor *tb) {
     if (D(ta).dtype != D(tb).dtype)
-        return bad(op, "%s (%s) and %s (%s) must have the same dtype", a, dtype_name(D(ta).dtype), b, dtype_name(D(tb).dtype));
+        return bad(op, "%s (%s) and %s (%s) must have the same dtype", a, dtype_name(D(ta).dtype), b,
+                   dtype_name(D(tb).dtype));
     return 0;
 }
 
 int need_contiguous(const char *op, const char *name, const aclTensor *t) {
-    if (!is_contiguous(D(t))) return bad(op, "%s must be contiguous (strides given for shape %s are not)", name, dims_str(D(t).view).c_str());
+    if (!is_contiguous(D(t)))
+        return bad(op, "%s must be contiguous (strides given for shape %s are not)", name, dims_str(D(t).view).c_str());
     return 0;
 }
 

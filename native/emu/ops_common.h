@@ -10,17 +10,17 @@
 
 namespace emu {
 
-#define EMU_CHECK(expr)                                                                                           \
-    do {                                                                                                          \
-        int rc_ = (expr);                                                                                         \
-        if (rc_) return rc_;                                                                                      \
+#define EMU_CHECK(expr)                                                                                                \
+    do {                                                                                                               \
+        int rc_ = (expr);                                                                                              \
+        if (rc_) return rc_;                                                                                           \
     } while (0)
 
 /* Phase 2 of an operator: the standard four-argument launch. */
-#define EMU_PHASE2(Name)                                                                                          \
-    EMU_EXPORT aclnnStatus aclnn##Name(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,           \
-                                       aclrtStream stream) {                                                      \
-        return emu::launch_executor("aclnn" #Name, workspace, workspaceSize, executor, stream);                   \
+#define EMU_PHASE2(Name)                                                                                               \
+    EMU_EXPORT aclnnStatus aclnn##Name(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,               \
+                                       aclrtStream stream) {                                                           \
+        return emu::launch_executor("aclnn" #Name, workspace, workspaceSize, executor, stream);                        \
     }
 
 using Dims = std::vector<int64_t>;
@@ -28,7 +28,8 @@ using Dims = std::vector<int64_t>;
 std::string dims_str(const Dims &d);
 int64_t numel(const Dims &d);
 /* Non-null tensor with a dtype from `dtypes` in ND format (unless nz_ok). */
-int need_tensor(const char *op, const char *name, const aclTensor *t, std::initializer_list<aclDataType> dtypes, bool nz_ok = false);
+int need_tensor(const char *op, const char *name, const aclTensor *t, std::initializer_list<aclDataType> dtypes,
+                bool nz_ok = false);
 int need_shape(const char *op, const char *name, const aclTensor *t, const Dims &expect);
 int need_same_dtype(const char *op, const char *a, const aclTensor *ta, const char *b, const aclTensor *tb);
 int need_contiguous(const char *op, const char *name, const aclTensor *t);
@@ -39,8 +40,9 @@ int64_t norm_dim(int64_t dim, size_t rank);
 bool broadcast_shape(const Dims &a, const Dims &b, Dims *out);
 /* Row-major linear index into `in` (broadcast to `out`) of the element at row-major index `lin` of `out`. */
 int64_t broadcast_index(int64_t lin, const Dims &out, const Dims &in);
-inline const TensorDesc &D(const aclTensor *t) { return *tensor_desc(t); }
-inline bool is_float(aclDataType dt) { return dt == ACL_FLOAT || dt == ACL_FLOAT16 || dt == ACL_BF16 || dt == ACL_DOUBLE; }
+inline const TensorDesc &D(const aclTensor *t) {
+    return *tensor_desc(t);
+}
 
 /* Matrix product shared by Mm/Addmm/MatmulWeightNz/AddmmWeightNz: out[m,n] = alpha*sum_k a[m,k]*b[k,n]
  * (+ beta*bias broadcast), accumulated in fp32 in the workspace, rounded once to out's dtype. */

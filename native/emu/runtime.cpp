@@ -141,7 +141,8 @@ static constexpr size_t kMaxDeltas = 200000;
 static void note_sync(uint64_t Counters::*which) {
     std::lock_guard<std::mutex> lk(stats().mu);
     stats().total.*which += 1;
-    if (stats().sync_deltas.size() < kMaxDeltas) stats().sync_deltas.push_back(counters_json(stats().total, &stats().at_last_sync));
+    if (stats().sync_deltas.size() < kMaxDeltas)
+        stats().sync_deltas.push_back(counters_json(stats().total, &stats().at_last_sync));
     stats().at_last_sync = stats().total;
 }
 
@@ -170,7 +171,9 @@ static void write_stats() {
     fwrite(s.data(), 1, s.size(), f);
     fclose(f);
 }
-__attribute__((destructor)) static void write_stats_at_exit() { write_stats(); }
+__attribute__((destructor)) static void write_stats_at_exit() {
+    write_stats();
+}
 
 /* ------------------------------------------------------------------ device memory */
 struct Alloc {
@@ -232,7 +235,8 @@ static Where classify(const void *p, size_t n) {
     std::lock_guard<std::mutex> lk(g_mem_mu);
     uintptr_t base;
     Alloc a;
-    if (find_alloc((uintptr_t)p, &base, &a)) return n <= a.size - ((uintptr_t)p - base) ? Where::Device : Where::BadDevice;
+    if (find_alloc((uintptr_t)p, &base, &a))
+        return n <= a.size - ((uintptr_t)p - base) ? Where::Device : Where::BadDevice;
     if (in_freed((uintptr_t)p)) return Where::BadDevice;
     auto it = g_host_pins.upper_bound((uintptr_t)p);
     if (it != g_host_pins.begin()) {
@@ -337,7 +341,10 @@ static int device_count() {
 int require_context() {
     if (!g_initialized) return fail(E_UNINITIALIZE, "aclInit has not been called");
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-    if (!t_ctx) return fail(E_RT_CONTEXT_NULL, "no current context on this thread: call aclrtSetDevice or aclrtSetCurrentContext on this thread first");
+    if (!t_ctx)
+        return fail(
+            E_RT_CONTEXT_NULL,
+            "no current context on this thread: call aclrtSetDevice or aclrtSetCurrentContext on this thread first");
     if (!t_ctx->alive) return fail(E_RT_CONTEXT_NULL, "the current context of this thread was destroyed");
     return ACL_SUCCESS;
 }
@@ -348,10 +355,13 @@ static int resolve_stream(aclrtStream s, Stream **out) {
     if (rc) return rc;
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
     Stream *st = s ? (Stream *)s : t_ctx->default_stream;
-    if (!g_streams.count(st)) return fail(E_RT_INVALID_HANDLE, "stream %p is not a stream created by aclrtCreateStream", s);
+    if (!g_streams.count(st))
+        return fail(E_RT_INVALID_HANDLE, "stream %p is not a stream created by aclrtCreateStream", s);
     if (!st->alive) return fail(E_RT_INVALID_HANDLE, "stream %p was destroyed", s);
     if (st->ctx != t_ctx)
-        return fail(E_RT_STREAM_CONTEXT, "stream %p belongs to another context than this thread's current one (call aclrtSetCurrentContext)", s);
+        return fail(E_RT_STREAM_CONTEXT,
+                    "stream %p belongs to another context than this thread's current one (call aclrtSetCurrentContext)",
+                    s);
     *out = st;
     return ACL_SUCCESS;
 }
@@ -363,11 +373,13 @@ static int unsafe_during_capture(const char *what) {
         std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
         for (Stream *st : g_streams)
             if (st->cap && (st->cap->mode == ACL_MODEL_RI_CAPTURE_MODE_GLOBAL ||
-                            (st->cap->mode == ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL && st->cap->thread == std::this_thread::get_id()))) {
+                            (st->cap->mode == ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL &&
+                             st->cap->thread == std::this_thread::get_id()))) {
                 st->cap->invalidated = true;
                 st->cap->why = std::string(what) + " was called during the capture";
             }
-        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "%s is not allowed while a stream is being captured (capture invalidated)", what);
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT,
+                    "%s is not allowed while a stream is being captured (capture invalidated)", what);
     }
     return ACL_SUCCESS;
 }
@@ -392,7 +404,9 @@ static void drain(Stream *st, uint64_t upto) {
         st->done_seq = t.seq;
     }
 }
-static void drain_all(Stream *st) { drain(st, UINT64_MAX); }
+static void drain_all(Stream *st) {
+    drain(st, UINT64_MAX);
+}
 
 /* Report (and clear) a stream's execution error as the return of a sync. */
 static int take_sticky(Stream *st) {
@@ -404,7 +418,9 @@ static int take_sticky(Stream *st) {
     return fail(rc, "a task on stream %p failed on the device: %s", (void *)st, m.c_str());
 }
 
-static bool allowed_in_group(TaskKind k) { return k == TaskKind::Op; }
+static bool allowed_in_group(TaskKind k) {
+    return k == TaskKind::Op;
+}
 
 int enqueue(aclrtStream s, TaskKind kind, const std::string &name, TaskFn fn) {
     Stream *st;
@@ -416,19 +432,30 @@ int enqueue(aclrtStream s, TaskKind kind, const std::string &name, TaskFn fn) {
         if (c.group_begin >= 0 && !allowed_in_group(kind)) {
             c.invalidated = true;
             c.why = name + " inside a task group";
-            return fail(E_RT_TASK_TYPE_NOT_SUPPORT, "only operator (aclnn) tasks may be issued inside a task group, not %s", name.c_str());
+            return fail(E_RT_TASK_TYPE_NOT_SUPPORT,
+                        "only operator (aclnn) tasks may be issued inside a task group, not %s", name.c_str());
         }
         c.graph->tasks.push_back(GTask{kind, name, std::move(fn)});
-        if (kind == TaskKind::Op) count([&](Counters &t) { t.captured_launches++; t.ops[name].captured++; });
+        if (kind == TaskKind::Op)
+            count([&](Counters &t) {
+                t.captured_launches++;
+                t.ops[name].captured++;
+            });
         return ACL_SUCCESS;
     }
     if (st->updating) {
         if (kind != TaskKind::Op)
-            return fail(E_RT_TASK_TYPE_NOT_SUPPORT, "only operator tasks may be re-issued between aclmdlRICaptureTaskUpdateBegin/End, not %s", name.c_str());
+            return fail(E_RT_TASK_TYPE_NOT_SUPPORT,
+                        "only operator tasks may be re-issued between aclmdlRICaptureTaskUpdateBegin/End, not %s",
+                        name.c_str());
         st->update_tasks.push_back(Task{0, kind, name, std::move(fn)});
         return ACL_SUCCESS;
     }
-    if (kind == TaskKind::Op) count([&](Counters &t) { t.launches++; t.ops[name].eager++; });
+    if (kind == TaskKind::Op)
+        count([&](Counters &t) {
+            t.launches++;
+            t.ops[name].eager++;
+        });
     std::lock_guard<std::mutex> ql(st->mu);
     st->q.push_back(Task{st->next_seq++, kind, name, std::move(fn)});
     return ACL_SUCCESS;
@@ -483,7 +510,9 @@ EMU_EXPORT aclError aclFinalize() {
     return ACL_SUCCESS;
 }
 
-EMU_EXPORT const char *aclrtGetSocName() { return "Ascend910_9391"; }
+EMU_EXPORT const char *aclrtGetSocName() {
+    return "Ascend910_9391";
+}
 
 EMU_EXPORT aclError aclrtGetDeviceCount(uint32_t *count) {
     if (!count) return fail(E_INVALID_PARAM, "aclrtGetDeviceCount: count is null");
@@ -522,7 +551,8 @@ static void retire_context(Context *c) {
 EMU_EXPORT aclError aclrtSetDevice(int32_t deviceId) {
     if (!g_initialized) return fail(E_UNINITIALIZE, "aclrtSetDevice before aclInit");
     if (deviceId < 0 || deviceId >= device_count())
-        return fail(E_INVALID_DEVICE, "device %d does not exist (%d device(s); ASW_EMU_DEVICES sets the count)", deviceId, device_count());
+        return fail(E_INVALID_DEVICE, "device %d does not exist (%d device(s); ASW_EMU_DEVICES sets the count)",
+                    deviceId, device_count());
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
     Context *&c = g_default_ctx[deviceId];
     if (!c || !c->alive) c = new_context(deviceId, true);
@@ -535,7 +565,8 @@ EMU_EXPORT aclError aclrtResetDevice(int32_t deviceId) {
     Context *c;
     {
         std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-        if (g_device_refs[deviceId] <= 0) return fail(E_INVALID_DEVICE, "aclrtResetDevice(%d) without aclrtSetDevice", deviceId);
+        if (g_device_refs[deviceId] <= 0)
+            return fail(E_INVALID_DEVICE, "aclrtResetDevice(%d) without aclrtSetDevice", deviceId);
         if (--g_device_refs[deviceId] > 0) return ACL_SUCCESS;
         c = g_default_ctx[deviceId];
     }
@@ -566,8 +597,11 @@ EMU_EXPORT aclError aclrtDestroyContext(aclrtContext context) {
     Context *c = (Context *)context;
     {
         std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-        if (!g_contexts.count(c) || !c->alive) return fail(E_RT_INVALID_HANDLE, "context %p is not a live context", context);
-        if (c->is_default) return fail(E_INVALID_PARAM, "the default context is released by aclrtResetDevice, not aclrtDestroyContext");
+        if (!g_contexts.count(c) || !c->alive)
+            return fail(E_RT_INVALID_HANDLE, "context %p is not a live context", context);
+        if (c->is_default)
+            return fail(E_INVALID_PARAM,
+                        "the default context is released by aclrtResetDevice, not aclrtDestroyContext");
     }
     retire_context(c);
     return ACL_SUCCESS;
@@ -576,7 +610,8 @@ EMU_EXPORT aclError aclrtDestroyContext(aclrtContext context) {
 EMU_EXPORT aclError aclrtSetCurrentContext(aclrtContext context) {
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
     Context *c = (Context *)context;
-    if (!g_contexts.count(c) || !c->alive) return fail(E_RT_INVALID_HANDLE, "context %p is not a live context", context);
+    if (!g_contexts.count(c) || !c->alive)
+        return fail(E_RT_INVALID_HANDLE, "context %p is not a live context", context);
     t_ctx = c;
     return ACL_SUCCESS;
 }
@@ -615,12 +650,18 @@ EMU_EXPORT aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy
         if (alias != MAP_FAILED) munmap(alias, mapped);
         return fail(E_BAD_ALLOC, "aclrtMalloc(%zu): mmap failed", size);
     }
+    /* the runtime does not zero memory: fill it with 0xFF bytes (NaN in every float dtype, -1 in integers) so that a
+     * read of bytes nothing wrote shows up */
+    memset(alias, 0xFF, size);
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         g_allocs[(uintptr_t)user] = Alloc{size, mapped, (char *)alias};
         g_freed.erase((uintptr_t)user);
     }
-    count([&](Counters &t) { t.device_allocs++; t.device_alloc_bytes += size; });
+    count([&](Counters &t) {
+        t.device_allocs++;
+        t.device_alloc_bytes += size;
+    });
     *devPtr = user;
     return ACL_SUCCESS;
 }
@@ -649,6 +690,7 @@ EMU_EXPORT aclError aclrtMallocHost(void **hostPtr, size_t size) {
     if (!hostPtr || size == 0) return fail(E_INVALID_PARAM, "aclrtMallocHost: null pointer or size 0");
     void *p = aligned_alloc(64, (size + 63) / 64 * 64);
     if (!p) return fail(E_BAD_ALLOC, "aclrtMallocHost(%zu): out of memory", size);
+    memset(p, 0xFF, size); /* not zeroed either */
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         g_host_pins[(uintptr_t)p] = size;
@@ -662,7 +704,8 @@ EMU_EXPORT aclError aclrtFreeHost(void *hostPtr) {
     {
         std::lock_guard<std::mutex> lk(g_mem_mu);
         auto it = g_host_pins.find((uintptr_t)hostPtr);
-        if (it == g_host_pins.end()) return fail(E_INVALID_PARAM, "aclrtFreeHost(%p): not memory from aclrtMallocHost", hostPtr);
+        if (it == g_host_pins.end())
+            return fail(E_INVALID_PARAM, "aclrtFreeHost(%p): not memory from aclrtMallocHost", hostPtr);
         g_host_pins.erase(it);
     }
     free(hostPtr);
@@ -680,7 +723,8 @@ static const char *where_name(Where w) {
 }
 
 /* Check a copy's pointers against its kind; returns the resolved kind (0..3) or -1 with the error set. */
-static int check_copy(void *dst, size_t destMax, const void *src, size_t count_, aclrtMemcpyKind kind, const char *api, Where *wdst, Where *wsrc) {
+static int check_copy(void *dst, size_t destMax, const void *src, size_t count_, aclrtMemcpyKind kind, const char *api,
+                      Where *wdst, Where *wsrc) {
     if (!dst || !src) return fail(E_INVALID_PARAM, "%s: null pointer", api), -1;
     if (count_ > destMax) return fail(E_INVALID_PARAM, "%s: count %zu exceeds destMax %zu", api, count_, destMax), -1;
     *wdst = classify(dst, count_);
@@ -697,7 +741,8 @@ static int check_copy(void *dst, size_t destMax, const void *src, size_t count_,
     if (k < 0 || k > 3) return fail(E_INVALID_PARAM, "%s: memcpy kind %d is not emulated", api, k), -1;
     if (k != actual)
         return fail(E_INVALID_PARAM, "%s: kind %s but the destination is %s and the source is %s", api, kCopyNames[k],
-                    where_name(*wdst), where_name(*wsrc)), -1;
+                    where_name(*wdst), where_name(*wsrc)),
+               -1;
     return actual;
 }
 
@@ -724,11 +769,15 @@ EMU_EXPORT aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size
     if (k < 0) return E_INVALID_PARAM;
     std::string err;
     if ((rc = do_copy(dst, src, count_, k, err))) return fail(rc, "aclrtMemcpy: %s", err.c_str());
-    count([&](Counters &t) { t.copies[k].count++; t.copies[k].bytes += count_; });
+    count([&](Counters &t) {
+        t.copies[k].count++;
+        t.copies[k].bytes += count_;
+    });
     return ACL_SUCCESS;
 }
 
-EMU_EXPORT aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t count_, aclrtMemcpyKind kind, aclrtStream stream) {
+EMU_EXPORT aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t count_, aclrtMemcpyKind kind,
+                                     aclrtStream stream) {
     Stream *st;
     int rc = resolve_stream(stream, &st);
     if (rc) return rc;
@@ -739,17 +788,24 @@ EMU_EXPORT aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src,
     if (pageable && k != 0 && st->cap && st->cap->mode != ACL_MODEL_RI_CAPTURE_MODE_RELAXED) {
         st->cap->invalidated = true;
         st->cap->why = "aclrtMemcpyAsync with pageable host memory";
-        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclrtMemcpyAsync: pageable host memory cannot be captured (use aclrtMallocHost); capture invalidated");
+        return fail(
+            E_RT_CAPTURE_MODE_NOT_SUPPORT,
+            "aclrtMemcpyAsync: pageable host memory cannot be captured (use aclrtMallocHost); capture invalidated");
     }
-    bool captured = st->cap != nullptr;
     rc = enqueue(stream, TaskKind::Copy, std::string("memcpy ") + kCopyNames[k], [=](std::string &err) {
         int r = do_copy(dst, src, count_, k, err);
-        if (!r && t_replaying) count([&](Counters &t) { t.replayed_copies[k].count++; t.replayed_copies[k].bytes += count_; });
+        if (!r && t_replaying)
+            count([&](Counters &t) {
+                t.replayed_copies[k].count++;
+                t.replayed_copies[k].bytes += count_;
+            });
         return r;
     });
     if (rc) return rc;
-    count([&](Counters &t) { t.copies[k].count++; t.copies[k].bytes += count_; });
-    (void)captured;
+    count([&](Counters &t) {
+        t.copies[k].count++;
+        t.copies[k].bytes += count_;
+    });
     /* pageable host memory: the call returns after the copy is done (CANN runtime docs) */
     if (pageable && k != 0 && !st->cap) {
         drain(st, last_seq(st));
@@ -783,7 +839,10 @@ EMU_EXPORT aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, si
     if ((rc = check_memset(devPtr, maxCount, count_, "aclrtMemset"))) return rc;
     std::string err;
     if ((rc = do_memset(devPtr, value, count_, err))) return fail(rc, "aclrtMemset: %s", err.c_str());
-    count([&](Counters &t) { t.memsets.count++; t.memsets.bytes += count_; });
+    count([&](Counters &t) {
+        t.memsets.count++;
+        t.memsets.bytes += count_;
+    });
     return ACL_SUCCESS;
 }
 
@@ -791,8 +850,13 @@ EMU_EXPORT aclError aclrtMemsetAsync(void *devPtr, size_t maxCount, int32_t valu
     int rc = require_context();
     if (rc) return rc;
     if ((rc = check_memset(devPtr, maxCount, count_, "aclrtMemsetAsync"))) return rc;
-    rc = enqueue(stream, TaskKind::Memset, "memset", [=](std::string &err) { return do_memset(devPtr, value, count_, err); });
-    if (!rc) count([&](Counters &t) { t.memsets.count++; t.memsets.bytes += count_; });
+    rc = enqueue(stream, TaskKind::Memset, "memset",
+                 [=](std::string &err) { return do_memset(devPtr, value, count_, err); });
+    if (!rc)
+        count([&](Counters &t) {
+            t.memsets.count++;
+            t.memsets.bytes += count_;
+        });
     return rc;
 }
 
@@ -878,8 +942,12 @@ EMU_EXPORT aclError aclrtCreateEventWithFlag(aclrtEvent *event, uint32_t flag) {
     *event = ev;
     return ACL_SUCCESS;
 }
-EMU_EXPORT aclError aclrtCreateEvent(aclrtEvent *event) { return aclrtCreateEventWithFlag(event, ACL_EVENT_SYNC); }
-EMU_EXPORT aclError aclrtCreateEventExWithFlag(aclrtEvent *event, uint32_t flag) { return aclrtCreateEventWithFlag(event, flag); }
+EMU_EXPORT aclError aclrtCreateEvent(aclrtEvent *event) {
+    return aclrtCreateEventWithFlag(event, ACL_EVENT_SYNC);
+}
+EMU_EXPORT aclError aclrtCreateEventExWithFlag(aclrtEvent *event, uint32_t flag) {
+    return aclrtCreateEventWithFlag(event, flag);
+}
 
 EMU_EXPORT aclError aclrtDestroyEvent(aclrtEvent event) {
     Event *ev;
@@ -972,11 +1040,16 @@ EMU_EXPORT aclError aclmdlRICaptureBegin(aclrtStream stream, aclmdlRICaptureMode
     Stream *st;
     int rc = resolve_stream(stream, &st);
     if (rc) return rc;
-    if (st->is_default) return fail(E_RT_STREAM_NOT_SUPPORT_OPERA, "aclmdlRICaptureBegin: the default stream cannot be captured; create a stream");
-    if ((int)mode < 0 || (int)mode > 2) return fail(E_INVALID_PARAM, "aclmdlRICaptureBegin: unknown capture mode %d", (int)mode);
+    if (st->is_default)
+        return fail(E_RT_STREAM_NOT_SUPPORT_OPERA,
+                    "aclmdlRICaptureBegin: the default stream cannot be captured; create a stream");
+    if ((int)mode < 0 || (int)mode > 2)
+        return fail(E_INVALID_PARAM, "aclmdlRICaptureBegin: unknown capture mode %d", (int)mode);
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-    if (st->cap) return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureBegin: the stream is already being captured");
-    if (st->updating) return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureBegin: the stream is inside a task update");
+    if (st->cap)
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureBegin: the stream is already being captured");
+    if (st->updating)
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureBegin: the stream is inside a task update");
     /* work queued before the capture is not part of it; it still runs in order before anything the graph does */
     Graph *g = new Graph();
     g->ctx = t_ctx;
@@ -1015,14 +1088,16 @@ EMU_EXPORT aclError aclmdlRICaptureEnd(aclrtStream stream, aclmdlRI *modelRI) {
     if (!st->cap) return fail(E_RT_STREAM_NOT_CAPTURED, "aclmdlRICaptureEnd: the stream is not being captured");
     Capture &c = *st->cap;
     if (c.mode != ACL_MODEL_RI_CAPTURE_MODE_RELAXED && c.thread != std::this_thread::get_id())
-        return fail(E_RT_STREAM_CAPTURE_WRONG_THREAD, "aclmdlRICaptureEnd from another thread than aclmdlRICaptureBegin");
+        return fail(E_RT_STREAM_CAPTURE_WRONG_THREAD,
+                    "aclmdlRICaptureEnd from another thread than aclmdlRICaptureBegin");
     if (c.mode == ACL_MODEL_RI_CAPTURE_MODE_GLOBAL) g_global_captures--;
     if (c.mode == ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL) t_local_captures--;
     std::unique_ptr<Capture> done(std::move(st->cap));
     if (done->invalidated) {
         done->graph->alive = false;
         *modelRI = nullptr;
-        return fail(E_RT_STREAM_CAPTURE_INVALIDATED, "aclmdlRICaptureEnd: the capture was invalidated: %s", done->why.c_str());
+        return fail(E_RT_STREAM_CAPTURE_INVALIDATED, "aclmdlRICaptureEnd: the capture was invalidated: %s",
+                    done->why.c_str());
     }
     if (done->group_begin >= 0) {
         done->graph->alive = false;
@@ -1063,8 +1138,13 @@ EMU_EXPORT aclError aclmdlRIExecuteAsync(aclmdlRI modelRI, aclrtStream stream) {
                 t = g->tasks[i];
             }
             r = t.fn(err);
-            if (r) err = "replayed task " + std::to_string(i) + " (" + t.name + "): " + err;
-            else if (t.kind == TaskKind::Op) count([&](Counters &c) { c.replayed_launches++; c.ops[t.name].replayed++; });
+            if (r)
+                err = "replayed task " + std::to_string(i) + " (" + t.name + "): " + err;
+            else if (t.kind == TaskKind::Op)
+                count([&](Counters &c) {
+                    c.replayed_launches++;
+                    c.ops[t.name].replayed++;
+                });
         }
         t_replaying = outer;
         return r;
@@ -1097,8 +1177,10 @@ EMU_EXPORT aclError aclmdlRICaptureTaskGrpBegin(aclrtStream stream) {
     int rc = resolve_stream(stream, &st);
     if (rc) return rc;
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-    if (!st->cap) return fail(E_RT_STREAM_NOT_CAPTURED, "aclmdlRICaptureTaskGrpBegin: the stream is not being captured");
-    if (st->cap->group_begin >= 0) return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureTaskGrpBegin: a task group is already open");
+    if (!st->cap)
+        return fail(E_RT_STREAM_NOT_CAPTURED, "aclmdlRICaptureTaskGrpBegin: the stream is not being captured");
+    if (st->cap->group_begin >= 0)
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureTaskGrpBegin: a task group is already open");
     st->cap->group_begin = (long)st->cap->graph->tasks.size();
     return ACL_SUCCESS;
 }
@@ -1110,7 +1192,8 @@ EMU_EXPORT aclError aclmdlRICaptureTaskGrpEnd(aclrtStream stream, aclrtTaskGrp *
     if (!handle) return fail(E_INVALID_PARAM, "aclmdlRICaptureTaskGrpEnd: handle is null");
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
     if (!st->cap) return fail(E_RT_STREAM_NOT_CAPTURED, "aclmdlRICaptureTaskGrpEnd: the stream is not being captured");
-    if (st->cap->group_begin < 0) return fail(E_RT_STREAM_CAPTURE_UNMATCHED, "aclmdlRICaptureTaskGrpEnd without aclmdlRICaptureTaskGrpBegin");
+    if (st->cap->group_begin < 0)
+        return fail(E_RT_STREAM_CAPTURE_UNMATCHED, "aclmdlRICaptureTaskGrpEnd without aclmdlRICaptureTaskGrpBegin");
     TaskGroup *tg = new TaskGroup{st->cap->graph, (size_t)st->cap->group_begin, st->cap->graph->tasks.size()};
     st->cap->group_begin = -1;
     g_groups.insert(tg);
@@ -1124,9 +1207,13 @@ EMU_EXPORT aclError aclmdlRICaptureTaskUpdateBegin(aclrtStream stream, aclrtTask
     if (rc) return rc;
     std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
     TaskGroup *tg = (TaskGroup *)handle;
-    if (!g_groups.count(tg) || !tg->graph->alive) return fail(E_RT_INVALID_HANDLE, "task group %p is not a live task group", handle);
-    if (st->cap) return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureTaskUpdateBegin on a stream that is being captured");
-    if (st->updating) return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureTaskUpdateBegin: an update is already open on this stream");
+    if (!g_groups.count(tg) || !tg->graph->alive)
+        return fail(E_RT_INVALID_HANDLE, "task group %p is not a live task group", handle);
+    if (st->cap)
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT, "aclmdlRICaptureTaskUpdateBegin on a stream that is being captured");
+    if (st->updating)
+        return fail(E_RT_CAPTURE_MODE_NOT_SUPPORT,
+                    "aclmdlRICaptureTaskUpdateBegin: an update is already open on this stream");
     st->updating = tg;
     st->update_tasks.clear();
     return ACL_SUCCESS;
@@ -1140,14 +1227,17 @@ EMU_EXPORT aclError aclmdlRICaptureTaskUpdateEnd(aclrtStream stream) {
     TaskGroup *tg;
     {
         std::lock_guard<std::recursive_mutex> lk(g_obj_mu);
-        if (!st->updating) return fail(E_RT_STREAM_CAPTURE_UNMATCHED, "aclmdlRICaptureTaskUpdateEnd without aclmdlRICaptureTaskUpdateBegin");
+        if (!st->updating)
+            return fail(E_RT_STREAM_CAPTURE_UNMATCHED,
+                        "aclmdlRICaptureTaskUpdateEnd without aclmdlRICaptureTaskUpdateBegin");
         tg = st->updating;
         st->updating = nullptr;
         tasks.swap(st->update_tasks);
         if (!tasks.empty()) { /* an empty update leaves the group unchanged (the official sample's first iteration) */
             size_t n = tg->end - tg->begin;
             if (tasks.size() != n)
-                return fail(E_INVALID_PARAM, "aclmdlRICaptureTaskUpdateEnd: %zu tasks re-issued for a group of %zu", tasks.size(), n);
+                return fail(E_INVALID_PARAM, "aclmdlRICaptureTaskUpdateEnd: %zu tasks re-issued for a group of %zu",
+                            tasks.size(), n);
             for (size_t i = 0; i < n; i++)
                 if (tasks[i].name != tg->graph->tasks[tg->begin + i].name)
                     return fail(E_INVALID_PARAM, "aclmdlRICaptureTaskUpdateEnd: task %zu is %s, the group holds %s", i,
@@ -1171,9 +1261,12 @@ EMU_EXPORT aclError aclmdlRICaptureTaskUpdateEnd(aclrtStream stream) {
 /* End one decode step for the "steps" list of the counters file (tests call it through ctypes). */
 EMU_EXPORT void aswemu_mark_step(void) {
     std::lock_guard<std::mutex> lk(stats().mu);
-    if (stats().step_deltas.size() < kMaxDeltas) stats().step_deltas.push_back(counters_json(stats().total, &stats().at_last_step));
+    if (stats().step_deltas.size() < kMaxDeltas)
+        stats().step_deltas.push_back(counters_json(stats().total, &stats().at_last_step));
     stats().at_last_step = stats().total;
 }
 
 /* Write the counters file now (it is also written at exit). */
-EMU_EXPORT void aswemu_write_stats(void) { write_stats(); }
+EMU_EXPORT void aswemu_write_stats(void) {
+    write_stats();
+}
