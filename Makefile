@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
-NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h) setup.py
+NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h native/src/aclnn/*.cpp native/src/aclnn/*.h) setup.py
 
 .PHONY: demo test native bench clean check-aarch64 emu
 

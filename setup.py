@@ -1,11 +1,14 @@
-"""Build the native library (native/src/*.c) into the package as ascend_super/runtime/_asw*.so.
+"""Build the native libraries into the package: native/src/*.c as ascend_super/runtime/_asw*.so, and on Linux the
+aclnn backend plugin native/src/aclnn/*.cpp as ascend_super/runtime/libasw_aclnn.so next to it.
 
-Project metadata lives in pyproject.toml; this file only declares the one C extension. The library has no
-Python module init: runtime/native.py loads it with ctypes. SIMD kernels are chosen at run time, so no
--march flags here.
+Project metadata lives in pyproject.toml; this file only declares the native builds. Neither library has a
+Python module init: runtime/native.py loads the first with ctypes, and the first opens the plugin with dlopen only
+when the aclnn backend is asked for. The plugin opens CANN itself with dlopen, so nothing here links CANN. SIMD
+kernels are chosen at run time, so no -march flags here.
 """
 
 import glob
+import os
 import sys
 
 from setuptools import Extension, setup
@@ -18,7 +21,16 @@ class BuildNative(build_ext):
     def get_export_symbols(self, ext):
         return []
 
+    def get_ext_filename(self, fullname):
+        # the plugin keeps its plain name: model.c looks for libasw_aclnn.so next to the main library
+        # (setuptools asks both with the full dotted name and with its last component)
+        parts = fullname.split(".")
+        if parts[-1] == ACLNN_PLUGIN.split(".")[-1]:
+            return os.path.join(*parts[:-1], "libasw_aclnn.so")
+        return super().get_ext_filename(fullname)
 
+
+ACLNN_PLUGIN = "ascend_super.runtime.libasw_aclnn"
 # -fno-trapping-math: nothing here reads FP exception flags, and it lets the exp/silu loops vectorize
 extra_compile_args = ["-std=c11", "-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
 libraries = [] if sys.platform == "win32" else ["m", "dl"]
@@ -34,6 +46,23 @@ setup(
             extra_link_args=["-pthread"],
             libraries=libraries,
         )
-    ],
+    ]
+    + (
+        [
+            Extension(
+                ACLNN_PLUGIN,
+                sources=sorted(glob.glob("native/src/aclnn/*.cpp")),
+                include_dirs=["native/include", "native/src"],
+                depends=sorted(glob.glob("native/src/aclnn/*.h"))
+                + ["native/src/backend.h", "native/src/rope.h", "native/include/asw.h"],
+                language="c++",
+                extra_compile_args=["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
+                extra_link_args=["-Wl,--no-undefined"],
+                libraries=["dl"],
+            )
+        ]
+        if sys.platform.startswith("linux")
+        else []
+    ),
     cmdclass={"build_ext": BuildNative},
 )

@@ -15,8 +15,9 @@ def __getattr__(name: str):  # noqa: ANN202  (lazy re-exports: importing the pac
     raise AttributeError(f"module 'ascend_super' has no attribute {name!r}")
 
 
-def load(path, backend: str = "auto", threads=None):  # noqa: ANN001, ANN201 (re-exported; see runtime.model.load)
-    """Open a .asw file for generation: `ascend_super.load("model.asw").generate("Hi")` yields text pieces."""
+def load(path, backend: str = "auto", threads=None, device: int = 0, eager: bool = False):  # noqa: ANN001, ANN201
+    """Open a .asw file for generation: `ascend_super.load("model.asw").generate("Hi")` yields text pieces
+    (re-exported; see runtime.model.load for the arguments)."""
     from ascend_super.runtime.model import load as _load
 
-    return _load(path, backend, threads)
+    return _load(path, backend, threads, device, eager)

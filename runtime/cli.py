@@ -26,9 +26,10 @@ def _note(message: str) -> None:
 
 @app.command()
 def run(
-    model: str = typer.Argument(..., help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] "
-                                           "or ms://... (downloaded once into the hub's cache)."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
+    model: Optional[str] = typer.Argument(None, help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] "
+                                                      "or ms://... (downloaded once into the hub's cache). "
+                                                      "--selftest: default the golden model."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (chat template only)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Most tokens to generate."),
@@ -44,8 +45,15 @@ def run(
                                                                   "4096)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
     version: bool = version_option(),
+    selftest: bool = typer.Option(False, "--selftest", help="With --backend aclnn: check the device against the cpu "
+                                  "backend and the golden tokens; exit 0 only if all pass."),
 ) -> None:
     """Generate text from a .asw model."""
+    if selftest:
+        run_selftest(model, backend, device)
+        return
+    if model is None or prompt is None:
+        fail("need a model and --prompt (or --selftest)")
     try:
         if prompt == "-":
             prompt = read_stdin_prompt()
@@ -112,6 +120,24 @@ def read_stdin_prompt() -> str:
         fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
     text = text.removeprefix("\ufeff")
     return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+
+
+def run_selftest(model: Optional[str], backend: str, device: int) -> None:
+    """`--selftest`: the aclnn bring-up table (runtime/selftest.py); exit 1 if a check fails."""
+    from . import selftest as checks
+
+    if backend != "aclnn":
+        fail("--selftest checks the aclnn backend: run it with --backend aclnn")
+    try:
+        located = hub.locate(model, report=_note) if model is not None else None
+    except hub.HubError as exc:
+        fail(str(exc))
+    try:
+        ok = checks.run(located.path if located is not None else None, device, typer.echo)
+    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
+        fail(str(exc))
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

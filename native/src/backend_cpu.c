@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "rope.h"
 #include "kernels.h"
 #include "threadpool.h"
 
@@ -54,32 +55,6 @@ typedef struct cpu_session {
 /* ---------------------------------------------------------------------------------------------------------
  * model
  */
-
-/* RoPE inverse frequencies exactly as transformers computes them (f32 ops, same order) */
-static void rope_inv_freq(const asw_config *c, float *inv_freq) {
-    int half = c->head_dim / 2;
-    for (int j = 0; j < half; j++) {
-        float e = (float)(2 * j) / (float)c->head_dim;
-        inv_freq[j] = 1.0f / powf(c->rope_theta, e);
-    }
-    if (c->rope_scaling != ASW_ROPE_LLAMA3) return;
-    /* transformers modeling_rope_utils._compute_llama3_parameters */
-    float factor = c->rope_factor;
-    double old_len = (double)c->rope_original_max_pos;
-    float low_wavelen = (float)(old_len / c->rope_low_freq_factor);
-    float high_wavelen = (float)(old_len / c->rope_high_freq_factor);
-    float band = (float)((double)c->rope_high_freq_factor - (double)c->rope_low_freq_factor);
-    for (int j = 0; j < half; j++) {
-        float inv = inv_freq[j];
-        float wavelen = (1.0f / inv) * (float)(2.0 * 3.14159265358979323846);
-        if (wavelen > low_wavelen) {
-            inv_freq[j] = inv / factor;
-        } else if (!(wavelen < high_wavelen)) {
-            float smooth = ((1.0f / wavelen) * (float)old_len - c->rope_low_freq_factor) / band;
-            inv_freq[j] = (1.0f - smooth) * inv / factor + smooth * inv;
-        }
-    }
-}
 
 /* Tensors of the model in table order, for checks that apply to each. */
 static int cpu_layouts_ok(const asw_config *cfg, const asw_weights *w) {
@@ -126,7 +101,7 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
         free(m);
         return NULL;
     }
-    rope_inv_freq(cfg, m->inv_freq);
+    asw_rope_inv_freq(cfg, m->inv_freq);
     snprintf(m->describe, sizeof m->describe, "cpu %s", k->name);
     return m;
 }

@@ -1,0 +1,99 @@
+"""Runs the aclnn backend on the CANN emulator in its own process (tests/test_aclnn_backend.py starts it).
+
+A process of its own because CANN is opened once per process and the plugin stays loaded: other test files check
+what happens when it is missing. Usage: python aclnn_worker.py REQUEST.json OUT.npz; the request says which
+.asw file, eager or graph, the prompt, host-fed decode tokens, how many pipelined greedy tokens, top-k; every
+result goes into OUT.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import numpy as np
+
+import ascend_super
+from ascend_super.runtime.native import NativeSession
+
+
+def pipelined_greedy(session: NativeSession, prompt: list[int], count: int, mark_step=None) -> list[int]:
+    """Greedy tokens as generation runs them: step t+1 queued before token t is read, the argmax on the device."""
+    _, first = session.prefill(prompt, logits="none")
+    tokens = [first]
+    if count > 1:
+        session.enqueue()
+    while len(tokens) < count:
+        if len(tokens) + 1 < count:
+            session.enqueue()
+        tokens.append(session.read())
+        if mark_step is not None:
+            mark_step()
+    session.discard()
+    return tokens
+
+
+def emulator_mark_step():
+    """The emulator's aswemu_mark_step: closes one interval of the counters file's "steps" list."""
+    import ctypes
+    import os
+
+    return ctypes.CDLL(os.path.join(os.environ["ASW_CANN_LIB_DIR"], "libascendcl.so")).aswemu_mark_step
+
+
+def main() -> None:
+    request = json.loads(open(sys.argv[1]).read())
+    out: dict[str, np.ndarray] = {}
+    mark = emulator_mark_step() if request.get("mark_steps") else None
+    with ascend_super.load(request["asw"], backend="aclnn", eager=request.get("eager", False)) as model:
+        if mark is not None:
+            mark()  # steps[0]: opening the model
+        out["describe"] = np.array(model.native.describe())
+        context = request.get("context", 256)
+        prompt = request["prompt"]
+        session = model.session(context)
+        if request.get("logits", True):
+            logits, argmax = session.prefill(prompt, logits="all")
+            out["prefill_logits"] = logits
+            out["prefill_argmax"] = np.array(argmax)
+            steps = []
+            for token in request.get("decode_tokens", []):
+                step, _ = session.decode(token)
+                steps.append(step)
+            if steps:
+                out["decode_logits"] = np.stack(steps)
+            session.reset()
+        if request.get("topk"):
+            values, ids = session.forward_topk(prompt, request["topk"])
+            out["topk_values"], out["topk_ids"] = values, ids
+            session.reset()
+        greedy = request.get("greedy", 0)
+        if greedy:
+            out["greedy"] = np.array(pipelined_greedy(session, prompt, greedy, mark), dtype=np.int64)
+        threads = request.get("threads", 0)
+        if threads:  # the same greedy run from several Python threads at once, one session each
+            results: list[list[int] | BaseException] = [[] for _ in range(threads)]
+
+            def work(i: int) -> None:
+                try:
+                    results[i] = list(model.generate_tokens(prompt, ascend_super.Sampling(max_new_tokens=greedy),
+                                                            context=context))
+                except BaseException as exc:  # reported below
+                    results[i] = exc
+
+            pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            out["threaded"] = np.array(results, dtype=np.int64)
+        session.close()
+    np.savez(sys.argv[2], **out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The aclnn backend on the CANN emulator (native/emu/, `make emu` -> build/emu/) against the cpu backend and
+transformers.
+
+Each case runs the backend in a subprocess (tests/aclnn_worker.py; CANN is opened once per process and the plugin
+stays loaded, while other test files check what happens when it is missing). The emulator is independent of the
+cpu backend (its own reference loops, from the CANN documentation), so agreement means something.
+
+Tolerances (|ours - transformers| <= ATOL[dtype] + RTOL * max|logits| per position): fp16 files get exactly
+test_parity.py's bound for the cpu backend. The device keeps activations in the weight dtype between operators where
+the cpu backend keeps f32; with bf16 (8 mantissa bits) that costs up to 1.18x the cpu bound on these checkpoints
+(measured, prefill logits), so bf16 gets 1.5x its ATOL. A wrong rope, norm, mask or head mapping is O(1) off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ascend_super
+from ascend_super.runtime.generate import Sampling
+from conftest import REPO, SPECS, run_cli
+from test_parity import check_greedy, hf_greedy, hf_model, prompt
+
+EMU_DIR = REPO / "build" / "emu"
+WORKER = Path(__file__).parent / "aclnn_worker.py"
+ATOL = {"fp16": 5e-3, "bf16": 6e-2}
+RTOL = 2e-3
+TIE_GAP = {dtype: 2 * atol for dtype, atol in ATOL.items()}
+DECODE_STEPS = 8
+GREEDY = 16
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Path:
+    """Build the emulator's libraries (make emu) once; their directory."""
+    result = subprocess.run(["make", "-s", "emu"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (EMU_DIR / "libascendcl.so").is_file()
+    return EMU_DIR
+
+
+def emu_env(emulator: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, ASW_CANN_LIB_DIR=str(emulator))
+    env.pop("ASCEND_HOME_PATH", None)
+    env.update(extra)
+    return env
+
+
+def run_aclnn(emulator: Path, tmp_path: Path, request: dict, stats: bool = False) -> tuple[dict, dict | None]:
+    """Run the worker on the emulator; (its outputs, the emulator's counters if asked)."""
+    req = tmp_path / f"request-{len(list(tmp_path.iterdir()))}.json"
+    req.write_text(json.dumps(request))
+    out = req.with_suffix(".npz")
+    extra = {}
+    stats_path = req.with_suffix(".stats.json")
+    if stats:
+        extra["ASW_EMU_STATS"] = str(stats_path)
+    result = subprocess.run([sys.executable, str(WORKER), str(req), str(out)], capture_output=True, text=True,
+                            env=emu_env(emulator, **extra), timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    with np.load(out) as data:
+        outputs = {k: data[k] for k in data.files}
+    return outputs, (json.loads(stats_path.read_text()) if stats else None)
+
+
+def assert_close(ours: np.ndarray, theirs: np.ndarray, dtype: str, what: str) -> float:
+    bound = ATOL[dtype] + RTOL * np.abs(theirs).max(axis=-1, keepdims=True)
+    error = np.abs(ours - theirs)
+    worst = float((error / bound).max())
+    assert worst <= 1.0, f"{what}: max |diff| {error.max():.4g} is {worst:.2f}x the tolerance"
+    return worst
+
+
+def test_golden_model_greedy_tokens_on_the_emulator(emulator, tmp_path) -> None:
+    golden = json.loads((REPO / "artifacts" / "golden-qwen2.json").read_text())
+    path = REPO / "artifacts" / golden["asw"]
+    count = len(golden["expected_tokens"])
+    with ascend_super.load(path, backend="cpu") as model:
+        cpu = list(model.generate_tokens(golden["prompt_ids"], Sampling(max_new_tokens=count)))
+    for eager in (False, True):
+        got, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": golden["prompt_ids"], "greedy": count,
+                                                "logits": False, "eager": eager})
+        assert got["greedy"].tolist() == golden["expected_tokens"] == cpu, f"eager={eager}"
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_logits_and_greedy_match_transformers(name: str, dtype: str, emulator, tmp_path, checkpoint_dir,
+                                              converted) -> None:
+    reference = hf_model(checkpoint_dir(name), dtype)
+    ids = prompt(SPECS[name].vocab, 21)
+    with torch.no_grad():
+        out = reference(torch.tensor([ids]), use_cache=True)
+    expected_prefill = out.logits[0].numpy()
+    past, token, feed, expected_steps = out.past_key_values, int(out.logits[0, -1].argmax()), [], []
+    for _ in range(DECODE_STEPS):  # fed transformers' greedy tokens so both see the same inputs
+        feed.append(token)
+        with torch.no_grad():
+            out = reference(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        expected_steps.append(out.logits[0, -1].numpy())
+        token = int(out.logits[0, -1].argmax())
+    expected, gaps = hf_greedy(reference, ids, GREEDY)
+    for layout in ("nd", "nz"):
+        got, _ = run_aclnn(emulator, tmp_path, {"asw": str(converted(name, dtype, layout)), "prompt": ids,
+                                                "decode_tokens": feed, "greedy": GREEDY})
+        what = f"{name} {dtype} {layout}"
+        assert_close(got["prefill_logits"], expected_prefill, dtype, f"{what} prefill")
+        assert_close(got["decode_logits"], np.stack(expected_steps), dtype, f"{what} decode")
+        check_greedy(got["greedy"].tolist(), expected, gaps, TIE_GAP[dtype], what)
+
+
+@pytest.mark.parametrize("name", ["qwen2-gqa-hd64", "llama-llama3"])
+def test_graph_and_eager_are_bit_identical(name: str, emulator, tmp_path, converted) -> None:
+    ids = prompt(SPECS[name].vocab, 13, seed=3)
+    request = {"asw": str(converted(name)), "prompt": ids, "decode_tokens": [5, 6, 7], "greedy": 12, "topk": 5}
+    graph, _ = run_aclnn(emulator, tmp_path, request)
+    eager, _ = run_aclnn(emulator, tmp_path, dict(request, eager=True))
+    assert str(graph["describe"]).endswith("graph") and str(eager["describe"]).endswith("eager")
+    for key in ("prefill_logits", "decode_logits", "greedy", "topk_values", "topk_ids"):
+        np.testing.assert_array_equal(graph[key], eager[key], err_msg=key)
+
+
+def test_long_prompt_and_several_kv_buckets_match_the_cpu_backend(emulator, tmp_path, converted) -> None:
+    """A prompt longer than one prefill chunk (256 positions); decode steps across the 256 -> 512 bucket edge."""
+    name = "qwen2-gqa7"
+    ids = prompt(SPECS[name].vocab, 300, seed=1)
+    path = converted(name)
+    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids, "context": 600, "greedy": 8})
+    edge, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids[:250], "context": 600, "greedy": 12,
+                                             "logits": False})
+    with ascend_super.load(path, backend="cpu", threads=2) as model:
+        cpu_logits, _ = model.session(600).prefill(ids, logits="all")
+        cpu_greedy = list(model.generate_tokens(ids, Sampling(max_new_tokens=8), context=600))
+        cpu_edge = list(model.generate_tokens(ids[:250], Sampling(max_new_tokens=12), context=600))
+    assert_close(got["prefill_logits"], cpu_logits, "fp16", "300-token prompt vs cpu")
+    assert got["greedy"].tolist() == cpu_greedy
+    assert edge["greedy"].tolist() == cpu_edge
+
+
+def test_top_k_matches_the_cpu_backend(emulator, tmp_path, converted) -> None:
+    name = "qwen2-tied-hd128"
+    ids = prompt(SPECS[name].vocab, 9, seed=2)
+    path = converted(name)
+    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids, "topk": 10, "logits": False})
+    with ascend_super.load(path, backend="cpu") as model:
+        values, top = model.session(64).forward_topk(ids, 10)
+    assert got["topk_ids"].tolist() == top.tolist()
+    assert_close(got["topk_values"], values, "fp16", "top-k values")
+    assert np.all(np.diff(got["topk_values"]) <= 0)
+
+
+def test_sessions_on_several_threads(emulator, tmp_path, converted) -> None:
+    name = "llama-sharded-bf16"
+    ids = prompt(SPECS[name].vocab, 11, seed=4)
+    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(converted(name, "bf16")), "prompt": ids, "greedy": 10,
+                                            "logits": False, "threads": 3})
+    for row in got["threaded"]:
+        assert row.tolist() == got["greedy"].tolist()
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_counters_one_upload_and_one_small_read_per_token(eager: bool, emulator, tmp_path, converted) -> None:
+    """Load: one device allocation and one host-to-device copy of the data region. Steady decode step (between two
+    reads): no host-to-device copy, one device-to-host copy of <= 8 bytes, one host synchronisation, and one graph
+    replay (graph) or at most 12 launches per layer + 6 (eager)."""
+    name = "qwen2-gqa-hd64"
+    path = converted(name)
+    from ascend_super.runtime import format as fmt
+
+    with fmt.AswFile.open(path) as asw:
+        region = len(asw.data_region())
+    count = 12
+    _, stats = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": [5, 6, 7], "greedy": count,
+                                              "logits": False, "eager": eager, "mark_steps": True}, stats=True)
+    load, steps = stats["steps"][0], stats["steps"]
+    assert load["device_allocs"] == 1 and load["device_alloc_bytes"] >= region
+    assert load["copies"]["host_to_device"] == {"count": 1, "bytes": region}
+    # steps[1] holds the session, the prefill and the first two enqueues; steps[-1] the last read alone
+    steady = steps[2:-1]
+    assert len(steady) == count - 3
+    layers = SPECS[name].layers
+    for step in steady:
+        copies = step["copies"]
+        assert copies["host_to_device"]["count"] == 0 and step["replayed_copies"]["host_to_device"]["count"] == 0
+        assert copies["device_to_host"]["count"] == 1 and copies["device_to_host"]["bytes"] <= 8
+        assert step["stream_syncs"] + step["event_syncs"] + step["device_syncs"] == 1
+        assert step["device_allocs"] == 0 and step["memsets"]["count"] == 0
+        if eager:
+            assert step["graph_replays"] == 0 and 0 < step["launches"] <= 12 * layers + 6
+        else:
+            assert step["graph_replays"] == 1 and step["launches"] == 0
+            assert step["replayed_launches"] <= 12 * layers + 6
+
+
+def test_missing_cann_is_one_clear_error(tmp_path) -> None:
+    env = dict(os.environ, ASW_CANN_LIB_DIR=str(tmp_path), LD_LIBRARY_PATH=str(tmp_path))
+    env.pop("ASCEND_HOME_PATH", None)
+    result = run_cli("ascend-run", str(REPO / "artifacts" / "golden-qwen2.asw"), "--backend", "aclnn", "-p", "hi",
+                     env=env)
+    assert result.returncode == 2
+    assert "backend 'aclnn' cannot run here: cannot load libascendcl.so" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_selftest_passes_on_the_emulator(emulator) -> None:
+    result = run_cli("ascend-run", "--backend", "aclnn", "--selftest", env=emu_env(emulator))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "selftest passed" in result.stdout
+
+
+@pytest.mark.parametrize(("name", "dtype", "layout"), [("qwen2-gqa7", "bf16", "nz"), ("llama-llama3", "fp16", "nz")])
+def test_selftest_on_nz_and_bf16_files(name: str, dtype: str, layout: str, emulator, converted) -> None:
+    """Every operator row (the NZ matmul with the file's own weight) and every model row pass; NZ files have no cpu
+    comparison (the cpu backend refuses them), so the graph == eager row is what is left of the model checks."""
+    result = run_cli("ascend-run", str(converted(name, dtype, layout)), "--backend", "aclnn", "--selftest",
+                     env=emu_env(emulator))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MatmulWeightNz" in result.stdout and "FAIL" not in result.stdout
