@@ -38,6 +38,7 @@ _ROPE = {None: 0, "default": 0, "llama3": 1}
 _LOGITS = {"none": 0, "last": 1, "all": 2}
 _LOGITS_TOPK = 3
 MAX_PENDING = 4  # ASW_MAX_PENDING: decode steps that may be queued at once
+MAX_BATCH = 64  # ASW_MAX_BATCH: sessions in one batched decode step
 _INT32_MAX = 2**31 - 1
 
 
@@ -153,6 +154,8 @@ def _load() -> ctypes.CDLL:
             "asw_session_pos": (ctypes.c_int32, [c_session]),
             "asw_forward": (ctypes.c_int32, [c_session, i32p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, f32p,
                                              i32p, i32p]),
+            "asw_forward_batch": (ctypes.c_int32, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int32, i32p,
+                                                   ctypes.c_int32, ctypes.c_int32, f32p, i32p, i32p]),
             "asw_decode_enqueue": (ctypes.c_int32, [c_session]),
             "asw_decode_read": (ctypes.c_int32, [c_session, i32p]),
             "asw_decode_discard": (ctypes.c_int32, [c_session]),
@@ -329,6 +332,47 @@ class NativeModel(_Owned):
         """A KV cache of `max_len` positions and a thread pool (threads None or <= 0: all cores)."""
         self._check()
         return NativeSession(self, max_len, threads)
+
+    def forward_batch(self, sessions: Sequence["NativeSession"], tokens: Sequence[int], logits: str = "none",
+                      k: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One decode step for several sessions of this model at once (continuous batching): sessions[i] takes
+        tokens[i] at its own next position, and each weight row is read once for the whole batch. Returns
+        (argmax [B] int32, values, ids): logits "none" -> (argmax, None, None); "topk" -> values [B, k] float32
+        descending and ids [B, k] int32; "last" -> values = the full logits [B, vocab], ids None. The rows equal
+        what B separate decode calls give."""
+        self._check()
+        count = len(sessions)
+        if not 1 <= count <= MAX_BATCH or len(tokens) != count:
+            raise NativeError(f"a batch needs 1 to {MAX_BATCH} sessions and one token each "
+                              f"(got {count} sessions, {len(tokens)} tokens)")
+        if any(s._model is not self for s in sessions):
+            raise NativeError("every session of a batch must belong to this model")
+        ids32 = np.array([_as_id(t) for t in tokens], dtype=np.int32)
+        argmax = np.empty(count, dtype=np.int32)
+        values = ids = None
+        if logits == "topk":
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.vocab:
+                raise NativeError(f"top-k needs 1 <= k <= {self.vocab}, got {k!r}")
+            mode = _LOGITS_TOPK
+            values, ids = np.empty((count, int(k)), dtype=np.float32), np.empty((count, int(k)), dtype=np.int32)
+        elif logits in ("none", "last"):
+            mode = _LOGITS[logits]
+            values = np.empty((count, self.vocab), dtype=np.float32) if logits == "last" else None
+        else:
+            raise NativeError(f"batch logits must be 'none', 'last' or 'topk', not {logits!r}")
+        locks = sorted({id(s): s for s in sessions}.values(), key=id)  # one fixed order: no lock-order deadlock
+        with contextlib.ExitStack() as stack:
+            for session in locks:
+                stack.enter_context(session._lock)
+            handles = (ctypes.c_void_p * count)(*[s._check() for s in sessions])
+            f32p, i32p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)
+            rc = _load().asw_forward_batch(
+                handles, count, ids32.ctypes.data_as(i32p), mode, int(k),
+                values.ctypes.data_as(f32p) if values is not None else None,
+                ids.ctypes.data_as(i32p) if ids is not None else None, argmax.ctypes.data_as(i32p))
+        if rc != 0:
+            raise _error("batched decode failed")
+        return argmax, values, ids
 
     def close(self) -> None:
         if self._handle is not None:

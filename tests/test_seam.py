@@ -223,3 +223,51 @@ def test_plugin_without_entry_point_is_refused(packed, monkeypatch, tmp_path):
     monkeypatch.setenv("ASW_ACLNN_LIB", libc)
     with pytest.raises(NativeError, match="does not export asw_backend_entry"):
         open_model(data, tensors, backend="aclnn")
+
+
+@pytest.mark.parametrize("kernels", ["portable", native.kernel_name()])
+def test_batched_step_rows_equal_separate_steps(packed, kernels, monkeypatch):
+    """Continuous batching: B sessions at different positions in one step give each exactly what it gets alone."""
+    monkeypatch.setenv("ASW_KERNELS", kernels)
+    data, tensors, _ = packed
+    prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [200, 7]]
+    with open_model(data, tensors) as model:
+        alone_logits, alone_tokens = [], []
+        for prompt in prompts:
+            with model.session(max_len=32) as s:
+                _, token = s.prefill(prompt, logits="none")
+                logits, nxt = s.decode(token, logits="last")
+                alone_logits.append(logits)
+                alone_tokens.append((token, nxt))
+        sessions = [model.session(max_len=32 + 8 * i) for i in range(len(prompts))]  # different cache lengths
+        firsts = [s.prefill(p, logits="none")[1] for s, p in zip(sessions, prompts)]
+        argmax, values, _ = model.forward_batch(sessions, firsts, logits="last")
+        for i in range(len(prompts)):
+            np.testing.assert_array_equal(values[i], alone_logits[i])
+            assert (firsts[i], int(argmax[i])) == alone_tokens[i]
+            assert sessions[i].pos == len(prompts[i]) + 1
+        top_argmax, top_values, top_ids = model.forward_batch(sessions, list(argmax), logits="topk", k=3)
+        for s in sessions:
+            s.enqueue()  # each session kept its own argmax from the batch
+            assert s.read() >= 0
+            s.close()
+        assert top_values.shape == (4, 3) and np.all(top_ids[:, 0] == top_argmax)
+
+
+def test_batch_is_checked(packed):
+    data, tensors, _ = packed
+    with open_model(data, tensors) as model, open_model(data, tensors) as other:
+        a, b, c = model.session(8), model.session(8), other.session(8)
+        for s in (a, b, c):
+            s.prefill([1])
+        with pytest.raises(NativeError, match="same session"):
+            model.forward_batch([a, a], [1, 2])
+        with pytest.raises(NativeError, match="belong to this model"):
+            model.forward_batch([a, c], [1, 2])
+        with pytest.raises(NativeError, match="one token each"):
+            model.forward_batch([a, b], [1])
+        with pytest.raises(NativeError, match="token id 9999 at index 1"):
+            model.forward_batch([a, b], [1, 9999])
+        a.enqueue()
+        with pytest.raises(NativeError, match="session 0 has 1 queued decode steps"):
+            model.forward_batch([a, b], [1, 2])

@@ -135,6 +135,15 @@ ASW_API int32_t asw_prefill(asw_session *s, const int32_t *tokens, int32_t n, in
                             int32_t *argmax);
 ASW_API int32_t asw_decode(asw_session *s, int32_t token, int32_t logits_mode, float *logits, int32_t *argmax);
 
+/* One decode step for n distinct sessions of the same model at once (continuous batching): sessions[i] takes
+ * tokens[i] at its own next position, so each weight row is read once for the whole batch. logits_mode NONE,
+ * LAST ([n, vocab] into `logits`) or TOPK ([n, k] values into `logits`, [n, k] ids into `topk_ids`); `argmax`
+ * ([n], may be NULL) gets each row's argmax, which each session also keeps for asw_decode_enqueue. The rows give
+ * the same results as n separate asw_forward calls. 1 <= n <= ASW_MAX_BATCH. */
+#define ASW_MAX_BATCH 64
+ASW_API int32_t asw_forward_batch(asw_session *const *sessions, int32_t n, const int32_t *tokens,
+                                  int32_t logits_mode, int32_t k, float *logits, int32_t *topk_ids, int32_t *argmax);
+
 /* Pipelined greedy decoding. asw_decode_enqueue queues one step whose input is the argmax of the previous step
  * (or of the last asw_forward), kept where the backend computes (on the device for aclnn: no host-to-device
  * copy). asw_decode_read returns the token of the oldest queued step, waiting for it. Queue step t+1 before

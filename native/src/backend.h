@@ -95,6 +95,12 @@ typedef struct asw_backend {
     int32_t (*decode_read)(void *bsession, int32_t *token);
     /* Wait for every queued step and drop their tokens. */
     int32_t (*decode_discard)(void *bsession);
+    /* One decode step for n distinct sessions of this model at once (continuous batching): tokens[i] at pos[i]
+     * in bsessions[i] (checked: 1 <= n <= ASW_MAX_BATCH, room, ids, nothing queued). Outputs are per row:
+     * LAST [n, vocab], TOPK [n, k] + ids [n, k], argmax [n]; each session keeps its own argmax. NULL: model.c
+     * runs the sessions one by one. */
+    int32_t (*forward_batch)(void **bsessions, int32_t n, const int32_t *tokens, const int32_t *pos,
+                             const asw_outputs *out);
 } asw_backend;
 
 /* What the library offers a backend plugin. */

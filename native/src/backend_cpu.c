@@ -15,6 +15,7 @@
 #include "threadpool.h"
 
 enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized for one chunk */
+_Static_assert(ASW_MAX_BATCH <= CHUNK, "a batched decode step must fit one chunk's scratch buffers");
 
 typedef struct cpu_model {
     asw_config cfg;
@@ -43,6 +44,9 @@ typedef struct cpu_session {
     int32_t next_token;             /* argmax of the last step: the input of the next decode_enqueue */
     int32_t ring[ASW_MAX_PENDING];  /* tokens of queued decode steps (computed at enqueue), oldest at ring_head */
     int32_t ring_head, ring_count;
+    float *batch_logits;            /* [batch_rows, vocab] logits of a batched step (grown on demand) */
+    int rowwise;                    /* 1 while this session runs a batched decode step (see matmul_task) */
+    int32_t batch_rows;
     uint16_t *key_cache;   /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
     uint16_t *value_cache; /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
 } cpu_session;
@@ -155,6 +159,7 @@ static void cpu_session_free(void *bs) {
     free(s->rope_sin);
     free(s->scores);
     free(s->logits);
+    free(s->batch_logits);
     free(s->key_cache);
     free(s->value_cache);
     free(s);
@@ -217,6 +222,7 @@ typedef struct matmul_job {
     int64_t rows, cols;
     const float *X;     /* [nt, ldx] */
     int64_t ldx, nt;
+    int rowwise;        /* 1: each token as its own GEMV (bit-identical to a lone decode step) */
 } matmul_job;
 
 static void matmul_task(void *arg, int ith, int nth) {
@@ -225,21 +231,39 @@ static void matmul_task(void *arg, int ith, int nth) {
     int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
     int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
     if (r1 > j->rows) r1 = j->rows;
-    if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
+    if (!j->rowwise) {
+        if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
+        return;
+    }
+    /* a batched decode step: rows in blocks small enough to stay in L2 while every token's GEMV reads them,
+     * so the weights come from memory once for the whole batch and each token sums in the lone-step order */
+    int64_t step = (64 * 1024) / (j->cols * 2) + 1;
+    for (int64_t b0 = r0; b0 < r1; b0 += step) {
+        int64_t b1 = b0 + step < r1 ? b0 + step : r1;
+        for (int64_t t = 0; t < j->nt; t++)
+            j->k->matmul(j->dtype, j->Y + t * j->ldy, j->ldy, j->W, j->cols, b0, b1, j->X + t * j->ldx, j->ldx, 1);
+    }
 }
 
 /* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads */
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
                    const float *X, int64_t ldx, int64_t nt) {
-    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt};
+    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise};
     asw_pool_run(s->pool, matmul_task, &j);
 }
 
+/* Where one row of a forward pass lives: the session whose KV cache it reads and writes, and its position. A
+ * prefill chunk is n rows of one session at pos..pos+n-1; a batched decode step is one row per session. */
+typedef struct row_kv {
+    cpu_session *kv;
+    int pos;
+} row_kv;
+
 typedef struct attention_job {
-    cpu_session *s;
+    cpu_session *s;      /* the session whose scratch and scores the pass uses */
+    const row_kv *rows;  /* [n] */
     int layer;
-    int n;    /* positions in this chunk */
-    int pos;  /* position of the chunk's first token */
+    int n;               /* rows in this pass */
 } attention_job;
 
 /* att[t, h] = softmax(q[t, h] . K[0..pos+t] / sqrt(D)) . V[0..pos+t], one (t, h) pair at a time */
@@ -251,16 +275,17 @@ static void attention_task(void *arg, int ith, int nth) {
     int D = c->head_dim, Hq = c->n_heads, group = c->n_heads / c->n_kv_heads;
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
     size_t kv_dim = (size_t)c->n_kv_heads * D;
-    const uint16_t *kc = s->key_cache + (size_t)j->layer * s->max_len * kv_dim;   /* [max_len, kv_dim] */
-    const uint16_t *vc = s->value_cache + (size_t)j->layer * s->max_len * kv_dim; /* [max_len, kv_dim] */
-    float *sc = s->scores + (size_t)ith * s->max_len;                              /* [max_len] */
+    float *sc = s->scores + (size_t)ith * s->max_len; /* [max_len] (>= every row's max_len) */
     float scale = 1.0f / sqrtf((float)D);
     /* interleaved items balance the causal triangle across threads */
     for (int item = ith; item < j->n * Hq; item += nth) {
         int t = item / Hq, h = item % Hq;
         size_t kvo = (size_t)(h / group) * D;
         const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
-        int len = j->pos + t + 1;                              /* causal: positions 0..pos+t */
+        const cpu_session *kv = j->rows[t].kv;
+        const uint16_t *kc = kv->key_cache + (size_t)j->layer * kv->max_len * kv_dim;   /* [max_len, kv_dim] */
+        const uint16_t *vc = kv->value_cache + (size_t)j->layer * kv->max_len * kv_dim; /* [max_len, kv_dim] */
+        int len = j->rows[t].pos + 1;                          /* causal: positions 0..pos of this row */
         float mx = -INFINITY;
         for (int p = 0; p < len; p++) {
             sc[p] = k->dot(c->dtype, kc + p * kv_dim + kvo, q, D) * scale;
@@ -361,9 +386,10 @@ static int kv_fits(int dtype, const float *x, int n, int layer, int pos, const c
  * forward
  */
 
-/* One chunk: tokens[0..n) at positions pos..pos+n-1, n <= CHUNK. If out != NULL, logits of positions
- * first..n-1 go to out ([n - first, vocab]). */
-static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos, float *out, int first) {
+/* One pass over n <= CHUNK rows: tokens[t] at rows[t] (its session's KV cache and position), on the scratch
+ * buffers and threads of `s`. If out != NULL, logits of rows first..n-1 go to out ([n - first, vocab]). */
+static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const row_kv *rows, float *out,
+                            int first) {
     cpu_model *m = s->m;
     const asw_config *c = &m->cfg;
     const asw_weights *w = &m->w;
@@ -375,18 +401,16 @@ static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int p
     for (int t = 0; t < n; t++)
         k->to_f32(dt, s->x + (size_t)t * H, w->token_embd.host + (size_t)tokens[t] * H, H);
 
-    /* rope_cos, rope_sin [n, D/2] for positions pos..pos+n-1 (f32 like transformers) */
+    /* rope_cos, rope_sin [n, D/2] for each row's position (f32 like transformers) */
     for (int t = 0; t < n; t++)
         for (int j = 0; j < half; j++) {
-            float angle = (float)(pos + t) * m->inv_freq[j];
+            float angle = (float)rows[t].pos * m->inv_freq[j];
             s->rope_cos[t * half + j] = cosf(angle);
             s->rope_sin[t * half + j] = sinf(angle);
         }
 
     for (int l = 0; l < c->n_layers; l++) {
         const asw_layer_weights *lw = &w->layers[l];
-        uint16_t *kc = s->key_cache + (size_t)l * s->max_len * kv_dim;   /* [max_len, kv_dim] */
-        uint16_t *vc = s->value_cache + (size_t)l * s->max_len * kv_dim; /* [max_len, kv_dim] */
 
         /* xb [n, H] = rmsnorm(x) * attn_norm */
         for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->attn_norm.host, H, c->rms_eps);
@@ -406,14 +430,16 @@ static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int p
             const float *cs = s->rope_cos + (size_t)t * half, *sn = s->rope_sin + (size_t)t * half;
             for (int h = 0; h < c->n_heads; h++) rope(q + h * D, cs, sn, half);
             for (int h = 0; h < c->n_kv_heads; h++) rope(kk + h * D, cs, sn, half);
-            if (!kv_fits(dt, kk, kv_dim, l, pos + t, "key") || !kv_fits(dt, v, kv_dim, l, pos + t, "value"))
+            cpu_session *kv = rows[t].kv;
+            size_t row = ((size_t)l * kv->max_len + (size_t)rows[t].pos) * kv_dim;
+            if (!kv_fits(dt, kk, kv_dim, l, rows[t].pos, "key") || !kv_fits(dt, v, kv_dim, l, rows[t].pos, "value"))
                 return ASW_ERR_NUMERIC;
-            k->from_f32(dt, kc + (size_t)(pos + t) * kv_dim, kk, kv_dim);
-            k->from_f32(dt, vc + (size_t)(pos + t) * kv_dim, v, kv_dim);
+            k->from_f32(dt, kv->key_cache + row, kk, kv_dim);   /* [kv_dim] at (layer l, position pos) */
+            k->from_f32(dt, kv->value_cache + row, v, kv_dim);
         }
 
         /* att [n, q_dim] = causal GQA attention over the cache */
-        attention_job aj = {s, l, n, pos};
+        attention_job aj = {s, rows, l, n};
         asw_pool_run(s->pool, attention_task, &aj);
 
         /* x += att . Wo^T */
@@ -441,6 +467,28 @@ static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int p
     return 0;
 }
 
+/* tokens[0..n) of one session at positions pos..pos+n-1, n <= CHUNK */
+static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int pos, float *out, int first) {
+    row_kv rows[CHUNK] = {{NULL, 0}}; /* [n] */
+    for (int t = 0; t < n; t++) rows[t] = (row_kv){s, pos + t};
+    return forward_rows(s, tokens, n, rows, out, first);
+}
+
+/* argmax, top-k and the kept next token of one row's logits [vocab] */
+static int32_t finish_row(cpu_session *s, const float *logits, int32_t pos, const asw_outputs *o, int32_t row) {
+    int32_t vocab = s->m->cfg.vocab;
+    int32_t best = argmax(logits, vocab);
+    if (best < 0) {
+        asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)", (int)pos);
+        return ASW_ERR_NUMERIC;
+    }
+    if (o->logits_mode == ASW_LOGITS_TOPK)
+        top_k(logits, vocab, o->k, o->logits + (size_t)row * o->k, o->topk_ids + (size_t)row * o->k);
+    if (o->argmax != NULL) o->argmax[row] = best;
+    s->next_token = best;
+    return 0;
+}
+
 static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *o) {
     cpu_session *s = bs;
     int32_t vocab = s->m->cfg.vocab;
@@ -462,16 +510,39 @@ static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t p
         }
         if (rc != 0) return rc;
     }
-    int32_t best = argmax(last, vocab);
-    if (best < 0) {
-        asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)",
-                      (int)(pos + n - 1));
-        return ASW_ERR_NUMERIC;
+    return finish_row(s, last, pos + n - 1, o, 0);
+}
+
+/* One decode step for n <= CHUNK sessions of this model at once: each weight row is read once for the whole
+ * batch (the matmuls become GEMMs over n rows); each row attends over its own session's cache. The pass runs on
+ * the session with the longest cache (its scores buffer fits every row) and its threads. */
+static int32_t cpu_forward_batch(void **bs, int32_t n, const int32_t *tokens, const int32_t *pos,
+                                 const asw_outputs *o) {
+    row_kv rows[CHUNK] = {{NULL, 0}}; /* [n] */
+    cpu_session *lead = bs[0];
+    for (int32_t i = 0; i < n; i++) {
+        rows[i] = (row_kv){bs[i], pos[i]};
+        if (rows[i].kv->max_len > lead->max_len) lead = rows[i].kv;
     }
-    if (mode == ASW_LOGITS_TOPK) top_k(last, vocab, o->k, o->logits, o->topk_ids);
-    if (o->argmax != NULL) *o->argmax = best;
-    s->next_token = best;
-    return 0;
+    int32_t vocab = lead->m->cfg.vocab;
+    float *out = o->logits; /* [n, vocab] */
+    if (o->logits_mode != ASW_LOGITS_LAST) {
+        if (lead->batch_rows < n) {
+            float *grown = realloc(lead->batch_logits, (size_t)n * (size_t)vocab * sizeof(float));
+            if (grown == NULL) {
+                asw_set_error("out of memory (logits of a batch of %d)", (int)n);
+                return ASW_ERR_NOMEM;
+            }
+            lead->batch_logits = grown;
+            lead->batch_rows = n;
+        }
+        out = lead->batch_logits;
+    }
+    lead->rowwise = 1;
+    int32_t rc = forward_rows(lead, tokens, n, rows, out, 0);
+    lead->rowwise = 0;
+    for (int32_t i = 0; rc == 0 && i < n; i++) rc = finish_row(rows[i].kv, out + (size_t)i * vocab, pos[i], o, i);
+    return rc;
 }
 
 static int32_t cpu_session_reset(void *bs) {
@@ -505,5 +576,5 @@ static int32_t cpu_decode_discard(void *bs) { return cpu_session_reset(bs); }
 const asw_backend asw_backend_cpu = {
     ASW_BACKEND_ABI,    "cpu",    0,     cpu_model_init,     cpu_model_free,  cpu_describe,
     cpu_session_init,   cpu_session_free, cpu_session_reset, cpu_forward,     cpu_decode_enqueue,
-    cpu_decode_read,    cpu_decode_discard,
+    cpu_decode_read,    cpu_decode_discard, cpu_forward_batch,
 };

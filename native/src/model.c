@@ -537,6 +537,37 @@ int32_t asw_session_reset(asw_session *s) {
 
 int32_t asw_session_pos(const asw_session *s) { return s == NULL ? 0 : s->pos; }
 
+/* The output buffers a logits mode needs (ALL only when allow_all). */
+static int check_outputs(const char *fn, int32_t vocab, int32_t logits_mode, int32_t k, const float *logits,
+                         const int32_t *topk_ids) {
+    switch (logits_mode) {
+    case ASW_LOGITS_NONE: return 1;
+    case ASW_LOGITS_LAST:
+    case ASW_LOGITS_ALL:
+        if (logits != NULL) return 1;
+        asw_set_error("%s: logits is NULL but logits_mode is %d", fn, (int)logits_mode);
+        return 0;
+    case ASW_LOGITS_TOPK:
+        if (logits != NULL && topk_ids != NULL && k >= 1 && k <= vocab) return 1;
+        asw_set_error("%s: top-k needs logits and topk_ids buffers and 1 <= k <= vocab %d (got k = %d)", fn,
+                      (int)vocab, (int)k);
+        return 0;
+    default:
+        asw_set_error("%s: logits_mode %d is not none (0), last (1), all (2) or topk (3)", fn, (int)logits_mode);
+        return 0;
+    }
+}
+
+static int check_tokens(const int32_t *tokens, int32_t n, int32_t vocab) {
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab) {
+            asw_set_error("token id %d at index %d is outside the vocabulary [0, %d)", (int)tokens[i], (int)i,
+                          (int)vocab);
+            return 0;
+        }
+    return 1;
+}
+
 int32_t asw_forward(asw_session *s, const int32_t *tokens, int32_t n, int32_t logits_mode, int32_t k,
                     float *logits, int32_t *topk_ids, int32_t *argmax) {
     clear_error();
@@ -544,27 +575,7 @@ int32_t asw_forward(asw_session *s, const int32_t *tokens, int32_t n, int32_t lo
         asw_set_error("asw_forward: need a session and n >= 1 tokens (got n = %d)", (int)n);
         return ASW_ERR_ARG;
     }
-    int32_t vocab = s->model->cfg.vocab;
-    switch (logits_mode) {
-    case ASW_LOGITS_NONE: break;
-    case ASW_LOGITS_LAST:
-    case ASW_LOGITS_ALL:
-        if (logits == NULL) {
-            asw_set_error("asw_forward: logits is NULL but logits_mode is %d", (int)logits_mode);
-            return ASW_ERR_ARG;
-        }
-        break;
-    case ASW_LOGITS_TOPK:
-        if (logits == NULL || topk_ids == NULL || k < 1 || k > vocab) {
-            asw_set_error("asw_forward: top-k needs logits and topk_ids buffers and 1 <= k <= vocab %d (got k = %d)",
-                          (int)vocab, (int)k);
-            return ASW_ERR_ARG;
-        }
-        break;
-    default:
-        asw_set_error("asw_forward: logits_mode %d is not none (0), last (1), all (2) or topk (3)", (int)logits_mode);
-        return ASW_ERR_ARG;
-    }
+    if (!check_outputs("asw_forward", s->model->cfg.vocab, logits_mode, k, logits, topk_ids)) return ASW_ERR_ARG;
     if (s->pending > 0) {
         asw_set_error("asw_forward: %d queued decode steps must be read or discarded first", (int)s->pending);
         return ASW_ERR_STATE;
@@ -574,12 +585,7 @@ int32_t asw_forward(asw_session *s, const int32_t *tokens, int32_t n, int32_t lo
                       (int)s->max_len);
         return ASW_ERR_CONTEXT;
     }
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= vocab) {
-            asw_set_error("token id %d at index %d is outside the vocabulary [0, %d)", (int)tokens[i], (int)i,
-                          (int)vocab);
-            return ASW_ERR_TOKEN;
-        }
+    if (!check_tokens(tokens, n, s->model->cfg.vocab)) return ASW_ERR_TOKEN;
     asw_outputs out = {logits_mode, k, logits, topk_ids, argmax};
     int32_t rc = s->model->backend->forward(s->bsession, tokens, n, s->pos, &out);
     if (rc != 0) {
@@ -667,4 +673,63 @@ int32_t asw_decode_discard(asw_session *s) {
     s->pending = 0;
     s->primed = 0; /* the kept argmax belongs to a dropped step */
     return rc;
+}
+
+int32_t asw_forward_batch(asw_session *const *sessions, int32_t n, const int32_t *tokens, int32_t logits_mode,
+                          int32_t k, float *logits, int32_t *topk_ids, int32_t *argmax) {
+    clear_error();
+    if (sessions == NULL || tokens == NULL || n < 1 || n > ASW_MAX_BATCH) {
+        asw_set_error("asw_forward_batch: need 1 <= n <= %d sessions and their tokens (got n = %d)", ASW_MAX_BATCH,
+                      (int)n);
+        return ASW_ERR_ARG;
+    }
+    if (logits_mode == ASW_LOGITS_ALL) {
+        asw_set_error("asw_forward_batch: one token per session: use logits_mode last (1), not all (2)");
+        return ASW_ERR_ARG;
+    }
+    asw_model *m = sessions[0] == NULL ? NULL : sessions[0]->model;
+    if (m == NULL || !check_outputs("asw_forward_batch", m->cfg.vocab, logits_mode, k, logits, topk_ids))
+        return ASW_ERR_ARG;
+    if (!check_tokens(tokens, n, m->cfg.vocab)) return ASW_ERR_TOKEN;
+    void *bs[ASW_MAX_BATCH];   /* [n] */
+    int32_t pos[ASW_MAX_BATCH]; /* [n] */
+    for (int32_t i = 0; i < n; i++) {
+        asw_session *s = sessions[i];
+        if (s == NULL || s->model != m) {
+            asw_set_error("asw_forward_batch: session %d is %s", (int)i, s == NULL ? "NULL" : "of another model");
+            return ASW_ERR_ARG;
+        }
+        for (int32_t j = 0; j < i; j++)
+            if (sessions[j] == s) {
+                asw_set_error("asw_forward_batch: sessions %d and %d are the same session", (int)j, (int)i);
+                return ASW_ERR_ARG;
+            }
+        if (s->pending > 0) {
+            asw_set_error("asw_forward_batch: session %d has %d queued decode steps", (int)i, (int)s->pending);
+            return ASW_ERR_STATE;
+        }
+        if (s->pos >= s->max_len) {
+            asw_set_error("context full in session %d: %d positions in the cache + 1 new > max_len %d", (int)i,
+                          (int)s->pos, (int)s->max_len);
+            return ASW_ERR_CONTEXT;
+        }
+        bs[i] = s->bsession;
+        pos[i] = s->pos;
+    }
+    int32_t rc = 0;
+    if (m->backend->forward_batch != NULL) {
+        asw_outputs out = {logits_mode, k, logits, topk_ids, argmax};
+        rc = m->backend->forward_batch(bs, n, tokens, pos, &out);
+    } else { /* a backend without batching: the same results one session at a time */
+        size_t width = logits_mode == ASW_LOGITS_TOPK ? (size_t)k : (size_t)m->cfg.vocab;
+        for (int32_t i = 0; rc == 0 && i < n; i++) {
+            asw_outputs out = {logits_mode, k, logits ? logits + (size_t)i * width : NULL,
+                               topk_ids ? topk_ids + (size_t)i * width : NULL, argmax ? argmax + i : NULL};
+            rc = m->backend->forward(bs[i], tokens + i, 1, pos[i], &out);
+        }
+    }
+    for (int32_t i = 0; i < n; i++) sessions[i]->primed = rc == 0;
+    if (rc != 0) return rc;
+    for (int32_t i = 0; i < n; i++) sessions[i]->pos++;
+    return 0;
 }
