@@ -28,13 +28,12 @@ import numpy as np
 
 from ..generate import PREFILL_SLICE, GenerationError, Sampling, candidates, sample
 from ..model import Model
-from ..native import NativeSession
+from ..native import MAX_BATCH, NativeSession
 from ..tokenizer import TextStream
 from .metrics import Metrics
 
 PREFILL_CHUNK = 64  # prompt tokens per step while other requests are decoding
-MAX_BATCH = 64  # NativeModel.forward_batch's limit
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # top logprobs a request may ask for
 
 log = logging.getLogger("ascend_serve.engine")
 
