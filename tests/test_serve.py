@@ -5,7 +5,7 @@ request runs alone or in a batch with others."""
 from __future__ import annotations
 
 import json
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -224,44 +224,34 @@ def test_sixteen_concurrent_clients_get_their_own_tokens(server: Server, client:
         cases.append((prompt, chat, i % 3 == 0, max_tokens, ref.text(ids, max_tokens), len(ids),
                       len(ref.tokens(ids, max_tokens))))
     before = server.metrics()
-    results: list[tuple[str, int, int] | BaseException] = [RuntimeError("not run")] * len(cases)
 
-    def run(index: int) -> None:
+    def run(index: int) -> tuple[str, int, int]:
         prompt, chat, stream, max_tokens, _, _, _ = cases[index]
-        try:
-            if chat:
-                kwargs = dict(model=NAME, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                              temperature=0)
-                if stream:
-                    chunks = list(client.chat.completions.create(**kwargs, stream=True,
-                                                                 stream_options={"include_usage": True}))
-                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    usage = chunks[-1].usage
-                else:
-                    reply = client.chat.completions.create(**kwargs)
-                    text, usage = reply.choices[0].message.content, reply.usage
+        if chat:
+            kwargs = dict(model=NAME, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                          temperature=0)
+            if stream:
+                chunks = list(client.chat.completions.create(**kwargs, stream=True,
+                                                             stream_options={"include_usage": True}))
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                usage = chunks[-1].usage
             else:
-                kwargs = dict(model=NAME, prompt=prompt, max_tokens=max_tokens, temperature=0)
-                if stream:
-                    chunks = list(client.completions.create(**kwargs, stream=True,
-                                                            stream_options={"include_usage": True}))
-                    text = "".join(c.choices[0].text for c in chunks if c.choices)
-                    usage = chunks[-1].usage
-                else:
-                    reply = client.completions.create(**kwargs)
-                    text, usage = reply.choices[0].text, reply.usage
-            results[index] = (text, usage.prompt_tokens, usage.completion_tokens)
-        except BaseException as exc:  # reported below
-            results[index] = exc
+                reply = client.chat.completions.create(**kwargs)
+                text, usage = reply.choices[0].message.content, reply.usage
+        else:
+            kwargs = dict(model=NAME, prompt=prompt, max_tokens=max_tokens, temperature=0)
+            if stream:
+                chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+                text = "".join(c.choices[0].text for c in chunks if c.choices)
+                usage = chunks[-1].usage
+            else:
+                reply = client.completions.create(**kwargs)
+                text, usage = reply.choices[0].text, reply.usage
+        return text, usage.prompt_tokens, usage.completion_tokens
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(cases)) as pool:  # all 16 at once; the first failure is raised here
+        results = list(pool.map(run, range(len(cases))))
     for case, result in zip(cases, results):
-        if isinstance(result, BaseException):
-            raise result
         assert result == (case[4], case[5], case[6]), f"request {case[:4]}"
 
     after = server.metrics()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -60,26 +60,16 @@ def test_answer_and_stop_string(client: openai.OpenAI, ref: Reference) -> None:
 def test_batched_requests_produce_the_tokens_they_produce_alone(client: openai.OpenAI, ref: Reference) -> None:
     lengths = [32, 8, 27, 16, 30, 5, 20, 12]
     expected = [ref.text(ref.chat_ids(p), n) for p, n in zip(PROMPTS, lengths)]
-    got: list[str | BaseException] = [RuntimeError("not run")] * len(PROMPTS)
 
-    def run(i: int) -> None:
-        try:
-            if i % 2:
-                got[i] = ask(client, PROMPTS[i], max_tokens=lengths[i]).choices[0].message.content
-            else:
-                chunks = ask(client, PROMPTS[i], max_tokens=lengths[i], stream=True)
-                got[i] = "".join(c.choices[0].delta.content or "" for c in chunks)
-        except BaseException as exc:  # reported below
-            got[i] = exc
+    def run(i: int) -> str:
+        if i % 2:
+            return ask(client, PROMPTS[i], max_tokens=lengths[i]).choices[0].message.content
+        chunks = ask(client, PROMPTS[i], max_tokens=lengths[i], stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:  # all at once; the first failure is raised here
+        got = list(pool.map(run, range(len(PROMPTS))))
     for prompt, want, have in zip(PROMPTS, expected, got):
-        if isinstance(have, BaseException):
-            raise have
         assert have == want, prompt
 
 

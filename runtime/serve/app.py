@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -167,10 +168,13 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
     def token_text(token: int) -> str:
         return model.tokenizer.decode([token], skip_special_tokens=False)
 
+    def known_model(name: str) -> None:
+        if name != served_name:
+            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{served_name}'", "model",
+                           "model_not_found")
+
     def check(body: _Common) -> None:
-        if body.model != served_name:
-            raise ApiError(404, f"the model '{body.model}' does not exist; this server serves '{served_name}'",
-                           "model", "model_not_found")
+        known_model(body.model)
         problem = body.unsupported()
         if problem:
             raise ApiError(400, problem[1], problem[0], "unsupported_parameter")
@@ -230,6 +234,18 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         done(call)
         return outputs
 
+    async def respond(call: _Call, request: Request, stream: Callable[[_Call], AsyncIterator[str]] | None,
+                      whole: Callable[[str, list[TokenLogprob], Output], BaseModel]) -> Response:
+        """The SSE stream of the request, or (not streamed) its whole response built by `whole` from the text,
+        the logprob entries and the last Output."""
+        if stream is not None:
+            return _Stream(stream(call), call, done)
+        outputs = await collect(call, request)
+        if outputs is None:  # the client is gone: nobody reads this
+            return Response(status_code=499)
+        text = "".join(out.text for out in outputs)
+        return JSONResponse(whole(text, [e for out in outputs for e in out.logprobs], outputs[-1]).model_dump())
+
     def chat_logprobs(entries: Sequence[TokenLogprob]) -> ChatLogprobs:
         def top(token: int, logprob: float) -> TopLogprob:
             text = token_text(token)
@@ -250,53 +266,58 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
                                   text_offset=offsets)
 
     # --- streams
-    async def chat_stream(call: _Call) -> AsyncIterator[str]:
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            data = ChatCompletionChunk(id=call.id, created=call.created, model=served_name, choices=choices,
-                                       usage=usage).model_dump()
-            if not call.include_usage:
-                del data["usage"]
-            return _sse(data)
+    def sse_chunk(call: _Call, kind: type[ChatCompletionChunk] | type[Completion], choices: list[Any],
+                  usage: Usage | None = None) -> str:
+        """One `data:` event; `usage` (null but on the last one) only when the client asked for it."""
+        data = kind(id=call.id, created=call.created, model=served_name, choices=choices, usage=usage).model_dump()
+        if not call.include_usage:
+            del data["usage"]
+        return _sse(data)
 
+    async def sse_stream(call: _Call, kind: type[ChatCompletionChunk] | type[Completion], opening: list[Any],
+                         choices_of: Callable[[Output], list[list[Any]]]) -> AsyncIterator[str]:
+        """The events of a streamed request: `opening` choices (if any), the chunks `choices_of` makes of each
+        Output, the usage chunk when asked for, then [DONE] (or an error event if the engine failed)."""
         try:
-            yield chunk([ChatChunkChoice(delta={"role": "assistant", "content": ""})])
+            if opening:
+                yield sse_chunk(call, kind, opening)
             async for out in call.handle:
-                lp = chat_logprobs(out.logprobs) if call.logprobs is not None and out.logprobs else None
-                if out.text or lp:
-                    yield chunk([ChatChunkChoice(delta={"content": out.text}, logprobs=lp)])
+                for choices in choices_of(out):
+                    yield sse_chunk(call, kind, choices)
                 if out.finish_reason:
-                    yield chunk([ChatChunkChoice(delta={}, finish_reason=out.finish_reason)])
                     if call.include_usage:
-                        yield chunk([], _usage(out))
+                        yield sse_chunk(call, kind, [], _usage(out))
                     call.outcome = out.finish_reason
             yield "data: [DONE]\n\n"
         except EngineFailure as exc:
             call.outcome = "error"
             yield _sse(error_body(str(exc), "server_error"))
 
-    async def completion_stream(call: _Call) -> AsyncIterator[str]:
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            data = Completion(id=call.id, created=call.created, model=served_name, choices=choices,
-                              usage=usage).model_dump()
-            if not call.include_usage:
-                del data["usage"]
-            return _sse(data)
+    def chat_stream(call: _Call) -> AsyncIterator[str]:
+        def choices_of(out: Output) -> list[list[Any]]:
+            chunks: list[list[Any]] = []
+            lp = chat_logprobs(out.logprobs) if call.logprobs is not None and out.logprobs else None
+            if out.text or lp:
+                chunks.append([ChatChunkChoice(delta={"content": out.text}, logprobs=lp)])
+            if out.finish_reason:
+                chunks.append([ChatChunkChoice(delta={}, finish_reason=out.finish_reason)])
+            return chunks
 
+        return sse_stream(call, ChatCompletionChunk, [ChatChunkChoice(delta={"role": "assistant", "content": ""})],
+                          choices_of)
+
+    def completion_stream(call: _Call) -> AsyncIterator[str]:
         offset = 0
-        try:
-            async for out in call.handle:
-                lp = completion_logprobs(out.logprobs, offset) if call.logprobs is not None else None
-                offset += len(out.text)
-                if out.text or lp or out.finish_reason:
-                    yield chunk([CompletionChoice(text=out.text, logprobs=lp, finish_reason=out.finish_reason)])
-                if out.finish_reason:
-                    if call.include_usage:
-                        yield chunk([], _usage(out))
-                    call.outcome = out.finish_reason
-            yield "data: [DONE]\n\n"
-        except EngineFailure as exc:
-            call.outcome = "error"
-            yield _sse(error_body(str(exc), "server_error"))
+
+        def choices_of(out: Output) -> list[list[Any]]:
+            nonlocal offset
+            lp = completion_logprobs(out.logprobs, offset) if call.logprobs is not None else None
+            offset += len(out.text)
+            if out.text or lp or out.finish_reason:
+                return [[CompletionChoice(text=out.text, logprobs=lp, finish_reason=out.finish_reason)]]
+            return []
+
+        return sse_stream(call, Completion, [], choices_of)
 
     # --- routes
     @app.post("/v1/chat/completions", response_model=None)
@@ -310,18 +331,14 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
             raise ApiError(400, str(exc), "messages") from None
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         call = submit("chat", body, prompt_ids, body.max_completion_tokens or body.max_tokens, logprobs, "messages")
-        if body.stream:
-            return _Stream(chat_stream(call), call, done)
-        outputs = await collect(call, request)
-        if outputs is None:
-            return Response(status_code=499)
-        entries = [e for out in outputs for e in out.logprobs]
-        last = outputs[-1]
-        return JSONResponse(ChatCompletion(
-            id=call.id, created=call.created, model=served_name, usage=_usage(last),
-            choices=[ChatChoice(message=ResponseMessage(content="".join(out.text for out in outputs)),
-                                logprobs=chat_logprobs(entries) if logprobs is not None else None,
-                                finish_reason=last.finish_reason)]).model_dump())
+
+        def whole(text: str, entries: list[TokenLogprob], last: Output) -> ChatCompletion:
+            return ChatCompletion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
+                                  choices=[ChatChoice(message=ResponseMessage(content=text),
+                                                      logprobs=chat_logprobs(entries) if logprobs is not None
+                                                      else None, finish_reason=last.finish_reason)])
+
+        return await respond(call, request, chat_stream if body.stream else None, whole)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -335,19 +352,14 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         else:
             prompt_ids = list(prompt)
         call = submit("completions", body, prompt_ids, body.max_tokens, body.logprobs, "prompt")
-        if body.stream:
-            return _Stream(completion_stream(call), call, done)
-        outputs = await collect(call, request)
-        if outputs is None:
-            return Response(status_code=499)
-        entries = [e for out in outputs for e in out.logprobs]
-        last = outputs[-1]
-        return JSONResponse(Completion(
-            id=call.id, created=call.created, model=served_name, usage=_usage(last),
-            choices=[CompletionChoice(text="".join(out.text for out in outputs),
-                                      logprobs=completion_logprobs(entries, 0) if body.logprobs is not None
-                                      else None,
-                                      finish_reason=last.finish_reason)]).model_dump())
+
+        def whole(text: str, entries: list[TokenLogprob], last: Output) -> Completion:
+            return Completion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
+                              choices=[CompletionChoice(text=text, logprobs=completion_logprobs(entries, 0)
+                                                        if body.logprobs is not None else None,
+                                                        finish_reason=last.finish_reason)])
+
+        return await respond(call, request, completion_stream if body.stream else None, whole)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -355,9 +367,7 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
     @app.get("/v1/models/{name:path}")
     async def model_card(name: str) -> dict[str, Any]:
-        if name != served_name:
-            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{served_name}'", "model",
-                           "model_not_found")
+        known_model(name)
         return ModelCard(id=served_name, created=created, max_model_len=engine.context).model_dump()
 
     @app.get("/health")
