@@ -87,6 +87,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir):
 def run_cli(*args: str, env: dict[str, str] | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
     """Run one of our console scripts (by module) in a subprocess; returns the completed process."""
     modules = {"ascend-convert": "ascend_super.convert.cli", "ascend-inspect": "ascend_super.runtime.inspect",
-               "ascend-run": "ascend_super.runtime.cli"}
+               "ascend-run": "ascend_super.runtime.cli", "ascend-serve": "ascend_super.runtime.serve.cli"}
     command = [sys.executable, "-c", f"from {modules[args[0]]} import main; main()", *args[1:]]
     return subprocess.run(command, capture_output=True, text=True, env=env, input=input_text, timeout=600)

@@ -12,7 +12,8 @@ import numpy as np
 import openai
 import pytest
 
-from ascend_super.runtime.serve.engine import StopMatcher
+from ascend_super.runtime.serve.engine import PREFILL_CHUNK, StopMatcher
+from conftest import run_cli
 from serving import Reference, Server, http, serve
 
 GOLDEN = Path(__file__).resolve().parent.parent / "artifacts" / "golden-qwen2.asw"
@@ -52,6 +53,19 @@ def test_stop_matcher_holds_back_partial_matches_and_cuts_the_earliest() -> None
     assert StopMatcher(["zz"]).feed("az") == ("a", False)
     plain = StopMatcher([])
     assert plain.feed("text") == ("text", False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.asw"], "missing.asw"),
+    ([str(GOLDEN), "--max-batch", "0"], "--max-batch must be between 1 and 64"),
+    ([str(GOLDEN), "--port", "70000"], "--port must be between 0 and 65535"),
+    ([str(GOLDEN), "--api-key", ""], "--api-key must be a non-empty string"),
+    ([str(GOLDEN), "--backend", "tpu"], "unknown backend"),
+])
+def test_bad_command_lines_are_one_line_errors(args: list[str], message: str) -> None:
+    result = run_cli("ascend-serve", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_models_health_and_auth(server: Server, client: openai.OpenAI) -> None:
@@ -215,9 +229,11 @@ def test_bad_bodies_and_routes(server: Server) -> None:
 
 def test_sixteen_concurrent_clients_get_their_own_tokens(server: Server, client: openai.OpenAI,
                                                          ref: Reference) -> None:
-    cases = []
+    cases: list[tuple[str, bool, bool, int, str, int, int]] = []
     for i in range(16):
         prompt = PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))
+        if i % 5 == 4:  # longer than a prefill chunk: prefilled in slices between the others' decode steps
+            prompt = " ".join(PROMPTS)
         chat = i % 2 == 0
         ids = ref.chat_ids(prompt) if chat else ref.raw_ids(prompt)
         max_tokens = 4 + (i * 7) % 40
@@ -253,6 +269,7 @@ def test_sixteen_concurrent_clients_get_their_own_tokens(server: Server, client:
         results = list(pool.map(run, range(len(cases))))
     for case, result in zip(cases, results):
         assert result == (case[4], case[5], case[6]), f"request {case[:4]}"
+    assert max(case[5] for case in cases) > PREFILL_CHUNK
 
     after = server.metrics()
 

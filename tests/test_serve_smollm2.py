@@ -5,8 +5,10 @@ running after its client left would be seen in the token counts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +22,8 @@ THREADS = str(min(2, os.cpu_count() or 1))
 QUESTION = "What is the capital of France?"
 PROMPTS = [QUESTION, "Write a Python function that returns the square of a number.",
            "List three colours of the rainbow.", "Say hello.", "Count from one to ten.",
-           "What is 2 + 2?", "Name a fruit that is yellow.", "Tell me a short joke."]
+           "What is 2 + 2?", "Name a fruit that is yellow.",
+           "Summarise this text in one sentence: " + "The quick brown fox jumps over the lazy dog. " * 25]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,19 @@ def test_disconnect_mid_stream_cancels_and_frees_the_slot(server: Server, client
     assert generated < 8 * long_tokens / 4, "requests kept generating after their clients left"
     assert ask(client, "Say hello.", max_tokens=5).choices[0].message.content == \
         ref.text(ref.chat_ids("Say hello."), 5)  # the slots are free again
+
+
+def test_disconnect_while_waiting_for_a_whole_response_cancels(server: Server) -> None:
+    cancelled = 'ascend_requests_total{endpoint="completions",outcome="cancelled"}'
+    before = server.metrics()
+    body = json.dumps({"model": NAME, "prompt": "Once upon a time", "max_tokens": 600, "temperature": 0}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        server.wait_for(lambda m: m["ascend_batch_occupancy"] == 1)
+    after = server.wait_for(lambda m: m.get(cancelled, 0) - before.get(cancelled, 0) == 1
+                            and m["ascend_batch_occupancy"] == 0)
+    assert after["ascend_generation_tokens_total"] - before["ascend_generation_tokens_total"] < 600 / 4
 
 
 def test_sigterm_drains_a_running_stream(smollm2_asw: Path, tmp_path: Path, ref: Reference) -> None:
