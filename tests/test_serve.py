@@ -221,6 +221,10 @@ def test_bad_bodies_and_routes(server: Server) -> None:
     status, body = http("POST", f"{server.base}/v1/completions",
                         json.dumps({"model": NAME, "prompt": "hi", "echo": True}).encode(), headers)
     assert status == 400 and body["error"]["param"] == "echo"
+    nulls = {"model": NAME, "prompt": "hi", "max_tokens": 2, "n": None, "stream": None, "presence_penalty": None,
+             "temperature": None, "logprobs": None, "echo": None, "stop": None}  # what some clients send: defaults
+    status, body = http("POST", f"{server.base}/v1/completions", json.dumps(nulls).encode(), headers)
+    assert status == 200 and body["usage"]["completion_tokens"] <= 2, body
     status, body = http("GET", f"{server.base}/v1/nothing", headers=server.auth)
     assert status == 404 and "error" in body
     status, body = http("GET", f"{server.base}/v1/chat/completions", headers=server.auth)

@@ -355,7 +355,10 @@ class Engine:
         for i, request in enumerate(batch):
             logits = values[i] if mode == "last" else None
             topk = (values[i, :request.k], ids[i, :request.k]) if mode == "topk" and not request.greedy else None
-            self._advance(request, int(argmax[i]), logits, topk)
+            try:
+                self._advance(request, int(argmax[i]), logits, topk)
+            except Exception as exc:  # e.g. non-finite logits for this request: the others go on
+                self._fail(request, f"generation failed: {exc}")
 
     def _advance(self, request: _Request, argmax: int, logits: np.ndarray | None,
                  topk: tuple[np.ndarray, np.ndarray] | None) -> None:

@@ -48,11 +48,11 @@ class _Common(_Strict):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    n: Annotated[int, Field(ge=1)] = 1
-    stream: bool = False
+    n: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
@@ -70,7 +70,7 @@ class _Common(_Strict):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(parameter, why) for a value this server does not implement, else None."""
-        if self.n != 1:
+        if self.n not in (None, 1):
             return "n", "only n = 1 is supported"
         if self.presence_penalty or self.frequency_penalty:
             return ("presence_penalty" if self.presence_penalty else "frequency_penalty",
@@ -85,7 +85,7 @@ class _Common(_Strict):
 class ChatCompletionRequest(_Common):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
@@ -98,7 +98,7 @@ class CompletionRequest(_Common):
     prompt: str | Annotated[list[int], Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=1)] \
         | Annotated[list[list[int]], Field(min_length=1, max_length=1)]
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    echo: bool = False
+    echo: bool | None = None
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
 
