@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
 import numpy as np
@@ -180,8 +180,7 @@ class _Request:
     prefilled: int = 0
     token: int = -1  # the last generated token: the next decode step's input
     generated: int = 0
-    last_emit: float = 0.0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last_emit: float = 0.0  # when its last token was chosen (0: none yet)
 
     @property
     def greedy(self) -> bool:
@@ -209,7 +208,6 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._free: list[NativeSession] = []  # idle sessions (KV caches of `context` positions), made on demand
-        self._sessions = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="ascend-serve-engine", daemon=True)
 
@@ -272,7 +270,10 @@ class Engine:
                         self._cond.wait()
                     if self._stopping:
                         break
-                    self._admit()
+                    joining = [self._waiting.popleft()
+                               for _ in range(min(len(self._waiting), self.max_batch - len(self._running)))]
+                    self.metrics.waiting.set(len(self._waiting))
+                self._admit(joining)
                 try:
                     self._step()
                 except Exception as exc:  # never let one bad step kill the server: fail what was running
@@ -286,26 +287,19 @@ class Engine:
             for request in left:
                 self._fail(request, "the server is shutting down")
 
-    def _admit(self) -> None:
-        """Move queued requests into free slots (caller holds the lock)."""
-        while self._waiting and len(self._running) < self.max_batch:
-            request = self._waiting.popleft()
+    def _admit(self, joining: list[_Request]) -> None:
+        """Give each joining request a session (reused or new, reset) and a place in the running batch."""
+        for request in joining:
             if request.handle.cancelled:
                 continue
             try:
-                request.session = self._free.pop() if self._free else self._new_session()
+                request.session = self._free.pop() if self._free else self.model.session(self.context)
                 request.session.reset()
             except Exception as exc:
                 self._fail(request, f"cannot allocate a KV cache: {exc}")
                 continue
             self._running.append(request)
-        self.metrics.waiting.set(len(self._waiting))
         self.metrics.running.set(len(self._running))
-
-    def _new_session(self) -> NativeSession:
-        session = self.model.session(self.context)
-        self._sessions += 1
-        return session
 
     def _step(self) -> None:
         for request in [r for r in self._running if r.handle.cancelled]:
