@@ -219,10 +219,10 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
             await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
-            if not consumer.done():
+            if not consumer.done():  # the client left first (or the server stopped waiting): cancel the request
                 consumer.cancel()
+                done(call)
         if not consumer.done() or consumer.cancelled():
-            done(call)
             return None
         try:
             consumer.result()
