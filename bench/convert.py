@@ -13,8 +13,10 @@ What is measured, per round (rounds interleave the measurements and alternate th
 Cold by default: before every read, copy and convert the source files are evicted from the page cache with
 posix_fadvise(POSIX_FADV_DONTNEED) (checked with `fincore` where present), so all are measured reading from disk.
 --warm reads each file once instead, so all are measured from the page cache.
-Targets: median convert / median read <= 2, converter peak RSS <= 1500 MB. The script prints PASS/FAIL and
-always exits 0 (a report, not a test).
+  verify   `ascend-inspect --verify`'s hashing (AswFile.verify) of the converted fp16 file on a warm page cache
+           (the file is read once first), with 1 thread and with 2 threads, rounds interleaved; GB/s of tensor data.
+Targets: median convert / median read <= 2, converter peak RSS <= 1500 MB, verify >= 2 GB/s with 2 threads. The
+script prints PASS/FAIL and always exits 0 (a report, not a test). --verify-only measures verify alone.
 
 The checkpoint (random bf16 weights, Qwen2-0.5B's exact shapes, one 988 MB model.safetensors) is generated once
 and cached under .cache/bench/ (see _common.py); --no-keep-cache removes .cache/bench/ at the end.
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 RATIO_TARGET = 2.0
+VERIFY_TARGET_GBPS = 2.0
+VERIFY_THREADS = (1, 2)
 RSS_TARGET_MB = 1500.0
 CHUNK = 16 * 1024 * 1024
 
@@ -98,11 +102,39 @@ def time_convert(src: Path, out: Path, dtype: str) -> dict[str, float]:
     return result
 
 
+def measure_verify(checkpoint: Path, dtype: str, rounds: int) -> None:
+    """Hash every tensor of the converted file from a warm page cache: median GB/s per thread count."""
+    from ascend_super.runtime import format as fmt
+
+    path = C.ensure_asw(checkpoint, dtype)
+    read_all([path])  # warm
+    speeds: dict[int, list[float]] = {threads: [] for threads in VERIFY_THREADS}
+    for rnd in range(rounds):
+        order = VERIFY_THREADS if rnd % 2 == 0 else tuple(reversed(VERIFY_THREADS))
+        for threads in order:
+            with fmt.AswFile.open(path) as asw, C.Steal() as steal:
+                started = time.perf_counter()
+                asw.verify(threads=threads)
+                seconds = time.perf_counter() - started
+                nbytes = asw.preamble.data_nbytes
+            speeds[threads].append(nbytes / 1e9 / seconds)
+            print(f"round {rnd + 1}  verify   {threads} thread(s): {seconds:.3f} s, {speeds[threads][-1]:.2f} GB/s   "
+                  f"[{steal}]", flush=True)
+    print()
+    rows = [[f"verify, {threads} thread(s), warm", f"{C.median(speeds[threads]):.2f}",
+             f"{min(speeds[threads]):.2f} .. {max(speeds[threads]):.2f}"] for threads in VERIFY_THREADS]
+    print(C.table(["what", "median GB/s", "min .. max"], rows))
+    best = C.median(speeds[max(VERIFY_THREADS)])
+    print(f"verify, {max(VERIFY_THREADS)} threads   {best:.2f} GB/s ({nbytes / 1e6:.0f} MB of tensors)   target >= "
+          f"{VERIFY_TARGET_GBPS:g} GB/s  -> {'PASS' if best >= VERIFY_TARGET_GBPS else 'FAIL'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="target dtype [fp16]")
     parser.add_argument("--warm", action="store_true", help="measure from the page cache instead of cold")
     parser.add_argument("--no-copy", action="store_true", help="skip the read+write+fsync context measurement")
+    parser.add_argument("--verify-only", action="store_true", help="measure only the --verify hashing speed")
     C.add_common_args(parser, "keep the generated checkpoint in .cache/bench/ for the next run [yes]")
     args = parser.parse_args()
 
@@ -115,6 +147,11 @@ def main() -> None:
 
     print(f"machine   {C.machine_line()}")
     print(f"source    {checkpoint}  ({len(files)} safetensors file(s), {source_nbytes / 1e6:.0f} MB, bf16)")
+    if args.verify_only:
+        print(f"measured  warm page cache; {args.rounds} interleaved rounds; verify of the converted {args.dtype} file")
+        print()
+        measure_verify(checkpoint, args.dtype, args.rounds)
+        return
     print(f"measured  {state}; {args.rounds} interleaved rounds; convert -> {args.dtype}, layout nd, via the CLI")
     print()
 
@@ -180,6 +217,8 @@ def main() -> None:
               "output durably: read + write + fsync of the same bytes)")
     print(f"converter peak RSS     {rss_mb:.0f} MB (max over rounds, the child's ru_maxrss)   target <= {RSS_TARGET_MB:g} MB"
           f"  -> {'PASS' if rss_mb <= RSS_TARGET_MB else 'FAIL'}")
+    print()
+    measure_verify(checkpoint, args.dtype, args.rounds)
     if not args.keep_cache:
         C.remove_cache()
 

@@ -20,7 +20,8 @@ from ascend_super.runtime.cliutil import stderr as console
 from .pipeline import convert
 from .plan import Plan
 from .sources.base import SourceError
-from .sources.hub import ALIASES, open_source
+from .card import write_card
+from .sources.hub import ALIASES, HUBS, USE_MODELSCOPE_ENV, open_source
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -50,13 +51,18 @@ def _terminate(signum: int, frame: object) -> None:
 
 @app.command()
 def run(
-    source: Optional[str] = typer.Argument(None, help="Local HF directory, .gguf file, alias, or HF repo id."),
+    source: Optional[str] = typer.Argument(None, help="Local HF directory, .gguf file, alias, or hub repo id."),
     output: Optional[str] = typer.Option(None, "-o", "--output",
                                          help="Output .asw file, or a folder for <name>-<dtype>.asw (created if "
                                               "missing) [default: <name>-<dtype>.asw here]."),
     dtype: str = typer.Option("fp16", "--dtype", help="Weight dtype: fp16 (fastest on Ascend) or bf16."),
     layout: str = typer.Option("nd", "--layout", help="Matrix layout: nd (row-major) or nz (FRACTAL_NZ, aclnn only)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit."),
+    hub_name: Optional[str] = typer.Option(None, "--hub",
+                                           help="Where repo ids and aliases come from: huggingface or modelscope "
+                                                f"[default: huggingface; modelscope when {USE_MODELSCOPE_ENV}=1]."),
+    card: bool = typer.Option(False, "--card", help="Also write a model-card README snippet beside the output "
+                                                    "(<name>.README.md) for publishing it on a hub."),
     align: int = typer.Option(fmt.DEFAULT_DATA_ALIGNMENT, "--align",
                               help="Data-region alignment in bytes (power of two, 512 to 1 GiB)."),
     list_aliases: bool = typer.Option(False, "--list-aliases", help="Print the model aliases and exit."),
@@ -70,6 +76,8 @@ def run(
         return
     if source is None:
         raise typer.BadParameter("SOURCE is required (a directory, .gguf file, alias or repo id)")
+    if hub_name is not None and hub_name not in HUBS:
+        raise typer.BadParameter(f"--hub must be one of {', '.join(HUBS)}")
     if dtype not in fmt.DTYPES:
         raise typer.BadParameter(f"--dtype must be one of {', '.join(fmt.DTYPES)}")
     if layout not in fmt.LAYOUTS:
@@ -93,10 +101,11 @@ def run(
     try:
         status = console.status(f"opening {source} …") if console.is_terminal else contextlib.nullcontext()
         with status:
-            opened = open_source(source, revision)
+            opened = open_source(source, revision, hub_name)
         with opened as src, progress:
             summary = convert(src, out_path, dtype, layout, align, on_plan=on_plan,
                               advance=lambda n: progress.advance(task, n))
+        card_file = write_card(out_path) if card else None
     except SourceError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -112,6 +121,8 @@ def run(
             ("tensors", str(summary.tensors)), ("parameters", f"{summary.parameters:,}"),
             ("file size", f"{summary.file_nbytes:,} bytes"), ("time", f"{seconds:.2f} s"),
             ("throughput", f"{summary.tensor_nbytes / 1e9 / max(seconds, 1e-9):.2f} GB/s of tensors written")]
+    if card_file is not None:
+        rows.append(("model card", str(card_file)))
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table)

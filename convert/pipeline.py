@@ -84,6 +84,7 @@ def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_ha
         "config": plan.config,
         "dtype": plan.dtype,
         "layout": plan.layout,
+        "requires": fmt.requirements(plan.layout),
         "tensor_alignment": fmt.TENSOR_ALIGNMENT,
         "tokenizer": meta.tokenizer_json,
         "chat_template": meta.chat_template,

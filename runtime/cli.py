@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import format as fmt
+from . import hub
 from .chat import ChatTemplateError
 from .cliutil import fail, stderr
 from .generate import GenerationError, Sampling, Stats
@@ -19,9 +19,14 @@ from .native import NativeError
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
+def _note(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
+
+
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="The .asw file."),
+    model: str = typer.Argument(..., help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] "
+                                           "or ms://... (downloaded once into the hub's cache)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text, or '-' to read it from stdin."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message (chat template only)."),
@@ -47,7 +52,11 @@ def run(
     if system is not None and raw:
         fail("--system needs the chat template; it cannot be combined with --raw")
     try:
-        loaded = Model(model, backend, threads, device, eager)
+        located = hub.locate(model, report=_note)
+    except hub.HubError as exc:
+        fail(str(exc))
+    try:
+        loaded = Model(located, backend, threads, device, eager)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))
     trained = int(loaded.config["max_position_embeddings"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -28,7 +29,7 @@ import xxhash
 # --------------------------------------------------------------------------------------------------- constants
 MAGIC = b"\x89ASW\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CRLF and ^Z catch text-mode mangling
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1 added the manifest key "requires" (what a file needs to run)
 # magic, major, minor, flags, manifest_offset, manifest_nbytes, manifest_xxh3_64, data_offset, data_nbytes,
 # data_alignment, reserved
 PREAMBLE_STRUCT = struct.Struct("<8sHHIQQQQQII")
@@ -52,6 +53,14 @@ MANIFEST_KEYS = (
     "arch", "config", "dtype", "layout", "tensor_alignment", "tokenizer", "chat_template",
     "generation_config", "special_tokens", "source", "tensors",
 )
+# what a file needs to run (manifest key "requires", since 1.1; derived from "layout" for 1.0 files)
+REQUIRES_KEYS = ("format_major", "layout", "backends", "soc")
+BACKENDS_BY_LAYOUT: dict[str, tuple[str, ...]] = {"nd": ("cpu", "aclnn"), "nz": ("aclnn",)}
+# the Ascend SoC families whose matmul units take this FRACTAL_NZ (16 x 16 fp16/bf16 fractals): A2 and A3.
+# "/" separates families; a device's SoC name (aclrtGetSocName, e.g. "Ascend910B3") matches by prefix.
+NZ_SOC_FAMILY = "ascend910b/ascend910_93"
+VERIFY_CHUNK = 32 * 1024 * 1024  # bytes one verify thread hashes between readahead requests
+MAX_VERIFY_THREADS = 8
 CONFIG_INT_KEYS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
     "intermediate_size", "vocab_size", "max_position_embeddings",
@@ -87,6 +96,8 @@ class TensorUnexpected(FormatError): ...
 class TrailingBytes(FormatError): ...
 class HashMismatch(FormatError): ...
 class NonZeroPadding(FormatError): ...
+class IncompatibleFile(FormatError):
+    """A well-formed file that this backend or device cannot run (its manifest's "requires" says why)."""
 
 
 # ------------------------------------------------------------------------------------------------- pure helpers
@@ -160,6 +171,29 @@ def plan_offsets(sizes: list[int]) -> tuple[list[int], int]:
         offsets.append(cursor)
         cursor += size
     return offsets, cursor
+
+
+def requirements(layout: str) -> dict[str, Any]:
+    """The manifest's "requires" map for a file of this layout (what the converter writes)."""
+    return {"format_major": VERSION_MAJOR, "layout": layout, "backends": list(BACKENDS_BY_LAYOUT[layout]),
+            "soc": NZ_SOC_FAMILY if layout == "nz" else None}
+
+
+def _advise(mapping: mmap.mmap, advice: int | None, start: int, length: int) -> None:
+    """madvise a byte range of a mapping (start rounded down to a page); a hint, so platforms without it skip it."""
+    if advice is None or length <= 0:
+        return
+    aligned = start - start % mmap.PAGESIZE
+    try:
+        mapping.madvise(advice, aligned, length + start - aligned)
+    except (OSError, ValueError):
+        pass
+
+
+def soc_matches(soc: str, family: str) -> bool:
+    """Whether a device SoC name (e.g. "Ascend910B3", "Ascend910_9391") belongs to a "/"-separated family."""
+    name = soc.lower()
+    return any(name.startswith(prefix) for prefix in family.lower().split("/") if prefix)
 
 
 # ---------------------------------------------------------------------------------------------------- preamble
@@ -284,9 +318,64 @@ class AswFile:
         shape = nz_storage_shape((entry.shape[0], entry.shape[1])) if entry.layout == "nz" else entry.shape
         return self.tensor_bytes(name).view("<u2").reshape(shape)
 
-    def verify(self, progress: Callable[[TensorEntry], None] | None = None) -> None:
-        """Recompute every tensor hash (HashMismatch names the first bad tensor) and check that all padding is
-        zeros (NonZeroPadding names its byte range)."""
+    @property
+    def requires(self) -> dict[str, Any]:
+        """What the file needs to run: the manifest's "requires" (1.1+), or for a 1.0 file what its layout implies."""
+        return self.manifest.get("requires") or {**requirements(self.layout),
+                                                 "format_major": self.preamble.version_major}
+
+    def check_runnable(self, backend: str, soc: str | None = None) -> None:
+        """Raise IncompatibleFile (one line, before any weight is touched) unless `backend` (and, when known, the
+        device's SoC name) can run this file."""
+        needs = self.requires
+        if backend not in needs["backends"]:
+            laid_out = f", laid out for {needs['soc']}" if needs["soc"] else ""
+            hint = "; convert with --layout nd for the cpu backend" if needs["layout"] == "nz" else ""
+            raise IncompatibleFile(
+                f"{self.path}: layout {needs['layout']} ({'FRACTAL_NZ' if needs['layout'] == 'nz' else 'row-major'}"
+                f"{laid_out}) runs on the {' or '.join(needs['backends'])} backend, not {backend}{hint}")
+        if soc is not None and needs["soc"] and not soc_matches(soc, needs["soc"]):
+            raise IncompatibleFile(f"{self.path}: laid out for SoC family {needs['soc']}, this device is {soc}; "
+                                   "convert it again for this device")
+
+    def verify(self, progress: Callable[[TensorEntry], None] | None = None, threads: int | None = None) -> None:
+        """Recompute every tensor hash and check that all padding is zeros. Tensors are hashed by `threads` worker
+        threads (default: the cores, at most MAX_VERIFY_THREADS; xxhash releases the GIL on large buffers) that
+        stream through the mapping in VERIFY_CHUNK pieces with kernel readahead asked for the next piece.
+        HashMismatch names the first bad tensor in file order; NonZeroPadding names its byte range. `progress` is
+        called in this thread, in file order, once per verified tensor."""
+        self._check_padding()
+        entries = sorted(self.tensors, key=lambda e: e.offset)
+        workers = threads if threads is not None else min(os.cpu_count() or 1, MAX_VERIFY_THREADS)
+        if workers < 1:
+            raise ValueError(f"threads must be >= 1, got {workers}")
+        _advise(self._mmap, mmap.MADV_SEQUENTIAL if hasattr(mmap, "MADV_SEQUENTIAL") else None, 0, len(self._mmap))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="asw-verify")
+        try:
+            for entry, actual in zip(entries, pool.map(self._tensor_hash, entries)):
+                if actual != entry.xxh3_64:
+                    raise HashMismatch(
+                        f"{self.path}: tensor {entry.name!r} at byte {self.preamble.data_offset + entry.offset}: "
+                        f"xxh3_64 is {actual}, manifest says {entry.xxh3_64}"
+                    )
+                if progress is not None:
+                    progress(entry)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _tensor_hash(self, entry: TensorEntry) -> str:
+        start = self.preamble.data_offset + entry.offset
+        end = start + entry.nbytes
+        view = np.frombuffer(self._mmap, dtype=np.uint8, count=entry.nbytes, offset=start)
+        hasher = xxhash.xxh3_64()  # streaming XXH3 gives the same digest as the one-shot hash
+        for begin in range(start, end, VERIFY_CHUNK):
+            ahead = begin + VERIFY_CHUNK
+            if ahead < end:
+                _advise(self._mmap, getattr(mmap, "MADV_WILLNEED", None), ahead, min(end, ahead + VERIFY_CHUNK) - ahead)
+            hasher.update(view[begin - start:ahead - start])
+        return hasher.hexdigest()
+
+    def _check_padding(self) -> None:
         pads = [(PREAMBLE_NBYTES + self.preamble.manifest_nbytes, self.preamble.data_offset)]
         cursor = 0
         for entry in sorted(self.tensors, key=lambda e: e.offset):
@@ -295,15 +384,6 @@ class AswFile:
         for start, end in pads:
             if end > start and np.frombuffer(self._mmap, dtype=np.uint8, count=end - start, offset=start).any():
                 raise NonZeroPadding(f"{self.path}: padding bytes [{start}, {end}) are not all zero")
-        for entry in self.tensors:
-            actual = xxh3_hex(self.tensor_bytes(entry.name))
-            if actual != entry.xxh3_64:
-                raise HashMismatch(
-                    f"{self.path}: tensor {entry.name!r} at byte {self.preamble.data_offset + entry.offset}: "
-                    f"xxh3_64 is {actual}, manifest says {entry.xxh3_64}"
-                )
-            if progress is not None:
-                progress(entry)
 
     def iter_tensors(self) -> Iterator[TensorEntry]:
         return iter(self.tensors)
@@ -398,6 +478,27 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
         _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
     check_config(path, manifest["config"])
     _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
+    if "requires" in manifest:  # since 1.1
+        check_requires(path, manifest["requires"], manifest["layout"])
+
+
+def check_requires(path: Path, requires: Any, layout: str) -> None:
+    """The "requires" map: its keys, a format major this reader knows, the file's own layout, and backends that
+    can run that layout (names a later minor version adds are allowed; the ones the layout rules out are not)."""
+    _require(isinstance(requires, dict) and all(key in requires for key in REQUIRES_KEYS), path,
+             f"requires is not a map with the keys {', '.join(REQUIRES_KEYS)}")
+    _require(requires["format_major"] == VERSION_MAJOR, path,
+             f"requires.format_major {requires['format_major']!r} is not {VERSION_MAJOR}")
+    _require(requires["layout"] == layout, path, f"requires.layout {requires['layout']!r} is not the file's {layout!r}")
+    backends = requires["backends"]
+    _require(isinstance(backends, list) and backends and all(isinstance(b, str) for b in backends), path,
+             f"requires.backends {backends!r} is not a non-empty list of backend names")
+    known = {name for names in BACKENDS_BY_LAYOUT.values() for name in names}
+    ruled_out = sorted(set(backends) & known - set(BACKENDS_BY_LAYOUT[layout]))
+    _require(not ruled_out, path, f"requires.backends lists {', '.join(ruled_out)}, which cannot run layout {layout}")
+    soc = requires["soc"]
+    _require(soc is None or isinstance(soc, str) and soc != "", path, f"requires.soc {soc!r} is not null or a name")
+    _require(layout != "nz" or soc is not None, path, "requires.soc is null in an nz file (FRACTAL_NZ is per SoC)")
 
 
 def check_config(path: Path, config: Any) -> None:

@@ -1,18 +1,18 @@
-"""`ascend-inspect MODEL.asw [--json] [--verify]`: print what a .asw file holds and check its tensor hashes."""
+"""`ascend-inspect MODEL.asw [--json] [--verify]`: print what a .asw file holds (and what it needs to run) and
+check its tensor hashes. MODEL may be hf://OWNER/REPO/FILE.asw[@REVISION] or ms://... (see hub.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from . import format as fmt
+from . import hub
 from .cliutil import fail
 from .cliutil import stderr as err_console
 
@@ -29,6 +29,7 @@ def describe(asw: fmt.AswFile) -> dict[str, Any]:
         "arch": manifest["arch"],
         "dtype": manifest["dtype"],
         "layout": manifest["layout"],
+        "requires": asw.requires,
         "config": manifest["config"],
         "parameters": sum(int(_product(t.shape)) for t in asw.tensors),
         "file_nbytes": asw.preamble.data_offset + asw.preamble.data_nbytes,
@@ -60,6 +61,13 @@ def _print_human(info: dict[str, Any]) -> None:
     head = Table(show_header=False, box=None, title=info["path"], title_justify="left")
     for key in ("format_version", "arch", "dtype", "layout"):
         head.add_row(f"[bold]{key}[/bold]", str(info[key]))
+    needs = info["requires"]
+    head.add_row("[bold]requires[/bold]", f"format {needs['format_major']}.x, layout {needs['layout']}, backend "
+                                          f"{' or '.join(needs['backends'])}" +
+                 (f", SoC {needs['soc']}" if needs["soc"] else ""))
+    if info.get("origin"):
+        origin = info["origin"]
+        head.add_row("[bold]origin[/bold]", f"{origin['uri']} @ {origin['revision']}")
     head.add_row("[bold]parameters[/bold]", f"{info['parameters']:,}")
     head.add_row("[bold]file[/bold]", f"{info['file_nbytes']:,} bytes (data {info['data_nbytes']:,} at "
                                       f"{info['data_offset']:,}, aligned {info['data_alignment']:,})")
@@ -81,31 +89,35 @@ def _print_human(info: dict[str, Any]) -> None:
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="The .asw file."),
+    model: str = typer.Argument(..., help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] or ms://..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     verify: bool = typer.Option(False, "--verify", help="Recompute every tensor hash; exit 1 on the first mismatch."),
 ) -> None:
-    """Show a .asw file's architecture, hyper-parameters and tensors; optionally verify every tensor hash."""
+    """Show a .asw file's architecture, requirements, hyper-parameters and tensors; optionally verify every hash."""
     try:
-        asw = fmt.AswFile.open(model)
-    except fmt.FormatError as exc:
+        located = hub.locate(model, report=_note)
+        asw = hub.open_model_file(located, verify_once=not verify)  # --verify checks below, every time
+    except hub.HubError as exc:
         fail(str(exc))
+    except fmt.FormatError as exc:
+        fail(str(exc), 1 if isinstance(exc, (fmt.HashMismatch, fmt.NonZeroPadding)) else 2)
     with asw:
         info = describe(asw)
+        info["origin"] = located.describe()
         if as_json:
             typer.echo(json.dumps(info, indent=1))
         else:
             _print_human(info)
         if verify:
-            progress = Progress(TextColumn("[bold]verifying"), BarColumn(), DownloadColumn(), console=err_console,
-                                transient=True)
-            task = progress.add_task("verify", total=asw.preamble.data_nbytes)
             try:
-                with progress:
-                    asw.verify(lambda entry: progress.advance(task, entry.nbytes))
+                hub.verify(asw, located)
             except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
                 fail(str(exc), 1, "verify failed")
             err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
+
+
+def _note(message: str) -> None:
+    err_console.print(message, markup=False, highlight=False)
 
 
 def main() -> None:

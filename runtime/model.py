@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import format as fmt
+from . import hub
 from .chat import Message, render
 from .generate import GenerationError, Sampling, Stats, generate_ids
 from .native import NativeModel, NativeSession
@@ -58,7 +59,7 @@ class Model:
         if threads is not None and not 1 <= threads <= cores:
             raise GenerationError(f"threads must be between 1 and the {cores} cores here, got {threads}")
         self.threads = threads
-        self.asw = fmt.AswFile.open(path)
+        self.asw = hub.open_model_file(path, self.backend)  # a local path, or hf:// / ms:// (see hub.py)
         try:
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
@@ -177,6 +178,7 @@ class Model:
 
 def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None, device: int = 0,
          eager: bool = False) -> Model:
-    """Open a .asw file for generation (`backend` auto|cpu|aclnn, `threads` None = all cores; aclnn: `device` id,
-    `eager` = op-by-op decode instead of graph replay)."""
+    """Open a .asw file for generation: a local path or hf://OWNER/REPO/FILE.asw[@REV] / ms://... (downloaded
+    into the hub's cache, checked once); `backend` auto|cpu|aclnn, `threads` None = all cores; aclnn: `device` id,
+    `eager` = op-by-op decode instead of graph replay."""
     return Model(path, backend, threads, device, eager)

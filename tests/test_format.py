@@ -120,7 +120,7 @@ def _missing_tensor_file(path: Path) -> None:
 CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
     "bad magic": (_patch_preamble(0, "8s", 0) if False else (lambda p: p.write_bytes(b"GGUF" + p.read_bytes()[4:])),
                   fmt.BadMagic, "not a .asw file (bytes 0-7"),
-    "newer major": (_patch_preamble(8, "H", 2), fmt.UnsupportedVersion, "format version 2.0 is newer than this reader"),
+    "newer major": (_patch_preamble(8, "H", 2), fmt.UnsupportedVersion, f"format version 2.{fmt.VERSION_MINOR} is newer than this reader"),
     "truncated": (_truncate, fmt.TruncatedFile, "the file is truncated"),
     "tiny file": (lambda p: p.write_bytes(p.read_bytes()[:20]), fmt.TruncatedFile, "shorter than the 64-byte preamble"),
     "manifest beyond EOF": (_patch_preamble(24, "Q", 10**8), fmt.ManifestOutOfBounds, "extends beyond the end of the file"),

@@ -1,13 +1,18 @@
-"""Resolves what the user typed (local directory, .gguf file, alias, HuggingFace repo id) into an open Source.
+"""Resolves what the user typed (local directory, .gguf file, alias, hub repo id) into an open Source.
 
-Hub ids go through huggingface_hub's `snapshot_download` (its cache, HF_HOME, HF_HUB_OFFLINE, revisions) and only
-fetch what conversion needs: config, tokenizer, generation config, safetensors shards and their index.
+Hub ids come from Hugging Face (huggingface_hub's `snapshot_download`: its cache, HF_HOME, HF_HUB_OFFLINE,
+revisions) or, with --hub modelscope or ASCEND_USE_MODELSCOPE=1, from ModelScope (modelscope's snapshot_download:
+MODELSCOPE_CACHE); both through runtime/hub.py, and only what conversion needs is fetched: config, tokenizer,
+generation config, safetensors shards and their index. Aliases name the same repo id on either hub.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+from ascend_super.runtime import hub
 
 from .base import Source, SourceError
 from .safetensors import SafetensorsSource
@@ -25,30 +30,27 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "tokenizer.json", "toke
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def download_snapshot(repo_id: str, revision: str | None) -> Path:
-    """Local snapshot folder of a hub repo (from the cache when offline). The folder name is the commit hash."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+HUBS = {"huggingface": "hf", "modelscope": "ms"}  # --hub value -> scheme in runtime/hub.py
+USE_MODELSCOPE_ENV = "ASCEND_USE_MODELSCOPE"  # =1: hub ids come from ModelScope (vLLM-Ascend's VLLM_USE_MODELSCOPE)
 
+
+def default_hub() -> str:
+    """huggingface, or modelscope when ASCEND_USE_MODELSCOPE is set to a true value."""
+    flag = os.environ.get(USE_MODELSCOPE_ENV, "").strip().upper()
+    return "modelscope" if flag in ("1", "ON", "YES", "TRUE") else "huggingface"
+
+
+def download_snapshot(repo_id: str, revision: str | None, hub_name: str = "huggingface") -> Path:
+    """Local snapshot folder of a hub repo (from the hub's cache when offline); only what conversion needs."""
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
-    except GatedRepoError:
-        raise SourceError(f"{repo_id}: gated repository; accept its terms on the hub and log in "
-                          "(huggingface-cli login or HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise SourceError(f"{repo_id}: no such repository on the hub (or it is private)") from None
-    except RevisionNotFoundError:
-        raise SourceError(f"{repo_id}: revision {revision!r} not found") from None
-    except LocalEntryNotFoundError:
-        raise SourceError(f"{repo_id}: not in the local huggingface_hub cache and the hub cannot be reached "
-                          "(HF_HUB_OFFLINE set or no network); download it once on a connected machine") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise SourceError(f"{repo_id}: download failed: {exc}") from None
+        return hub.download_snapshot(HUBS[hub_name], repo_id, revision, HUB_PATTERNS)
+    except hub.HubError as exc:
+        raise SourceError(str(exc)) from None
 
 
-def open_source(spec: str, revision: str | None = None) -> Source:
-    """A local directory, a .gguf file, an alias (see ALIASES) or a hub repo id."""
+def open_source(spec: str, revision: str | None = None, hub_name: str | None = None) -> Source:
+    """A local directory, a .gguf file, an alias (see ALIASES) or a repo id on `hub_name` (huggingface or
+    modelscope; default: see default_hub)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -71,6 +73,10 @@ def open_source(spec: str, revision: str | None = None) -> Source:
     if not _REPO_ID.match(repo_id):
         raise SourceError(f"{spec}: not a directory, a .gguf file, a known alias ({', '.join(ALIASES)}) "
                           "or a HuggingFace repo id (owner/name)")
-    snapshot = download_snapshot(repo_id, revision)
-    provenance = {"kind": "hf-hub", "id": repo_id, "revision": snapshot.name}
+    hub_name = hub_name or default_hub()
+    if hub_name not in HUBS:
+        raise SourceError(f"--hub must be one of {', '.join(HUBS)}, got {hub_name!r}")
+    snapshot = download_snapshot(repo_id, revision, hub_name)
+    provenance = {"kind": f"{HUBS[hub_name]}-hub", "id": repo_id,
+                  "revision": hub.snapshot_revision(snapshot) or revision or hub.MS_DEFAULT_REVISION}
     return SafetensorsSource(snapshot, provenance)

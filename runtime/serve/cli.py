@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .. import format as fmt
-from ..cliutil import fail
+from .. import hub
+from ..cliutil import fail, stderr
 from ..generate import GenerationError
 from ..model import BACKENDS, BackendUnavailable, Model
 from ..native import NativeError
@@ -18,7 +18,8 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., help="The .asw file."),
+    model: str = typer.Argument(..., help="The .asw file: a path, or hf://OWNER/REPO/FILE.asw[@REVISION] "
+                                           "or ms://... (downloaded once into the hub's cache)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
     backend: str = typer.Option("auto", "--backend", help=f"One of {', '.join(BACKENDS)}."),
@@ -52,7 +53,11 @@ def serve(
     if api_key is not None and (not api_key or any(c.isspace() for c in api_key)):
         fail("--api-key must be a non-empty string without spaces")
     try:
-        loaded = Model(model, backend, threads, device, eager)
+        located = hub.locate(model, report=lambda message: stderr.print(message, markup=False, highlight=False))
+    except hub.HubError as exc:
+        fail(str(exc))
+    try:
+        loaded = Model(located, backend, threads, device, eager)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))
     with loaded:
@@ -60,7 +65,7 @@ def serve(
             engine = Engine(loaded, max_batch, context)
         except GenerationError as exc:
             fail(str(exc))
-        name = served_model_name or Path(model).stem
+        name = served_model_name or located.path.stem
         server = uvicorn.Server(uvicorn.Config(create_app(loaded, engine, name, api_key), host=host, port=port,
                                                log_level=log_level, timeout_graceful_shutdown=drain,
                                                lifespan="on"))
