@@ -8,19 +8,13 @@ from typing import Optional
 
 import typer
 
-from . import format as fmt
-from . import hub
 from .chat import ChatTemplateError
-from .cliutil import fail, stderr
+from .cliutil import fail, open_model, stderr
 from .generate import GenerationError, Sampling, Stats
-from .model import BACKENDS, BackendUnavailable, Model
+from .model import BACKENDS
 from .native import NativeError
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def _note(message: str) -> None:
-    stderr.print(message, markup=False, highlight=False)
 
 
 @app.command()
@@ -51,14 +45,7 @@ def run(
         fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
     if system is not None and raw:
         fail("--system needs the chat template; it cannot be combined with --raw")
-    try:
-        located = hub.locate(model, report=_note)
-    except hub.HubError as exc:
-        fail(str(exc))
-    try:
-        loaded = Model(located, backend, threads, device, eager)
-    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
-        fail(str(exc))
+    loaded = open_model(model, backend, threads, device, eager)
     trained = int(loaded.config["max_position_embeddings"])
     if context is not None and context > trained:
         stderr.print(f"warning: --context {context} is beyond the {trained} positions the model was trained for",

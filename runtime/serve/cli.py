@@ -6,12 +6,9 @@ from typing import Optional
 
 import typer
 
-from .. import format as fmt
-from .. import hub
-from ..cliutil import fail, stderr
+from ..cliutil import fail, open_model
 from ..generate import GenerationError
-from ..model import BACKENDS, BackendUnavailable, Model
-from ..native import NativeError
+from ..model import BACKENDS
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -52,20 +49,13 @@ def serve(
         fail(f"--drain must be >= 0 seconds, got {drain}")
     if api_key is not None and (not api_key or any(c.isspace() for c in api_key)):
         fail("--api-key must be a non-empty string without spaces")
-    try:
-        located = hub.locate(model, report=lambda message: stderr.print(message, markup=False, highlight=False))
-    except hub.HubError as exc:
-        fail(str(exc))
-    try:
-        loaded = Model(located, backend, threads, device, eager)
-    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
-        fail(str(exc))
+    loaded = open_model(model, backend, threads, device, eager)
     with loaded:
         try:
             engine = Engine(loaded, max_batch, context)
         except GenerationError as exc:
             fail(str(exc))
-        name = served_model_name or located.path.stem
+        name = served_model_name or loaded.asw.path.stem
         server = uvicorn.Server(uvicorn.Config(create_app(loaded, engine, name, api_key), host=host, port=port,
                                                log_level=log_level, timeout_graceful_shutdown=drain,
                                                lifespan="on"))
