@@ -127,10 +127,11 @@ def test_stop_strings_across_token_boundaries_are_cut(client: openai.OpenAI, ref
     tokens = ref.tokens(ids, 40)
     pieces = ref.pieces(tokens)
     text = "".join(pieces)
-    # a stop string made of the end of one token's text and the start of a later one's
-    at = next(i for i in range(3, len(pieces) - 1) if pieces[i] and pieces[i + 1])
-    stop = pieces[at][-1:] + pieces[at + 1][:1]
-    expected = text[:text.find(stop)]
+    # a stop string made of the end of one token's text and the start of the next one's, first seen there
+    boundaries = [len("".join(pieces[:i + 1])) for i in range(len(pieces) - 1)]
+    stop, cut = next((text[b - 1:b + 1], b - 1) for b in boundaries[3:] if 0 < b < len(text) and
+                     text.find(text[b - 1:b + 1]) == b - 1)
+    expected = text[:cut]
     reply = client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=40, temperature=0,
                                       stop=[stop, "never-in-the-text"])
     assert reply.choices[0].text == expected and reply.choices[0].finish_reason == "stop"
