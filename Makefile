@@ -49,7 +49,7 @@ check-aarch64:
 	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
 	  { echo "check-aarch64 needs: apt-get install gcc-aarch64-linux-gnu qemu-user libc6-arm64-cross"; exit 1; }
 	mkdir -p build/aarch64
-	aarch64-linux-gnu-gcc -std=c11 -O3 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
+	aarch64-linux-gnu-gcc -std=c11 -O3 -fno-trapping-math -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
 		-Inative/include native/src/*.c -o build/aarch64/libasw.so -lm -ldl
 	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -Inative/include \
 		native/check/kernel_sets.c native/src/*.c -o build/aarch64/kernel_sets -lm -ldl

@@ -2,6 +2,8 @@
 
 - `ensure_checkpoint()`: a random-weight HuggingFace Qwen2 checkpoint with Qwen2-0.5B's exact shape (bf16 safetensors,
   one file, tied embeddings, a tiny WordLevel tokenizer.json), generated once and cached under .cache/bench/.
+- `ensure_gguf()`: the same weights as a Q8_0 GGUF (llama.cpp's qwen2 layout, norms and biases F32, a tiny
+  byte-level BPE vocabulary), generated once from that checkpoint and cached beside it.
 - `ensure_asw()`: that checkpoint converted to .asw, cached and keyed by a fingerprint of the converter's source,
   so an edit to the converter or the format gives a fresh conversion instead of a stale file.
 - page-cache control (`drop_page_cache`, `resident_bytes`), `median`, `machine_line`, a small table printer.
@@ -112,6 +114,68 @@ def ensure_checkpoint(regen: bool = False) -> Path:
     stamp.write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
     log(f"checkpoint ready in {time.perf_counter() - started:.1f} s")
     return directory
+
+
+def ensure_gguf(checkpoint: Path) -> Path:
+    """`checkpoint` as a Q8_0 GGUF (cached): every 2-D weight Q8_0, norms and biases F32; tensors are quantized
+    one at a time, the writer holds the quantized bytes (~0.5 GB) until it writes them."""
+    import gguf
+    import ml_dtypes  # noqa: F401  (numpy's bfloat16, for safetensors' numpy frontend)
+    from safetensors import safe_open
+
+    from ascend_super.convert.sources.gguf_tokenizer import _bytes_to_unicode
+
+    out = checkpoint.with_name(checkpoint.name + "-Q8_0.gguf")
+    if out.is_file():
+        return out
+    log(f"writing the checkpoint as a Q8_0 GGUF to {out} (once) ...")
+    started = time.perf_counter()
+    c = QWEN2_05B
+    tmp = out.with_name(out.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), arch="qwen2")
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_attention_heads"])
+    w.add_head_count_kv(c["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(c["rope_theta"])
+    tokens = SPECIAL_TOKENS + list(_bytes_to_unicode().values()) + ["Ġt"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(SPECIAL_TOKENS) + [1] * (len(tokens) - len(SPECIAL_TOKENS)))
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    layer_names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                   "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                   "mlp.down_proj": "ffn_down"}
+    with safe_open(str(source_files(checkpoint)[0]), framework="numpy") as handle:
+        for name in handle.keys():
+            if name in names:
+                target = names[name]
+            else:
+                _, _, layer, rest = name.split(".", 3)
+                module, kind = rest.rsplit(".", 1)
+                target = f"blk.{layer}.{layer_names[module]}.{kind}"
+            value = handle.get_tensor(name).astype("float32")
+            if value.ndim == 2:
+                w.add_tensor(target, gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0),
+                             raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            else:
+                w.add_tensor(target, value)
+            del value
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(out)
+    log(f"GGUF ready in {time.perf_counter() - started:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
+    return out
 
 
 def source_files(directory: Path) -> list[Path]:

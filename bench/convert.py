@@ -1,6 +1,6 @@
 """Conversion speed and memory on a Qwen2-0.5B-shape checkpoint: is `ascend-convert` close to just reading the source?
 
-    .venv/bin/python bench/convert.py [--rounds 3] [--warm] [--dtype fp16] [--no-keep-cache]
+    .venv/bin/python bench/convert.py [--rounds 3] [--warm] [--dtype fp16] [--no-keep-cache] [--gguf]
 
 What is measured, per round (rounds interleave the measurements and alternate their order):
   read     seconds to read every byte of every *.safetensors once (os.readinto, 16 MiB buffer, no processing).
@@ -20,6 +20,8 @@ script prints PASS/FAIL and always exits 0 (a report, not a test). --verify-only
 
 The checkpoint (random bf16 weights, Qwen2-0.5B's exact shapes, one 988 MB model.safetensors) is generated once
 and cached under .cache/bench/ (see _common.py); --no-keep-cache removes .cache/bench/ at the end.
+--gguf measures the same weights as a Q8_0 GGUF source instead (every weight is dequantized row block by row
+block, so the memory target is the same).
 """
 
 from __future__ import annotations
@@ -129,24 +131,37 @@ def measure_verify(checkpoint: Path, dtype: str, rounds: int) -> None:
           f"{VERIFY_TARGET_GBPS:g} GB/s  -> {'PASS' if best >= VERIFY_TARGET_GBPS else 'FAIL'}")
 
 
+def ensure_source(gguf: bool, regen: bool) -> Path:
+    """The cached source, generated in a child process: a converter started from this process after it held the
+    generated model would report this process's RSS as its own peak (Linux carries ru_maxrss across exec)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import _common as C; "
+            f"p = C.ensure_checkpoint({regen!r}); print(C.ensure_gguf(p) if {gguf!r} else p)")
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"generating the benchmark source failed (exit {done.returncode})")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="target dtype [fp16]")
     parser.add_argument("--warm", action="store_true", help="measure from the page cache instead of cold")
     parser.add_argument("--no-copy", action="store_true", help="skip the read+write+fsync context measurement")
     parser.add_argument("--verify-only", action="store_true", help="measure only the --verify hashing speed")
+    parser.add_argument("--gguf", action="store_true", help="convert the same weights from a Q8_0 GGUF")
     C.add_common_args(parser, "keep the generated checkpoint in .cache/bench/ for the next run [yes]")
     args = parser.parse_args()
 
-    checkpoint = C.ensure_checkpoint(args.regen)
-    files = C.source_files(checkpoint)
+    checkpoint = ensure_source(args.gguf, args.regen)
+    files = [checkpoint] if args.gguf else C.source_files(checkpoint)
+    kind = "GGUF, Q8_0 weights" if args.gguf else f"{len(files)} safetensors file(s), bf16"
     source_nbytes = sum(f.stat().st_size for f in files)
     out = C.CACHE / f"bench-convert-{os.getpid()}.asw"
     copy_out = C.CACHE / f"bench-copy-{os.getpid()}.bin"
     state = "warm (page cache)" if args.warm else "cold (posix_fadvise DONTNEED before each measurement)"
 
     print(f"machine   {C.machine_line()}")
-    print(f"source    {checkpoint}  ({len(files)} safetensors file(s), {source_nbytes / 1e6:.0f} MB, bf16)")
+    print(f"source    {checkpoint}  ({kind}, {source_nbytes / 1e6:.0f} MB)")
     if args.verify_only:
         print(f"measured  warm page cache; {args.rounds} interleaved rounds; verify of the converted {args.dtype} file")
         print()

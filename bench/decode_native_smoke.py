@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ascend_super.runtime import format as fmt
 from ascend_super.runtime import native
 from ascend_super.runtime.native import NativeModel
 
@@ -25,23 +26,10 @@ QWEN2_05B = {
 }
 
 
-def shapes(c: dict) -> dict[str, tuple[int, ...]]:
-    H, D, F, V = c["hidden_size"], c["head_dim"], c["intermediate_size"], c["vocab_size"]
-    qkv = (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * D
-    out = {"token_embd.weight": (V, H)}
-    for i in range(c["num_hidden_layers"]):
-        out.update({f"blk.{i}.attn_norm.weight": (H,), f"blk.{i}.attn_qkv.weight": (qkv, H),
-                    f"blk.{i}.attn_qkv.bias": (qkv,), f"blk.{i}.attn_output.weight": (H, c["num_attention_heads"] * D),
-                    f"blk.{i}.ffn_norm.weight": (H,), f"blk.{i}.ffn_gate_up.weight": (2 * F, H),
-                    f"blk.{i}.ffn_down.weight": (H, F)})
-    out["output_norm.weight"] = (H,)
-    return out
-
-
 def build(c: dict, dtype: str) -> tuple[np.ndarray, list[tuple[str, int, int, str, tuple[int, ...]]]]:
     rng = np.random.default_rng(0)
     table, offset = [], 0
-    for name, shape in shapes(c).items():
+    for name, shape in fmt.expected_tensors(c).items():  # the one tensor list
         offset = -(-offset // 512) * 512
         nbytes = int(np.prod(shape)) * 2
         table.append((name, offset, nbytes, shape))

@@ -1,4 +1,5 @@
-"""The one architecture table: which HF architectures we convert and how their tensors map to canonical ones.
+"""The one architecture table: which HF architectures we convert, how their tensors map to canonical ones, the
+defaults their transformers config classes give absent keys, and which config values the runtime computes exactly.
 
 Every difference between architectures is a field of `ArchSpec`; nothing else in the converter branches on the
 architecture name. Adding Qwen3 later means adding a row (plus its q/k norm tensors to the format).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 _L = "model.layers.{i}."
 # canonical name template ("{i}" = layer) -> HF source tensors whose rows are concatenated, in this order
@@ -26,14 +28,47 @@ _DECODER_SOURCES: dict[str, tuple[str, ...]] = {
     "output.weight": ("lm_head.weight",),
 }
 
+# Source tensors that hold derived data the model recomputes from config.json, so transformers ignores the stored
+# copy (it registers them as non-persistent buffers): regex -> why it is safe to skip. Any other unused tensor
+# fails the conversion.
+_DERIVED_TENSORS: dict[str, str] = {
+    r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq": "rotary inv_freq, recomputed from rope_theta/head_dim",
+    r"model\.rotary_emb\.inv_freq": "rotary inv_freq, recomputed from rope_theta/head_dim",
+}
+
+# config.json keys whose value changes the math -> the values the runtime implements (anything else is refused).
+# Keys absent from config.json take the arch's transformers default first (`ArchSpec.hf_defaults`).
+_RUNTIME_COMPUTES: dict[str, tuple[Any, ...]] = {
+    "hidden_act": ("silu", "swish"),  # transformers' ACT2FN maps both to SiLU
+}
+# config.json keys that must be absent: the runtime has nothing that computes what they describe
+_MUST_BE_ABSENT: dict[str, str] = {
+    "quantization_config": "quantized checkpoints",
+}
+# keys of a rope dict (rope_parameters / rope_scaling) and the values the runtime implements
+ROPE_TYPES = ("default", "llama3")
+ROPE_PARTIAL_ROTARY_FACTOR = 1.0
+
+# transformers' config-class defaults for the keys the converter reads, shared by Qwen2Config and LlamaConfig
+# (tests/test_strict.py checks every value against the installed transformers). None = derived: for
+# num_key_value_heads the head count, for head_dim hidden_size // num_attention_heads.
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "hidden_act": "silu",
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "pad_token_id": None,
+    "rope_theta": 10000.0,  # the class attribute default_theta
+}
+
 
 @dataclass(frozen=True)
 class ArchSpec:
     hf_architecture: str  # config.json "architectures"[0]
     arch: str  # the manifest's "arch"
-    attention_bias_default: bool  # when config.json has no "attention_bias"
-    tie_embeddings_default: bool  # when config.json has no "tie_word_embeddings"
-    rope_theta_default: float  # when config.json names no rope_theta
+    hf_config_class: str  # the transformers config class whose defaults `hf_defaults` copies
+    hf_defaults: dict[str, Any]  # value of every key the converter reads when config.json lacks it
+    qkv_bias: bool  # whether q/k/v projections carry a bias (the manifest's attention_bias)
+    runtime_computes: dict[str, tuple[Any, ...]]  # config key -> values the runtime implements
+    must_be_absent: dict[str, str] = field(default_factory=lambda: dict(_MUST_BE_ABSENT))  # key -> what it means
+    derived_tensors: dict[str, str] = field(default_factory=lambda: dict(_DERIVED_TENSORS))
     sources: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_DECODER_SOURCES))
 
     def source_names(self, canonical: str) -> tuple[str, ...]:
@@ -44,14 +79,30 @@ class ArchSpec:
         template = "blk.{i}." + match.group(2)
         return tuple(name.format(i=match.group(1)) for name in self.sources[template])
 
+    def derived_reason(self, name: str) -> str | None:
+        """Why a source tensor that no canonical tensor uses may be skipped, or None when it may not."""
+        return next((why for pattern, why in self.derived_tensors.items() if re.fullmatch(pattern, name)), None)
+
 
 ARCHS: dict[str, ArchSpec] = {
     spec.hf_architecture: spec
     for spec in (
-        ArchSpec("Qwen2ForCausalLM", "qwen2", attention_bias_default=True, tie_embeddings_default=False,
-                 rope_theta_default=10000.0),
-        ArchSpec("LlamaForCausalLM", "llama", attention_bias_default=False, tie_embeddings_default=False,
-                 rope_theta_default=10000.0),
+        # Qwen2Attention hard-codes bias=True on q/k/v and False on o_proj; Qwen2MLP has no biases; Qwen2Config
+        # has no attention_bias / mlp_bias keys (a config.json that has them is ignored by transformers, so here).
+        ArchSpec("Qwen2ForCausalLM", "qwen2", "Qwen2Config",
+                 hf_defaults={**_COMMON_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016,
+                              "num_key_value_heads": 32, "head_dim": None, "max_position_embeddings": 32768,
+                              "bos_token_id": None, "eos_token_id": None, "use_sliding_window": False},
+                 qkv_bias=True,
+                 runtime_computes={**_RUNTIME_COMPUTES, "use_sliding_window": (False,)}),
+        # LlamaAttention puts attention_bias on q, k, v AND o_proj; LlamaMLP puts mlp_bias on gate/up/down. The
+        # runtime has a q/k/v bias only, so both must be false.
+        ArchSpec("LlamaForCausalLM", "llama", "LlamaConfig",
+                 hf_defaults={**_COMMON_DEFAULTS, "vocab_size": 32000, "intermediate_size": 11008,
+                              "num_key_value_heads": None, "head_dim": None, "max_position_embeddings": 2048,
+                              "bos_token_id": 1, "eos_token_id": 2, "attention_bias": False, "mlp_bias": False},
+                 qkv_bias=False,
+                 runtime_computes={**_RUNTIME_COMPUTES, "attention_bias": (False,), "mlp_bias": (False,)}),
     )
 }
 

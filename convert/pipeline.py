@@ -15,6 +15,7 @@ import numpy as np
 
 from ascend_super import __version__
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.chat import ChatTemplateError, render
 from ascend_super.runtime.tokenizer import TextTokenizer, TokenizerError
 
 from .cast import to_nz, to_u16
@@ -23,6 +24,7 @@ from .sources.base import Source, SourceError
 from .writer import AswWriter
 
 BLOCK_BYTES = 64 * 1024 * 1024  # source bytes (as float32) per row block
+TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]  # what every `ascend-run` chat prompt renders
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class Summary:
     seconds: float
 
 
-def _read_rows(source: Source, name: str, start: int, stop: int) -> np.ndarray:
-    reader = getattr(source, "read_rows", None)
-    if reader is not None:
-        return reader(name, start, stop)
-    return source.read(name)[start:stop]
-
-
 def _row_blocks(source: Source, name: str, shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
     row_bytes = 4 * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 4 * shape[0]
     rows_per_block = max(1, BLOCK_BYTES // max(row_bytes, 1)) if len(shape) > 1 else shape[0]
@@ -57,7 +52,7 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
                    advance: Callable[[int], None], scratch: np.ndarray) -> None:
     what = f"{source.path}: tensor {tensor.name}"
     if tensor.layout == "nz":
-        parts = [to_u16(_read_rows(source, part, 0, shape[0]), dtype, f"{what} (from {part})")
+        parts = [to_u16(source.read_rows(part, 0, shape[0]), dtype, f"{what} (from {part})")
                  for part, shape in tensor.parts]
         for part, _ in tensor.parts:
             advance(source.tensors()[part].nbytes)
@@ -67,7 +62,7 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
         part_nbytes = source.tensors()[part].nbytes
         done = 0
         for start, stop in _row_blocks(source, part, shape):
-            block = to_u16(_read_rows(source, part, start, stop), dtype, f"{what} (from {part})", scratch)
+            block = to_u16(source.read_rows(part, start, stop), dtype, f"{what} (from {part})", scratch)
             writer.write(memoryview(np.ascontiguousarray(block)).cast("B"))
             step = part_nbytes * stop // shape[0] - done
             advance(step)
@@ -82,6 +77,7 @@ def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_ha
     return {
         "arch": plan.arch.arch,
         "config": plan.config,
+        "defaulted_config": plan.defaulted,
         "dtype": plan.dtype,
         "layout": plan.layout,
         "requires": fmt.requirements(plan.layout),
@@ -105,6 +101,14 @@ def _check_before_writing(source: Source, manifest: dict[str, Any]) -> None:
         TextTokenizer(manifest["tokenizer"])  # the runtime's own loader
     except TokenizerError as exc:
         raise SourceError(f"{source.path}: {exc}") from None
+    if manifest["chat_template"] is not None:
+        try:  # the runtime's own renderer, on the one-message conversation every chat run starts with
+            render(manifest["chat_template"], TEMPLATE_PROBE, manifest["special_tokens"], add_generation_prompt=True)
+        except ChatTemplateError as exc:
+            raise SourceError(f"{source.path}: {exc} (every chat run would fail)") from None
+        except Exception as exc:  # a template can fail in Python itself (TypeError, OverflowError, ...)
+            raise SourceError(f"{source.path}: chat template: {type(exc).__name__}: {exc} (every chat run would "
+                              "fail)") from None
 
 
 def check_output_path(out_path: Path, source: Source) -> None:

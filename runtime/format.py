@@ -14,6 +14,8 @@ Layout (all little-endian):
 
 from __future__ import annotations
 
+import json
+import math
 import mmap
 import os
 import struct
@@ -29,7 +31,7 @@ import xxhash
 # --------------------------------------------------------------------------------------------------- constants
 MAGIC = b"\x89ASW\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CRLF and ^Z catch text-mode mangling
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1 added the manifest key "requires" (what a file needs to run)
+VERSION_MINOR = 1  # 1.1 added the manifest keys "requires" (what a file needs to run) and "defaulted_config"
 # magic, major, minor, flags, manifest_offset, manifest_nbytes, manifest_xxh3_64, data_offset, data_nbytes,
 # data_alignment, reserved
 PREAMBLE_STRUCT = struct.Struct("<8sHHIQQQQQII")
@@ -61,11 +63,17 @@ BACKENDS_BY_LAYOUT: dict[str, tuple[str, ...]] = {"nd": ("cpu", "aclnn"), "nz": 
 NZ_SOC_FAMILY = "ascend910b/ascend910_93"
 VERIFY_CHUNK = 32 * 1024 * 1024  # bytes one verify thread hashes between readahead requests
 MAX_VERIFY_THREADS = 8
-CONFIG_INT_KEYS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "intermediate_size", "vocab_size", "max_position_embeddings",
-)
+# config int key -> the largest value a file may hold. The bounds keep every size the reader and the native
+# library derive from them (tensor table, KV cache, activations) within 64-bit and 32-bit arithmetic, and let a
+# forged manifest be refused before anything is allocated from it.
+CONFIG_INT_LIMITS = {
+    "hidden_size": 1 << 20, "num_hidden_layers": 4096, "num_attention_heads": 4096, "num_key_value_heads": 4096,
+    "head_dim": 4096, "intermediate_size": 1 << 22, "vocab_size": 1 << 24, "max_position_embeddings": 1 << 24,
+}
+MAX_ATTENTION_WIDTH = 1 << 20  # num_attention_heads * head_dim
+MAX_EOS_IDS = 1024
 CONFIG_FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 CONFIG_BOOL_KEYS = ("tie_word_embeddings", "attention_bias")
 TENSOR_KEYS = ("name", "dtype", "shape", "layout", "offset", "nbytes", "xxh3_64")
 # 2-D weights that --layout nz stores as FRACTAL_NZ (token_embd stays ND: it is gathered by rows)
@@ -463,8 +471,9 @@ def _require(condition: bool, path: Path, what: str) -> None:
 
 
 def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
-    """Every rule on the manifest's values (not the tensor table's placement); raises ManifestInvalid. The
-    converter runs it before writing, so it never produces a file the reader refuses."""
+    """Every rule on the manifest's values (not the tensor table's placement); raises ManifestInvalid. The one
+    validator: the converter runs it before writing, and every reader (ascend-inspect, ascend-run, the API) runs
+    it through `AswFile.open`, so a file one accepts the others accept."""
     _require(manifest["arch"] in ARCHS, path, f"arch {manifest['arch']!r} is not one of {', '.join(ARCHS)}")
     _require(manifest["dtype"] in DTYPES, path, f"dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
     _require(manifest["layout"] in LAYOUTS, path, f"layout {manifest['layout']!r} is not one of {', '.join(LAYOUTS)}")
@@ -477,7 +486,11 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
     for key in ("generation_config", "special_tokens", "source"):
         _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
     check_config(path, manifest["config"])
+    defaulted = manifest.get("defaulted_config", [])
+    _require(isinstance(defaulted, list) and all(isinstance(k, str) for k in defaulted), path,
+             f"defaulted_config is {defaulted!r}, not a list of config key names")
     _require(isinstance(manifest["tensors"], list), path, "tensors is not a list")
+    _check_tokenizer_ids(path, manifest["tokenizer"], manifest["config"]["vocab_size"])
     if "requires" in manifest:  # since 1.1
         check_requires(path, manifest["requires"], manifest["layout"])
 
@@ -501,38 +514,90 @@ def check_requires(path: Path, requires: Any, layout: str) -> None:
     _require(layout != "nz" or soc is not None, path, "requires.soc is null in an nz file (FRACTAL_NZ is per SoC)")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_config(path: Path, config: Any) -> None:
-    """Every rule on the manifest's config map (hyper-parameters, rope scaling, special token ids); raises
-    ManifestInvalid. The converter runs it as soon as it has read config.json."""
+    """Every rule on the manifest's config map (hyper-parameters with their upper bounds, rope scaling, special
+    token ids); raises ManifestInvalid. The converter runs it as soon as it has read config.json."""
     _require(isinstance(config, dict), path, "config is not a map")
-    for key in CONFIG_INT_KEYS:
+    for key, limit in CONFIG_INT_LIMITS.items():
         value = config.get(key)
-        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, path,
-                 f"config.{key} is {value!r}, not a positive integer")
+        _require(_is_int(value) and 0 < value <= limit, path,
+                 f"config.{key} is {value!r}, not an integer from 1 to {limit}")
     for key in CONFIG_FLOAT_KEYS:
         value = config.get(key)
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, path,
-                 f"config.{key} is {value!r}, not a positive number")
+        _require(_is_number(value) and value > 0, path, f"config.{key} is {value!r}, not a positive finite number")
     for key in CONFIG_BOOL_KEYS:
         _require(isinstance(config.get(key), bool), path, f"config.{key} is {config.get(key)!r}, not a boolean")
     _require(config["num_attention_heads"] % config["num_key_value_heads"] == 0, path,
              "config.num_attention_heads is not a multiple of config.num_key_value_heads")
     _require(config["head_dim"] % 2 == 0, path, "config.head_dim is odd (rotate-half RoPE needs it even)")
-    scaling = config.get("rope_scaling")
-    if scaling is not None:
-        _require(isinstance(scaling, dict) and scaling.get("rope_type") in ROPE_SCALING_TYPES, path,
-                 f"config.rope_scaling {scaling!r} is not null or one of: {', '.join(ROPE_SCALING_TYPES)}")
-        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            _require(isinstance(scaling.get(key), (int, float)), path, f"config.rope_scaling.{key} is missing")
+    _require(config["num_attention_heads"] * config["head_dim"] <= MAX_ATTENTION_WIDTH, path,
+             f"config.num_attention_heads x config.head_dim is above {MAX_ATTENTION_WIDTH}")
+    _check_rope_scaling(path, config.get("rope_scaling"))
     eos = config.get("eos_token_id")
-    _require(isinstance(eos, list) and all(isinstance(i, int) for i in eos), path,
-             f"config.eos_token_id is {eos!r}, not a list of token ids")
+    _require(isinstance(eos, list) and len(eos) <= MAX_EOS_IDS and all(_is_int(i) for i in eos), path,
+             f"config.eos_token_id is {eos!r}, not a list of at most {MAX_EOS_IDS} token ids")
     vocab = config["vocab_size"]
     for key in ("bos_token_id", "pad_token_id"):
         value = config.get(key)
-        _require(value is None or isinstance(value, int) and 0 <= value < vocab, path,
+        _require(value is None or _is_int(value) and 0 <= value < vocab, path,
                  f"config.{key} is {value!r}, not null or a token id below vocab_size {vocab}")
     _require(all(0 <= i < vocab for i in eos), path, f"config.eos_token_id {eos} has ids outside [0, {vocab})")
+
+
+def _check_rope_scaling(path: Path, scaling: Any) -> None:
+    """null, or llama3 scaling whose formula is defined: factors > 0, high_freq_factor > low_freq_factor (the
+    smoothing divides by their difference), original_max_position_embeddings a positive integer."""
+    if scaling is None:
+        return
+    _require(isinstance(scaling, dict) and scaling.get("rope_type") in ROPE_SCALING_TYPES, path,
+             f"config.rope_scaling {scaling!r} is not null or one of: {', '.join(ROPE_SCALING_TYPES)}")
+    for key in LLAMA3_ROPE_KEYS[:3]:
+        value = scaling.get(key)
+        _require(_is_number(value) and value > 0, path,
+                 f"config.rope_scaling.{key} is {value!r}, not a positive finite number")
+    _require(scaling["high_freq_factor"] > scaling["low_freq_factor"], path,
+             f"config.rope_scaling.high_freq_factor {scaling['high_freq_factor']} is not above low_freq_factor "
+             f"{scaling['low_freq_factor']}")
+    original = scaling.get("original_max_position_embeddings")
+    _require(_is_int(original) and 0 < original <= CONFIG_INT_LIMITS["max_position_embeddings"], path,
+             f"config.rope_scaling.original_max_position_embeddings is {original!r}, not an integer from 1 to "
+             f"{CONFIG_INT_LIMITS['max_position_embeddings']}")
+
+
+def tokenizer_max_id(tokenizer_json: str) -> int | None:
+    """The highest token id a tokenizer.json can produce (its model's vocabulary and its added tokens), or None
+    when the text is not a tokenizer.json this can read (the tokenizer loader reports that)."""
+    try:
+        data = json.loads(tokenizer_json)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    vocab = model.get("vocab")
+    ids: list[int] = []
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: {piece: id}
+        ids = [v for v in vocab.values() if _is_int(v)]
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], ids are positions
+        ids = [len(vocab) - 1] if vocab else []
+    added = data.get("added_tokens")
+    if isinstance(added, list):
+        ids += [t["id"] for t in added if isinstance(t, dict) and _is_int(t.get("id"))]
+    return max(ids, default=None)
+
+
+def _check_tokenizer_ids(path: Path, tokenizer_json: str, vocab: int) -> None:
+    highest = tokenizer_max_id(tokenizer_json)
+    _require(highest is None or 0 <= highest < vocab, path,
+             f"tokenizer has token id {highest}, outside the model's vocab_size {vocab} (embedding rows)")
 
 
 def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) -> list[TensorEntry]:
@@ -587,13 +652,15 @@ def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) 
         raise TensorGap(f"{path}: the last tensor ends at byte {base + cursor} but the data region ends at byte "
                         f"{base + preamble.data_nbytes}")
 
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise ManifestInvalid(f"{path}: tensor {duplicate!r} appears more than once")
+    by_name: dict[str, TensorEntry] = {}
+    for entry in entries:
+        if entry.name in by_name:
+            raise ManifestInvalid(f"{path}: tensor {entry.name!r} appears more than once")
+        by_name[entry.name] = entry
+    names = list(by_name)
     expected = expected_tensors(manifest["config"])
     for name, shape in expected.items():
-        found = next((e for e in entries if e.name == name), None)
+        found = by_name.get(name)
         if found is None:
             raise TensorMissing(f"{path}: required tensor {name!r} is missing")
         if found.shape != shape:

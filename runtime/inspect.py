@@ -31,6 +31,7 @@ def describe(asw: fmt.AswFile) -> dict[str, Any]:
         "layout": manifest["layout"],
         "requires": asw.requires,
         "config": manifest["config"],
+        "defaulted_config": manifest.get("defaulted_config", []),  # keys config.json lacked (format 1.1)
         "parameters": sum(int(_product(t.shape)) for t in asw.tensors),
         "file_nbytes": asw.preamble.data_offset + asw.preamble.data_nbytes,
         "data_offset": asw.preamble.data_offset,
@@ -73,6 +74,7 @@ def _print_human(info: dict[str, Any]) -> None:
                                       f"{info['data_offset']:,}, aligned {info['data_alignment']:,})")
     for key, value in info["config"].items():
         head.add_row(f"  {key}", json.dumps(value))
+    head.add_row("  defaulted (transformers' defaults)", ", ".join(info["defaulted_config"]) or "none")
     source = info["source"]
     head.add_row("[bold]source[/bold]", f"{source.get('kind')} {source.get('id')} @ {source.get('revision')}")
     head.add_row("[bold]converter[/bold]", str(source.get("converter")))

@@ -33,7 +33,8 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "no weights": (lambda d: (d / "model.safetensors").unlink(), "no *.safetensors files"),
     "unknown arch": (lambda d: _edit_config(d, lambda c: c.update(architectures=["GPT2LMHeadModel"])),
                      "'GPT2LMHeadModel' is not supported (supported: Qwen2ForCausalLM, LlamaForCausalLM)"),
-    "config lacks key": (lambda d: _edit_config(d, lambda c: c.pop("hidden_size")), "config.json lacks 'hidden_size'"),
+    "config lacks key": (lambda d: _edit_config(d, lambda c: c.pop("hidden_size")),
+                         "expected [320, 4096] from config.json (config.json lacks hidden_size: Qwen2Config defaults"),
     "config not json": (lambda d: (d / "config.json").write_text("{nope"), "config.json: not valid JSON"),
     "missing tensor": (lambda d: _edit_state(d, lambda s: s.pop("model.layers.1.mlp.up_proj.weight")),
                        "'model.layers.1.mlp.up_proj.weight' is missing (needed for blk.1.ffn_gate_up.weight)"),
@@ -52,13 +53,13 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "eos id outside vocab": (lambda d: _edit_config(d, lambda c: c.update(eos_token_id=99999)),
                              "config.eos_token_id [99999, 2] has ids outside [0, 320)"),
     "negative rms eps": (lambda d: _edit_config(d, lambda c: c.update(rms_norm_eps=-1)),
-                         "config.rms_norm_eps is -1.0, not a positive number"),
+                         "config.rms_norm_eps is -1.0, not a positive finite number"),
     "zero heads": (lambda d: _edit_config(d, lambda c: c.update(num_attention_heads=0)),
                    "num_attention_heads is 0, not a positive integer"),
     "shard outside folder": (lambda d: (d / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"lm_head.weight": "../elsewhere.safetensors"}})), "names a file outside the checkpoint folder"),
     "bad rope scaling": (lambda d: _edit_config(d, lambda c: c.update(rope_parameters={"rope_type": "yarn", "factor": 4.0})),
-                         "rope scaling type 'yarn' is not supported"),
+                         "rope type 'yarn' is not supported (supported: default, llama3)"),
 }
 
 

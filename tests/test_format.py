@@ -242,7 +242,8 @@ def test_forged_manifest_with_valid_checksum(good_file: Path) -> None:
     """A manifest rewritten with the right checksum but absurd values is still refused by name."""
     _, manifest, data = read_parts(good_file)
     for change, message in [
-        (lambda m: m["config"].update(hidden_size=2**40), "has shape"),
+        (lambda m: m["config"].update(hidden_size=2**40), "config.hidden_size is 1099511627776, not an integer"),
+        (lambda m: m["config"].update(hidden_size=m["config"]["hidden_size"] * 2), "has shape"),
         (lambda m: m["config"].update(num_hidden_layers=-1), "config.num_hidden_layers is -1"),
         (lambda m: m["tensors"][0].update(shape=[2**62, 2**62]), "nbytes"),
         (lambda m: m["tensors"].__setitem__(0, "nonsense"), "tensors[0] lacks one of the keys"),

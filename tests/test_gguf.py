@@ -53,10 +53,12 @@ HID, LAYERS, HEADS, KV, HD, FFN = 64, 2, 4, 2, 16, 96
 
 
 def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = (), rope_freqs: np.ndarray | None = None,
-               pre: str = "qwen2", tied: bool = True) -> dict[str, np.ndarray]:
+               pre: str = "qwen2", tied: bool = True, chat_template: str = "{{ messages[0]['content'] }}",
+               merges: list[str] | None = None) -> dict[str, np.ndarray]:
     """Write a 2-layer model; return the HF-named reference tensors (as the reader should give them back)."""
     rng = np.random.default_rng(0)
-    tokens, types, merges = _tiny_vocab()
+    tokens, types, tiny_merges = _tiny_vocab()
+    merges = tiny_merges if merges is None else merges
     vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch=arch)
     keys = {
@@ -77,7 +79,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
         "eos": lambda: w.add_eos_token_id(2),
         "pad": lambda: w.add_pad_token_id(0),
         "add_bos": lambda: w.add_add_bos_token(False),
-        "chat_template": lambda: w.add_chat_template("{{ messages[0]['content'] }}"),
+        "chat_template": lambda: w.add_chat_template(chat_template),
     }
     for name, add in keys.items():
         if name not in skip_keys:
@@ -202,6 +204,19 @@ def test_synthetic_llama_unpermutes_qk(tmp_path):
         assert tok["model"]["ignore_merges"] is True
 
 
+def test_row_blocks_equal_whole_tensor(tmp_path):
+    """The converter streams GGUF tensors in row blocks (dequantizing only those rows, whole heads for the Q/K
+    rows llama.cpp permuted): any blocking gives back exactly the whole tensor."""
+    path = tmp_path / "tiny-llama.gguf"
+    ref = write_gguf(path, "llama", pre="llama-bpe", tied=False)
+    with GGUFSource(path) as src:
+        for name, want in ref.items():
+            rows = want.shape[0]
+            for step in (1, 3, 7, rows):
+                blocks = [src.read_rows(name, start, min(rows, start + step)) for start in range(0, rows, step)]
+                np.testing.assert_array_equal(np.concatenate(blocks), want, err_msg=f"{name} step {step}")
+
+
 def test_llama3_rope_freqs(tmp_path):
     # Llama 3.1's values: theta 500000, head_dim 128, factor 8, low 1, high 4, original context 8192
     f = _llama3_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192)
@@ -287,6 +302,25 @@ def test_unknown_pre_tokenizer(tmp_path):
     with pytest.raises(SourceError) as e:
         GGUFSource(p)
     _one_line_error(e, p, "pre-tokenizer", "no-such-pre", "smollm")
+
+
+def test_inconsistent_merges_refused_in_one_line(tmp_path):
+    p = tmp_path / "merges.gguf"
+    write_gguf(p, "qwen2", merges=["Ġ t"])  # "Ġt" is not in the vocabulary
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "tokenizer: tokenizers cannot build it")
+
+
+def test_broken_gguf_chat_template_refused_at_convert(tmp_path):
+    from ascend_super.convert.pipeline import convert
+
+    p = tmp_path / "template.gguf"
+    write_gguf(p, "qwen2", chat_template="{% for m in messages %}{{ m.content }")
+    with GGUFSource(p) as src, pytest.raises(SourceError) as e:
+        convert(src, tmp_path / "out.asw", data_alignment=4096)
+    _one_line_error(e, p, "chat template: ", "(every chat run would fail)")
+    assert not (tmp_path / "out.asw").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------

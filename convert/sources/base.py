@@ -65,6 +65,11 @@ class Source(Protocol):
         """The tensor as a numpy array: float16 / float32 as stored, bfloat16 returned as float32 (exact)."""
         ...
 
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the tensor (all of a 1-D one when start == 0 and stop == its length), reading
+        no more of the source than those rows need."""
+        ...
+
     def file_names(self) -> list[str]:
         """Names of the source files `file_hashes` will cover (known before any tensor is read)."""
         ...
@@ -78,3 +83,4 @@ class Source(Protocol):
     def __enter__(self) -> "Source": ...
 
     def __exit__(self, *exc: object) -> None: ...
+

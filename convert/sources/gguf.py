@@ -18,6 +18,7 @@ Every problem with the file is a `SourceError` naming the file and the problem.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,7 +353,7 @@ class GGUFSource:
             self._entries[hf] = _Entry(name, t, shape, permute)
 
     def _finish_config(self, config: dict[str, Any]) -> None:
-        """Check the tensors against the hyper-parameters; fill vocab, tying, biases, rope_freqs scaling."""
+        """Fill vocab, tying, biases and rope_freqs scaling from the tensors."""
         emb = self._entries.get("model.embed_tokens.weight")
         if emb is None:
             raise self._err("missing tensor token_embd.weight")
@@ -365,35 +366,10 @@ class GGUFSource:
         config["vocab_size"] = vocab
         config["tie_word_embeddings"] = "lm_head.weight" not in self._entries
 
-        h, d, ffn = config["hidden_size"], config["head_dim"], config["intermediate_size"]
-        q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-        expect = {
-            "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-            "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-            "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h),
-            "mlp.down_proj.weight": (h, ffn),
-        }
-        optional = {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-                    "self_attn.o_proj.bias": (h,)}
-        glob_expect = {"model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
-        gguf_names = {hf: e.gguf_name for hf, e in self._entries.items()}
-        for i in range(config["num_hidden_layers"]):
-            for suffix, shape in expect.items():
-                hf = f"model.layers.{i}.{suffix}"
-                if hf not in self._entries:
-                    raise self._err(f"missing tensor for {hf} (layer {i})")
-        for hf, e in self._entries.items():
-            suffix = hf.split(".", 3)[3] if hf.startswith("model.layers.") else None
-            want = (expect.get(suffix) or optional.get(suffix)) if suffix else glob_expect.get(hf, e.shape)
-            if e.shape != want:
-                raise self._err(f"tensor {gguf_names[hf]} has shape {list(e.shape)}, expected {list(want)}")
-        has_bias = [f"model.layers.{i}.self_attn.{p}_proj.bias" in self._entries
-                    for i in range(config["num_hidden_layers"]) for p in "qkv"]
-        if any(has_bias) and not all(has_bias):
-            raise self._err("only some layers / projections have q/k/v biases")
-        config["attention_bias"] = all(has_bias)
+        # which tensors a layer needs, and their shapes, the planner checks against format.expected_tensors
         if any(".o_proj.bias" in hf for hf in self._entries):
             raise self._err("attention output biases (attn_output.bias) are not supported")
+        config["attention_bias"] = any(".self_attn.q_proj.bias" in hf for hf in self._entries)
 
         if self._rope_freqs is not None:
             if config["rope_scaling"] is not None:
@@ -448,6 +424,14 @@ class GGUFSource:
 
     def read(self, name: str) -> np.ndarray:
         """The tensor in HF orientation: float16 / float32 as stored, everything else dequantized to float32."""
+        e = self._entries.get(name)
+        if e is None:
+            raise KeyError(name)
+        return self.read_rows(name, 0, e.shape[0])
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) in HF orientation, dequantizing only those rows (and, for Q/K rows that llama.cpp
+        permuted, only the whole heads that hold them), so memory stays one row block whatever the tensor."""
         if self._reader is None:
             raise self._err("source is closed")
         e = self._entries.get(name)
@@ -455,23 +439,45 @@ class GGUFSource:
             raise KeyError(name)
         t = e.tensor
         qtype = t.tensor_type
+        first, last = start, stop
+        if len(e.shape) == 1:
+            first, last = 0, e.shape[0]
+        elif e.permute_heads is not None:  # un-permuting mixes rows within a head: read whole heads
+            head_rows = e.shape[0] // e.permute_heads
+            first, last = start // head_rows * head_rows, -(-stop // head_rows) * head_rows
         try:
+            raw = np.asarray(t.data)[first:last]
             if qtype == GGMLQuantizationType.F16:
-                arr = np.asarray(t.data).view(np.float16)
+                arr = raw.view(np.float16)
             elif qtype == GGMLQuantizationType.F64:
-                arr = np.asarray(t.data).view(np.float64).astype(np.float32)
+                arr = raw.view(np.float64).astype(np.float32)
             else:
-                arr = _dequantize(np.asarray(t.data), qtype)
+                arr = _dequantize(raw, qtype)
             if arr.dtype.byteorder not in ("=", "|"):
                 arr = arr.astype(arr.dtype.newbyteorder("="))
-            arr = arr.reshape(e.shape)
+            arr = arr.reshape((last - first, *e.shape[1:]))
             if e.permute_heads is not None:
-                arr = _unpermute(arr, e.permute_heads)
+                arr = _unpermute(arr, e.permute_heads * (last - first) // e.shape[0])
+            arr = arr[start - first:stop - first]
+            arr = np.array(arr, copy=True, order="C")  # never a view into the memory map
         except NotImplementedError:
             raise self._err(f"tensor {t.name} has type {qtype.name}, which the gguf package cannot dequantize") from None
         except (ValueError, OSError) as exc:
             raise self._err(f"cannot read tensor {t.name} ({type(exc).__name__}: {exc})") from None
-        return np.array(arr, copy=True, order="C")  # never a view into the memory map
+        row_bytes = int(t.n_bytes) // e.shape[0]
+        self._release(int(t.data_offset) + first * row_bytes, (last - first) * row_bytes)
+        return arr
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop the mapped pages of bytes just read from this process's resident set (they stay in the page
+        cache), so the converter's RSS is one row block, not every byte of the file read so far."""
+        mapping = getattr(self._reader.data, "_mmap", None) if self._reader is not None else None
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(mapping), offset + length)
+        if end > start:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def file_names(self) -> list[str]:
         return [self.path.name]

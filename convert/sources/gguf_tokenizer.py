@@ -227,14 +227,17 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if len(types) != len(tokens):
         raise TokenizerBuildError(f"{KEY_TOKEN_TYPE} has {len(types)} entries for {len(tokens)} tokens")
 
-    if model == "gpt2":
-        tok, default_add_bos = _byte_level(meta, tokens)
-    elif model == "llama":
-        tok, default_add_bos = _sentencepiece(meta, tokens, types)
-    else:
+    builders = {"gpt2": lambda: _byte_level(meta, tokens), "llama": lambda: _sentencepiece(meta, tokens, types)}
+    if model not in builders:
         raise TokenizerBuildError(
             f"unsupported tokenizer model {KEY_MODEL}={model!r} (supported: {', '.join(TOKENIZER_MODELS)})"
         )
+    try:
+        tok, default_add_bos = builders[model]()
+    except TokenizerBuildError:
+        raise
+    except Exception as exc:  # tokenizers raises a bare Exception for an inconsistent vocabulary / merges
+        raise TokenizerBuildError(f"tokenizers cannot build it: {exc}") from None
 
     added = _added_tokens(tokens, types)
     # the model vocabulary already maps each added token's text to its id, so these keep the file's ids

@@ -266,41 +266,101 @@ typedef struct attention_job {
     int n;               /* rows in this pass */
 } attention_job;
 
-/* att[t, h] = softmax(q[t, h] . K[0..pos+t] / sqrt(D)) . V[0..pos+t], one (t, h) pair at a time */
-static void attention_task(void *arg, int ith, int nth) {
-    const attention_job *j = arg;
+/* Vector-friendly exp (Cephes' polynomial, relative error ~1e-7 over the float range): no calls and no branches,
+ * so the loops below vectorize; on x86 each is compiled for AVX-512, AVX2 and baseline and picked at load time. */
+static inline float exp_poly(float x) {
+    x = -87.0f > x ? -87.0f : x; /* the exact form of maxps / minps (a NaN x stays NaN): no branch */
+    x = 88.0f < x ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = x - n * 0.693359375f - n * -2.12194440e-4f;             /* x - n ln 2 in two steps */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {((int32_t)n + 127) << 23}; /* 2^n */
+    return p * scale.f;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* x[i] = exp(x[i] - mx) for i < n; returns their sum */
+VECTOR_CLONES static float exp_shifted(float *x, int64_t n, float mx) {
+    for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - mx);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    return sum;
+}
+
+/* act[i] = silu(gate[i]) * up[i] for i < n */
+VECTOR_CLONES static void silu_mul(float *act, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) act[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
+}
+
+/* Denormal attention weights make the weighted sums several times slower on x86: flush them to zero while a
+ * task runs (and restore the caller's mode, which may be Python's own thread). */
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+typedef unsigned int fp_mode;
+static fp_mode flush_denormals(void) {
+    fp_mode old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u); /* FTZ | DAZ */
+    return old;
+}
+static void restore_fp_mode(fp_mode old) { _mm_setcsr(old); }
+#else
+typedef int fp_mode;
+static fp_mode flush_denormals(void) { return 0; }
+static void restore_fp_mode(fp_mode old) { (void)old; }
+#endif
+
+/* att[t, h] = softmax(q[t, h] . K[0..pos_t] / sqrt(D)) . V[0..pos_t] for one (row t, query head h) */
+static void attend(const attention_job *j, int t, int h, float *sc) {
     cpu_session *s = j->s;
     const asw_config *c = &s->m->cfg;
     const asw_kernels *k = s->m->k;
-    int D = c->head_dim, Hq = c->n_heads, group = c->n_heads / c->n_kv_heads;
+    int D = c->head_dim, group = c->n_heads / c->n_kv_heads;
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
     size_t kv_dim = (size_t)c->n_kv_heads * D;
+    size_t kvo = (size_t)(h / group) * D;
+    const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
+    const cpu_session *kv = j->rows[t].kv;
+    const uint16_t *kc = kv->key_cache + (size_t)j->layer * kv->max_len * kv_dim + kvo;   /* [len, D] stride kv_dim */
+    const uint16_t *vc = kv->value_cache + (size_t)j->layer * kv->max_len * kv_dim + kvo; /* [len, D] stride kv_dim */
+    int len = j->rows[t].pos + 1; /* causal: positions 0..pos of this row */
+    k->scores(c->dtype, sc, kc, (int64_t)kv_dim, q, D, len, 1.0f / sqrtf((float)D));
+    float mx = sc[0];
+    for (int p = 1; p < len; p++) mx = sc[p] > mx ? sc[p] : mx;
+    float inv = 1.0f / exp_shifted(sc, len, mx);
+    for (int p = 0; p < len; p++) sc[p] *= inv;
+    float *out = s->att + (size_t)t * c->n_heads * D + (size_t)h * D; /* [D] */
+    memset(out, 0, (size_t)D * sizeof(float));
+    k->weighted_sum(c->dtype, out, sc, vc, (int64_t)kv_dim, D, len);
+}
+
+/* Attention of every (row, head). Heads are taken in order, so the query heads of one KV group run back to back
+ * on one thread and re-read that group's cache rows from cache, not memory. With at least as many rows as
+ * threads, whole rows go round-robin (balancing the causal triangle); otherwise the heads are split in ranges. */
+static void attention_task(void *arg, int ith, int nth) {
+    const attention_job *j = arg;
+    cpu_session *s = j->s;
+    int Hq = s->m->cfg.n_heads;
     float *sc = s->scores + (size_t)ith * s->max_len; /* [max_len] (>= every row's max_len) */
-    float scale = 1.0f / sqrtf((float)D);
-    /* interleaved items balance the causal triangle across threads */
-    for (int item = ith; item < j->n * Hq; item += nth) {
-        int t = item / Hq, h = item % Hq;
-        size_t kvo = (size_t)(h / group) * D;
-        const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
-        const cpu_session *kv = j->rows[t].kv;
-        const uint16_t *kc = kv->key_cache + (size_t)j->layer * kv->max_len * kv_dim;   /* [max_len, kv_dim] */
-        const uint16_t *vc = kv->value_cache + (size_t)j->layer * kv->max_len * kv_dim; /* [max_len, kv_dim] */
-        int len = j->rows[t].pos + 1;                          /* causal: positions 0..pos of this row */
-        float mx = -INFINITY;
-        for (int p = 0; p < len; p++) {
-            sc[p] = k->dot(c->dtype, kc + p * kv_dim + kvo, q, D) * scale;
-            if (sc[p] > mx) mx = sc[p];
-        }
-        float sum = 0.0f;
-        for (int p = 0; p < len; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        float inv = 1.0f / sum;
-        float *out = s->att + (size_t)t * Hq * D + (size_t)h * D; /* [D] */
-        memset(out, 0, (size_t)D * sizeof(float));
-        for (int p = 0; p < len; p++) k->axpy(c->dtype, out, sc[p] * inv, vc + p * kv_dim + kvo, D);
+    fp_mode mode = flush_denormals();
+    if (j->n >= nth) {
+        for (int t = ith; t < j->n; t += nth)
+            for (int h = 0; h < Hq; h++) attend(j, t, h, sc);
+    } else {
+        int64_t total = (int64_t)j->n * Hq, i0 = total * ith / nth, i1 = total * (ith + 1) / nth;
+        for (int64_t item = i0; item < i1; item++) attend(j, (int)(item / Hq), (int)(item % Hq), sc);
     }
+    restore_fp_mode(mode);
 }
 
 typedef struct swiglu_job {
@@ -309,15 +369,18 @@ typedef struct swiglu_job {
     int64_t n, ffn;
 } swiglu_job;
 
-/* act = silu(gate) * up */
+/* act = silu(gate) * up, rows split across threads */
 static void swiglu_task(void *arg, int ith, int nth) {
     const swiglu_job *j = arg;
     int64_t total = j->n * j->ffn, i0 = total * ith / nth, i1 = total * (ith + 1) / nth;
-    for (int64_t i = i0; i < i1; i++) {
-        int64_t t = i / j->ffn, f = i % j->ffn;
-        float g = j->hb[t * 2 * j->ffn + f], u = j->hb[t * 2 * j->ffn + j->ffn + f];
-        j->act[i] = g / (1.0f + expf(-g)) * u;
+    fp_mode mode = flush_denormals();
+    while (i0 < i1) {
+        int64_t t = i0 / j->ffn, f = i0 % j->ffn, len = j->ffn - f < i1 - i0 ? j->ffn - f : i1 - i0;
+        const float *gate = j->hb + t * 2 * j->ffn + f; /* [len] */
+        silu_mul(j->act + i0, gate, gate + j->ffn, len);
+        i0 += len;
     }
+    restore_fp_mode(mode);
 }
 
 /* ---------------------------------------------------------------------------------------------------------

@@ -20,11 +20,31 @@ typedef struct asw_kernels {
     void (*to_f32)(int dtype, float *dst, const uint16_t *src, int64_t n);
     /* dst[i] = src[i] rounded to `dtype` (round to nearest even), i < n */
     void (*from_f32)(int dtype, uint16_t *dst, const float *src, int64_t n);
-    /* returns sum_i a[i] * x[i]: q.k against a cache row */
-    float (*dot)(int dtype, const uint16_t *a, const float *x, int64_t n);
-    /* y[i] += s * a[i]: weighted sum of cache rows */
-    void (*axpy)(int dtype, float *y, float s, const uint16_t *a, int64_t n);
+    /* scores[p] = scale * sum_i K[p*ldk + i] * q[i]   for p < len, i < d: one query against cache rows */
+    void (*scores)(int dtype, float *scores, const uint16_t *K, int64_t ldk, const float *q, int64_t d, int64_t len,
+                   float scale);
+    /* out[i] += sum_p w[p] * V[p*ldv + i]   for p < len, i < d: the attention-weighted sum of cache rows */
+    void (*weighted_sum)(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
+                         int64_t len);
 } asw_kernels;
+
+/* The attention loops of a kernel set, from its inlined `prefix##_dot` (returns sum a[i] x[i]) and `prefix##_axpy`
+ * (y[i] += s a[i]): one call per head instead of one per cache row. ATTR is the set's target attribute. */
+#define ASW_ATTENTION_LOOPS(prefix, ATTR)                                                                          \
+    ATTR static void prefix##_scores(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q,        \
+                                     int64_t d, int64_t len, float scale) {                                       \
+        if (dtype == 1 /* ASW_DTYPE_F16 */)                                                                       \
+            for (int64_t p = 0; p < len; p++) sc[p] = prefix##_dot(1, K + p * ldk, q, d) * scale;                 \
+        else                                                                                                      \
+            for (int64_t p = 0; p < len; p++) sc[p] = prefix##_dot(2, K + p * ldk, q, d) * scale;                 \
+    }                                                                                                             \
+    ATTR static void prefix##_weighted_sum(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv,  \
+                                           int64_t d, int64_t len) {                                              \
+        if (dtype == 1 /* ASW_DTYPE_F16 */)                                                                       \
+            for (int64_t p = 0; p < len; p++) prefix##_axpy(1, out, w[p], V + p * ldv, d);                        \
+        else                                                                                                      \
+            for (int64_t p = 0; p < len; p++) prefix##_axpy(2, out, w[p], V + p * ldv, d);                        \
+    }
 
 /* Bit mask of the sets this build can run here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON. */
 int32_t kernels_cpu_features(void);

@@ -147,7 +147,7 @@ TGT static void x_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n
     }
 }
 
-TGT static float x_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+INL float x_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
     int64_t i = 0;
     if (dtype == ASW_DTYPE_F16)
@@ -159,7 +159,7 @@ TGT static float x_dot(int dtype, const uint16_t *a, const float *x, int64_t n) 
     return s;
 }
 
-TGT static void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     __m256 vs = _mm256_set1_ps(s);
     int64_t i = 0;
     if (dtype == ASW_DTYPE_F16)
@@ -171,7 +171,10 @@ TGT static void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t 
     for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_to_f32, x_from_f32, x_dot, x_axpy};
+ASW_ATTENTION_LOOPS(x, TGT)
+
+const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_to_f32, x_from_f32, x_scores,
+                                       x_weighted_sum};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

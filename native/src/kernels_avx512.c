@@ -157,7 +157,7 @@ TGT static void z_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n
     }
 }
 
-TGT static float z_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+INL float z_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
     __m512 acc = _mm512_setzero_ps();
     int64_t i = 0;
     if (dtype == ASW_DTYPE_F16)
@@ -171,7 +171,7 @@ TGT static float z_dot(int dtype, const uint16_t *a, const float *x, int64_t n) 
     return _mm512_reduce_add_ps(acc);
 }
 
-TGT static void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+INL void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     __m512 vs = _mm512_set1_ps(s);
     int64_t i = 0;
     if (dtype == ASW_DTYPE_F16)
@@ -183,7 +183,10 @@ TGT static void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t 
     for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_to_f32, z_from_f32, z_dot, z_axpy};
+ASW_ATTENTION_LOOPS(z, TGT)
+
+const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_to_f32, z_from_f32, z_scores,
+                                       z_weighted_sum};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

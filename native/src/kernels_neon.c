@@ -71,7 +71,7 @@ static void n_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
     for (; i < n; i++) dst[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(src[i]) : asw_f32_to_bf16(src[i]);
 }
 
-static float n_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+static inline float n_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
     float32x4_t acc = vdupq_n_f32(0.0f);
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, ld4(dtype, a + i), vld1q_f32(x + i));
@@ -80,13 +80,16 @@ static float n_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
     return s;
 }
 
-static void n_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+static inline void n_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), ld4(dtype, a + i), s));
     for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_to_f32, n_from_f32, n_dot, n_axpy};
+ASW_ATTENTION_LOOPS(n, )
+
+const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_to_f32, n_from_f32, n_scores,
+                                       n_weighted_sum};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

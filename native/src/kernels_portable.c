@@ -91,17 +91,20 @@ static void p_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
         dst[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(src[i]) : asw_f32_to_bf16(src[i]);
 }
 
-static float p_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
+static inline float p_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
     float s = 0.0f;
     for (int64_t i = 0; i < n; i++) s += asw_u16_to_f32(dtype, a[i]) * x[i];
     return s;
 }
 
-static void p_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
+static inline void p_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_to_f32, p_from_f32, p_dot, p_axpy};
+ASW_ATTENTION_LOOPS(p, )
+
+const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_to_f32, p_from_f32, p_scores,
+                                       p_weighted_sum};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice
