@@ -37,6 +37,7 @@ test: $(TEST_STAMP) native
 bench: $(TEST_STAMP) native
 	$(PY) bench/convert.py
 	$(PY) bench/decode.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf build runtime/_asw*.so *.egg-info .pytest_cache

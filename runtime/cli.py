@@ -12,16 +12,12 @@ from . import format as fmt
 from . import hub
 from .chat import ChatTemplateError
 from .busguard import exit_on_bus_error
-from .cliutil import fail, literal, stderr, version_option
+from .cliutil import fail, literal, note, open_model, stderr, version_option
 from .generate import GenerationError, Sampling, Stats
-from .model import BACKENDS, BackendUnavailable, Model
+from .model import BACKENDS, BackendUnavailable
 from .native import NativeError
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def _note(message: str) -> None:
-    stderr.print(literal(message))
 
 
 @app.command()
@@ -63,8 +59,7 @@ def run(
             fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
         if system is not None and raw:
             fail("--system needs the chat template; it cannot be combined with --raw")
-        located = hub.locate(model, report=_note)
-        loaded = Model(located, backend, threads, device, eager)
+        loaded = open_model(model, backend, threads, device, eager)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError, hub.HubError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -129,7 +124,7 @@ def run_selftest(model: Optional[str], backend: str, device: int) -> None:
     if backend != "aclnn":
         fail("--selftest checks the aclnn backend: run it with --backend aclnn")
     try:
-        located = hub.locate(model, report=_note) if model is not None else None
+        located = hub.locate(model, report=note) if model is not None else None
     except hub.HubError as exc:
         fail(str(exc))
     try:

@@ -1,14 +1,18 @@
 """What every console script shares: one stderr console, the one-line error exit, literal printing of untrusted text
-(paths, manifest strings), and the --version option."""
+(paths, manifest strings), the --version option, and opening a model file (a path or a hub URI) for the runtime's
+CLIs with every failure as that one line."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from .model import Model
 
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -55,3 +59,26 @@ def version_option() -> bool:
             raise typer.Exit()
 
     return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
+def note(message: str) -> None:
+    """One line on stderr, printed literally (no markup, control characters escaped)."""
+    stderr.print(literal(message))
+
+
+def open_model(spec: str, backend: str, threads: int | None, device: int, eager: bool) -> "Model":
+    """The Model of a .asw path or hf:// / ms:// URI (downloaded once, reported on stderr), or a one-line exit."""
+    from . import format as fmt
+    from . import hub
+    from .generate import GenerationError
+    from .model import BackendUnavailable, Model
+    from .native import NativeError
+
+    try:
+        located = hub.locate(spec, report=note)
+    except hub.HubError as exc:
+        fail(str(exc))
+    try:
+        return Model(located, backend, threads, device, eager)
+    except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
+        fail(str(exc))

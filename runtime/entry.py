@@ -84,3 +84,7 @@ def run() -> None:
 
 def inspect() -> None:
     run_console_script("ascend_super.runtime.inspect")
+
+
+def serve() -> None:
+    run_console_script("ascend_super.runtime.serve.cli")

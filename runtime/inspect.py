@@ -14,7 +14,7 @@ from rich.table import Table
 from . import format as fmt
 from . import hub
 from .busguard import exit_on_bus_error
-from .cliutil import fail, literal, version_option
+from .cliutil import fail, literal, note, version_option
 from .cliutil import stderr as err_console
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -107,7 +107,7 @@ def run(
 ) -> None:
     """Show a .asw file's architecture, requirements, hyper-parameters and tensors; optionally verify every hash."""
     try:
-        located = hub.locate(model, report=_note)
+        located = hub.locate(model, report=note)
         asw = hub.open_model_file(located, verify_once=not verify)  # --verify checks below, every time
     except hub.HubError as exc:
         fail(str(exc))
@@ -129,10 +129,6 @@ def run(
             except KeyboardInterrupt:
                 fail("the file was not fully verified", 130, "interrupted")
             err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
-
-
-def _note(message: str) -> None:
-    err_console.print(literal(message))
 
 
 def main() -> None:

@@ -1,0 +1,294 @@
+"""ascend-serve on the golden model: the real server (uvicorn, subprocess, loopback), talked to with the official
+openai client. Greedy answers must be the tokens the model produces alone (ascend_super's Python API), whether a
+request runs alone or in a batch with others."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from ascend_super.runtime.serve.engine import PREFILL_CHUNK, StopMatcher
+from conftest import run_cli
+from serving import Reference, Server, http, serve
+
+GOLDEN = Path(__file__).resolve().parent.parent / "artifacts" / "golden-qwen2.asw"
+NAME = "golden"
+KEY = "test-key-123"
+CONTEXT = 256
+PROMPTS = ["Why is the sky blue?", "hello", "Write a very long story about a dragon and a knight, please.",
+           "1 2 3 4", "What is the capital of France?", "a"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with serve(GOLDEN, "--threads", "1", "--max-batch", "4", "--context", str(CONTEXT), "--served-model-name", NAME,
+               log_dir=tmp_path_factory.mktemp("serve"), api_key=KEY) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    reference = Reference(GOLDEN)
+    yield reference
+    reference.close()
+
+
+def test_stop_matcher_holds_back_partial_matches_and_cuts_the_earliest() -> None:
+    matcher = StopMatcher(["END", "xy"])
+    assert matcher.feed("abcE") == ("abc", False)  # "E" may start "END"
+    assert matcher.feed("N") == ("", False)
+    assert matcher.feed("Dzzz") == ("", True)  # "END" completed across three pieces: cut, nothing after it
+    other = StopMatcher(["xy", "bxyz"])
+    assert other.feed("abxyz") == ("a", True)  # the earliest start wins ("bxyz" at 1, not "xy" at 2)
+    assert StopMatcher(["zz"]).feed("az") == ("a", False)
+    plain = StopMatcher([])
+    assert plain.feed("text") == ("text", False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.asw"], "missing.asw"),
+    ([str(GOLDEN), "--max-batch", "0"], "--max-batch must be between 1 and 64"),
+    ([str(GOLDEN), "--port", "70000"], "--port must be between 0 and 65535"),
+    ([str(GOLDEN), "--api-key", ""], "--api-key must be a non-empty string"),
+    ([str(GOLDEN), "--backend", "tpu"], "unknown backend"),
+])
+def test_bad_command_lines_are_one_line_errors(args: list[str], message: str) -> None:
+    result = run_cli("ascend-serve", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_models_health_and_auth(server: Server, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [NAME]
+    assert http("GET", f"{server.base}/health") == (200, {"status": "ok"})  # exempt from the key
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        status, body = http("GET", f"{server.base}/v1/models", headers=headers)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+    assert http("GET", f"{server.base}/metrics")[0] == 401
+    bad = openai.OpenAI(base_url=f"{server.base}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+def test_chat_matches_generation_alone_streamed_or_not(client: openai.OpenAI, ref: Reference) -> None:
+    ids = ref.chat_ids(PROMPTS[0])
+    tokens = ref.tokens(ids, 24)
+    expected = ref.text(ids, 24)
+    reply = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                           max_tokens=24, temperature=0)
+    assert reply.object == "chat.completion" and reply.model == NAME
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason == ("length" if len(tokens) == 24 else "stop")
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(ids), len(tokens))
+    assert reply.usage.total_tokens == len(ids) + len(tokens)
+
+    chunks = list(client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+        [reply.choices[0].finish_reason]
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens == len(tokens)
+    assert all(c.usage is None for c in chunks[:-1])
+    plain = list(client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                                max_tokens=3, temperature=0, stream=True))
+    assert all(c.usage is None and c.choices for c in plain)  # no usage chunk unless asked for
+
+
+def test_completions_match_generation_alone(client: openai.OpenAI, ref: Reference) -> None:
+    ids = ref.raw_ids(PROMPTS[3])
+    expected = ref.text(ids, 16)
+    reply = client.completions.create(model=NAME, prompt=PROMPTS[3], max_tokens=16, temperature=0)
+    assert reply.object == "text_completion" and reply.choices[0].text == expected
+    assert reply.usage.prompt_tokens == len(ids)
+    streamed = list(client.completions.create(model=NAME, prompt=PROMPTS[3], max_tokens=16, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
+    assert streamed[-1].usage.prompt_tokens == len(ids)
+    by_ids = client.completions.create(model=NAME, prompt=ids, max_tokens=16, temperature=0)  # token-id prompt
+    assert by_ids.choices[0].text == expected
+
+
+def test_stop_strings_across_token_boundaries_are_cut(client: openai.OpenAI, ref: Reference) -> None:
+    ids = ref.raw_ids(PROMPTS[1])
+    tokens = ref.tokens(ids, 40)
+    pieces = ref.pieces(tokens)
+    text = "".join(pieces)
+    # a stop string made of the end of one token's text and the start of the next one's, first seen there
+    boundaries = [len("".join(pieces[:i + 1])) for i in range(len(pieces) - 1)]
+    stop, cut = next((text[b - 1:b + 1], b - 1) for b in boundaries[3:] if 0 < b < len(text) and
+                     text.find(text[b - 1:b + 1]) == b - 1)
+    expected = text[:cut]
+    reply = client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=40, temperature=0,
+                                      stop=[stop, "never-in-the-text"])
+    assert reply.choices[0].text == expected and reply.choices[0].finish_reason == "stop"
+    streamed = list(client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=40, temperature=0, stop=stop,
+                                              stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == expected
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Reference) -> None:
+    ids = ref.chat_ids(PROMPTS[4])
+    tokens = ref.tokens(ids, 8)
+    want = ref.logprobs(ids, tokens)
+    reply = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[4]}],
+                                           max_tokens=8, temperature=0, logprobs=True, top_logprobs=5)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == len(tokens)
+    for step, (entry, token) in enumerate(zip(content, tokens)):
+        assert entry.logprob == pytest.approx(want[step, token], abs=2e-3)
+        assert len(entry.top_logprobs) == 5
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        assert tops == pytest.approx(sorted(want[step])[::-1][:5], abs=2e-3)
+        assert entry.logprob == pytest.approx(tops[0], abs=1e-6)  # greedy: the chosen token is the most likely
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+    streamed = list(client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": PROMPTS[4]}], max_tokens=8, temperature=0, logprobs=True,
+        stream=True))
+    entries = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.logprob for e in entries] == pytest.approx([e.logprob for e in content], abs=1e-6)
+    assert all(e.top_logprobs == [] for e in entries)
+
+    raw_ids = ref.raw_ids(PROMPTS[1])
+    raw_tokens = ref.tokens(raw_ids, 6)
+    raw_want = ref.logprobs(raw_ids, raw_tokens)
+    completion = client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=6, temperature=0, logprobs=3)
+    lp = completion.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([raw_want[i, t] for i, t in enumerate(raw_tokens)], abs=2e-3)
+    assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)  # tokens with the same text share a key
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+
+
+def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
+    def once(seed: int) -> str:
+        return client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=20, temperature=0.9, top_p=0.95,
+                                         seed=seed, extra_body={"top_k": 50}).choices[0].text
+
+    first = once(7)
+    assert once(7) == first
+    assert any(once(seed) != first for seed in (8, 9, 10))
+
+
+@pytest.mark.parametrize("kwargs, status, param", [
+    (dict(model="nope"), 404, "model"),
+    (dict(n=2), 400, "n"),
+    (dict(temperature=2.5), 400, "temperature"),
+    (dict(top_p=0), 400, "top_p"),
+    (dict(max_tokens=0), 400, "max_tokens"),
+    (dict(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (dict(presence_penalty=0.5), 400, "presence_penalty"),
+    (dict(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
+    (dict(top_logprobs=2), 400, "top_logprobs"),
+    (dict(extra_body={"max_tokens": "5"}), 400, "max_tokens"),
+    (dict(extra_body={"tools_please": True}), 400, "tools_please"),
+    (dict(max_tokens=CONTEXT), 400, "messages"),
+    (dict(messages=[{"role": "user", "content": "x " * (CONTEXT + 10)}]), 400, "messages"),
+    (dict(messages=[{"role": "robot", "content": "hi"}]), 400, "messages"),
+    (dict(messages=[]), 400, "messages"),
+])
+def test_bad_chat_requests_get_openai_errors(client: openai.OpenAI, kwargs: dict, status: int, param: str) -> None:
+    request = dict(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    request.update(kwargs)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(**request)
+    assert caught.value.status_code == status
+    error = caught.value.body
+    assert error["param"] == param and error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_bad_bodies_and_routes(server: Server) -> None:
+    headers = {**server.auth, "Content-Type": "application/json"}
+    status, body = http("POST", f"{server.base}/v1/completions", b"{not json", headers)
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = http("POST", f"{server.base}/v1/completions",
+                        json.dumps({"model": NAME, "prompt": [10**6], "max_tokens": 2}).encode(), headers)
+    assert status == 400 and "outside the vocabulary" in body["error"]["message"]
+    status, body = http("POST", f"{server.base}/v1/completions",
+                        json.dumps({"model": NAME, "prompt": "hi", "echo": True}).encode(), headers)
+    assert status == 400 and body["error"]["param"] == "echo"
+    nulls = {"model": NAME, "prompt": "hi", "max_tokens": 2, "n": None, "stream": None, "presence_penalty": None,
+             "temperature": None, "logprobs": None, "echo": None, "stop": None}  # what some clients send: defaults
+    status, body = http("POST", f"{server.base}/v1/completions", json.dumps(nulls).encode(), headers)
+    assert status == 200 and body["usage"]["completion_tokens"] <= 2, body
+    status, body = http("GET", f"{server.base}/v1/nothing", headers=server.auth)
+    assert status == 404 and "error" in body
+    status, body = http("GET", f"{server.base}/v1/chat/completions", headers=server.auth)
+    assert status == 405 and "error" in body
+
+
+def test_sixteen_concurrent_clients_get_their_own_tokens(server: Server, client: openai.OpenAI,
+                                                         ref: Reference) -> None:
+    cases: list[tuple[str, bool, bool, int, str, int, int]] = []
+    for i in range(16):
+        prompt = PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))
+        if i % 5 == 4:  # longer than a prefill chunk: prefilled in slices between the others' decode steps
+            prompt = " ".join(PROMPTS)
+        chat = i % 2 == 0
+        ids = ref.chat_ids(prompt) if chat else ref.raw_ids(prompt)
+        max_tokens = 4 + (i * 7) % 40
+        cases.append((prompt, chat, i % 3 == 0, max_tokens, ref.text(ids, max_tokens), len(ids),
+                      len(ref.tokens(ids, max_tokens))))
+    before = server.metrics()
+
+    def run(index: int) -> tuple[str, int, int]:
+        prompt, chat, stream, max_tokens, _, _, _ = cases[index]
+        if chat:
+            kwargs = dict(model=NAME, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                          temperature=0)
+            if stream:
+                chunks = list(client.chat.completions.create(**kwargs, stream=True,
+                                                             stream_options={"include_usage": True}))
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                usage = chunks[-1].usage
+            else:
+                reply = client.chat.completions.create(**kwargs)
+                text, usage = reply.choices[0].message.content, reply.usage
+        else:
+            kwargs = dict(model=NAME, prompt=prompt, max_tokens=max_tokens, temperature=0)
+            if stream:
+                chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+                text = "".join(c.choices[0].text for c in chunks if c.choices)
+                usage = chunks[-1].usage
+            else:
+                reply = client.completions.create(**kwargs)
+                text, usage = reply.choices[0].text, reply.usage
+        return text, usage.prompt_tokens, usage.completion_tokens
+
+    with ThreadPoolExecutor(len(cases)) as pool:  # all 16 at once; the first failure is raised here
+        results = list(pool.map(run, range(len(cases))))
+    for case, result in zip(cases, results):
+        assert result == (case[4], case[5], case[6]), f"request {case[:4]}"
+    assert max(case[5] for case in cases) > PREFILL_CHUNK
+
+    after = server.metrics()
+
+    def delta(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    finished = sum(delta(f'ascend_requests_total{{endpoint="{e}",outcome="{o}"}}')
+                   for e in ("chat", "completions") for o in ("stop", "length"))
+    assert finished == 16
+    assert delta("ascend_prompt_tokens_total") == sum(c[5] for c in cases)
+    assert delta("ascend_generation_tokens_total") == sum(c[6] for c in cases)
+    assert delta("ascend_time_to_first_token_seconds_count") == 16
+    assert delta("ascend_inter_token_latency_seconds_count") == sum(c[6] for c in cases) - 16 + \
+        sum(1 for c in cases if c[6] < c[3])  # a stop at eos is one more step after the last token
+    assert delta("ascend_decode_batch_size_sum") == delta("ascend_inter_token_latency_seconds_count")
+    assert after["ascend_queue_length"] == 0 and after["ascend_batch_occupancy"] == 0
+    assert np.isfinite(after["ascend_time_to_first_token_seconds_sum"])
