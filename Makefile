@@ -6,7 +6,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h native/src/aclnn/*.cpp native/src/aclnn/*.h) setup.py
 
-.PHONY: demo test native bench clean check-aarch64 emu
+.PHONY: demo test native bench clean check-aarch64 check-sanitize emu
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ test: $(TEST_STAMP) native
 	$(PY) artifacts/fetch_smollm2.py >/dev/null
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	$(MAKE) --no-print-directory check-sanitize
 
 bench: $(TEST_STAMP) native
 	$(PY) bench/convert.py
@@ -82,3 +83,23 @@ $(EMU_DIR)/libopapi_%.so: $(EMU_DIR)/obj/ops_%.o $(EMU_DIR)/obj/ops_common.o $(E
 # the pre-8.5 layout: every operator in one library (the backend's fallback)
 $(EMU_DIR)/libopapi.so: $(EMU_OP_LIBS:%=$(EMU_DIR)/obj/ops_%.o) $(EMU_DIR)/obj/ops_common.o $(EMU_DIR)/libnnopbase.so
 	$(EMU_LINK) -Wl,-soname,libopapi.so $(filter %.o,$^) -lnnopbase -lascendcl -o $@
+
+# the native library under AddressSanitizer + UndefinedBehaviorSanitizer: the C fuzzer (native/check/fuzz_open.c:
+# forged configs and tensor tables through asw_model_open and a session), the kernel-set check, and the native,
+# seam and parity tests with the sanitized library preloaded into Python (leak checks off: CPython keeps memory
+# at exit by design). Any sanitizer report aborts the run.
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CASES ?= 100000
+check-sanitize: $(TEST_STAMP)
+	mkdir -p build/sanitize
+	gcc -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared \
+		-pthread -Inative/include native/src/*.c -o build/sanitize/_asw.so -lm -ldl
+	gcc -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -pthread -Inative/include \
+		native/check/fuzz_open.c native/src/*.c -o build/sanitize/fuzz_open -lm -ldl
+	gcc -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -pthread -Inative/include \
+		native/check/kernel_sets.c native/src/*.c -o build/sanitize/kernel_sets -lm -ldl
+	build/sanitize/fuzz_open $(FUZZ_CASES)
+	build/sanitize/kernel_sets
+	ASW_NATIVE_LIB=$(CURDIR)/build/sanitize/_asw.so ASAN_OPTIONS=detect_leaks=0 \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_seam.py tests/test_parity.py

@@ -81,7 +81,8 @@ class Model:
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
             self.native: NativeModel | None = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
                                                             [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
-                                                            self.backend, device_id=device, eager=eager)
+                                                            self.backend, device_id=device, eager=eager,
+                                                            soc_families=self.asw.requires["soc"])
         except BaseException:
             self.asw.close()
             raise

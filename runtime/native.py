@@ -102,7 +102,7 @@ class _TensorRef(ctypes.Structure):
 
 class _OpenOptions(ctypes.Structure):
     _fields_ = [("abi_version", ctypes.c_int32), ("backend", ctypes.c_char_p), ("device_id", ctypes.c_int32),
-                ("eager", ctypes.c_int32)]
+                ("eager", ctypes.c_int32), ("soc_families", ctypes.c_char_p)]
 
 
 class _SessionOptions(ctypes.Structure):
@@ -278,7 +278,7 @@ class NativeModel(_Owned):
 
     def __init__(self, data: np.ndarray, config: Mapping[str, Any], dtype: str, layout: str,
                  tensors: Sequence[tuple[str, int, int, str, Sequence[int]]], backend: str = "cpu",
-                 device_id: int = 0, eager: bool = False) -> None:
+                 device_id: int = 0, eager: bool = False, soc_families: str | None = None) -> None:
         self._handle: int | None = None
         lib = _load()
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
@@ -310,7 +310,10 @@ class NativeModel(_Owned):
             refs[i].shape[1] = int(shape[1]) if len(shape) == 2 else 0
         if not 0 <= int(device_id) <= _INT32_MAX:
             raise NativeError(f"device id {device_id} must be a non-negative 32-bit integer")
-        options = _OpenOptions(ABI_VERSION, backend.encode(), int(device_id), int(bool(eager)))
+        # soc_families: the manifest's requires.soc of an nz file; the aclnn backend refuses another SoC in one
+        # line before it uploads anything
+        options = _OpenOptions(ABI_VERSION, backend.encode(), int(device_id), int(bool(eager)),
+                               soc_families.encode() if soc_families else None)
         self._cfg = cfg
         handle = lib.asw_model_open(ctypes.c_void_p(data.ctypes.data if data.size else None), data.size,
                                     ctypes.byref(cfg), refs, len(tensors), ctypes.byref(options))

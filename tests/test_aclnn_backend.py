@@ -224,3 +224,16 @@ def test_selftest_on_nz_and_bf16_files(name: str, dtype: str, layout: str, emula
                      env=emu_env(emulator))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "MatmulWeightNz" in result.stdout and "FAIL" not in result.stdout
+
+
+def test_nz_file_for_another_soc_is_refused_before_upload(emulator, converted) -> None:
+    """requires.soc of an nz file reaches the backend, which compares it with aclrtGetSocName() before it uploads."""
+    path = converted("qwen2-gqa7", "fp16", "nz")
+    result = run_cli("ascend-run", str(path), "--backend", "aclnn", "-p", "hi", "-n", "2",
+                     env=emu_env(emulator, ASW_EMU_SOC="Ascend310P3"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "FRACTAL_NZ layout was made for SoC family ascend910b/ascend910_93; this device is Ascend310P3" \
+        in result.stderr
+    ok = run_cli("ascend-run", str(path), "--backend", "aclnn", "-p", "hi", "-n", "2",
+                 env=emu_env(emulator, ASW_EMU_SOC="Ascend910B3"))
+    assert ok.returncode == 0, ok.stderr

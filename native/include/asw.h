@@ -80,6 +80,9 @@ typedef struct asw_open_options {
     const char *backend; /* "cpu" (built in) or "aclnn" (libasw_aclnn.so, loaded on demand); NULL = "cpu" */
     int32_t device_id;   /* aclnn: the NPU to use (aclrtSetDevice); cpu: ignored */
     int32_t eager;       /* aclnn: 1 = op-by-op decode, 0 = captured graph replay (default); cpu: ignored */
+    const char *soc_families; /* aclnn: "/"-separated SoC name prefixes the file's FRACTAL_NZ layout was made for
+                               * (manifest requires.soc, e.g. "ascend910b/ascend910_93"), matched without case
+                               * against aclrtGetSocName() before anything is uploaded; NULL or "": any */
 } asw_open_options;
 
 /* How a session is made. Zero-initialise, then set what you need. */

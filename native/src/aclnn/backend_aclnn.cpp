@@ -14,6 +14,7 @@
  * operators one by one. Prefill is eager, batched in chunks, with a host-built causal mask.
  */
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <cmath>
 #include <cstdarg>
@@ -286,6 +287,22 @@ void init_runtime() {
     if (rc != ACL_SUCCESS && rc != ACL_ERROR_REPEAT_INITIALIZE) acl_check(rc, "aclInit");
 }
 
+/* Whether SoC name `soc` starts (ignoring case) with one of the "/"-separated prefixes in `families`. */
+bool soc_in_families(const char *soc, const char *families) {
+    if (soc == nullptr) return false;
+    auto lower = [](std::string text) {
+        for (auto &ch : text) ch = (char)std::tolower((unsigned char)ch);
+        return text;
+    };
+    const std::string name = lower(soc), all = lower(families);
+    for (size_t start = 0; start <= all.size();) {
+        size_t end = std::min(all.find('/', start), all.size());
+        if (end > start && name.compare(0, end - start, all, start, end - start) == 0) return true;
+        start = end + 1;
+    }
+    return false;
+}
+
 void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,
                  const asw_open_options *opt) {
     void *result = nullptr;
@@ -317,6 +334,10 @@ void *model_init(const asw_config *cfg, const asw_weights *w, const void *data, 
         ACL_CHECK(aclrtCreateContext, &m->ctx, m->device);
         m->make_current();
         const char *soc = A->aclrtGetSocName();
+        if (opt->soc_families != nullptr && opt->soc_families[0] != '\0' && !soc_in_families(soc, opt->soc_families))
+            fail(ASW_ERR_ARG, format("aclnn backend: the file's FRACTAL_NZ layout was made for SoC family %s; this "
+                                     "device is %s: convert it again for this device (or use --layout nd)",
+                                     opt->soc_families, soc != nullptr ? soc : "(unknown soc)"));
 
         /* ONE allocation for the whole data region and ONE logical upload of it, in pieces of <= 256 MiB */
         m->region_nbytes = data_nbytes;
