@@ -5,7 +5,7 @@ Per token, every operator of the decode step is charged the bytes it moves throu
 KV cache read up to the current context, activations read and written) at `--bandwidth` times `--efficiency`,
 plus a fixed on-device cost per kernel (`--kernel-us`). The host side costs one launch per operator in eager mode
 (`--launch-us`, ~43 us measured on 910B3 by others) or one graph replay in graph mode (`--replay-us`), plus one
-synchronisation and one 4-byte device-to-host copy per token (`--sync-us`). With the next step queued before the
+synchronisation and one 8-byte device-to-host copy per token (`--sync-us`). With the next step queued before the
 current token is read, host and device overlap: a token costs max(host, device).
 
     python bench/ascend_estimate.py                      # the defaults below
@@ -36,7 +36,7 @@ class Op:
 
 
 def decode_ops(context: int) -> list[Op]:
-    """The aclnn decode step (ACLNN-PLAN / native/src/aclnn): 11 launches per layer + 7 per token."""
+    """The aclnn decode step (native/src/aclnn/README.md): 11 launches per layer + 8 per token."""
     m = MODEL
     H, D, L, F, V = m["hidden"], m["head_dim"], m["layers"], m["ffn"], m["vocab"]
     q, kv = m["heads"] * D, m["kv_heads"] * D
@@ -61,6 +61,7 @@ def decode_ops(context: int) -> list[Op]:
         Op("AddRmsNorm (final)", 1, act(H) * 5),
         Op("Mm lm_head", 1, V * H * FP16 + act(H) + act(V)),
         Op("ArgMax", 1, act(V) + 4),
+        Op("Embedding (the logit at the argmax)", 1, 12),
         Op("InplaceAdds (position += 1)", 1, 8),
     ]
     return per_layer + per_token
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--kernel-us", type=float, default=3.0, help="fixed device time per kernel, us (assumed 3)")
     ap.add_argument("--launch-us", type=float, default=43.0, help="host time per eager ACLNN launch, us (43)")
     ap.add_argument("--replay-us", type=float, default=150.0, help="host time per graph replay, us (assumed 150)")
-    ap.add_argument("--sync-us", type=float, default=30.0, help="host time per sync + 4-byte D2H copy, us (30)")
+    ap.add_argument("--sync-us", type=float, default=30.0, help="host time per sync + 8-byte D2H copy, us (30)")
     ap.add_argument("--context", type=int, default=1024, help="KV positions read per step (1024)")
     args = ap.parse_args()
 

@@ -237,3 +237,40 @@ def test_nz_file_for_another_soc_is_refused_before_upload(emulator, converted) -
     ok = run_cli("ascend-run", str(path), "--backend", "aclnn", "-p", "hi", "-n", "2",
                  env=emu_env(emulator, ASW_EMU_SOC="Ascend910B3"))
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, emulator, converted, tmp_path) -> None:
+    """NaN logits must never become a token. The embedding row of the first generated token is made NaN, so the
+    prompt runs clean and the first decode step (fed that token, on the device for aclnn) produces NaN logits."""
+    from ascend_super.runtime import format as fmt
+    from ascend_super.runtime.native import NativeError
+
+    source = converted("qwen2-gqa7", dtype, "nd")
+    with ascend_super.load(source, backend="cpu") as model:
+        for text in ("Hello there", "a b c", "xyz 123", "The sky"):
+            ids = model.prompt_ids(text, raw=True)
+            first = list(model.generate_tokens(ids, Sampling(max_new_tokens=1)))[0]
+            if first not in ids:
+                break
+        else:
+            pytest.skip("every candidate prompt contains its own first generated token")
+    broken = tmp_path / "nan-row.asw"
+    broken.write_bytes(source.read_bytes())
+    with fmt.AswFile.open(broken) as asw:
+        entry = next(t for t in asw.tensors if t.name == "token_embd.weight")
+        row_bytes = entry.shape[1] * 2
+        start = asw.preamble.data_offset + entry.offset + first * row_bytes
+    nan_bits = (0x7E00 if dtype == "fp16" else 0x7FC0).to_bytes(2, "little")
+    with open(broken, "r+b") as f:
+        f.seek(start)
+        f.write(nan_bits * (row_bytes // 2))
+    expected = f"the logits of position {len(ids)} are NaN"
+    with ascend_super.load(broken, backend="cpu") as model:  # fp16: the KV check sees the NaN first
+        with pytest.raises(NativeError, match=rf"(position {len(ids)}: a key value is NaN|{expected})"):
+            list(model.generate_tokens(ids, Sampling(max_new_tokens=4)))
+    for extra in ([], ["--eager"]):
+        result = run_cli("ascend-run", str(broken), "--backend", "aclnn", *extra, "-p", text, "--raw", "-n", "4",
+                         env=emu_env(emulator))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert expected in result.stderr, result.stderr

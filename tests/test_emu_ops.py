@@ -575,6 +575,18 @@ def test_argmax_first_maximum(emu, rng, otype):
     )
 
 
+def test_argmax_points_at_a_nan_like_numpy(emu, rng):
+    """Huawei's golden is np.argmax: the first NaN is the maximum (the backend reads the logit there to see NaNs)."""
+    x = rand(rng, (3, 40), FLOAT16)
+    x[0, 5] = x[0, 9] = np.nan
+    x[1, 0] = np.nan
+    xd = DevArray(emu, x, FLOAT16)
+    out = DevArray(emu, np.zeros((3,)), INT32)
+    emu.run("ArgMax", P(xd.t), ctypes.c_int64(-1), ctypes.c_bool(False), P(out.t))
+    np.testing.assert_array_equal(out.read(), np.argmax(x, axis=-1))
+    assert list(out.read()[:2]) == [5, 0]
+
+
 # ---------------------------------------------------------------------------------------------- InplaceAdds / GtTensor
 def test_inplace_adds(emu):
     pos = DevArray(emu, np.array([41]), INT32)

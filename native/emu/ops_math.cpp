@@ -12,7 +12,8 @@ static const std::initializer_list<aclDataType> kNumeric = {ACL_FLOAT, ACL_FLOAT
 static const std::initializer_list<aclDataType> kAll = {ACL_FLOAT, ACL_FLOAT16, ACL_BF16,  ACL_DOUBLE, ACL_INT8,
                                                         ACL_UINT8, ACL_INT16,   ACL_INT32, ACL_INT64,  ACL_BOOL};
 
-/* ------------------------------------------------------------------ ArgMax: index of the first maximum along dim */
+/* ------------------------------------------------------------------ ArgMax: index of the first maximum along dim
+ * (the first NaN when there is one, as np.argmax) */
 EMU_EXPORT aclnnStatus aclnnArgMaxGetWorkspaceSize(const aclTensor *self, int64_t dim, bool keepdim, aclTensor *out,
                                                    uint64_t *workspaceSize, aclOpExecutor **executor) {
     const char *op = "aclnnArgMax";
@@ -39,9 +40,12 @@ EMU_EXPORT aclnnStatus aclnnArgMaxGetWorkspaceSize(const aclTensor *self, int64_
             std::vector<int64_t> res((size_t)(outer * inner));
             for (int64_t o = 0; o < outer; o++)
                 for (int64_t i = 0; i < inner; i++) {
+                    /* np.argmax, as Huawei's golden computes it: the first maximum, and a NaN is the maximum */
                     int64_t best = 0;
-                    for (int64_t j = 1; j < size; j++)
-                        if (x[(o * size + j) * inner + i] > x[(o * size + best) * inner + i]) best = j;
+                    for (int64_t j = 1; j < size && !std::isnan(x[(o * size + best) * inner + i]); j++) {
+                        float v = x[(o * size + j) * inner + i];
+                        if (std::isnan(v) || v > x[(o * size + best) * inner + i]) best = j;
+                    }
                     res[o * inner + i] = best;
                 }
             t[1].storei(res);

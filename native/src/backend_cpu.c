@@ -407,11 +407,16 @@ static void top_k(const float *v, int32_t n, int32_t k, float *vals, int32_t *id
     }
 }
 
-/* fp16 turns |x| >= 65520 into inf, and inf in the KV cache into NaN scores: refuse instead. */
+/* fp16 turns |x| >= 65520 into inf, and inf in the KV cache into NaN scores: refuse instead (and say NaN when the
+ * value already is one). */
 static int kv_fits(int dtype, const float *x, int n, int layer, int pos, const char *what) {
     if (dtype != ASW_DTYPE_F16) return 1;
     for (int i = 0; i < n; i++)
-        if (!(fabsf(x[i]) < 65520.0f)) {
+        if (x[i] != x[i]) {
+            asw_set_error("layer %d position %d: a %s value is NaN (the weights or the activations overflowed)", layer,
+                          pos, what);
+            return 0;
+        } else if (!(fabsf(x[i]) < 65520.0f)) {
             asw_set_error("layer %d position %d: %s value %g does not fit the fp16 KV cache (largest 65504); "
                           "convert with --dtype bf16",
                           layer, pos, what, (double)x[i]);

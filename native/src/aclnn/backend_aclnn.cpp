@@ -399,6 +399,13 @@ constexpr int64_t kNoLimit = 2147483647; /* FIA pre/next tokens: no band */
 enum class pass { prefill, decode };
 enum class mode { run, size };
 
+/* What one decode step leaves for the host: 8 bytes, read in one copy. */
+struct token_slot {
+    int32_t token;  /* ArgMax of the last logits */
+    uint16_t logit; /* the logit at `token`, fp16 or bf16 bits */
+    uint16_t pad;
+};
+
 struct aclnn_session {
     aclnn_model *m = nullptr;
     int32_t max_len = 0, chunk = 0;
@@ -414,7 +421,7 @@ struct aclnn_session {
          *ids = nullptr, *tok = nullptr, *posbuf = nullptr, *cs = nullptr, *arange = nullptr, *mask = nullptr,
          *rope = nullptr;
     /* decode: pinned token ring + one event per slot; graphs per KV bucket */
-    int32_t *ring = nullptr;
+    token_slot *ring = nullptr; /* [ASW_MAX_PENDING] pinned */
     aclrtEvent events[ASW_MAX_PENDING]{};
     int32_t head = 0, pending = 0;
     int32_t dev_pos = -1; /* the position the device-held state (token, position) is ready for; -1 = none */
@@ -596,6 +603,10 @@ void forward_pass(aclnn_session &s, pass kind, int64_t S, int64_t p, int64_t kv,
     matmul(s, T, s.logits, s.xn, rows, m.output, nullptr, all_rows ? 0 : (S - 1) * H);
     aclTensor *last = T.nd(s.logits, dt, {1, V}, {}, (rows - 1) * V); /* [1, V] */
     OP(s, ArgMax, last, (int64_t)-1, false, T.nd(s.tok, ACL_INT32, {1}));
+    /* tok[1] (bytes 4..5) = the logit at the argmax: ArgMax picks a NaN when there is one (np.argmax), so the host
+     * sees NaN logits in the same 8-byte read as the token instead of taking the index for a token */
+    OP(s, Embedding, T.nd(s.logits, dt, {V, 1}, {}, (rows - 1) * V), T.nd(s.tok, ACL_INT32, {1}),
+       T.nd(s.tok, dt, {1, 1}, {}, 2));
     if (topk > 0)
         OP(s, Topk, last, (int64_t)topk, (int64_t)-1, true, true, T.nd(s.topv, dt, {1, (int64_t)topk}),
            T.nd(s.topi, ACL_INT64, {1, (int64_t)topk}));
@@ -632,7 +643,7 @@ void carve_arena(aclnn_session &s, size_t *total) {
         {&s.topv, V * 2},
         {&s.topi, V * 8},
         {&s.ids, S * 4},
-        {&s.tok, 4},
+        {&s.tok, 8}, /* int32 token, then the logit at it in the weight dtype */
         {&s.posbuf, 8},
         {&s.cs, 2 * D * 2},
         {&s.arange, ML * 4},
@@ -711,7 +722,7 @@ void *session_init(void *bm, const asw_session_options *opt) {
         if (s->ws_size > 0) ACL_CHECK(aclrtMalloc, &s->ws, (size_t)s->ws_size, ACL_MEM_MALLOC_HUGE_FIRST);
 
         /* decode token ring: pinned host slots, one event each */
-        ACL_CHECK(aclrtMallocHost, reinterpret_cast<void **>(&s->ring), sizeof(int32_t) * ASW_MAX_PENDING);
+        ACL_CHECK(aclrtMallocHost, reinterpret_cast<void **>(&s->ring), sizeof(token_slot) * ASW_MAX_PENDING);
         for (aclrtEvent &e : s->events) ACL_CHECK(aclrtCreateEventWithFlag, &e, (uint32_t)ACL_EVENT_SYNC);
         result = s.release();
         return 0;
@@ -743,6 +754,20 @@ void check_finite(const float *v, size_t n, const char *what) {
     for (size_t i = 0; i < n; i++)
         if (std::isnan(v[i]))
             fail(ASW_ERR_NUMERIC, format("aclnn backend: NaN in the %s logits (index %zu)", what, i));
+}
+
+/* The token of a step, refused when it is not a token: NaN logits (ArgMax then points at a NaN, whose value came
+ * along) or an id outside the vocabulary. `pos` is the position the logits belong to. */
+void check_token(const aclnn_session &s, const token_slot &slot, int32_t pos) {
+    const uint16_t v = slot.logit;
+    const bool nan = s.m->dt == ACL_FLOAT16 ? ((v & 0x7c00u) == 0x7c00u && (v & 0x03ffu) != 0)
+                                            : ((v & 0x7f80u) == 0x7f80u && (v & 0x007fu) != 0);
+    if (nan)
+        fail(ASW_ERR_NUMERIC, format("the logits of position %d are NaN (the weights or the activations overflowed)",
+                                     (int)pos));
+    if (slot.token < 0 || slot.token >= s.m->cfg.vocab)
+        fail(ASW_ERR_NUMERIC, format("aclnn backend: the device produced token id %d outside [0, %d)",
+                                     (int)slot.token, (int)s.m->cfg.vocab));
 }
 
 int32_t forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *out) {
@@ -786,8 +811,10 @@ int32_t forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const a
             ACL_CHECK(aclrtMemcpy, ids.data(), ids.size() * 8, s.topi, ids.size() * 8, ACL_MEMCPY_DEVICE_TO_HOST);
             for (int32_t i = 0; i < topk; i++) out->topk_ids[i] = (int32_t)ids[(size_t)i];
         }
-        if (out->argmax != nullptr)
-            ACL_CHECK(aclrtMemcpy, out->argmax, 4, s.tok, 4, ACL_MEMCPY_DEVICE_TO_HOST);
+        token_slot got{};
+        ACL_CHECK(aclrtMemcpy, &got, sizeof got, s.tok, sizeof got, ACL_MEMCPY_DEVICE_TO_HOST);
+        check_token(s, got, pos + n - 1);
+        if (out->argmax != nullptr) *out->argmax = got.token;
         /* the next decode step reads its position pair {pos, max_len + pos} from the device */
         const int32_t next = pos + n;
         int32_t pair[2] = {next, (int32_t)(ML + next)};
@@ -833,8 +860,8 @@ int32_t decode_enqueue(void *bs, int32_t pos) {
         }
         /* the token: 4 bytes device-to-host into a pinned slot, then an event the read waits on */
         const int32_t slot = (s.head + s.pending) % ASW_MAX_PENDING;
-        ACL_CHECK(aclrtMemcpyAsync, &s.ring[slot], sizeof(int32_t), s.tok, sizeof(int32_t), ACL_MEMCPY_DEVICE_TO_HOST,
-                  s.stream);
+        ACL_CHECK(aclrtMemcpyAsync, &s.ring[slot], sizeof(token_slot), s.tok, sizeof(token_slot),
+                  ACL_MEMCPY_DEVICE_TO_HOST, s.stream);
         ACL_CHECK(aclrtRecordEvent, s.events[slot], s.stream);
         s.pending++;
         s.dev_pos = pos + 1;
@@ -851,12 +878,8 @@ int32_t decode_read(void *bs, int32_t *token) {
         s.head = (s.head + 1) % ASW_MAX_PENDING;
         s.pending--;
         ACL_CHECK(aclrtSynchronizeEvent, s.events[slot]);
-        int32_t t = s.ring[slot];
-        if (t < 0 || t >= s.m->cfg.vocab)
-            fail(ASW_ERR_NUMERIC, format("aclnn backend: the device produced token id %d outside [0, %d) (NaN "
-                                         "logits?)",
-                                         (int)t, (int)s.m->cfg.vocab));
-        *token = t;
+        check_token(s, s.ring[slot], s.dev_pos - s.pending - 1);
+        *token = s.ring[slot].token;
         return 0;
     });
 }
