@@ -15,7 +15,7 @@ from ascend_super.runtime import native
 from ascend_super.runtime.native import MAX_PENDING, NativeError, NativeModel
 
 from reference import f32_to_u16
-from test_native import CONFIGS, build
+from test_native import CONFIGS, build, kernel_sets
 
 CONFIG = CONFIGS["gqa7_bias_tied"]
 
@@ -225,12 +225,12 @@ def test_plugin_without_entry_point_is_refused(packed, monkeypatch, tmp_path):
         open_model(data, tensors, backend="aclnn")
 
 
-@pytest.mark.parametrize("kernels", ["portable", native.kernel_name()])
+@pytest.mark.parametrize("kernels", kernel_sets())
 def test_batched_step_rows_equal_separate_steps(packed, kernels, monkeypatch):
     """Continuous batching: B sessions at different positions in one step give each exactly what it gets alone."""
     monkeypatch.setenv("ASW_KERNELS", kernels)
     data, tensors, _ = packed
-    prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [200, 7]]
+    prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [200, 7], [5, 6]]  # 5 rows: the kernels' remainder groups too
     with open_model(data, tensors) as model:
         alone_logits, alone_tokens = [], []
         for prompt in prompts:
@@ -251,7 +251,7 @@ def test_batched_step_rows_equal_separate_steps(packed, kernels, monkeypatch):
             s.enqueue()  # each session kept its own argmax from the batch
             assert s.read() >= 0
             s.close()
-        assert top_values.shape == (4, 3) and np.all(top_ids[:, 0] == top_argmax)
+        assert top_values.shape == (5, 3) and np.all(top_ids[:, 0] == top_argmax)
 
 
 def test_batch_is_checked(packed):

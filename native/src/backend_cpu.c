@@ -210,14 +210,8 @@ static void matmul_task(void *arg, int ith, int nth) {
         if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
         return;
     }
-    /* a batched decode step: rows in blocks small enough to stay in L2 while every token's GEMV reads them,
-     * so the weights come from memory once for the whole batch and each token sums in the lone-step order */
-    int64_t step = (64 * 1024) / (j->cols * 2) + 1;
-    for (int64_t b0 = r0; b0 < r1; b0 += step) {
-        int64_t b1 = b0 + step < r1 ? b0 + step : r1;
-        for (int64_t t = 0; t < j->nt; t++)
-            j->k->matmul(j->dtype, j->Y + t * j->ldy, j->ldy, j->W, j->cols, b0, b1, j->X + t * j->ldx, j->ldx, 1);
-    }
+    /* a batched decode step: the weights read once for every token, each token summed in the lone-step order */
+    if (r0 < r1) j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
 }
 
 /* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads */

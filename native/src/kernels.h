@@ -16,6 +16,11 @@ typedef struct asw_kernels {
      * W: [rows, k] u16 of `dtype`; X: [nt, ldx] f32; Y: [nt, ldy] f32. nt = 1 is the decode GEMV. */
     void (*matmul)(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                    const float *X, int64_t ldx, int64_t nt);
+    /* The decode GEMV of a batched step: Y[t*ldy + r] = W[r] . X[t] for r in [r0, r1), t < nt, each token summed in
+     * exactly the order of matmul with nt = 1 (a batched step equals lone steps bit for bit), the weights read from
+     * memory once for all nt tokens. */
+    void (*gemv_batch)(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                       const float *X, int64_t ldx, int64_t nt);
     /* dst[i] = (float)src[i], i < n */
     void (*to_f32)(int dtype, float *dst, const uint16_t *src, int64_t n);
     /* dst[i] = src[i] rounded to `dtype` (round to nearest even), i < n */
@@ -27,6 +32,18 @@ typedef struct asw_kernels {
     void (*weighted_sum)(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
                          int64_t len);
 } asw_kernels;
+
+/* gemv_batch for a set without a multi-token GEMV: rows in blocks small enough to stay in L2 while every token's
+ * nt = 1 GEMV (prefix##_matmul) reads them, so the weights still come from memory once. */
+#define ASW_GEMV_BATCH_BY_TOKEN(prefix, ATTR)                                                                      \
+    ATTR static void prefix##_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k,           \
+                                         int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t nt) {         \
+        int64_t step = (64 * 1024) / (k * 2) + 1;                                                                 \
+        for (int64_t b0 = r0; b0 < r1; b0 += step) {                                                              \
+            int64_t b1 = b0 + step < r1 ? b0 + step : r1;                                                         \
+            for (int64_t t = 0; t < nt; t++) prefix##_matmul(dtype, Y + t * ldy, ldy, W, k, b0, b1, X + t * ldx, ldx, 1); \
+        }                                                                                                         \
+    }
 
 /* The attention loops of a kernel set, from its inlined `prefix##_dot` (returns sum a[i] x[i]) and `prefix##_axpy`
  * (y[i] += s a[i]): one call per head instead of one per cache row. ATTR is the set's target attribute. */

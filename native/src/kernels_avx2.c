@@ -97,6 +97,53 @@ INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
     return s;
 }
 
+/* row_dot for nt <= 2 tokens at once: per token exactly row_dot's operations, each weight vector converted once */
+INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
+    __m256 a[2][4]; /* [token][accumulator] */
+    for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m256 w0 = ld8(dt, w + i), w1 = ld8(dt, w + i + 8), w2 = ld8(dt, w + i + 16), w3 = ld8(dt, w + i + 24);
+        for (int t = 0; t < nt; t++) {
+            const float *x = X + t * ldx;
+            a[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a[t][1]);
+            a[t][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + i + 16), a[t][2]);
+            a[t][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + i + 24), a[t][3]);
+        }
+    }
+    for (; i + 8 <= k; i += 8) {
+        __m256 w0 = ld8(dt, w + i);
+        for (int t = 0; t < nt; t++) a[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + t * ldx + i), a[t][0]);
+    }
+    for (int t = 0; t < nt; t++) {
+        const float *x = X + t * ldx;
+        float s = hsum8(_mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
+        for (int64_t j = i; j < k; j++) s += asw_u16_to_f32(dt, w[j]) * x[j];
+        y[t * ldy] = s;
+    }
+}
+
+#define GEMV_BATCH_FN(name, dt)                                                                                    \
+    TGT static void name(float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,            \
+                         const float *X, int64_t ldx, int64_t nt) {                                               \
+        for (int64_t r = r0; r < r1; r++)                                                                          \
+            for (int64_t t = 0; t < nt; t += 2) {                                                                  \
+                float *y = Y + t * ldy + r;                                                                        \
+                if (nt - t >= 2)                                                                                   \
+                    row_dot_n(dt, 2, y, ldy, W + r * k, X + t * ldx, ldx, k);                                      \
+                else                                                                                               \
+                    row_dot_n(dt, 1, y, ldy, W + r * k, X + t * ldx, ldx, k);                                      \
+            }                                                                                                      \
+    }
+GEMV_BATCH_FN(gemv_batch_f16, ASW_DTYPE_F16)
+GEMV_BATCH_FN(gemv_batch_bf16, ASW_DTYPE_BF16)
+
+TGT static void x_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                             const float *X, int64_t ldx, int64_t nt) {
+    (dtype == ASW_DTYPE_F16 ? gemv_batch_f16 : gemv_batch_bf16)(Y, ldy, W, k, r0, r1, X, ldx, nt);
+}
+
 TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
     for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
 }
@@ -173,7 +220,7 @@ INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
 
 ASW_ATTENTION_LOOPS(x, TGT)
 
-const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_to_f32, x_from_f32, x_scores,
+const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_gemv_batch, x_to_f32, x_from_f32, x_scores,
                                        x_weighted_sum};
 
 #else

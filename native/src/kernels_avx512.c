@@ -106,6 +106,57 @@ INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+/* row_dot for nt <= 4 tokens at once: per token exactly row_dot's operations, each weight vector converted once */
+INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
+    __m512 a[4][4]; /* [token][accumulator] */
+    for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512 w0 = ld16(dt, w + i), w1 = ld16(dt, w + i + 16), w2 = ld16(dt, w + i + 32), w3 = ld16(dt, w + i + 48);
+        for (int t = 0; t < nt; t++) {
+            const float *x = X + t * ldx;
+            a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), a[t][1]);
+            a[t][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + i + 32), a[t][2]);
+            a[t][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + i + 48), a[t][3]);
+        }
+    }
+    for (; i + 16 <= k; i += 16) {
+        __m512 w0 = ld16(dt, w + i);
+        for (int t = 0; t < nt; t++) a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(X + t * ldx + i), a[t][0]);
+    }
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
+        __m512 w1 = ld16_tail(dt, w + i, m);
+        for (int t = 0; t < nt; t++) a[t][1] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, X + t * ldx + i), a[t][1]);
+    }
+    for (int t = 0; t < nt; t++)
+        y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])));
+}
+
+#define GEMV_BATCH_FN(name, dt)                                                                                    \
+    TGT static void name(float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,            \
+                         const float *X, int64_t ldx, int64_t nt) {                                               \
+        for (int64_t r = r0; r < r1; r++)                                                                          \
+            for (int64_t t = 0; t < nt; t += 4) {                                                                  \
+                float *y = Y + t * ldy + r;                                                                        \
+                const float *x = X + t * ldx;                                                                      \
+                switch (nt - t < 4 ? nt - t : 4) {                                                                 \
+                case 1: row_dot_n(dt, 1, y, ldy, W + r * k, x, ldx, k); break;                                     \
+                case 2: row_dot_n(dt, 2, y, ldy, W + r * k, x, ldx, k); break;                                     \
+                case 3: row_dot_n(dt, 3, y, ldy, W + r * k, x, ldx, k); break;                                     \
+                default: row_dot_n(dt, 4, y, ldy, W + r * k, x, ldx, k); break;                                    \
+                }                                                                                                  \
+            }                                                                                                      \
+    }
+GEMV_BATCH_FN(gemv_batch_f16, ASW_DTYPE_F16)
+GEMV_BATCH_FN(gemv_batch_bf16, ASW_DTYPE_BF16)
+
+TGT static void z_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                             const float *X, int64_t ldx, int64_t nt) {
+    (dtype == ASW_DTYPE_F16 ? gemv_batch_f16 : gemv_batch_bf16)(Y, ldy, W, k, r0, r1, X, ldx, nt);
+}
+
 TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
     for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
 }
@@ -185,7 +236,7 @@ INL void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
 
 ASW_ATTENTION_LOOPS(z, TGT)
 
-const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_to_f32, z_from_f32, z_scores,
+const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_gemv_batch, z_to_f32, z_from_f32, z_scores,
                                        z_weighted_sum};
 
 #else

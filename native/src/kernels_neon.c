@@ -87,8 +87,9 @@ static inline void n_axpy(int dtype, float *y, float s, const uint16_t *a, int64
 }
 
 ASW_ATTENTION_LOOPS(n, )
+ASW_GEMV_BATCH_BY_TOKEN(n, )
 
-const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_to_f32, n_from_f32, n_scores,
+const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_gemv_batch, n_to_f32, n_from_f32, n_scores,
                                        n_weighted_sum};
 
 #else

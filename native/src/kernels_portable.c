@@ -102,8 +102,9 @@ static inline void p_axpy(int dtype, float *y, float s, const uint16_t *a, int64
 }
 
 ASW_ATTENTION_LOOPS(p, )
+ASW_GEMV_BATCH_BY_TOKEN(p, )
 
-const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_to_f32, p_from_f32, p_scores,
+const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
                                        p_weighted_sum};
 
 /* ---------------------------------------------------------------------------------------------------------
