@@ -90,7 +90,8 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
 
     import llama_cpp as L
 
-    L.llama_log_set(L.llama_log_callback(lambda level, text, data: None), ctypes.c_void_p(0))  # quiet
+    quiet = L.llama_log_callback(lambda level, text, data: None)  # referenced until the end: C keeps calling it
+    L.llama_log_set(quiet, ctypes.c_void_p(0))
     L.llama_backend_init()
     started = time.perf_counter()
     mparams = L.llama_model_default_params()
@@ -138,6 +139,7 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
     L.llama_sampler_free(sampler)
     L.llama_free(ctx)
     L.llama_model_free(model)
+    del quiet
     return {"load_s": load_s, "timed": timed, "extra": extra}
 
 

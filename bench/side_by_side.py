@@ -253,7 +253,9 @@ class Target:
     def line(self) -> str:
         if self.value is None:
             return f"- {self.text}: not measured"
-        verdict = "met" if self.met else f"missed by {self.goal - self.value:.2f}{self.unit}"
+        short = self.goal - self.value
+        verdict = "met" if self.met else \
+            f"missed by {short:.2f}x" if self.unit == "x" else f"missed by {short:.0f} points"
         fmt = f"{self.value:.2f}{self.unit}" if self.unit == "x" else f"{self.value:.0f}%"
         goal = f"{self.goal:g}{self.unit}"
         return f"- {self.text}: {fmt} (target >= {goal}) — **{verdict}**"
@@ -294,9 +296,9 @@ def targets(cases: list[Case], summaries: dict[str, list[dict[str, Any]]], long_
     return out
 
 
-def conversion_target() -> str | None:
-    """The conversion line from bench/convert.py's latest results, if present."""
-    path = RESULTS / "convert.json"
+def conversion_target(out_dir: Path) -> str | None:
+    """The conversion line from bench/convert.py's latest results in `out_dir`, if present."""
+    path = out_dir / "convert.json"
     if not path.is_file():
         return None
     r = json.loads(path.read_text())
@@ -317,7 +319,9 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
     cpu = meta["cpu"]
     lines = [
         f"Measured {meta['when']} by `make bench` ({'quick mode' if meta['quick'] else 'full run'}): "
-        f"{meta['rounds']} interleaved round(s), each run its own process, {meta['threads']} threads for every "
+        f"{meta['rounds_done']} of {meta['rounds']} interleaved round(s) completed"
+        f"{'' if meta['rounds_done'] == meta['rounds'] else ' (stopped early: rows show the runs made)'}, "
+        f"each run its own process, {meta['threads']} threads for every "
         f"engine, greedy, {meta['new']} decode steps after the prompt, identical prompt token ids.",
         "",
         f"Machine: {cpu['model']} ({cpu['arch']}), {cpu['cpus']} cpus ({cpu['usable_cpus']} usable), flags "
@@ -332,15 +336,15 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"spread between rounds of one engine was {meta['worst_spread_pct']:.0f} % (max/min − 1). "
         f"[min–max] over rounds in brackets.",
         "",
-        "| case | engine | decode tok/s | prefill tok/s | TTFT s | decode × llama.cpp F16 | prefill × llama.cpp F16 "
-        "| decode % of roofline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | engine | runs | decode tok/s | prefill tok/s | TTFT s | decode × llama.cpp F16 "
+        "| prefill × llama.cpp F16 | decode % of roofline |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         for r in summaries[case.title]:
             vs = (lambda x: "—" if x is None else f"{x:.2f}×")
             lines.append(
-                f"| {case.title} | {r['engine']} | {fmt_rate(r['decode'], r['decode_min'], r['decode_max'])} | "
+                f"| {case.title} | {r['engine']} | {len(case.runs[r['engine']])} | {fmt_rate(r['decode'], r['decode_min'], r['decode_max'])} | "
                 f"{fmt_rate(r['prefill'], r['prefill_min'], r['prefill_max'])} | {r['ttft_s']:.2f} | "
                 f"{vs(r['decode_vs_ref'])} | {vs(r['prefill_vs_ref'])} | {r['roofline_pct']:.0f} % |")
     lines += ["", "Roofline (tok/s = bandwidth ÷ bytes read per decode step): " + "; ".join(
@@ -348,8 +352,7 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"({step_bytes(c) / 1e6:.0f} MB/step)"
         for c in cases) + ".", "", "Targets (issue 9 §2):", ""]
     lines += [t.line() for t in goals]
-    conv = conversion_target()
-    lines.append(conv if conv else "- conversion vs a durable copy: run bench/convert.py")
+    lines.append(meta["conversion"] or "- conversion vs a durable copy: not measured (bench/convert.py)")
     if meta.get("agreement"):
         lines += ["", "Greedy tokens, first divergence from llama.cpp F16 (random or small models in different "
                   "precisions part early; a sanity check, not a parity test): " + "; ".join(meta["agreement"]) + "."]
@@ -388,6 +391,46 @@ def plot(path: Path, cases: list[Case], summaries: dict[str, list[dict[str, Any]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwidth_all: list[float],
+                  started: float) -> str:
+    """side_by_side.{md,json,png} from the runs so far; returns the markdown."""
+    done = [c for c in cases if c.runs]
+    bandwidth = max(bandwidth_all)
+    all_runs = [r for c in done for runs in c.runs.values() for r in runs]
+    summaries = {c.title: summarize(c, bandwidth) for c in done}
+    spreads = [max(v) / min(v) - 1 for c in done for runs in c.runs.values() for v in [rates(runs, c, "decode")]]
+    first = lambda kind: next((r for r in all_runs if r["engine"] == kind), {})  # noqa: E731
+    agreement = []
+    for case in done:
+        ref = case.runs.get(REFERENCE)
+        for name, runs in case.runs.items():
+            if ref and name != REFERENCE:
+                agreement.append(f"{case.model.key}/{case.prompt} {name}: "
+                                 f"{first_divergence(runs[0]['tokens'], ref[0]['tokens'])} of {case.new + 1}")
+    meta = {
+        **meta, "when": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)), "bandwidth_gbs": bandwidth,
+        "bandwidth_all": bandwidth_all, "ours_kernels": first("ours").get("kernels", "?"),
+        "llama_version": first("llama.cpp").get("version", "-"),
+        "llama_system_info": first("llama.cpp").get("system_info", "-"),
+        "load_min": min(r["loadavg"] for r in all_runs), "load_max": max(r["loadavg"] for r in all_runs),
+        "steal_max": max(r["steal_pct"] for r in all_runs), "worst_spread_pct": 100 * max(spreads),
+        "duration_s": time.time() - started, "agreement": agreement, "conversion": conversion_target(out_dir),
+    }
+    goals = targets(done, summaries, max(meta["prompts"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(meta, done, summaries, goals)
+    (out_dir / "side_by_side.md").write_text(text, encoding="utf-8")
+    (out_dir / "side_by_side.json").write_text(json.dumps({
+        "meta": meta,
+        "cases": [{"model": c.model.key, "title": c.title, "prompt": c.prompt, "new": c.new,
+                   "weight_bytes": c.model.weight_bytes, "kv_bytes_per_position": c.model.kv_bytes_per_position,
+                   "summary": summaries[c.title], "runs": c.runs} for c in done],
+        "targets": [{"text": t.text, "value": t.value, "goal": t.goal, "unit": t.unit, "met": t.met} for t in goals],
+    }, indent=1), encoding="utf-8")
+    plot(out_dir / "side_by_side.png", done, summaries, meta)
+    return text
 
 
 # --------------------------------------------------------------------------- main
@@ -433,6 +476,8 @@ def main() -> None:
           f"{len(engines)} engine(s), {args.threads} threads")
     bandwidth_all: list[float] = []
     started = time.time()
+    meta = {"quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
+            "cpu": cpu}
     for rnd in range(rounds):
         bw = probe_bandwidth(args.threads)
         bandwidth_all += bw
@@ -446,46 +491,13 @@ def main() -> None:
                       f"prefill {case.prompt / result['prefill_s']:7.1f} tok/s  "
                       f"decode {case.new / result['decode_s']:6.2f} tok/s  "
                       f"(load {result['loadavg']:.1f}, steal {result['steal_pct']:.0f}%)")
+                # after every run, so a run stopped early still leaves the rounds it completed on disk
+                write_results(out_dir, cases, {**meta, "rounds_done": rnd}, bandwidth_all, started)
                 time.sleep(PAUSE_S)
 
-    bandwidth = max(bandwidth_all)
-    all_runs = [r for c in cases for runs in c.runs.values() for r in runs]
-    summaries = {c.title: summarize(c, bandwidth) for c in cases}
-    spreads = [max(v) / min(v) - 1 for c in cases for runs in c.runs.values() for v in [rates(runs, c, "decode")]]
-    first = lambda kind: next((r for r in all_runs if r["engine"] == kind), {})  # noqa: E731
-    agreement = []
-    for case in cases:
-        ref = case.runs.get(REFERENCE)
-        if ref:
-            for name, runs in case.runs.items():
-                if name != REFERENCE:
-                    agreement.append(f"{case.model.key}/{case.prompt} {name} {first_divergence(runs[0]['tokens'], ref[0]['tokens'])}"
-                                     f"/{case.new + 1}")
-    meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)), "quick": args.quick, "rounds": rounds,
-        "threads": args.threads, "new": new, "prompts": prompts, "cpu": cpu, "bandwidth_gbs": bandwidth,
-        "bandwidth_all": bandwidth_all, "ours_kernels": first("ours").get("kernels", "?"),
-        "llama_version": first("llama.cpp").get("version", "-"),
-        "llama_system_info": first("llama.cpp").get("system_info", "-"),
-        "load_min": min(r["loadavg"] for r in all_runs), "load_max": max(r["loadavg"] for r in all_runs),
-        "steal_max": max(r["steal_pct"] for r in all_runs), "worst_spread_pct": 100 * max(spreads),
-        "duration_s": time.time() - started, "agreement": agreement,
-    }
-    goals = targets(cases, summaries, max(prompts))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(meta, cases, summaries, goals)
-    (out_dir / "side_by_side.md").write_text(text, encoding="utf-8")
-    (out_dir / "side_by_side.json").write_text(json.dumps({
-        "meta": meta,
-        "cases": [{"model": c.model.key, "title": c.title, "prompt": c.prompt, "new": c.new,
-                   "weight_bytes": c.model.weight_bytes, "kv_bytes_per_position": c.model.kv_bytes_per_position,
-                   "summary": summaries[c.title],
-                   "runs": {name: runs for name, runs in c.runs.items()}} for c in cases],
-        "targets": [{"text": t.text, "value": t.value, "goal": t.goal, "unit": t.unit, "met": t.met} for t in goals],
-    }, indent=1), encoding="utf-8")
-    plot(out_dir / "side_by_side.png", cases, summaries, meta)
+    text = write_results(out_dir, cases, {**meta, "rounds_done": rounds}, bandwidth_all, started)
     print(text)
-    C.log(f"wrote {out_dir / 'side_by_side.md'}, .json, .png in {meta['duration_s'] / 60:.1f} min")
+    C.log(f"wrote {out_dir / 'side_by_side.md'}, .json, .png")
     if not args.keep_cache:
         C.remove_cache()
 
