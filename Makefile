@@ -37,15 +37,16 @@ test: $(TEST_STAMP) native
 
 # + the bench extra: llama-cpp-python (the version pinned there) built from source by pip for this machine's CPU
 # (GGML_NATIVE=ON: its best kernels, as a user building llama.cpp would get), without curl, tests, examples,
-# tools or server. The sdist is downloaded once into .cache/bench/sdist/; bench/side_by_side.py also takes
-# llama.cpp's own convert_hf_to_gguf.py from it.
+# tools, server or the multimodal library (llama_cpp imports that only for vision chat handlers). The sdist is
+# downloaded once into .cache/bench/sdist/; bench/side_by_side.py also takes llama.cpp's own
+# convert_hf_to_gguf.py from it.
 BENCH_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
 $(BENCH_STAMP): $(TEST_STAMP) pyproject.toml
 	if ! $(PY) bench/_llama.py check; then \
 	  sdist=$$($(PY) bench/_llama.py sdist) && \
 	  echo "building llama-cpp-python from $$sdist (several minutes) ..." && \
-	  CMAKE_ARGS="$(BENCH_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir "$$sdist"; fi
+	  CMAKE_ARGS="$(BENCH_CMAKE_ARGS)" $(PY) -m pip install -q "$$sdist"; fi
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 

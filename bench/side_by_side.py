@@ -67,7 +67,6 @@ class Engine:
 class Model:
     key: str
     title: str
-    asw_fp16: Path
     engines: list[Engine]
     vocab: int
     weight_bytes: int  # read per decode step
@@ -103,15 +102,14 @@ def bytes_per_step(asw: Path) -> tuple[int, int, int]:
 
 
 def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
+    """The model's files for every engine (made once, cached); transformers reads the source itself."""
     if key == "qwen2":
         source = C.ensure_checkpoint(regen)
-        transformers_model = source
     else:
         sys.path.insert(0, str(C.ROOT / "artifacts"))
         from fetch_smollm2 import smollm2_gguf
 
         source = smollm2_gguf()
-        transformers_model = source
     asw = {dtype: C.ensure_asw(source, dtype) for dtype in ("fp16", "bf16")}
     listed: list[Engine] = []
     for name in engines:
@@ -123,9 +121,9 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
                     else _llama.ensure_gguf_retyped(source, outtype))
             listed.append(Engine(name, "llama.cpp", gguf))
         else:
-            listed.append(Engine(name, "transformers", transformers_model))
+            listed.append(Engine(name, "transformers", source))
     weight_bytes, kv, vocab = bytes_per_step(asw["fp16"])
-    return Model(key, MODEL_NAMES[key], asw["fp16"], listed, vocab, weight_bytes, kv)
+    return Model(key, MODEL_NAMES[key], listed, vocab, weight_bytes, kv)
 
 
 # --------------------------------------------------------------------------- machine
@@ -347,6 +345,17 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
                 f"| {case.title} | {r['engine']} | {len(case.runs[r['engine']])} | {fmt_rate(r['decode'], r['decode_min'], r['decode_max'])} | "
                 f"{fmt_rate(r['prefill'], r['prefill_min'], r['prefill_max'])} | {r['ttft_s']:.2f} | "
                 f"{vs(r['decode_vs_ref'])} | {vs(r['prefill_vs_ref'])} | {r['roofline_pct']:.0f} % |")
+    paired = []
+    for case in cases:
+        ours, ref = case.runs.get("ours fp16", []), case.runs.get(REFERENCE, [])
+        pairs = list(zip(ours, ref))
+        if pairs:
+            paired.append(f"{case.title}: decode " + ", ".join(f"{b['decode_s'] / a['decode_s']:.2f}×" for a, b in pairs)
+                          + "; prefill " + ", ".join(f"{b['prefill_s'] / a['prefill_s']:.2f}×" for a, b in pairs)
+                          + " (load " + ", ".join(f"{a['loadavg']:.1f}" for a, _ in pairs) + ")")
+    if paired:
+        lines += ["", "Round by round, ours fp16 ÷ llama.cpp F16 (the two runs of a round are minutes apart, so they "
+                  "share the machine's state better than the medians do): " + "; ".join(paired) + "."]
     lines += ["", "Roofline (tok/s = bandwidth ÷ bytes read per decode step): " + "; ".join(
         f"{c.title}: {roofline(c, meta['bandwidth_gbs']):.1f} tok/s "
         f"({step_bytes(c) / 1e6:.0f} MB/step)"
@@ -377,24 +386,21 @@ def plot(path: Path, cases: list[Case], summaries: dict[str, list[dict[str, Any]
                    yerr=[[r[what] - r[f"{what}_min"] for r in rows], [r[f"{what}_max"] - r[what] for r in rows]],
                    capsize=3)
             if what == "decode":
-                ax.axhline(roofline(case, meta["bandwidth_gbs"]), color="k", linestyle="--", linewidth=1,
-                           label="roofline")
-                ax.legend(fontsize=7, loc="lower right")
+                ax.axhline(roofline(case, meta["bandwidth_gbs"]), color="k", linestyle="--", linewidth=1)
             ax.set_xticks(list(xs))
             ax.set_xticklabels([r["engine"].replace(" ", "\n", 1) for r in rows], fontsize=7)
             ax.set_title(f"{case.title}\n{what}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(f"{what} tok/s")
     fig.suptitle(f"{meta['cpu']['model']}, {meta['threads']} threads — {meta['when']}\nread bandwidth "
-                 f"{meta['bandwidth_gbs']:.1f} GB/s — load average {meta['load_min']:.0f}–{meta['load_max']:.0f}"
+                 f"{meta['bandwidth_gbs']:.1f} GB/s (dashed: decode roofline) — load average {meta['load_min']:.0f}–{meta['load_max']:.0f}"
                  f"{' — QUICK' if meta['quick'] else ''}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwidth_all: list[float],
-                  started: float) -> str:
+def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwidth_all: list[float]) -> str:
     """side_by_side.{md,json,png} from the runs so far; returns the markdown."""
     done = [c for c in cases if c.runs]
     bandwidth = max(bandwidth_all)
@@ -410,13 +416,13 @@ def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwi
                 agreement.append(f"{case.model.key}/{case.prompt} {name}: "
                                  f"{first_divergence(runs[0]['tokens'], ref[0]['tokens'])} of {case.new + 1}")
     meta = {
-        **meta, "when": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)), "bandwidth_gbs": bandwidth,
+        **meta, "when": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(meta["started"])), "bandwidth_gbs": bandwidth,
         "bandwidth_all": bandwidth_all, "ours_kernels": first("ours").get("kernels", "?"),
         "llama_version": first("llama.cpp").get("version", "-"),
         "llama_system_info": first("llama.cpp").get("system_info", "-"),
         "load_min": min(r["loadavg"] for r in all_runs), "load_max": max(r["loadavg"] for r in all_runs),
         "steal_max": max(r["steal_pct"] for r in all_runs), "worst_spread_pct": 100 * max(spreads),
-        "duration_s": time.time() - started, "agreement": agreement, "conversion": conversion_target(out_dir),
+        "duration_s": meta.get("duration_s") or time.time() - meta["started"], "agreement": agreement, "conversion": conversion_target(out_dir),
     }
     goals = targets(done, summaries, max(meta["prompts"]))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,8 +440,22 @@ def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwi
 
 
 # --------------------------------------------------------------------------- main
+def render(out_dir: Path) -> str:
+    """Rewrite side_by_side.{md,png} (and .json) in `out_dir` from its side_by_side.json, running nothing."""
+    saved = json.loads((out_dir / "side_by_side.json").read_text())
+    meta = saved["meta"]
+    if "started" not in meta:  # written before the epoch was kept
+        meta["started"] = time.mktime(time.strptime(meta["when"].rsplit(" ", 1)[0], "%Y-%m-%d %H:%M"))
+    cases = []
+    for c in saved["cases"]:
+        model = Model(c["model"], MODEL_NAMES[c["model"]], [], 0, c["weight_bytes"], c["kv_bytes_per_position"])
+        cases.append(Case(model, c["prompt"], c["new"], Path(), c["runs"]))
+    return write_results(out_dir, cases, meta, meta["bandwidth_all"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--render", type=Path, metavar="DIR", help="only rewrite DIR's report from its .json")
     parser.add_argument("--quick", action="store_true", help="1 round, 64-token prompt, 16 decode steps")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="[usable cpus]")
     parser.add_argument("--prompts", default=None, help="comma-separated prompt lengths [128,2048; quick: 64]")
@@ -446,6 +466,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: .../quick]")
     C.add_common_args(parser, "keep the generated checkpoint, .asw and .gguf files in .cache/bench/ [yes]")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
     rounds = 1 if args.quick else args.rounds
     prompts = [int(p) for p in (args.prompts or ("64" if args.quick else "128,2048")).split(",")]
     new = args.new or (16 if args.quick else 128)
@@ -475,8 +498,7 @@ def main() -> None:
     C.log(f"{cpu['model']}, {cpu['usable_cpus']} usable cpus; {rounds} round(s) x {len(cases)} case(s) x "
           f"{len(engines)} engine(s), {args.threads} threads")
     bandwidth_all: list[float] = []
-    started = time.time()
-    meta = {"quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
+    meta = {"started": time.time(), "quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
             "cpu": cpu}
     for rnd in range(rounds):
         bw = probe_bandwidth(args.threads)
@@ -492,10 +514,10 @@ def main() -> None:
                       f"decode {case.new / result['decode_s']:6.2f} tok/s  "
                       f"(load {result['loadavg']:.1f}, steal {result['steal_pct']:.0f}%)")
                 # after every run, so a run stopped early still leaves the rounds it completed on disk
-                write_results(out_dir, cases, {**meta, "rounds_done": rnd}, bandwidth_all, started)
+                write_results(out_dir, cases, {**meta, "rounds_done": rnd}, bandwidth_all)
                 time.sleep(PAUSE_S)
 
-    text = write_results(out_dir, cases, {**meta, "rounds_done": rounds}, bandwidth_all, started)
+    text = write_results(out_dir, cases, {**meta, "rounds_done": rounds}, bandwidth_all)
     print(text)
     C.log(f"wrote {out_dir / 'side_by_side.md'}, .json, .png")
     if not args.keep_cache:
