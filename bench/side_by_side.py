@@ -13,7 +13,8 @@ SmolLM2-135M-Instruct from its Q4_1 GGUF (artifacts/fetch_smollm2.py). Cases: pr
 (drawn at random from the model's vocabulary, seed 0, one JSON file every engine reads), 128 greedy decode steps.
 Full mode: --rounds (3) interleaved rounds; in each round every case runs every engine once, the engine order
 reversed on odd rounds. --quick: 1 round, a 64-token prompt, 16 decode steps (checks the whole pipeline in
-minutes; results go to bench/results/quick/).
+minutes; results go to bench/results/quick/). Results are rewritten after every run, so a run stopped early keeps
+the rounds it completed; --render DIR rewrites DIR's report from its side_by_side.json without running anything.
 
 A memory read-bandwidth probe (bench/bandwidth.c, compiled here with the system's cc -O3 -march=native) runs at the
 start of every round with the same thread count; the best rate seen is the roofline's bandwidth:
