@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 NATIVE_SOURCES := $(wildcard native/include/*.h native/src/*.c native/src/*.h native/src/aclnn/*.cpp native/src/aclnn/*.h) setup.py
 
 .PHONY: demo test native bench clean check-aarch64 check-sanitize emu
@@ -35,9 +36,26 @@ test: $(TEST_STAMP) native
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 	$(MAKE) --no-print-directory check-sanitize
 
-bench: $(TEST_STAMP) native
-	$(PY) bench/convert.py
-	$(PY) bench/decode.py
+# + the bench extra: llama-cpp-python (the version pinned there) built from source by pip for this machine's CPU
+# (GGML_NATIVE=ON: its best kernels, as a user building llama.cpp would get), without curl, tests, examples,
+# tools, server or the multimodal library (llama_cpp imports that only for vision chat handlers). The sdist is
+# downloaded once into .cache/bench/sdist/; bench/side_by_side.py also takes llama.cpp's own
+# convert_hf_to_gguf.py from it.
+BENCH_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+$(BENCH_STAMP): $(TEST_STAMP) pyproject.toml
+	if ! $(PY) bench/_llama.py check; then \
+	  sdist=$$($(PY) bench/_llama.py sdist) && \
+	  echo "building llama-cpp-python from $$sdist (several minutes) ..." && \
+	  CMAKE_ARGS="$(BENCH_CMAKE_ARGS)" $(PY) -m pip install -q "$$sdist"; fi
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+# side by side with llama.cpp and transformers (bench/results/); BENCH_QUICK=1: one short round of each
+BENCH_FLAGS := $(if $(BENCH_QUICK),--quick,)
+bench: $(BENCH_STAMP) native
+	$(PY) bench/convert.py $(BENCH_FLAGS)
+	$(PY) bench/side_by_side.py $(BENCH_FLAGS)
 	$(PY) bench/serve.py
 
 clean:

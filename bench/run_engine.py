@@ -1,0 +1,206 @@
+"""One timed greedy generation by one engine, in this process; bench/side_by_side.py starts one per run.
+
+    python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T
+
+ENGINE is one of:
+  ours          ascend_super.load(MODEL.asw, backend="cpu", threads=T); session.prefill(prompt, logits="none")
+                returns the first token (the argmax stays in the library), then N session.decode steps.
+  llama.cpp     llama-cpp-python's low-level API (the C API through ctypes) on MODEL.gguf: n_threads =
+                n_threads_batch = T, n_batch 2048 / n_ubatch 512 (llama-bench's defaults), everything else
+                llama.cpp's default context parameters (flash attention "auto", f16 KV cache). The prompt is one
+                llama_batch_get_one per n_batch tokens; each token comes from a greedy sampler
+                (llama_sampler_init_greedy: the argmax); then N one-token llama_decode steps. The loop never looks
+                at end-of-generation tokens, so exactly N tokens are decoded whatever the model emits.
+  transformers  AutoModelForCausalLM (bf16, torch.set_num_threads(T), inference_mode, the default attention); MODEL
+                is a checkpoint folder, or a .gguf that transformers dequantizes; a manual greedy loop on a
+                DynamicCache: one forward over the prompt (logits_to_keep=1), then N one-token forwards.
+Every engine first runs an untimed warm-up (16 prompt tokens and 4 decode steps: every weight page is touched and
+the thread pools are up), then forgets it (KV cleared) and runs the timed generation on the prompt ids from FILE
+(a JSON list of ints: the same file for every engine).
+
+Timed: prefill = from the call that receives the prompt until the first new token id is known (this is also the
+time to first token, counted from a loaded model); decode = the N steps after it, each fed the previous token.
+Prints one JSON object on stdout: engine, prefill_s, decode_s, prompt and new token counts, the generated token
+ids, load_s, and for llama.cpp its own llama_perf_context counters as a cross-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+WARMUP_PROMPT = 16
+WARMUP_NEW = 4
+
+
+class Timed:
+    """A greedy generation split into its prefill (prompt in, first token out) and decode (N more tokens)."""
+
+    def __init__(self) -> None:
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+        self.tokens: list[int] = []
+
+    def run(self, prefill: Callable[[list[int]], int], step: Callable[[int], int], prompt: list[int],
+            new: int) -> "Timed":
+        started = time.perf_counter()
+        token = prefill(prompt)
+        prefilled = time.perf_counter()
+        tokens = [token]
+        for _ in range(new):
+            token = step(token)
+            tokens.append(token)
+        done = time.perf_counter()
+        self.prefill_s, self.decode_s, self.tokens = prefilled - started, done - prefilled, tokens
+        return self
+
+
+def run_ours(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+    import ascend_super
+
+    started = time.perf_counter()
+    model = ascend_super.load(model_path, backend="cpu", threads=threads)
+    session = model.session(len(prompt) + new + 8)
+    load_s = time.perf_counter() - started
+
+    def prefill(ids: list[int]) -> int:
+        return session.prefill(ids, logits="none")[1]
+
+    def step(token: int) -> int:
+        return session.decode(token, logits="none")[1]
+
+    Timed().run(prefill, step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
+    session.reset()
+    timed = Timed().run(prefill, step, prompt, new)
+    from ascend_super.runtime.native import kernel_name
+
+    extra = {"kernels": kernel_name()}
+    session.close()
+    model.close()
+    return {"load_s": load_s, "timed": timed, "extra": extra}
+
+
+def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+    import ctypes
+
+    import llama_cpp as L
+
+    quiet = L.llama_log_callback(lambda level, text, data: None)  # referenced until the end: C keeps calling it
+    L.llama_log_set(quiet, ctypes.c_void_p(0))
+    L.llama_backend_init()
+    started = time.perf_counter()
+    mparams = L.llama_model_default_params()
+    model = L.llama_model_load_from_file(str(model_path).encode(), mparams)
+    if not model:
+        raise SystemExit(f"llama.cpp could not load {model_path}")
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = len(prompt) + new + 16
+    cparams.n_batch = 2048
+    cparams.n_ubatch = 512
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.no_perf = False
+    ctx = L.llama_init_from_model(model, cparams)
+    if not ctx:
+        raise SystemExit(f"llama.cpp could not create a context for {model_path}")
+    sampler = L.llama_sampler_init_greedy()
+    load_s = time.perf_counter() - started
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+
+    def decode(ids: list[int]) -> int:
+        for start in range(0, len(ids), cparams.n_batch):
+            chunk = ids[start:start + cparams.n_batch]
+            array = (L.llama_token * len(chunk))(*chunk)
+            rc = L.llama_decode(ctx, L.llama_batch_get_one(array, len(chunk)))
+            if rc != 0:
+                raise SystemExit(f"llama_decode failed ({rc}) on {model_path}")
+        return int(L.llama_sampler_sample(sampler, ctx, -1))
+
+    def step(token: int) -> int:
+        return decode([token])
+
+    Timed().run(decode, step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
+    L.llama_memory_clear(L.llama_get_memory(ctx), True)
+    L.llama_perf_context_reset(ctx)
+    timed = Timed().run(decode, step, prompt, new)
+    perf = L.llama_perf_context(ctx)
+    extra = {
+        "perf_prompt_ms": perf.t_p_eval_ms, "perf_prompt_tokens": perf.n_p_eval,
+        "perf_eval_ms": perf.t_eval_ms, "perf_eval_tokens": perf.n_eval,
+        "flash_attn_type": int(cparams.flash_attn_type), "n_vocab": int(n_vocab),
+        "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
+        "version": getattr(L, "__version__", "?"),
+    }
+    L.llama_sampler_free(sampler)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    del quiet
+    return {"load_s": load_s, "timed": timed, "extra": extra}
+
+
+def run_transformers(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    if model_path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(model_path.parent, gguf_file=model_path.name,
+                                                     dtype=torch.bfloat16)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
+    model.eval()
+    load_s = time.perf_counter() - started
+    state: dict[str, Any] = {}
+    # transformers 5.x renamed forward(past_key_values=) to forward(cache=)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def forward(ids: list[int], **kw: Any) -> int:
+        kw[cache_kw] = state["cache"]
+        out = model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=True, **kw)
+        return int(out.logits[0, -1].argmax())
+
+    def prefill(ids: list[int]) -> int:
+        state["cache"] = DynamicCache(config=model.config)
+        return forward(ids, logits_to_keep=1)
+
+    def step(token: int) -> int:
+        return forward([token])
+
+    with torch.inference_mode():
+        Timed().run(prefill, step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
+        timed = Timed().run(prefill, step, prompt, new)
+    extra = {"torch": torch.__version__, "transformers": transformers.__version__,
+             "attn": getattr(model.config, "_attn_implementation", "?")}
+    return {"load_s": load_s, "timed": timed, "extra": extra}
+
+
+ENGINES = {"ours": run_ours, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("engine", choices=sorted(ENGINES))
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--prompt-ids", type=Path, required=True)
+    parser.add_argument("--new", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    args = parser.parse_args()
+    prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
+    result = ENGINES[args.engine](args.model, prompt, args.new, args.threads)
+    timed: Timed = result["timed"]
+    json.dump({"engine": args.engine, "model": str(args.model), "threads": args.threads,
+               "prompt_tokens": len(prompt), "new_tokens": len(timed.tokens) - 1,
+               "prefill_s": timed.prefill_s, "decode_s": timed.decode_s, "tokens": timed.tokens,
+               "load_s": result["load_s"], **result["extra"]}, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
