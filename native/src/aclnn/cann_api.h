@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------------------------------------------
- * Runtime enums and constants: one X(NAME, value) list per type [RT-H acl_base_rt.h, acl_rt.h; CANN-NOTES §2, §5].
+ * Runtime enums and constants: one X(NAME, value) list per type [hicann/runtime include/external/acl/acl_base_rt.h, acl_rt.h; sources in OPS.md].
  * CANN_RT_ENUMS(E) calls E(type, LIST) for every enum type; CANN_RT_INT_CONSTANTS holds error codes and flags.
  * ------------------------------------------------------------------------------------------------------------ */
 #define CANN_DATA_TYPES(X)                                                                                        \
@@ -156,7 +156,7 @@ typedef struct aclTensorList aclTensorList;
 #endif
 
 /* ------------------------------------------------------------------------------------------------------------
- * libascendcl.so: X(return type, name, (parameters)) [RT-H acl_rt.h; CANN-NOTES §2, §5]
+ * libascendcl.so: X(return type, name, (parameters)) [hicann/runtime include/external/acl/acl_rt.h; sources in OPS.md]
  * ------------------------------------------------------------------------------------------------------------ */
 #define CANN_ASCENDCL_FUNCS(X)                                                                                    \
     X(aclError, aclInit, (const char *configPath))                                                               \
