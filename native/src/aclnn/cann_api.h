@@ -131,7 +131,7 @@ extern "C" {
 enum cann_aclnn_status { CANN_ACLNN_STATUS(CANN_ENUM_ITEM_) };
 
 #ifndef ASW_CANN_VENDOR_RT_TYPES
-/* runtime types [RT-H acl_base_rt.h, acl_rt.h] */
+/* runtime types [hicann/runtime include/external/acl/acl_base_rt.h, acl_rt.h] */
 typedef int aclError;
 typedef uint16_t aclFloat16;
 typedef void *aclrtStream;
