@@ -363,10 +363,9 @@ class NativeModel(_Owned):
         argmax = np.empty(count, dtype=np.int32)
         values = ids = None
         if logits == "topk":
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.vocab:
-                raise NativeError(f"top-k needs 1 <= k <= {self.vocab}, got {k!r}")
+            k = _top_k(k, self.vocab)
             mode = _LOGITS_TOPK
-            values, ids = np.empty((count, int(k)), dtype=np.float32), np.empty((count, int(k)), dtype=np.int32)
+            values, ids = np.empty((count, k), dtype=np.float32), np.empty((count, k), dtype=np.int32)
         elif logits in ("none", "last"):
             mode = _LOGITS[logits]
             values = np.empty((count, self.vocab), dtype=np.float32) if logits == "last" else None
@@ -405,6 +404,13 @@ def _as_ids(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
     if ids.size > _INT32_MAX or ids.min() < -(2**31) or ids.max() > _INT32_MAX:
         raise NativeError("token ids must be 32-bit integers")
     return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+def _top_k(k: int, vocab: int) -> int:
+    """`k` as the count of top logits to return, refusing what is not 1 .. vocab."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= vocab:
+        raise NativeError(f"top-k needs 1 <= k <= {vocab}, got {k!r}")
+    return int(k)
 
 
 def _as_id(token: int) -> int:
@@ -492,10 +498,9 @@ class NativeSession(_Owned):
     def forward_topk(self, tokens: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Run `tokens`; return the k largest logits of the last position (descending) and their token ids.
         This is what sampling reads: the full vocabulary never crosses the ABI."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self._vocab:
-            raise NativeError(f"top-k needs 1 <= k <= {self._vocab}, got {k!r}")
+        k = _top_k(k, self._vocab)
         with self._lock:
-            values, ids = self._forward(_as_ids(tokens), "topk", int(k))
+            values, ids = self._forward(_as_ids(tokens), "topk", k)
             assert values is not None and ids is not None
             return values, ids
 

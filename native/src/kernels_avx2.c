@@ -80,24 +80,9 @@ static const tile_fn tiles[2][2][T] = {
     {{h_r1t1, h_r1t2, h_r1t3}, {h_r3t1, h_r3t2, h_r3t3}},
 };
 
-/* one row . one vector, four independent accumulators: the decode GEMV. Rows are walked one after another so
- * the weights stream through memory sequentially (interleaving several rows defeats the hardware prefetcher). */
-INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        a0 = _mm256_fmadd_ps(ld8(dt, w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(ld8(dt, w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(ld8(dt, w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(ld8(dt, w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(ld8(dt, w + i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < k; i++) s += asw_u16_to_f32(dt, w[i]) * x[i];
-    return s;
-}
-
-/* row_dot for nt <= 2 tokens at once: per token exactly row_dot's operations, each weight vector converted once */
+/* one row . nt <= 2 vectors, four independent accumulators per vector: the decode GEMV (nt = 1), and the batched
+ * decode step, where each token is summed exactly as alone and each weight vector is converted once. Rows are walked
+ * one after another so the weights stream through memory sequentially (interleaving rows defeats the prefetcher). */
 INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
     __m256 a[2][4]; /* [token][accumulator] */
     for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_ps();
@@ -122,6 +107,12 @@ INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, con
         for (int64_t j = i; j < k; j++) s += asw_u16_to_f32(dt, w[j]) * x[j];
         y[t * ldy] = s;
     }
+}
+
+INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
+    float y;
+    row_dot_n(dt, 1, &y, 0, w, x, 0, k);
+    return y;
 }
 
 #define GEMV_BATCH_FN(name, dt)                                                                                    \

@@ -87,26 +87,9 @@ static const tile_fn tiles[2][2][T] = {
     {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
 };
 
-/* one row . one vector, four independent accumulators: the decode GEMV. Rows are walked one after another so
- * the weights stream through memory sequentially (interleaving several rows defeats the hardware prefetcher). */
-INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= k; i += 64) {
-        a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(ld16(dt, w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(ld16(dt, w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(ld16(dt, w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
-    if (i < k) {
-        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
-        a1 = _mm512_fmadd_ps(ld16_tail(dt, w + i, m), _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-/* row_dot for nt <= 4 tokens at once: per token exactly row_dot's operations, each weight vector converted once */
+/* one row . nt <= 4 vectors, four independent accumulators per vector: the decode GEMV (nt = 1), and the batched
+ * decode step, where each token is summed exactly as alone and each weight vector is converted once. Rows are walked
+ * one after another so the weights stream through memory sequentially (interleaving rows defeats the prefetcher). */
 INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
     __m512 a[4][4]; /* [token][accumulator] */
     for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();
@@ -132,6 +115,12 @@ INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, con
     }
     for (int t = 0; t < nt; t++)
         y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])));
+}
+
+INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
+    float y;
+    row_dot_n(dt, 1, &y, 0, w, x, 0, k);
+    return y;
 }
 
 #define GEMV_BATCH_FN(name, dt)                                                                                    \
