@@ -5,14 +5,19 @@ Each case runs the backend in a subprocess (tests/aclnn_worker.py; CANN is opene
 stays loaded, while other test files check what happens when it is missing). The emulator is independent of the
 cpu backend (its own reference loops, from the CANN documentation), so agreement means something.
 
-Tolerances (|ours - transformers| <= ATOL[dtype] + RTOL * max|logits| per position): fp16 files get exactly
-test_parity.py's bound for the cpu backend. The device keeps activations in the weight dtype between operators where
-the cpu backend keeps f32; with bf16 (8 mantissa bits) that costs up to 1.18x the cpu bound on these checkpoints
-(measured, prefill logits), so bf16 gets 1.5x its ATOL. A wrong rope, norm, mask or head mapping is O(1) off.
+Tolerances (|ours - transformers| <= ATOL[dtype] + RTOL * max|logits| per position, transformers in fp32 on the
+file's rounded weights): exactly test_parity.py's bound for the cpu backend. The device keeps activations in the
+weight dtype between operators (the operators take and give fp16/bf16) where the cpu backend keeps f32; with fp16 that
+stays well inside the bound, with bf16 (8 mantissa bits) it does not always, and neither does transformers itself
+when it runs in bf16: on these checkpoints its own bf16 run is up to 1.14x the cpu bound off its fp32 run. So a bf16
+file's allowance is the larger of the cpu bound and BF16_MARGIN times what transformers' own bf16 run needs on the same
+checkpoint and inputs (measured worst: the device at 1.04-1.09x transformers' bf16 error). A wrong rope, norm, mask
+or head mapping is O(1) off, far outside either.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -26,13 +31,11 @@ import torch
 import ascend_super
 from ascend_super.runtime.generate import Sampling
 from conftest import REPO, SPECS, run_cli
-from test_parity import check_greedy, hf_greedy, hf_model, prompt
+from test_parity import ATOL, RTOL, TIE_GAP, check_greedy, hf_greedy, hf_model, prompt
 
 EMU_DIR = REPO / "build" / "emu"
 WORKER = Path(__file__).parent / "aclnn_worker.py"
-ATOL = {"fp16": 5e-3, "bf16": 6e-2}
-RTOL = 2e-3
-TIE_GAP = {dtype: 2 * atol for dtype, atol in ATOL.items()}
+BF16_MARGIN = 1.25
 DECODE_STEPS = 8
 GREEDY = 16
 
@@ -70,12 +73,45 @@ def run_aclnn(emulator: Path, tmp_path: Path, request: dict, stats: bool = False
     return outputs, (json.loads(stats_path.read_text()) if stats else None)
 
 
-def assert_close(ours: np.ndarray, theirs: np.ndarray, dtype: str, what: str) -> float:
+def error_ratio(ours: np.ndarray, theirs: np.ndarray, dtype: str) -> float:
+    """max over positions of |ours - theirs| / the cpu backend's bound at that position"""
     bound = ATOL[dtype] + RTOL * np.abs(theirs).max(axis=-1, keepdims=True)
-    error = np.abs(ours - theirs)
-    worst = float((error / bound).max())
-    assert worst <= 1.0, f"{what}: max |diff| {error.max():.4g} is {worst:.2f}x the tolerance"
+    return float((np.abs(ours - theirs) / bound).max())
+
+
+def assert_close(ours: np.ndarray, theirs: np.ndarray, dtype: str, what: str, allowance: float = 1.0) -> float:
+    worst = error_ratio(ours, theirs, dtype)
+    assert worst <= allowance, (f"{what}: max |diff| {np.abs(ours - theirs).max():.4g} is {worst:.2f}x the cpu bound "
+                                f"(allowed: {allowance:.2f}x)")
     return worst
+
+
+def transformers_logits(reference: torch.nn.Module, ids: list[int], decode_steps: int,
+                        feed: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(prefill logits [S, V], decode logits [steps, V], the tokens fed) of `reference` (any dtype), as f32 numpy;
+    each decode step is fed `feed` if given, else the previous argmax (greedy)."""
+    with torch.no_grad():
+        out = reference(torch.tensor([ids]), use_cache=True)
+        prefill = out.logits[0].float().numpy()
+        past, token, fed, steps = out.past_key_values, int(out.logits[0, -1].argmax()), [], []
+        for step in range(decode_steps):
+            token = feed[step] if feed is not None else token
+            fed.append(token)
+            out = reference(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            steps.append(out.logits[0, -1].float().numpy())
+            token = int(out.logits[0, -1].argmax())
+    return prefill, np.stack(steps), fed
+
+
+def bf16_allowance(reference: torch.nn.Module, ids: list[int], feed: list[int], expected_prefill: np.ndarray,
+                   expected_steps: np.ndarray) -> tuple[float, float]:
+    """What transformers needs when it runs in bf16 itself (prefill, decode), as multiples of the cpu bound, times
+    BF16_MARGIN; never below the cpu bound."""
+    native = copy.deepcopy(reference).to(torch.bfloat16)
+    prefill, steps, _ = transformers_logits(native, ids, len(feed), feed)
+    return (max(1.0, BF16_MARGIN * error_ratio(prefill, expected_prefill, "bf16")),
+            max(1.0, BF16_MARGIN * error_ratio(steps, expected_steps, "bf16")))
 
 
 def test_golden_model_greedy_tokens_on_the_emulator(emulator, tmp_path) -> None:
@@ -96,25 +132,18 @@ def test_logits_and_greedy_match_transformers(name: str, dtype: str, emulator, t
                                               converted) -> None:
     reference = hf_model(checkpoint_dir(name), dtype)
     ids = prompt(SPECS[name].vocab, 21)
-    with torch.no_grad():
-        out = reference(torch.tensor([ids]), use_cache=True)
-    expected_prefill = out.logits[0].numpy()
-    past, token, feed, expected_steps = out.past_key_values, int(out.logits[0, -1].argmax()), [], []
-    for _ in range(DECODE_STEPS):  # fed transformers' greedy tokens so both see the same inputs
-        feed.append(token)
-        with torch.no_grad():
-            out = reference(torch.tensor([[token]]), past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        expected_steps.append(out.logits[0, -1].numpy())
-        token = int(out.logits[0, -1].argmax())
+    # decode steps are fed transformers' greedy tokens so both see the same inputs
+    expected_prefill, expected_steps, feed = transformers_logits(reference, ids, DECODE_STEPS)
+    allowance = ((1.0, 1.0) if dtype == "fp16"
+                 else bf16_allowance(reference, ids, feed, expected_prefill, expected_steps))
     expected, gaps = hf_greedy(reference, ids, GREEDY)
     for layout in ("nd", "nz"):
         got, _ = run_aclnn(emulator, tmp_path, {"asw": str(converted(name, dtype, layout)), "prompt": ids,
                                                 "decode_tokens": feed, "greedy": GREEDY})
         what = f"{name} {dtype} {layout}"
-        assert_close(got["prefill_logits"], expected_prefill, dtype, f"{what} prefill")
-        assert_close(got["decode_logits"], np.stack(expected_steps), dtype, f"{what} decode")
-        check_greedy(got["greedy"].tolist(), expected, gaps, TIE_GAP[dtype], what)
+        assert_close(got["prefill_logits"], expected_prefill, dtype, f"{what} prefill", allowance[0])
+        assert_close(got["decode_logits"], expected_steps, dtype, f"{what} decode", allowance[1])
+        check_greedy(got["greedy"].tolist(), expected, gaps, TIE_GAP[dtype] * max(allowance), what)
 
 
 @pytest.mark.parametrize("name", ["qwen2-gqa-hd64", "llama-llama3"])
