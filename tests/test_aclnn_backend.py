@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import os
 import subprocess
 import sys
@@ -302,3 +303,29 @@ def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, e
                          env=emu_env(emulator))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert expected in result.stderr, result.stderr
+
+
+def test_an_overflowing_fp16_logit_is_an_error_not_a_token(emulator, converted, tmp_path) -> None:
+    """The device holds logits in the weight dtype: an fp16 logit beyond 65504 is inf there and its index says nothing
+    (the cpu backend's f32 logits do not overflow). Every lm_head row is made 60 and the final norm's weights 2000, so
+    every logit is 60 * 2000 * sum(normalised x): far beyond the fp16 range, every one the same infinity (no NaN)."""
+    from ascend_super.runtime import format as fmt
+
+    source = converted("qwen2-gqa7", "fp16", "nd")
+    broken = tmp_path / "huge-logits.asw"
+    broken.write_bytes(source.read_bytes())
+    with fmt.AswFile.open(broken) as asw:
+        by_name = {t.name: t for t in asw.tensors}
+        head = by_name.get("output.weight", by_name["token_embd.weight"])
+        patches = [(asw.preamble.data_offset + t.offset, int(np.prod(t.shape)), value)
+                   for t, value in ((by_name["output_norm.weight"], 2000.0), (head, 60.0))]
+    with open(broken, "r+b") as f:
+        for start, count, value in patches:
+            f.seek(start)
+            f.write(np.full(count, value, dtype=np.float16).tobytes())
+    for extra in ([], ["--eager"]):
+        result = run_cli("ascend-run", str(broken), "--backend", "aclnn", *extra, "-p", "Hello there", "--raw", "-n",
+                         "4", env=emu_env(emulator))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert re.search(r"logits of position \d+ are infinite|an infinite value in the .* logits", result.stderr), \
+            result.stderr

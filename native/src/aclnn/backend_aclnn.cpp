@@ -752,19 +752,22 @@ void read_floats(const aclnn_session &s, float *out, const void *dev, size_t n) 
 
 void check_finite(const float *v, size_t n, const char *what) {
     for (size_t i = 0; i < n; i++)
-        if (std::isnan(v[i]))
-            fail(ASW_ERR_NUMERIC, format("aclnn backend: NaN in the %s logits (index %zu)", what, i));
+        if (!std::isfinite(v[i])) /* NaN, or an infinity: a logit beyond the weight dtype's range overflowed */
+            fail(ASW_ERR_NUMERIC, format("aclnn backend: %s in the %s logits (index %zu)",
+                                         std::isnan(v[i]) ? "NaN" : "an infinite value", what, i));
 }
 
 /* The token of a step, refused when it is not a token: NaN logits (ArgMax then points at a NaN, whose value came
- * along) or an id outside the vocabulary. `pos` is the position the logits belong to. */
+ * along), an infinite logit at the argmax (the device holds logits in the weight dtype, so a logit beyond its range,
+ * or an overflowed activation, became inf and the index says nothing), or an id outside the vocabulary. `pos` is the
+ * position the logits belong to. */
 void check_token(const aclnn_session &s, const token_slot &slot, int32_t pos) {
     const uint16_t v = slot.logit;
-    const bool nan = s.m->dt == ACL_FLOAT16 ? ((v & 0x7c00u) == 0x7c00u && (v & 0x03ffu) != 0)
-                                            : ((v & 0x7f80u) == 0x7f80u && (v & 0x007fu) != 0);
-    if (nan)
-        fail(ASW_ERR_NUMERIC, format("the logits of position %d are NaN (the weights or the activations overflowed)",
-                                     (int)pos));
+    const bool f16 = s.m->dt == ACL_FLOAT16;
+    const uint16_t exponent = f16 ? 0x7c00u : 0x7f80u, mantissa = f16 ? 0x03ffu : 0x007fu;
+    if ((v & exponent) == exponent)
+        fail(ASW_ERR_NUMERIC, format("the logits of position %d are %s (the weights or the activations overflowed)",
+                                     (int)pos, (v & mantissa) != 0 ? "NaN" : "infinite"));
     if (slot.token < 0 || slot.token >= s.m->cfg.vocab)
         fail(ASW_ERR_NUMERIC, format("aclnn backend: the device produced token id %d outside [0, %d)",
                                      (int)slot.token, (int)s.m->cfg.vocab));
