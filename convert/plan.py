@@ -76,8 +76,8 @@ class _Resolved:
     """config.json read the way the arch's transformers config class reads it: an absent key takes the class
     default (and is recorded in `defaulted`); an explicit null stays null."""
 
-    def __init__(self, spec: ArchSpec, hf: dict[str, Any], where: str) -> None:
-        self.spec, self.hf, self.where = spec, hf, where
+    def __init__(self, spec: ArchSpec, hf: dict[str, Any], where: str, origin: str = "config.json") -> None:
+        self.spec, self.hf, self.where, self.origin = spec, hf, where, origin
         self.defaulted: list[str] = []
 
     def get(self, key: str) -> Any:
@@ -89,7 +89,7 @@ class _Resolved:
         return self.spec.hf_defaults[key]
 
     def refuse(self, problem: str) -> SourceError:
-        return SourceError(f"{self.where}: config.json {problem}")
+        return SourceError(f"{self.where}: {self.origin} {problem}")
 
     def integer(self, key: str, derived: int | None = None) -> int:
         value = self.get(key)
@@ -173,7 +173,7 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
     spec = ARCHS.get(name) if isinstance(name, str) else None
     if spec is None:
         raise SourceError(f"{where}: architecture {name!r} is not supported (supported: {supported()})")
-    cfg = _Resolved(spec, hf, where)
+    cfg = _Resolved(spec, hf, where, meta.config_origin)
     _check_runtime_computes(cfg)
     generation = meta.generation_config
     try:
@@ -204,11 +204,11 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
             "pad_token_id": _first(hf.get("pad_token_id"), _token_ids(cfg, generation, "pad_token_id")),
         }
     except KeyError as exc:
-        raise SourceError(f"{where}: config.json lacks {exc.args[0]!r}") from None
+        raise cfg.refuse(f"lacks {exc.args[0]!r}") from None
     try:
         fmt.check_config(Path(where), config)  # the reader's own rules, before any tensor is planned
     except fmt.FormatError as exc:
-        raise SourceError(f"config.json would give an invalid model: {exc}") from None
+        raise SourceError(f"{meta.config_origin} would give an invalid model: {exc}") from None
     return spec, config, sorted(set(cfg.defaulted))
 
 
@@ -249,13 +249,13 @@ def _settle_tied_output(source: Source, config: dict[str, Any], where: str) -> l
     return []
 
 
-def _check_all_consumed(spec: ArchSpec, available: dict[str, Any], used: set[str], where: str) -> None:
+def _check_all_consumed(spec: ArchSpec, available: dict[str, Any], used: set[str], where: str, origin: str) -> None:
     """Every source tensor is part of the model, or derived data the arch table names; else fail, naming it."""
     unused = [name for name in available if name not in used and spec.derived_reason(name) is None]
     if unused:
         more = f" (and {len(unused) - 3} more)" if len(unused) > 3 else ""
         raise SourceError(f"{where}: tensor(s) {', '.join(repr(n) for n in unused[:3])}{more} are not part of the "
-                          f"{spec.hf_architecture} model config.json describes; refusing to drop them")
+                          f"{spec.hf_architecture} model {origin} describes; refusing to drop them")
 
 
 def build_plan(source: Source, dtype: str, layout: str) -> Plan:
@@ -276,14 +276,15 @@ def build_plan(source: Source, dtype: str, layout: str) -> Plan:
             if info is None:
                 raise SourceError(f"{where}: tensor {part!r} is missing (needed for {name})")
             if info.shape != part_shape:
-                defaults = (f" (config.json lacks {', '.join(defaulted)}: {spec.hf_config_class} defaults were used)"
+                origin = source.meta.config_origin
+                defaults = (f" ({origin} lacks {', '.join(defaulted)}: {spec.hf_config_class} defaults were used)"
                             if defaulted else "")
                 raise SourceError(f"{where}: tensor {part!r} has shape {list(info.shape)}, expected "
-                                  f"{list(part_shape)} from config.json{defaults}")
+                                  f"{list(part_shape)} from {origin}{defaults}")
             source_nbytes += info.nbytes
             used.add(part)
         tensor_layout = fmt.tensor_layout(name, layout)
         planned.append(PlannedTensor(name, parts, shape, tensor_layout,
                                      fmt.tensor_nbytes(shape, dtype, tensor_layout), source_nbytes))
-    _check_all_consumed(spec, available, used, where)
+    _check_all_consumed(spec, available, used, where, source.meta.config_origin)
     return Plan(spec, config, defaulted, dtype, layout, tuple(planned))

@@ -455,3 +455,17 @@ def test_sentencepiece_vocab(tmp_path):
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
     for text in ("hello world", "the hello  world", "héllo wörld!", "hello\nworld"):
         assert tok.encode(text).ids == ref(text)["input_ids"], text
+
+
+def test_plan_refusals_name_the_gguf_metadata_not_config_json(tmp_path):
+    """A GGUF has no config.json: a refusal about the config it implies says where that config came from."""
+    from ascend_super.convert.pipeline import convert
+
+    p = tmp_path / "ffn.gguf"
+    write_gguf(p, "qwen2")
+    with GGUFSource(p) as src, pytest.raises(SourceError) as e:
+        src.meta.config["intermediate_size"] += 1  # as if the metadata's feed_forward_length disagreed with a tensor
+        convert(src, tmp_path / "out.asw", data_alignment=4096)
+    message = str(e.value)
+    assert "GGUF metadata" in message and "config.json" not in message, message
+    assert not (tmp_path / "out.asw").exists()

@@ -51,6 +51,7 @@ class SourceMeta:
     chat_template: str | None = None
     generation_config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # kind, id, revision, files: {name: hash}
+    config_origin: str = "config.json"  # what `config` was read from, as refusals name it
 
 
 class Source(Protocol):

@@ -28,8 +28,7 @@ import numpy as np
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 from .gguf_tokenizer import TokenizerBuildError, build_tokenizer, eos_ids
 
-import gguf
-from gguf import GGMLQuantizationType, GGUFReader, Keys, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
+from gguf import GGMLQuantizationType, GGUFReader, Keys, MODEL_TENSOR, TENSOR_NAMES
 from gguf.quants import dequantize as _dequantize
 
 GGUF_MAGIC = b"GGUF"
@@ -411,6 +410,7 @@ class GGUFSource:
             chat_template=template,
             generation_config=generation,
             provenance={"kind": "gguf", "id": self.path.name, "revision": None},
+            config_origin="the config taken from its GGUF metadata",
         )
 
     # -- the Source protocol ---------------------------------------------------------------------------------
