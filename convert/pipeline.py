@@ -49,7 +49,9 @@ def _row_blocks(source: Source, name: str, shape: tuple[int, ...]) -> Iterator[t
 
 
 def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: AswWriter,
-                   advance: Callable[[int], None], scratch: np.ndarray) -> None:
+                   advance: Callable[[int], None], scratch: list[np.ndarray]) -> None:
+    """Cast and write one tensor; ND row blocks alternate between the two `scratch` buffers (the writer thread
+    may still be writing the previous block)."""
     what = f"{source.path}: tensor {tensor.name}"
     if tensor.layout == "nz":
         parts = [to_u16(source.read_rows(part, 0, shape[0]), dtype, f"{what} (from {part})")
@@ -62,7 +64,8 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
         part_nbytes = source.tensors()[part].nbytes
         done = 0
         for start, stop in _row_blocks(source, part, shape):
-            block = to_u16(source.read_rows(part, start, stop), dtype, f"{what} (from {part})", scratch)
+            scratch.reverse()
+            block = to_u16(source.read_rows(part, start, stop), dtype, f"{what} (from {part})", scratch[0])
             writer.write(memoryview(np.ascontiguousarray(block)).cast("B"))
             step = part_nbytes * stop // shape[0] - done
             advance(step)
@@ -148,13 +151,17 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = AswWriter(out_path, data_alignment)
-    scratch = np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16)  # one row block's output, reused by every block
+    # two row blocks' output, reused by every block in turn
+    scratch = [np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16) for _ in range(2)]
     try:
         writer.reserve_manifest(manifest_nbytes)
+        hashes = []
         for tensor, entry in zip(plan.tensors, entries):
             writer.begin_tensor(tensor.name, entry["offset"])
             _stream_tensor(source, tensor, dtype, writer, advance, scratch)
-            entry["xxh3_64"] = writer.end_tensor()
+            hashes.append(writer.end_tensor())
+        for entry, digest in zip(entries, hashes):
+            entry["xxh3_64"] = digest.result()
         writer.finish(_manifest(plan, source, entries, source.file_hashes()))
     except BaseException:
         writer.abort()
