@@ -6,7 +6,9 @@ whatever the model size; NZ tensors are assembled whole (in u16) because FRACTAL
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +25,9 @@ from .plan import Plan, PlannedTensor, build_plan
 from .sources.base import Source, SourceError
 from .writer import AswWriter
 
-BLOCK_BYTES = 64 * 1024 * 1024  # source bytes (as float32) per row block
+# source bytes (as float32) per row block: 16 MiB measured less system time than 64 (fewer fresh pages faulted in
+# per block) and keeps the converter's peak RSS near 115 MB
+BLOCK_BYTES = 16 * 1024 * 1024
 TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]  # what every `ascend-run` chat prompt renders
 
 
@@ -70,6 +74,21 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
             step = part_nbytes * stop // shape[0] - done
             advance(step)
             done += step
+
+
+def _in_background(job: Callable[[], Any]) -> Future[Any]:
+    """job() on a daemon thread: an interrupted conversion exits without waiting for it."""
+    result: Future[Any] = Future()
+
+    def run() -> None:
+        if result.set_running_or_notify_cancel():
+            try:
+                result.set_result(job())
+            except BaseException as exc:  # handed to whoever waits for the result
+                result.set_exception(exc)
+
+    threading.Thread(target=run, name="source-hashes", daemon=True).start()
+    return result
 
 
 def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_hashes: dict[str, str]) -> dict[str, Any]:
@@ -155,6 +174,8 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
     scratch = [np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16) for _ in range(2)]
     try:
         writer.reserve_manifest(manifest_nbytes)
+        # the source files are hashed while the tensors stream (the hash thread reads ahead of them from disk)
+        source_hashes = _in_background(source.file_hashes)
         hashes = []
         for tensor, entry in zip(plan.tensors, entries):
             writer.begin_tensor(tensor.name, entry["offset"])
@@ -162,7 +183,7 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
             hashes.append(writer.end_tensor())
         for entry, digest in zip(entries, hashes):
             entry["xxh3_64"] = digest.result()
-        writer.finish(_manifest(plan, source, entries, source.file_hashes()))
+        writer.finish(_manifest(plan, source, entries, source_hashes.result()))
     except BaseException:
         writer.abort()
         raise

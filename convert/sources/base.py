@@ -75,7 +75,8 @@ class Source(Protocol):
         ...
 
     def file_hashes(self) -> dict[str, str]:
-        """xxh3_64 hex digest of every source file, by file name (computed after the tensors were read)."""
+        """xxh3_64 hex digest of every source file, by file name. Called on a thread of its own while the tensors
+        are read, so it must only read the files."""
         ...
 
     def close(self) -> None: ...
