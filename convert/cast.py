@@ -14,11 +14,12 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def to_u16(array: np.ndarray, dtype: str, what: str, scratch: np.ndarray | None = None) -> np.ndarray:
-    """`array` (float32/float16/float64, or bfloat16 as ml_dtypes' type or BF16_BITS) cast to fp16 or bf16, returned as uint16 bits (round to nearest
-    even, in the native library's SIMD kernels). fp16: values that round beyond ±65504 raise SourceError naming
-    `what`, and so do NaN or infinite source values (a model holding them is broken). A source already in the
-    target dtype comes out bit for bit (the f32 round trip is exact). `scratch` (uint16, at least array.size
-    elements) is reused for the result when given: fresh memory costs a page fault per 4 KiB."""
+    """`array` (float32/float16/float64, or bfloat16 as ml_dtypes' type or BF16_BITS) cast to fp16 or bf16,
+    returned as uint16 bits (round to nearest even, in the native library's SIMD kernels). fp16: values that round
+    beyond ±65504 raise SourceError naming `what`, and so do NaN or infinite source values (a model holding them
+    is broken). A source already in the target dtype comes out bit for bit (the f32 round trip is exact). `scratch`
+    (uint16, at least array.size elements) is reused for the result when given: fresh memory costs a page fault
+    per 4 KiB."""
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     if array.dtype not in (np.float32, np.float16, BF16_BITS) and array.dtype.name != "bfloat16":

@@ -1,7 +1,8 @@
 """One conversion, start to finish: plan → stream every tensor (cast, fuse, lay out) → manifest → atomic rename.
 
-Memory: ND tensors are streamed in row blocks of about BLOCK_BYTES, so peak memory is one block plus its cast,
-whatever the model size; NZ tensors are assembled whole (in u16) because FRACTAL_NZ interleaves rows.
+Memory: ND tensors are streamed in row blocks of about BLOCK_BYTES, so peak memory is one block plus two casts (the
+writer thread writes one while the next is cast), whatever the model size; NZ tensors are assembled whole (in u16)
+because FRACTAL_NZ interleaves rows.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from .plan import Plan, PlannedTensor, build_plan
 from .sources.base import Source, SourceError
 from .writer import AswWriter
 
-# source bytes (as float32) per row block: 16 MiB measured less system time than 64 (fewer fresh pages faulted in
-# per block) and keeps the converter's peak RSS near 115 MB
+# source bytes (as float32) per row block: 16 MiB measured less system time than 64 and keeps the converter's peak
+# RSS under 100 MB
 BLOCK_BYTES = 16 * 1024 * 1024
 TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]  # what every `ascend-run` chat prompt renders
 

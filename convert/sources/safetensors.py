@@ -2,9 +2,9 @@
 
 safetensors' `safe_open` validates every shard and names its tensors, shapes and dtypes; the bytes of one tensor or
 one row block are then mapped on their own at the offsets the shard's header gives, so the converter never holds
-more than one block of the model in memory and never copies the bytes out of the page cache. bfloat16 tensors come back as
-`BF16_BITS` arrays (their raw bits; numpy has no native bf16, and importing ml_dtypes for one costs about a second
-under numpy 2.4, a sixth of a whole conversion).
+more than one block of the model in memory and never copies the bytes out of the page cache. bfloat16 tensors
+come back as `BF16_BITS` arrays (their raw bits; numpy has no native bf16, and importing ml_dtypes for one costs
+about a second under numpy 2.4, a sixth of a whole conversion).
 """
 
 from __future__ import annotations
