@@ -3,11 +3,10 @@ re-laying matrices out as FRACTAL_NZ."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from ascend_super.runtime import format as fmt
-from ascend_super.runtime.native import cast_u16
+from ascend_super.runtime.native import BF16_BITS, cast_u16
 
 from .sources.base import SourceError
 
@@ -15,25 +14,33 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def to_u16(array: np.ndarray, dtype: str, what: str, scratch: np.ndarray | None = None) -> np.ndarray:
-    """`array` (float32/float16/bfloat16/float64) cast to fp16 or bf16, returned as uint16 bits (round to nearest
-    even, in the native library's SIMD kernels). fp16: values that round beyond ±65504 raise SourceError naming
-    `what`, and so do NaN or infinite source values (a model holding them is broken). A source already in the
-    target dtype comes out bit for bit (the f32 round trip is exact). `scratch` (uint16, at least array.size
-    elements) is reused for the result when given: fresh memory costs a page fault per 4 KiB."""
+    """`array` (float32/float16/float64, or bfloat16 as ml_dtypes' type or BF16_BITS) cast to fp16 or bf16,
+    returned as uint16 bits (round to nearest even, in the native library's SIMD kernels). fp16: values that round
+    beyond ±65504 raise SourceError naming `what`, and so do NaN or infinite source values (a model holding them
+    is broken). A source already in the target dtype comes out bit for bit (the f32 round trip is exact). `scratch`
+    (uint16, at least array.size elements) is reused for the result when given: fresh memory costs a page fault
+    per 4 KiB."""
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    if array.dtype not in (np.float32, np.float16, ml_dtypes.bfloat16):
+    if array.dtype not in (np.float32, np.float16, BF16_BITS) and array.dtype.name != "bfloat16":
         raise SourceError(f"{what}: unsupported source dtype {array.dtype}")
     out = scratch[: array.size].reshape(array.shape) if scratch is not None and scratch.size >= array.size else None
     bits, overflow, nonfinite = cast_u16(array, dtype, out)
     if nonfinite:
         raise SourceError(f"{what}: {nonfinite} value(s) are NaN or infinite; the source weights are corrupt")
     if overflow:
-        wide = array.astype(np.float32)
+        wide = _widen(array)
         worst = float(np.abs(wide[np.isfinite(wide)]).max())
         raise SourceError(f"{what}: {overflow} value(s) exceed the fp16 range (largest |x| = {worst:.6g} > "
                           f"{FP16_MAX:g}); convert with --dtype bf16")
     return bits
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """The source values as float32 (exact), for error messages."""
+    if array.dtype == BF16_BITS:
+        return (np.ascontiguousarray(array).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32)
 
 
 def to_nz(matrix: np.ndarray) -> np.ndarray:

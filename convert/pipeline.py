@@ -1,12 +1,15 @@
 """One conversion, start to finish: plan → stream every tensor (cast, fuse, lay out) → manifest → atomic rename.
 
-Memory: ND tensors are streamed in row blocks of about BLOCK_BYTES, so peak memory is one block plus its cast,
-whatever the model size; NZ tensors are assembled whole (in u16) because FRACTAL_NZ interleaves rows.
+Memory: ND tensors are streamed in row blocks of about BLOCK_BYTES, so peak memory is one block plus two casts (the
+writer thread writes one while the next is cast), whatever the model size; NZ tensors are assembled whole (in u16)
+because FRACTAL_NZ interleaves rows.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +26,9 @@ from .plan import Plan, PlannedTensor, build_plan
 from .sources.base import Source, SourceError
 from .writer import AswWriter
 
-BLOCK_BYTES = 64 * 1024 * 1024  # source bytes (as float32) per row block
+# source bytes (as float32) per row block: 16 MiB measured less system time than 64 and keeps the converter's peak
+# RSS under 100 MB
+BLOCK_BYTES = 16 * 1024 * 1024
 TEMPLATE_PROBE = [{"role": "user", "content": "Hello"}]  # what every `ascend-run` chat prompt renders
 
 
@@ -49,7 +54,9 @@ def _row_blocks(source: Source, name: str, shape: tuple[int, ...]) -> Iterator[t
 
 
 def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: AswWriter,
-                   advance: Callable[[int], None], scratch: np.ndarray) -> None:
+                   advance: Callable[[int], None], scratch: list[np.ndarray]) -> None:
+    """Cast and write one tensor; ND row blocks alternate between the two `scratch` buffers (the writer thread
+    may still be writing the previous block)."""
     what = f"{source.path}: tensor {tensor.name}"
     if tensor.layout == "nz":
         parts = [to_u16(source.read_rows(part, 0, shape[0]), dtype, f"{what} (from {part})")
@@ -62,11 +69,27 @@ def _stream_tensor(source: Source, tensor: PlannedTensor, dtype: str, writer: As
         part_nbytes = source.tensors()[part].nbytes
         done = 0
         for start, stop in _row_blocks(source, part, shape):
-            block = to_u16(source.read_rows(part, start, stop), dtype, f"{what} (from {part})", scratch)
+            scratch.reverse()
+            block = to_u16(source.read_rows(part, start, stop), dtype, f"{what} (from {part})", scratch[0])
             writer.write(memoryview(np.ascontiguousarray(block)).cast("B"))
             step = part_nbytes * stop // shape[0] - done
             advance(step)
             done += step
+
+
+def _in_background(job: Callable[[], Any]) -> Future[Any]:
+    """job() on a daemon thread: an interrupted conversion exits without waiting for it."""
+    result: Future[Any] = Future()
+
+    def run() -> None:
+        if result.set_running_or_notify_cancel():
+            try:
+                result.set_result(job())
+            except BaseException as exc:  # handed to whoever waits for the result
+                result.set_exception(exc)
+
+    threading.Thread(target=run, name="source-hashes", daemon=True).start()
+    return result
 
 
 def _manifest(plan: Plan, source: Source, entries: list[dict[str, Any]], file_hashes: dict[str, str]) -> dict[str, Any]:
@@ -148,14 +171,20 @@ def convert(source: Source, out_path: Path, dtype: str = "fp16", layout: str = "
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = AswWriter(out_path, data_alignment)
-    scratch = np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16)  # one row block's output, reused by every block
+    # two row blocks' output, reused by every block in turn
+    scratch = [np.empty(BLOCK_BYTES // 4 + 1, dtype=np.uint16) for _ in range(2)]
     try:
         writer.reserve_manifest(manifest_nbytes)
+        # the source files are hashed while the tensors stream (the hash thread reads ahead of them from disk)
+        source_hashes = _in_background(source.file_hashes)
+        hashes = []
         for tensor, entry in zip(plan.tensors, entries):
             writer.begin_tensor(tensor.name, entry["offset"])
             _stream_tensor(source, tensor, dtype, writer, advance, scratch)
-            entry["xxh3_64"] = writer.end_tensor()
-        writer.finish(_manifest(plan, source, entries, source.file_hashes()))
+            hashes.append(writer.end_tensor())
+        for entry, digest in zip(entries, hashes):
+            entry["xxh3_64"] = digest.result()
+        writer.finish(_manifest(plan, source, entries, source_hashes.result()))
     except BaseException:
         writer.abort()
         raise

@@ -3,17 +3,23 @@
     writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<pid> next to OUT (and removes the
                                                          # OUT.asw.tmp-<pid> files of processes that no longer exist)
     writer.reserve_manifest(nbytes)                      # size of the final manifest (hashes are fixed-length)
-    writer.begin_tensor(name, offset); writer.write(chunk)...; writer.end_tensor() -> xxh3 hex   (in file order)
+    writer.begin_tensor(name, offset); writer.write(chunk)...; writer.end_tensor() -> Future of the xxh3 hex
+                                                         # (in file order)
     writer.finish(manifest)                              # preamble + manifest, fsync, rename over OUT
     writer.abort()                                       # on any error: the temporary file is removed
 
-Out-of-order calls raise; nothing ever appears at OUT unless finish() succeeded. Byte layout comes from
-runtime/format.py.
+Writing and hashing run on one background thread, in call order, so the caller reads and casts the next block
+while this one goes to the page cache (a write can block for seconds when the kernel throttles dirty pages). A
+chunk given to write() must stay unchanged until the next write() returns: callers alternate two buffers. An error
+of the background thread (a full disk) is raised by the next call. Out-of-order calls raise; nothing ever appears
+at OUT unless finish() succeeded. Byte layout comes from runtime/format.py.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -73,6 +79,8 @@ class AswWriter:
         self.tmp_path = _temporary_name(out_path, os.getpid())
         self.data_alignment = data_alignment
         self._file: BinaryIO | None = open(self.tmp_path, "wb")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asw-writer")
+        self._in_flight: deque[Future[None]] = deque()  # writes submitted and perhaps not done yet
         self._state = "new"
         self._manifest_nbytes = 0
         self._data_offset = 0
@@ -96,25 +104,42 @@ class AswWriter:
         handle = self._expect("data")
         if offset < self._cursor:
             raise WriterStateError(f"tensor {name} at {offset} precedes the write cursor {self._cursor}")
-        handle.write(b"\0" * (offset - self._cursor))
+        if offset > self._cursor:
+            self._submit(handle.write, b"\0" * (offset - self._cursor))
         self._cursor = offset
         self._hasher = xxhash.xxh3_64()
         self._tensor_name = name
         self._state = "tensor"
 
+    def _submit(self, job: Any, chunk: bytes | memoryview) -> None:
+        """Queue job(chunk) on the writer thread; return once every job before it is done (raising its error)."""
+        self._in_flight.append(self._worker.submit(job, chunk))
+        while len(self._in_flight) > 1:
+            self._in_flight.popleft().result()
+
     def write(self, chunk: bytes | memoryview) -> None:
-        handle = self._expect("tensor")
-        handle.write(chunk)
-        self._hasher.update(chunk)
+        handle, hasher = self._expect("tensor"), self._hasher
+
+        def write_and_hash(data: bytes | memoryview) -> None:
+            handle.write(data)
+            hasher.update(data)
+
+        self._submit(write_and_hash, chunk)
         self._cursor += len(chunk)
 
-    def end_tensor(self) -> str:
+    def end_tensor(self) -> Future[str]:
+        """The tensor's xxh3_64 hex digest, once the writer thread has hashed every chunk of it."""
         self._expect("tensor")
         self._state = "data"
-        return self._hasher.hexdigest()
+        return self._worker.submit(self._hasher.hexdigest)
 
     def finish(self, manifest: dict[str, Any]) -> None:
         handle = self._expect("data")
+        self._worker.submit(lambda: None).result()  # every write before it is done
+        for done in self._in_flight:
+            done.result()  # raises what a write raised
+        self._in_flight.clear()
+        self._worker.shutdown()
         packed = fmt.pack_manifest(manifest)
         if len(packed) != self._manifest_nbytes:
             raise WriterStateError(f"manifest is {len(packed)} bytes, {self._manifest_nbytes} were reserved")
@@ -136,6 +161,8 @@ class AswWriter:
         self._state = "done"
 
     def abort(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)  # at most the write in progress completes
+        self._in_flight.clear()
         if self._file is not None:
             self._file.close()
             self._file = None

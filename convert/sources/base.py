@@ -8,6 +8,8 @@ read one at a time. The planner never knows which kind of source it reads.
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,12 +20,25 @@ import xxhash
 HASH_CHUNK = 16 * 1024 * 1024
 
 
+def map_range(fd: int, offset: int, nbytes: int) -> tuple[mmap.mmap, int]:
+    """A read-only, pre-faulted map of bytes [offset, offset + nbytes) (nbytes > 0) of the open file `fd`, and
+    where `offset` lies in it. The bytes are read from the page cache in place, where read/pread would copy each
+    one (that copy was a third of a conversion's CPU time). The map goes when its last view goes, so the process
+    keeps only what it is working on resident."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, offset + nbytes - start, flags=flags, prot=mmap.PROT_READ, offset=start), offset - start
+
+
 def file_xxh3(path: Path) -> str:
-    """xxh3_64 hex digest of a whole file, read in chunks."""
+    """xxh3_64 hex digest of a whole file, mapped in chunks."""
     hasher = xxhash.xxh3_64()
     with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            hasher.update(chunk)
+        size = os.fstat(handle.fileno()).st_size
+        for offset in range(0, size, HASH_CHUNK):  # HASH_CHUNK is a multiple of the page size: each map starts at 0
+            window, _ = map_range(handle.fileno(), offset, min(HASH_CHUNK, size - offset))
+            with window:
+                hasher.update(window)
     return hasher.hexdigest()
 
 
@@ -76,7 +91,8 @@ class Source(Protocol):
         ...
 
     def file_hashes(self) -> dict[str, str]:
-        """xxh3_64 hex digest of every source file, by file name (computed after the tensors were read)."""
+        """xxh3_64 hex digest of every source file, by file name. Called on a thread of its own while the tensors
+        are read, so it must only read the files."""
         ...
 
     def close(self) -> None: ...

@@ -20,6 +20,20 @@ static int is_finite_f32(float f) {
     return (bits & 0x7f800000u) != 0x7f800000u;
 }
 
+/* the counts below are plain int32 loops over one block so that the compiler vectorizes them: they cost more
+ * than the cast itself when written per element over mixed widths */
+static int32_t count_nonfinite(const float *values, int32_t n) {
+    int32_t count = 0;
+    for (int32_t i = 0; i < n; i++) count += !is_finite_f32(values[i]);
+    return count;
+}
+
+static int32_t count_f16_inf(const uint16_t *h, int32_t n) {
+    int32_t count = 0;
+    for (int32_t i = 0; i < n; i++) count += (h[i] & 0x7fffu) == 0x7c00u;
+    return count;
+}
+
 int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype, int64_t n, int64_t *nonfinite) {
     if (src == NULL || dst == NULL || nonfinite == NULL || n < 0) {
         asw_set_error("asw_cast: NULL buffer or negative count");
@@ -51,8 +65,11 @@ int64_t asw_cast(const void *src, int32_t src_type, uint16_t *dst, int32_t dtype
                       (const uint16_t *)src + start, count);
         }
         k->from_f32(dtype, dst + start, values, count);
-        for (int64_t i = 0; i < count; i++) bad += !is_finite_f32(values[i]);
-        if (dtype == ASW_DTYPE_F16) {
+        int32_t block_bad = count_nonfinite(values, (int32_t)count);
+        bad += block_bad;
+        if (dtype == ASW_DTYPE_F16 && block_bad == 0) {
+            overflow += count_f16_inf(dst + start, (int32_t)count); /* every source value finite: each inf overflowed */
+        } else if (dtype == ASW_DTYPE_F16) {
             for (int64_t i = 0; i < count; i++)
                 overflow += ((dst[start + i] & 0x7fffu) == 0x7c00u) & is_finite_f32(values[i]);
         }

@@ -3,7 +3,7 @@
  * Decode (nt = 1) is a GEMV that walks the rows one after another with four independent accumulators, so the
  * weights stream sequentially from memory (the bound at one token). Prefill (nt > 1) is a register-blocked
  * dot-product GEMM: R weight rows x T tokens of 8-lane f32 accumulators, each weight vector converted once
- * (vcvtph2ps for fp16, zero-extend + shift for bf16) and reused across T tokens, with the inner dimension in
+ * (vcvtph2ps for fp16, one byte shuffle for bf16) and reused across T tokens, with the inner dimension in
  * blocks of KC so the token tile stays in L2.
  */
 #include "asw.h"
@@ -17,10 +17,14 @@
 
 enum { R = 3, T = 3, KC = 1024 }; /* 9 accumulators + 3 weights + 1 token vector: no spills in 16 ymm */
 
+/* bf16: the 8 values are loaded into both 128-bit lanes (a plain load) and one byte shuffle puts word j of lane
+ * j / 4 into the high half of dword j, zeroing the low halves (zero-extend + shift took two uops) */
 INL __m256 ld8(int dt, const uint16_t *p) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    if (dt == ASW_DTYPE_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    if (dt == ASW_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    const __m256i to_high = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                             -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(both, to_high));
 }
 
 INL float hsum8(__m256 v) {
