@@ -65,6 +65,22 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, and a dropped ssh session
+SOURCE_BUS_ERROR_EXIT = 2
+
+
+def guard_source_mappings(out_path: Path) -> bool:
+    """The sources are read through mappings (convert/sources): a source file truncated or rewritten while it is
+    read raises SIGBUS inside numpy, where Python cannot catch it ("Bus error (core dumped)"). Process-wide, so only
+    the console script installs it: any bus error then prints one line and exits with status 2; the unfinished
+    output stays a temporary file that the next conversion removes. False where the guard is unavailable."""
+    from ascend_super.runtime.native import NativeError, exit_on_sigbus
+
+    message = (f"error: a source file was truncated or overwritten while being converted (bus error reading its "
+               f"mapping); nothing was written to {out_path}\n")
+    try:
+        return exit_on_sigbus(1, 2**64 - 2, message.encode("utf-8", "replace")[:1000], SOURCE_BUS_ERROR_EXIT)
+    except NativeError:  # no native library here: the default action stays
+        return False
 
 
 @app.command()
@@ -109,6 +125,7 @@ def run(
 
     for signum in TERMINATING_SIGNALS:  # clean up like Ctrl-C: no partial file is left
         signal.signal(signum, _terminate)
+    guard_source_mappings(out_path)
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
                         disable=not console.is_terminal)

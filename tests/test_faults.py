@@ -419,3 +419,24 @@ def test_truncated_while_running_exits_with_one_line_naming_the_file(tmp_path: P
     assert proc.returncode == 2, err
     assert f"error: {path}: the file was truncated or overwritten while in use" in err
     assert "Traceback" not in err and "Fatal Python error" not in err
+
+
+def test_a_source_truncated_under_the_converter_exits_with_one_line(tmp_path: Path) -> None:
+    """The converter reads sources through mappings; its console script's guard turns the SIGBUS of a source that
+    shrank under it into one line and status 2 (here: a mapped file truncated, then read, as numpy would)."""
+    source = tmp_path / "shrinking.safetensors"
+    source.write_bytes(b"\1" * (1 << 20))
+    code = ("import mmap, os, sys\n"
+            "from pathlib import Path\n"
+            "from ascend_super.convert.cli import guard_source_mappings\n"
+            "assert guard_source_mappings(Path(sys.argv[2]))\n"
+            "f = open(sys.argv[1], 'rb')\n"
+            "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+            "os.truncate(sys.argv[1], 0)\n"
+            "print(sum(m[4096 * 100:4096 * 101]))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(source), str(tmp_path / "out.asw")],
+                            capture_output=True, timeout=HANG_GUARD_S)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err == (f"error: a source file was truncated or overwritten while being converted (bus error reading "
+                   f"its mapping); nothing was written to {tmp_path / 'out.asw'}\n")
