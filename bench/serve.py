@@ -20,8 +20,9 @@ penalty) and note the arrival time of every chunk. Rounds interleave the servers
 per server and c (median over --rounds rounds, one untimed warm-up each):
   aggregate tok/s  all streams' generated tokens / (last stream's end - first request's start)
   per-stream tok/s  aggregate / c
-  decode tok/s      the steady state: chunks that arrived after every stream had its first one, over that time
-                    (no prefill inside; for c = 1 the stream's own decode rate)
+  decode tok/s      the steady state with all c streams running: the chunks that arrived after every stream had
+                    its first one and before the first stream ended, over that time (for c = 1 the stream's own
+                    decode rate; none when the streams never all ran at once)
   ITL p50 / p99     over every gap between two consecutive chunks of one stream, all streams pooled
   TTFT median       request start to its first chunk
   concurrent        share of chunks that arrived while another stream of the round was between its first and last
@@ -43,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -128,13 +130,13 @@ def one_round(target: Target, c: int, new: int) -> dict[str, float]:
     end = max(r[1][-1] for r in records)
     gaps = [b - a for r in records for a, b in zip(r[1], r[1][1:])]
     quantiles = statistics.quantiles(gaps, n=100) if len(gaps) > 1 else [gaps[0]] * 99
-    all_started = max(r[1][0] for r in records)
-    decoded = sum(1 for r in records for t in r[1] if t > all_started)
+    all_started, first_done = max(r[1][0] for r in records), min(r[1][-1] for r in records)
+    decoded = sum(1 for r in records for t in r[1] if all_started < t <= first_done)
     spans = [(r[1][0], r[1][-1]) for r in records]
     overlapping = sum(1 for i, r in enumerate(records) for t in r[1]
                       if any(lo < t < hi for j, (lo, hi) in enumerate(spans) if j != i))
     return {"aggregate": sum(r[2] for r in records) / (end - start),
-            "decode": decoded / (end - all_started) if end > all_started else float("nan"),
+            "decode": decoded / (first_done - all_started) if first_done > all_started else float("nan"),
             "itl_p50": statistics.median(gaps), "itl_p99": quantiles[98],
             "ttft": statistics.median(r[1][0] - r[0] for r in records),
             "tokens": sum(r[2] for r in records),
@@ -199,6 +201,11 @@ def letters_prompts(rng, count: int, length: int) -> list[str]:
     return ["".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, length)) for _ in range(count)]
 
 
+def rate(value: float, unit: str = "", digits: int = 1) -> str:
+    """`value` for a table, or – when it was not measurable (NaN)."""
+    return "–" if math.isnan(value) else f"{value:.{digits}f}{unit}"
+
+
 def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]], meta: dict[str, Any],
                   targets: list[tuple[str, float, float, bool]]) -> str:
     levels = sorted({c for per in summary.values() for c in per})
@@ -217,11 +224,13 @@ def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]]
         for c in levels:
             m = per[c]
             versus = (f"{m['aggregate'] / summary[LLAMA][c]['aggregate']:.2f}×" if LLAMA in summary else "–")
-            lines.append(f"| {name} | {c} | {m['aggregate']:.1f} | {m['aggregate'] / c:.1f} | {m['decode']:.1f} | "
+            lines.append(f"| {name} | {c} | {m['aggregate']:.1f} | {m['aggregate'] / c:.1f} | {rate(m['decode'])} | "
                          f"{m['itl_p50'] * 1e3:.1f} | {m['itl_p99'] * 1e3:.1f} | {m['ttft'] * 1e3:.0f} | "
-                         f"{m['concurrent'] * 100:.0f} % | {m['decode'] / per[levels[0]]['decode']:.2f}× | {versus} |")
+                         f"{m['concurrent'] * 100:.0f} % | {rate(m['decode'] / per[levels[0]]['decode'], '×', 2)} | "
+                         f"{versus} |")
     lines += ["", "Aggregate: all streams' tokens over first request to last chunk (prefill included). Decode: the chunks "
-              "that arrived after every stream had its first one, over that time. Concurrent chunks: the share of a "
+              "that arrived while every stream was running (after each had its first chunk, before the first one "
+              "ended), over that time; – when the streams never all ran at once. Concurrent chunks: the share of a "
               "run's chunks that arrived while another stream was between its first and last chunk (0 %: the server "
               "served the streams one after another).", "",
               "Targets (issue 11 §3):", ""]
@@ -306,9 +315,13 @@ def main() -> int:
                           f"load {loads[-1]:.1f}")
                     results[name][c].append(measured)
 
-    summary = {name: {c: {key: C.median([r[key] for r in runs]) for key in runs[0]} for c, runs in per.items()}
+    def median(values: list[float]) -> float:  # over the rounds that measured it
+        kept = [v for v in values if not math.isnan(v)]
+        return C.median(kept) if kept else float("nan")
+
+    summary = {name: {c: {key: median([r[key] for r in runs]) for key in runs[0]} for c, runs in per.items()}
                for name, per in results.items()}
-    rows = [[name, c, f"{m['aggregate']:.1f}", f"{m['aggregate'] / c:.1f}", f"{m['decode']:.1f}",
+    rows = [[name, c, f"{m['aggregate']:.1f}", f"{m['aggregate'] / c:.1f}", rate(m['decode']),
              f"{m['itl_p50'] * 1000:.1f}", f"{m['itl_p99'] * 1000:.1f}", f"{m['ttft'] * 1000:.0f}",
              f"{m['concurrent'] * 100:.0f} %"] for name, per in summary.items() for c, m in per.items()]
     print(C.table(["server", "streams", "aggregate tok/s", "per stream", "decode tok/s", "ITL p50 ms", "ITL p99 ms",
