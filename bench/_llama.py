@@ -99,17 +99,18 @@ def _require_installed() -> str:
     return version
 
 
-def ensure_gguf_from_hf(checkpoint: Path, outtype: str, no_vocab: bool) -> Path:
-    """`checkpoint` converted by llama.cpp's convert_hf_to_gguf.py to `outtype` (f16 | bf16), cached."""
+def ensure_gguf_from_hf(checkpoint: Path, outtype: str, no_vocab: bool, byte_vocab: bool = False) -> Path:
+    """`checkpoint` converted by llama.cpp's convert_hf_to_gguf.py to `outtype` (f16 | bf16), cached; no_vocab /
+    byte_vocab: the vocabulary written instead of the checkpoint's (see bench/hf_to_gguf.py)."""
     version = _require_installed()
-    out = C.CACHE / f"{checkpoint.name}-{outtype}-llamacpp{version}.gguf"
+    out = C.CACHE / f"{checkpoint.name}-{outtype}-llamacpp{version}{'-bytevocab' if byte_vocab else ''}.gguf"
     if out.is_file():
         return out
     tools = converter_dir(version)
     C.log(f"llama.cpp convert_hf_to_gguf.py -> {out.name} ...")
     tmp = out.with_name(out.name + ".tmp")
     cmd = [sys.executable, str(Path(__file__).with_name("hf_to_gguf.py")), str(tools), str(checkpoint),
-           "--outfile", str(tmp), "--outtype", outtype] + (["--no-vocab"] if no_vocab else [])
+           "--outfile", str(tmp), "--outtype", outtype] + (["--no-vocab"] if no_vocab else []) + (["--byte-vocab"] if byte_vocab else [])
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if done.returncode != 0 or not tmp.is_file():
         tail = "\n".join(done.stdout.decode(errors="replace").splitlines()[-15:])

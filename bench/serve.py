@@ -1,43 +1,82 @@
-"""Aggregate output tok/s and inter-token latency of `ascend-serve` at 1, 2, 4 and 8 concurrent streams.
+"""Aggregate output tok/s and inter-token latency of `ascend-serve` at 1, 2, 4 and 8 concurrent streams, side by side
+with llama.cpp's server (llama-cpp-python's `llama_cpp.server`) on the same weights, in the same run.
 
     .venv/bin/python bench/serve.py [--streams 1,2,4,8] [--prompt 32] [--new 64] [--threads N] [--rounds 3]
-                                    [--peer URL --peer-model NAME]
+                                    [--no-llama] [--peer URL --peer-model NAME] [--out DIR]
 
 Model: the Qwen2-0.5B-shape random checkpoint of bench/_common.py with a WordLevel tokenizer that covers the whole
 vocabulary (every generated token is text, so every token is one SSE chunk), converted once to fp16 .asw (cached).
+llama.cpp gets the same weights as an F16 GGUF written by llama.cpp's own convert_hf_to_gguf.py (bench/_llama.py)
+with a byte-level vocabulary (bench/hf_to_gguf.py --byte-vocab: its server takes text, and that vocabulary makes a
+prompt of n letters n tokens and every generated id one chunk of text).
 
-What is measured: the server runs in a subprocess (`--max-batch 8`, `--threads`); for each concurrency c, c client
-threads each send one streamed /v1/completions request at the same moment (a random prompt of `--prompt` token ids,
-seed = stream index, `--new` tokens, greedy, eos ignored by the random weights in practice) through the openai client,
-and note the arrival time of every chunk. Reported per c (median over --rounds rounds, one untimed warm-up):
+What is measured: each server runs in a subprocess with `--threads` CPU threads; ascend-serve with `--max-batch`
+the largest concurrency, llama_cpp.server with `n_threads` = `n_threads_batch` = --threads, `interrupt_requests`
+off (else a waiting request cuts the running stream short) and, where its settings have `n_parallel`, that many
+slots and n_ctx = slots x the per-stream context. For each concurrency c, c client threads each send one streamed
+/v1/completions request at the same moment through the openai client (ascend-serve: `--prompt` random token ids,
+llama.cpp: `--prompt` random letters, the same count of tokens; `--new` tokens, temperature 0, no repetition
+penalty) and note the arrival time of every chunk. Rounds interleave the servers (the order alternates). Reported
+per server and c (median over --rounds rounds, one untimed warm-up each):
   aggregate tok/s  all streams' generated tokens / (last stream's end - first request's start)
   per-stream tok/s  aggregate / c
+  decode tok/s      the steady state with all c streams running: the chunks that arrived after every stream had
+                    its first one and before the first stream ended, over that time (for c = 1 the stream's own
+                    decode rate; none when the streams never all ran at once)
   ITL p50 / p99     over every gap between two consecutive chunks of one stream, all streams pooled
   TTFT median       request start to its first chunk
-Target (issue 11): aggregate at 8 streams >= 4x the single-stream rate.
+  concurrent        share of chunks that arrived while another stream of the round was between its first and last
+                    chunk: near 1 when a server interleaves the streams, 0 when it serves them one after another
+Targets (issue 11): ascend-serve's aggregate decode rate at 8 streams >= 4x its single-stream decode rate, and its
+aggregate tok/s ahead of llama.cpp's server at every concurrency. Writes bench/results/serve.{md,json} (--out: another folder) and prints the table and
+the targets PASS / FAIL.
 
---peer URL runs the same clients against another OpenAI-compatible server holding the same weights (for example
-llama.cpp's server on an F16 GGUF of the checkpoint; start it yourself), named --peer-model, in the same rounds.
-Exit status 0 whatever the result (a report, not a test).
+llama-cpp-python 0.3.36's server has no `n_parallel`: it holds one llama.cpp context behind a lock
+(llama_cpp/server/app.py: `llama_outer_lock`, `llama_inner_lock`), so concurrent requests run one after another;
+this benchmark measures that as it is and says so in the results.
+
+--no-llama skips llama.cpp's server; --peer URL adds any other OpenAI-compatible server with the same weights
+(named --peer-model; it gets the token-id prompts). Exit status 0 whatever the result (a report, not a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-TARGET = 4.0
+TARGET = 4.0  # aggregate decode tok/s at 8 streams / 1 stream
+RESULTS = Path(__file__).resolve().parent / "results"
+LLAMA = "llama.cpp server"
+OURS = "ascend-serve"
+START_TIMEOUT_S = 600  # loading a 1 GB GGUF on 2 busy cores
+
+
+@dataclass
+class Target:
+    """One server under test: its openai client, the model name it expects, its prompts, extra request fields."""
+
+    client: Any
+    model: str
+    prompts: list
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def full_vocab_checkpoint(base: Path) -> Path:
@@ -66,99 +105,261 @@ def full_vocab_checkpoint(base: Path) -> Path:
     return directory
 
 
-def one_round(client, model: str, prompts: list[list[int]], new: int) -> dict[str, float]:
-    """c = len(prompts) concurrent streams; returns aggregate tok/s, ITL p50/p99 (s) and TTFT median (s)."""
-    barrier = threading.Barrier(len(prompts))
+def one_round(target: Target, c: int, new: int) -> dict[str, float]:
+    """c concurrent streams; returns aggregate tok/s, ITL p50/p99 (s) and TTFT median (s). Tokens: the usage the
+    server reports, else (llama_cpp.server sends none when streaming) the chunks that carried text."""
+    barrier = threading.Barrier(c)
 
     def stream(index: int) -> tuple[float, list[float], int]:
         barrier.wait()
         started = time.perf_counter()
         arrivals, tokens = [], 0
-        for chunk in client.completions.create(model=model, prompt=prompts[index], max_tokens=new, temperature=0,
-                                               stream=True, stream_options={"include_usage": True}):
+        for chunk in target.client.completions.create(model=target.model, prompt=target.prompts[index],
+                                                      max_tokens=new, temperature=0, stream=True,
+                                                      stream_options={"include_usage": True},
+                                                      extra_body=target.extra or None):
             if chunk.choices and chunk.choices[0].text:
                 arrivals.append(time.perf_counter())
             if chunk.usage is not None:
                 tokens = chunk.usage.completion_tokens
-        return started, arrivals, tokens
+        return started, arrivals, tokens or len(arrivals)
 
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        records = list(pool.map(stream, range(len(prompts))))
+    with ThreadPoolExecutor(c) as pool:
+        records = list(pool.map(stream, range(c)))
     start = min(r[0] for r in records)
     end = max(r[1][-1] for r in records)
     gaps = [b - a for r in records for a, b in zip(r[1], r[1][1:])]
     quantiles = statistics.quantiles(gaps, n=100) if len(gaps) > 1 else [gaps[0]] * 99
+    all_started, first_done = max(r[1][0] for r in records), min(r[1][-1] for r in records)
+    decoded = sum(1 for r in records for t in r[1] if all_started < t <= first_done)
+    spans = [(r[1][0], r[1][-1]) for r in records]
+    overlapping = sum(1 for i, r in enumerate(records) for t in r[1]
+                      if any(lo < t < hi for j, (lo, hi) in enumerate(spans) if j != i))
     return {"aggregate": sum(r[2] for r in records) / (end - start),
+            "decode": decoded / (first_done - all_started) if first_done > all_started else float("nan"),
             "itl_p50": statistics.median(gaps), "itl_p99": quantiles[98],
-            "ttft": statistics.median(r[1][0] - r[0] for r in records)}
+            "ttft": statistics.median(r[1][0] - r[0] for r in records),
+            "tokens": sum(r[2] for r in records),
+            "concurrent": overlapping / sum(len(r[1]) for r in records)}
+
+
+def llama_server_settings() -> set[str] | None:
+    """The option names of llama_cpp.server, or None when it cannot be imported (the bench extra is missing)."""
+    try:
+        from llama_cpp.server.settings import Settings
+    except ImportError:
+        return None
+    return set(Settings.model_fields)
+
+
+def wait_until_up(process: subprocess.Popen, url: str, log: Path, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}; log {log}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not answer {url} within {START_TIMEOUT_S} s; log {log}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def llama_server(gguf: Path, threads: int, slots: int, context: int, options: set[str]) -> Iterator[str]:
+    """`python -m llama_cpp.server` on a free loopback port, serving `gguf` as model "bench"; yields its base URL."""
+    from serving import free_port
+
+    port = free_port()
+    parallel = "n_parallel" in options
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench",
+               "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
+               "--n_threads_batch", str(threads), "--n_ctx", str(context * (slots if parallel else 1)),
+               "--interrupt_requests", "False", "--verbose", "False"]
+    if parallel:
+        command += ["--n_parallel", str(slots)]
+    log = C.CACHE / f"llama-server-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log, "llama_cpp.server")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def letters_prompts(rng, count: int, length: int) -> list[str]:
+    """Random lowercase words of `length` letters: `length` tokens each in the byte-level vocabulary."""
+    return ["".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, length)) for _ in range(count)]
+
+
+def rate(value: float, unit: str = "", digits: int = 1) -> str:
+    """`value` for a table, or – when it was not measurable (NaN)."""
+    return "–" if math.isnan(value) else f"{value:.{digits}f}{unit}"
+
+
+def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]], meta: dict[str, Any],
+                  targets: list[tuple[str, float, float, bool]]) -> str:
+    levels = sorted({c for per in summary.values() for c in per})
+    ours = summary[OURS]
+    lines = [f"Measured {meta['when']} by `{meta['command']}`: {meta['rounds']} interleaved round(s), "
+             f"{meta['prompt']}-token prompts, {meta['new']} new tokens per stream, greedy, {meta['threads']} threads "
+             f"per server.", "",
+             f"Machine: {meta['machine']}. Load average during the runs: {meta['load']}.", ""]
+    if LLAMA in summary:
+        lines += [f"llama.cpp: llama-cpp-python {meta['llama_version']} `llama_cpp.server`, F16 GGUF of the same "
+                  f"weights; {meta['llama_mode']}", ""]
+    lines += ["| server | streams | aggregate tok/s | per stream tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | "
+              "TTFT ms | concurrent chunks | decode × 1 stream | aggregate × llama.cpp |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, per in summary.items():
+        for c in levels:
+            m = per[c]
+            versus = (f"{m['aggregate'] / summary[LLAMA][c]['aggregate']:.2f}×" if LLAMA in summary else "–")
+            lines.append(f"| {name} | {c} | {m['aggregate']:.1f} | {m['aggregate'] / c:.1f} | {rate(m['decode'])} | "
+                         f"{m['itl_p50'] * 1e3:.1f} | {m['itl_p99'] * 1e3:.1f} | {m['ttft'] * 1e3:.0f} | "
+                         f"{m['concurrent'] * 100:.0f} % | {rate(m['decode'] / per[levels[0]]['decode'], '×', 2)} | "
+                         f"{versus} |")
+    lines += ["", "Aggregate: all streams' tokens over first request to last chunk (prefill included). Decode: the chunks "
+              "that arrived while every stream was running (after each had its first chunk, before the first one "
+              "ended), over that time; – when the streams never all ran at once. Concurrent chunks: the share of a "
+              "run's chunks that arrived while another stream was between its first and last chunk (0 %: the server "
+              "served the streams one after another).", "",
+              "Targets (issue 11 §3):", ""]
+    lines += [f"- {text}: {value:.2f}× (target ≥ {goal:g}×) — **{'PASS' if ok else 'FAIL'}**"
+              for text, value, goal, ok in targets]
+    text = "\n".join(lines) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serve.md").write_text(text, encoding="utf-8")
+    (out_dir / "serve.json").write_text(json.dumps({
+        "meta": meta, "summary": {name: {str(c): m for c, m in per.items()} for name, per in summary.items()},
+        "ours_decode_8_over_1": ours[8]["decode"] / ours[1]["decode"] if 1 in ours and 8 in ours else None,
+        "targets": [{"what": t, "value": v, "goal": g, "pass": ok} for t, v, g, ok in targets]}, indent=1),
+        encoding="utf-8")
+    return text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(parser, "keep the generated checkpoint and .asw under .cache/bench [yes]")
+    C.add_common_args(parser, "keep the generated checkpoint, .asw and .gguf under .cache/bench [yes]")
     parser.add_argument("--streams", default="1,2,4,8", help="concurrency levels [1,2,4,8]")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per stream [32]")
     parser.add_argument("--new", type=int, default=64, help="tokens generated per stream [64]")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server CPU threads [all]")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per server [all]")
+    parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp's server")
     parser.add_argument("--peer", help="base URL (…/v1) of another OpenAI-compatible server with the same weights")
     parser.add_argument("--peer-model", default="model", help="the model name the peer expects")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder [bench/results]")
     args = parser.parse_args()
     levels = [int(x) for x in args.streams.split(",")]
 
     import numpy as np
     import openai
 
+    import _llama
     from serving import serve  # the tests' subprocess launcher (tests/ is on sys.path via _common)
 
-    asw = C.ensure_asw(full_vocab_checkpoint(C.ensure_checkpoint(args.regen)), "fp16")
+    checkpoint = C.ensure_checkpoint(args.regen)
+    asw = C.ensure_asw(full_vocab_checkpoint(checkpoint), "fp16")
+    options = None if args.no_llama else llama_server_settings()
+    if options is None and not args.no_llama:
+        C.log("llama_cpp.server is not importable (pip install -e '.[bench]'): measuring ascend-serve alone")
+    gguf = _llama.ensure_gguf_from_hf(checkpoint, "f16", no_vocab=False, byte_vocab=True) if options else None
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, C.QWEN2_05B["vocab_size"] - 16, args.prompt).tolist() for _ in range(max(levels))]
+    id_prompts = [rng.integers(0, C.QWEN2_05B["vocab_size"] - 16, args.prompt).tolist() for _ in range(max(levels))]
+    context = args.prompt + args.new + 8
     print(C.machine_line())
-    print(f"model: {asw.name}; prompt {args.prompt} tok, {args.new} new tok per stream, server --threads "
-          f"{args.threads} --max-batch {max(levels)}; median of {args.rounds} rounds")
+    print(f"model: {asw.name}; prompt {args.prompt} tok, {args.new} new tok per stream, {args.threads} threads per "
+          f"server, ascend-serve --max-batch {max(levels)}; median of {args.rounds} rounds")
     results: dict[str, dict[int, list[dict[str, float]]]] = {}
-    with serve(asw, "--threads", str(args.threads), "--max-batch", str(max(levels)), "--context",
-               str(args.prompt + args.new + 8), "--served-model-name", "bench", log_dir=C.CACHE) as server:
-        targets = {"ascend-serve": (openai.OpenAI(base_url=f"{server.base}/v1", api_key="-", max_retries=0,
-                                                  timeout=600), "bench")}
+    loads: list[float] = []
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(serve(asw, "--threads", str(args.threads), "--max-batch", str(max(levels)),
+                                           "--context", str(context), "--served-model-name", "bench",
+                                           log_dir=C.CACHE))
+
+        def client(url: str) -> Any:
+            return openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=1800)
+
+        targets = {OURS: Target(client(f"{server.base}/v1"), "bench", id_prompts)}
+        if gguf is not None:
+            assert options is not None
+            url = stack.enter_context(llama_server(gguf, args.threads, max(levels), context, options))
+            targets[LLAMA] = Target(client(url), "bench", letters_prompts(rng, max(levels), args.prompt),
+                                    {"repeat_penalty": 1.0})
+            counted = targets[LLAMA].client.completions.create(model="bench", prompt=targets[LLAMA].prompts[0],
+                                                               max_tokens=1, temperature=0)
+            if counted.usage.prompt_tokens != args.prompt:
+                C.log(f"llama.cpp counts {counted.usage.prompt_tokens} prompt tokens, not {args.prompt}")
         if args.peer:
-            targets["peer"] = (openai.OpenAI(base_url=args.peer, api_key="-", max_retries=0, timeout=600),
-                               args.peer_model)
-        for name, (client, model) in targets.items():
-            one_round(client, model, prompts[:1], 4)  # warm-up
+            targets["peer"] = Target(client(args.peer), args.peer_model, id_prompts)
+        for name, target in targets.items():
+            one_round(target, 1, 4)  # warm-up
             results[name] = {c: [] for c in levels}
         for round_index in range(args.rounds):
             for c in levels:
-                for name, (client, model) in (targets.items() if round_index % 2 == 0 else
-                                              reversed(list(targets.items()))):
+                order = list(targets.items()) if round_index % 2 == 0 else list(reversed(targets.items()))
+                for name, target in order:
                     with C.Steal() as steal:
-                        measured = one_round(client, model, prompts[:c], args.new)
-                    C.log(f"round {round_index + 1} {name} x{c}: {measured['aggregate']:.1f} tok/s, {steal}")
+                        measured = one_round(target, c, args.new)
+                    loads.append(os.getloadavg()[0])
+                    C.log(f"round {round_index + 1} {name} x{c}: {measured['aggregate']:.1f} tok/s, {steal}, "
+                          f"load {loads[-1]:.1f}")
                     results[name][c].append(measured)
 
-    rows = []
-    summary: dict[str, dict[int, dict[str, float]]] = {}
-    for name, per_level in results.items():
-        summary[name] = {}
-        for c, runs in per_level.items():
-            med = {key: C.median([r[key] for r in runs]) for key in runs[0]}
-            summary[name][c] = med
-            rows.append([name, c, f"{med['aggregate']:.1f}", f"{med['aggregate'] / c:.1f}",
-                         f"{med['itl_p50'] * 1000:.1f}", f"{med['itl_p99'] * 1000:.1f}", f"{med['ttft'] * 1000:.0f}"])
-    print(C.table(["server", "streams", "aggregate tok/s", "per stream", "ITL p50 ms", "ITL p99 ms", "TTFT ms"],
-                  rows))
-    ours = summary["ascend-serve"]
+    def median(values: list[float]) -> float:  # over the rounds that measured it
+        kept = [v for v in values if not math.isnan(v)]
+        return C.median(kept) if kept else float("nan")
+
+    summary = {name: {c: {key: median([r[key] for r in runs]) for key in runs[0]} for c, runs in per.items()}
+               for name, per in results.items()}
+    rows = [[name, c, f"{m['aggregate']:.1f}", f"{m['aggregate'] / c:.1f}", rate(m['decode']),
+             f"{m['itl_p50'] * 1000:.1f}", f"{m['itl_p99'] * 1000:.1f}", f"{m['ttft'] * 1000:.0f}",
+             f"{m['concurrent'] * 100:.0f} %"] for name, per in summary.items() for c, m in per.items()]
+    print(C.table(["server", "streams", "aggregate tok/s", "per stream", "decode tok/s", "ITL p50 ms", "ITL p99 ms",
+                   "TTFT ms", "concurrent"], rows))
+    ours = summary[OURS]
+    checks: list[tuple[str, float, float, bool]] = []
     if 1 in ours and 8 in ours:
-        ratio = ours[8]["aggregate"] / ours[1]["aggregate"]
-        print(f"aggregate at 8 streams / 1 stream: {ratio:.2f}x (target >= {TARGET:.0f}x: "
-              f"{'met' if ratio >= TARGET else 'NOT met'})")
+        ratio = ours[8]["decode"] / ours[1]["decode"]
+        checks.append(("ascend-serve aggregate decode at 8 streams / 1 stream", ratio, TARGET, ratio >= TARGET))
+    if LLAMA in summary:
+        for c in levels:
+            ratio = ours[c]["aggregate"] / summary[LLAMA][c]["aggregate"]
+            checks.append((f"ascend-serve / llama.cpp server aggregate at {c} stream{'s' if c > 1 else ''}", ratio,
+                           1.0, ratio > 1.0))
+    for text, value, goal, ok in checks:
+        print(f"{text}: {value:.2f}x (target >= {goal:g}x): {'PASS' if ok else 'FAIL'}")
     if "peer" in summary:
         for c in levels:
             print(f"x{c}: ascend-serve / peer aggregate = {ours[c]['aggregate'] / summary['peer'][c]['aggregate']:.2f}")
+    llama_mode = ""
+    if options is not None:
+        llama_mode = (f"n_parallel {max(levels)}, n_ctx {context * max(levels)}." if "n_parallel" in options else
+                      f"this version has no n_parallel and serves one request at a time behind a lock, so its "
+                      f"aggregate cannot grow with the streams (n_ctx {context}; measured: "
+                      f"{summary[LLAMA][max(levels)]['concurrent'] * 100:.0f} % of its chunks at {max(levels)} streams "
+                      f"arrived while another stream was mid-way).")
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "python bench/serve.py " + " ".join(sys.argv[1:]),
+            "rounds": args.rounds, "prompt": args.prompt, "new": args.new, "threads": args.threads,
+            "machine": C.machine_line(),
+            "load": f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?",
+            "llama_version": _llama.installed_version(), "llama_mode": llama_mode}
+    text = write_results(args.out, {k: v for k, v in summary.items() if k != "peer"}, meta, checks)
+    C.log(f"wrote {args.out / 'serve.md'} and serve.json")
     print(json.dumps(summary))
     if not args.keep_cache:
         C.remove_cache()
-    return 0
+    return 0 if text else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
  * aarch64 host); on x86 it checks AVX2 / AVX-512 the same way. Uses only the public ABI (asw.h): a tiny random
  * model (GQA, biases, untied output, fp16 and bf16) is opened once per kernel set (ASW_KERNELS), a 70-token
  * prompt (two prefill chunks) is prefilled with all logits, then 4 decode steps; the largest difference to the
- * portable set's logits, relative to the largest |logit|, must stay below 1e-4.
+ * portable set's logits, relative to the largest |logit|, must stay below 1e-4. Then each set's batched decode GEMV
+ * (gemv_batch, 1..19 tokens, odd row counts and inner sizes with every tail) must equal its own one-token GEMV bit
+ * for bit: a batched step gives each session exactly what its lone step gives.
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -15,6 +17,7 @@
 
 #include "asw.h"
 #include "tiny_model.h"
+#include "../src/kernels.h"
 
 enum { PROMPT = 70, STEPS = 4 };
 
@@ -43,6 +46,52 @@ static int run(const char *kernels, const uint8_t *region, const layout_t *l, co
     asw_session_free(s);
     asw_model_free(m);
     return rc;
+}
+
+/* gemv_batch of set `k` against its own matmul with one token, bit for bit; returns the number of mismatches */
+static int check_gemv_batch(const asw_kernels *k) {
+    static const int64_t inner[] = {16, 64, 77, 96, 200, 903};
+    enum { MAX_ROWS = 19, MAX_K = 903, MAX_NT = 19 };
+    uint16_t *W = malloc(sizeof(uint16_t) * MAX_ROWS * MAX_K); /* [MAX_ROWS, MAX_K] */
+    float *X = malloc(sizeof(float) * MAX_NT * MAX_K);         /* [MAX_NT, MAX_K] */
+    float *got = malloc(sizeof(float) * MAX_NT * MAX_ROWS);    /* [MAX_NT, MAX_ROWS] */
+    float *want = malloc(sizeof(float) * MAX_ROWS);            /* [MAX_ROWS] */
+    if (W == NULL || X == NULL || got == NULL || want == NULL) {
+        free(W), free(X), free(got), free(want);
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    int bad = 0;
+    uint32_t seed = 12345;
+    for (int dtype = ASW_DTYPE_F16; dtype <= ASW_DTYPE_BF16; dtype++)
+        for (size_t ki = 0; ki < sizeof inner / sizeof inner[0]; ki++) {
+            int64_t K = inner[ki];
+            for (int64_t i = 0; i < MAX_ROWS * K; i++) {
+                seed = seed * 1664525u + 1013904223u;
+                float v = (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-3f;
+                W[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(v) : asw_f32_to_bf16(v);
+            }
+            for (int64_t i = 0; i < MAX_NT * K; i++) {
+                seed = seed * 1664525u + 1013904223u;
+                X[i] = (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-2f;
+            }
+            for (int64_t rows = 1; rows <= MAX_ROWS; rows += 3)
+                for (int64_t nt = 1; nt <= MAX_NT; nt++) {
+                    k->gemv_batch(dtype, got, MAX_ROWS, W, K, 1, rows, X, K, nt); /* rows [1, rows): r0 > 0 too */
+                    for (int64_t t = 0; t < nt; t++) {
+                        k->matmul(dtype, want, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
+                        if (rows > 1 && memcmp(want + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))) {
+                            if (bad++ < 5)
+                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone GEMV\n",
+                                       k->name, dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)rows, (int)nt,
+                                       (int)t);
+                        }
+                    }
+                }
+        }
+    free(W), free(X), free(got), free(want);
+    printf("%-8s gemv_batch equals the lone GEMV bit for bit: %s\n", k->name, bad ? "FAIL" : "ok");
+    return bad;
 }
 
 int main(void) {
@@ -81,6 +130,15 @@ int main(void) {
         }
         free(region), free(want), free(got);
     }
+    failures += check_gemv_batch(&asw_kernels_portable) != 0;
+    checked++;
+#if defined(__x86_64__)
+    if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2) != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512) != 0, checked++;
+#endif
+#if defined(__aarch64__)
+    if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon) != 0, checked++;
+#endif
     printf("%d kernel set checks, %d failures\n", checked, failures);
     return failures != 0 || checked == 0;
 }

@@ -140,6 +140,10 @@ static void cpu_session_free(void *bs) {
     free(s);
 }
 
+/* n bytes starting on a cache line (free() releases it): the matmul inputs, so that a token's row of a multiple of
+ * 16 floats never straddles two lines — a split 64-byte load costs two, and the batched GEMV is load-bound. */
+static void *alloc_lines(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
+
 static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     cpu_model *m = bm;
     int32_t max_len = opt->max_len, n_threads = opt->n_threads;
@@ -161,13 +165,13 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim;
     size_t kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kv_dim;
-    s->x = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
-    s->xb = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
-    s->xb2 = malloc(CHUNK * (size_t)c->hidden * sizeof(float));
-    s->qkv = malloc(CHUNK * qkv_dim * sizeof(float));
-    s->att = malloc(CHUNK * (size_t)c->n_heads * (size_t)c->head_dim * sizeof(float));
-    s->hb = malloc(CHUNK * 2 * (size_t)c->ffn * sizeof(float));
-    s->act = malloc(CHUNK * (size_t)c->ffn * sizeof(float));
+    s->x = alloc_lines(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->xb = alloc_lines(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->xb2 = alloc_lines(CHUNK * (size_t)c->hidden * sizeof(float));
+    s->qkv = alloc_lines(CHUNK * qkv_dim * sizeof(float));
+    s->att = alloc_lines(CHUNK * (size_t)c->n_heads * (size_t)c->head_dim * sizeof(float));
+    s->hb = alloc_lines(CHUNK * 2 * (size_t)c->ffn * sizeof(float));
+    s->act = alloc_lines(CHUNK * (size_t)c->ffn * sizeof(float));
     s->rope_cos = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->rope_sin = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->scores = malloc(nth * (size_t)max_len * sizeof(float));

@@ -95,64 +95,131 @@ static const tile_fn tiles[2][2][T] = {
     {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
 };
 
-/* one row . nt <= 4 vectors, four independent accumulators per vector: the decode GEMV (nt = 1), and the batched
- * decode step, where each token is summed exactly as alone and each weight vector is converted once. Rows are walked
- * one after another so the weights stream through memory sequentially (interleaving rows defeats the prefetcher). */
-INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
-    __m512 a[4][4]; /* [token][accumulator] */
-    for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();
+/* The horizontal sum of a vector in one fixed tree — lanes j + (j + 8), then j + (j + 4), j + (j + 2), j + (j + 1) —
+ * written out so that the lone step (hsum) and the batched step (hsum16, sixteen sums at once) add in exactly the
+ * same order whatever the compiler's own _mm512_reduce_add_ps does. */
+INL float hsum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b)); /* c0 = b0 + b2, c1 = b1 + b3 */
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+/* out[p] = hsum(v[p]) for p < 16, in hsum's tree, by transposing as it reduces (45 operations instead of 16 * 7) */
+INL void hsum16(float *out, const __m512 *v) {
+    __m512 t[8], u[4], w[2];
+    /* level 1 puts v[j] in lane 4 (j % 4) + j / 4 of the result: feed it the inputs in that transposed order */
+    static const int at[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+    for (int i = 0; i < 8; i++) { /* halves of two vectors: [a0 + a2, a1 + a3 | b0 + b2, b1 + b3] (128-bit lanes) */
+        __m512 a = v[at[2 * i]], b = v[at[2 * i + 1]];
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    for (int i = 0; i < 4; i++) /* quarters: one 128-bit lane per input */
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++) /* pairs within a lane: [c0, c1] of two inputs */
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD)));
+}
+
+/* One row . x, the decode GEMV and the order every batched row follows: four accumulators ("chains"); chain j sums
+ * the 16-element chunks at 64 m + 16 j, chain 0 then the whole chunks past the last 64, chain 1 the masked tail;
+ * the result is hsum((chain 0 + chain 1) + (chain 2 + chain 3)). Rows are walked one after another so the weights
+ * stream through memory sequentially (interleaving rows defeats the prefetcher). */
+INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 64 <= k; i += 64) {
-        __m512 w0 = ld16(dt, w + i), w1 = ld16(dt, w + i + 16), w2 = ld16(dt, w + i + 32), w3 = ld16(dt, w + i + 48);
-        for (int t = 0; t < nt; t++) {
-            const float *x = X + t * ldx;
-            a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), a[t][0]);
-            a[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), a[t][1]);
-            a[t][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + i + 32), a[t][2]);
-            a[t][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + i + 48), a[t][3]);
-        }
+        a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(ld16(dt, w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(ld16(dt, w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(ld16(dt, w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
     }
-    for (; i + 16 <= k; i += 16) {
-        __m512 w0 = ld16(dt, w + i);
-        for (int t = 0; t < nt; t++) a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(X + t * ldx + i), a[t][0]);
-    }
+    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
     if (i < k) {
         __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
-        __m512 w1 = ld16_tail(dt, w + i, m);
-        for (int t = 0; t < nt; t++) a[t][1] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, X + t * ldx + i), a[t][1]);
+        a1 = _mm512_fmadd_ps(ld16_tail(dt, w + i, m), _mm512_maskz_loadu_ps(m, x + i), a1);
     }
-    for (int t = 0; t < nt; t++)
-        y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])));
+    return hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
-    float y;
-    row_dot_n(dt, 1, &y, 0, w, x, 0, k);
-    return y;
+enum { BR = 8, BT = 8 }; /* the largest row and token tile of the batched GEMV: nr * nt <= 16 accumulators */
+
+/* acc[r][t] += W[r][i:i+16] . X[t][i:i+16] (the first n elements under mask m when masked) */
+INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
+                    int64_t ldx, int64_t i, int masked, __mmask16 m) {
+    __m512 w[BR];
+    for (int r = 0; r < nr; r++) w[r] = masked ? ld16_tail(dt, W + r * k + i, m) : ld16(dt, W + r * k + i);
+    for (int t = 0; t < nt; t++) {
+        __m512 x = masked ? _mm512_maskz_loadu_ps(m, X + t * ldx + i) : _mm512_loadu_ps(X + t * ldx + i);
+        for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
+    }
 }
 
-#define GEMV_BATCH_FN(name, dt)                                                                                    \
+/* Y[t*ldy + r] = W[r] . X[t] for r < nr, t < nt (constants after inlining, nr * nt <= 16), each in row_dot's order
+ * but one chain at a time for the whole tile: nr * nt accumulators instead of 4 per product, so one weight vector
+ * (converted once) serves nt tokens and one token vector serves nr rows. */
+INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16_t *W, int64_t k, const float *X,
+                     int64_t ldx, const uint16_t *next) {
+    __m512 part[4][BR][BT];
+    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
+    /* the tile walks its rows four times (once per chain), which the hardware prefetcher does not follow ahead:
+     * fetch the next tile's weights (nr rows at `next`, NULL: none) now, so memory streams while this one computes
+     * (measured: the batched GEMV of 4-8 tokens over a DRAM-resident matrix 20-40% faster than without) */
+    if (next != NULL)
+        for (int64_t b = 0; b < nr * k; b += 32) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
+    for (int j = 0; j < 4; j++) {
+        __m512 acc[BR][BT];
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0);
+        if (j == 0)
+            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0);
+        if (j == 1 && k16 < k)
+            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u));
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
+    }
+    __m512 v[16];
+    float s[16];
+    for (int p = 0; p < 16; p++) {
+        int r = p / nt, t = p % nt;
+        v[p] = p < nr * nt ? _mm512_add_ps(_mm512_add_ps(part[0][r][t], part[1][r][t]),
+                                           _mm512_add_ps(part[2][r][t], part[3][r][t]))
+                           : _mm512_setzero_ps();
+    }
+    hsum16(s, v);
+    for (int p = 0; p < nr * nt; p++) Y[(p % nt) * ldy + p / nt] = s[p];
+}
+
+/* rows per tile for nt tokens: the most that keep nr * nt <= 16 accumulators (and nr <= BR weight registers) */
+#define TILE_ROWS(nt) ((nt) >= 5 ? 2 : (nt) >= 3 ? 4 : 8)
+
+#define CHAIN_FN(name, dt, nt)                                                                                     \
     TGT static void name(float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,            \
-                         const float *X, int64_t ldx, int64_t nt) {                                               \
-        for (int64_t r = r0; r < r1; r++)                                                                          \
-            for (int64_t t = 0; t < nt; t += 4) {                                                                  \
-                float *y = Y + t * ldy + r;                                                                        \
-                const float *x = X + t * ldx;                                                                      \
-                switch (nt - t < 4 ? nt - t : 4) {                                                                 \
-                case 1: row_dot_n(dt, 1, y, ldy, W + r * k, x, ldx, k); break;                                     \
-                case 2: row_dot_n(dt, 2, y, ldy, W + r * k, x, ldx, k); break;                                     \
-                case 3: row_dot_n(dt, 3, y, ldy, W + r * k, x, ldx, k); break;                                     \
-                default: row_dot_n(dt, 4, y, ldy, W + r * k, x, ldx, k); break;                                    \
-                }                                                                                                  \
-            }                                                                                                      \
+                         const float *X, int64_t ldx) {                                                           \
+        int64_t r = r0, R = TILE_ROWS(nt);                                                                         \
+        for (; r + R <= r1; r += R)                                                                                \
+            tile_chains(dt, TILE_ROWS(nt), nt, Y + r, ldy, W + r * k, k, X, ldx,                                   \
+                        r + 2 * R <= r1 ? W + (r + R) * k : NULL);                                                 \
+        for (; r < r1; r++) tile_chains(dt, 1, nt, Y + r, ldy, W + r * k, k, X, ldx, NULL);                        \
     }
-GEMV_BATCH_FN(gemv_batch_f16, ASW_DTYPE_F16)
-GEMV_BATCH_FN(gemv_batch_bf16, ASW_DTYPE_BF16)
+typedef void (*chain_fn)(float *, int64_t, const uint16_t *, int64_t, int64_t, int64_t, const float *, int64_t);
+#define CHAIN_SET(p, dt)                                                                                           \
+    CHAIN_FN(p##_c2, dt, 2)                                                                                        \
+    CHAIN_FN(p##_c3, dt, 3)                                                                                        \
+    CHAIN_FN(p##_c4, dt, 4)                                                                                        \
+    CHAIN_FN(p##_c5, dt, 5)                                                                                        \
+    CHAIN_FN(p##_c6, dt, 6)                                                                                        \
+    CHAIN_FN(p##_c7, dt, 7)                                                                                        \
+    CHAIN_FN(p##_c8, dt, 8)
+CHAIN_SET(h, ASW_DTYPE_F16)
+CHAIN_SET(b, ASW_DTYPE_BF16)
 
-TGT static void z_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
-                             const float *X, int64_t ldx, int64_t nt) {
-    (dtype == ASW_DTYPE_F16 ? gemv_batch_f16 : gemv_batch_bf16)(Y, ldy, W, k, r0, r1, X, ldx, nt);
-}
+/* [dtype is f16][tokens - 2] */
+static const chain_fn chains[2][BT - 1] = {{b_c2, b_c3, b_c4, b_c5, b_c6, b_c7, b_c8},
+                                           {h_c2, h_c3, h_c4, h_c5, h_c6, h_c7, h_c8}};
 
 TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
     for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
@@ -161,6 +228,20 @@ TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int
 TGT static void gemv_bf16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
     for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_BF16, W + r * k, x, k);
 }
+
+/* the batched decode GEMV: tokens in groups of up to BT, each group over the rows in tiles (tile_chains) */
+TGT static void z_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                             const float *X, int64_t ldx, int64_t nt) {
+    int f16 = dtype == ASW_DTYPE_F16;
+    for (int64_t t = 0; t < nt; t += BT) {
+        int64_t tn = nt - t < BT ? nt - t : BT;
+        if (tn == 1)
+            (f16 ? gemv_f16 : gemv_bf16)(Y + t * ldy, W, k, r0, r1, X + t * ldx);
+        else
+            chains[f16][tn - 2](Y + t * ldy, ldy, W, k, r0, r1, X + t * ldx, ldx);
+    }
+}
+
 
 TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {

@@ -3,8 +3,9 @@
 Requests wait in a queue until one of `max_batch` slots (a native session, i.e. a KV cache) is free, then join the
 running batch between two steps. Each step
   1. drops cancelled requests (their slot is free for the next step),
-  2. prefills one chunk of one new request's prompt on that request's own session (PREFILL_CHUNK tokens while others
-     are decoding, so their next token is not held up by a long prompt; PREFILL_SLICE when nobody waits on it),
+  2. prefills up to PREFILL_CHUNK prompt tokens of new requests, each on its own session (oldest first: several
+     short prompts share one step's budget, a long one takes it in chunks, so the others' next token is not held up
+     by a long prompt; PREFILL_SLICE tokens of one request when nobody is decoding),
   3. decodes one token for every request past its prompt in ONE native call (NativeModel.forward_batch), so each
      weight row is read once per step for the whole batch.
 Finished requests leave at once. Greedy requests produce the tokens they would produce alone; sampled ones draw
@@ -32,7 +33,7 @@ from ..native import MAX_BATCH, NativeSession
 from ..tokenizer import TextStream
 from .metrics import Metrics
 
-PREFILL_CHUNK = 64  # prompt tokens per step while other requests are decoding
+PREFILL_CHUNK = 64  # prompt tokens per step (over all prefilling requests) while other requests are decoding
 MAX_LOGPROBS = 20  # top logprobs a request may ask for
 
 log = logging.getLogger("ascend_serve.engine")
@@ -306,10 +307,14 @@ class Engine:
             self._release(request)
         decoding = [r for r in self._running if r.decoding]
         prefilling = [r for r in self._running if not r.decoding]
-        if prefilling:
-            request = prefilling[0]
+        budget = PREFILL_CHUNK if decoding else PREFILL_SLICE
+        for request in prefilling:
+            if budget <= 0:
+                break
+            chunk = min(budget, len(request.prompt_ids) - request.prefilled)
+            budget -= chunk
             try:
-                self._prefill(request, PREFILL_CHUNK if decoding else PREFILL_SLICE)
+                self._prefill(request, chunk)
             except Exception as exc:
                 self._fail(request, f"prefill failed: {exc}")
         if decoding:
