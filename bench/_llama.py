@@ -10,12 +10,20 @@
   (llama_model_quantize with allow_requantize and pure: every matrix dequantized and stored as F16 / BF16, norms
   stay F32) — the same dequantized values our converter writes to a .asw from that GGUF.
 
+- `ensure_llama_server()`: llama.cpp's own C++ HTTP server (`llama-server`, continuous batching over `--parallel`
+  slots) built once from that sdist's vendor/llama.cpp with cmake, static, with the same native flags as the
+  Python package (GGML_NATIVE=ON, no curl/openssl, no tests/examples) — the peer of bench/serve.py, since
+  llama-cpp-python's own `llama_cpp.server` serves one request at a time.
+
     python bench/_llama.py sdist      # prints the path of the pinned sdist (downloading it if needed)
     python bench/_llama.py check      # exit status 0 when the pinned version is the one installed
+    python bench/_llama.py server     # prints the path of llama-server (building it if needed: ~15 min on 2 cores)
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -92,6 +100,43 @@ def converter_dir(version: str) -> Path:
     return target
 
 
+SERVER_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+                     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                     "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON")
+
+
+def ensure_llama_server(version: str | None = None) -> Path:
+    """llama.cpp's `llama-server` of the pinned sdist, built once under .cache/bench/ (cmake; ninja if present)."""
+    version = version or pinned_version()
+    build = C.CACHE / f"llama-server-{version}"
+    binary = build / "bin" / "llama-server"
+    if (build / ".complete").is_file() and binary.is_file():
+        return binary
+    source = C.CACHE / f"llama.cpp-src-{version}"
+    if not (source / ".complete").is_file():
+        sdist = ensure_sdist(version)
+        prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as archive:
+            members = [m for m in archive.getmembers() if m.name.startswith(prefix) and m.name != prefix]
+            for member in members:
+                member.name = member.name[len(prefix):]
+            archive.extractall(source, members=members, filter="data")
+        (source / ".complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    jobs = str(max(1, len(os.sched_getaffinity(0))))
+    log = C.CACHE / f"llama-server-{version}-build.log"
+    C.log(f"building llama.cpp's llama-server {version} from the sdist (once; ~15 min on 2 cores; log {log}) ...")
+    with open(log, "wb") as out:
+        for step in (["cmake", "-S", str(source), "-B", str(build), *generator, *SERVER_CMAKE_ARGS],
+                     ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs]):
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise SystemExit(f"building llama-server failed at `{' '.join(step[:3])} …`; see {log}")
+    if not binary.is_file():
+        raise SystemExit(f"the llama-server build finished without {binary}; see {log}")
+    (build / ".complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
+    return binary
+
+
 def _require_installed() -> str:
     version = installed_version()
     if version is None:
@@ -144,13 +189,15 @@ def main() -> None:
     command = sys.argv[1:]
     if command == ["sdist"]:
         print(ensure_sdist())
+    elif command == ["server"]:
+        print(ensure_llama_server())
     elif command == ["check"]:
         installed, pinned = installed_version(), pinned_version()
         if installed != pinned:
             print(f"{PACKAGE}: installed {installed or 'nothing'}, the bench extra pins {pinned}")
             raise SystemExit(1)
     else:
-        raise SystemExit("usage: python bench/_llama.py sdist | check")
+        raise SystemExit("usage: python bench/_llama.py sdist | check | server")
 
 
 if __name__ == "__main__":

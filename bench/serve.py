@@ -1,8 +1,9 @@
 """Aggregate output tok/s and inter-token latency of `ascend-serve` at 1, 2, 4 and 8 concurrent streams, side by side
-with llama.cpp's server (llama-cpp-python's `llama_cpp.server`) on the same weights, in the same run.
+with llama.cpp's own server (`llama-server`, continuous batching over parallel slots) on the same weights, in the
+same run.
 
     .venv/bin/python bench/serve.py [--streams 1,2,4,8] [--prompt 32] [--new 64] [--threads N] [--rounds 3]
-                                    [--no-llama] [--peer URL --peer-model NAME] [--out DIR]
+                                    [--no-llama] [--llama-cpp-python] [--peer URL --peer-model NAME] [--out DIR]
 
 Model: the Qwen2-0.5B-shape random checkpoint of bench/_common.py with a WordLevel tokenizer that covers the whole
 vocabulary (every generated token is text, so every token is one SSE chunk), converted once to fp16 .asw (cached).
@@ -10,14 +11,21 @@ llama.cpp gets the same weights as an F16 GGUF written by llama.cpp's own conver
 with a byte-level vocabulary (bench/hf_to_gguf.py --byte-vocab: its server takes text, and that vocabulary makes a
 prompt of n letters n tokens and every generated id one chunk of text).
 
-What is measured: each server runs in a subprocess with `--threads` CPU threads; ascend-serve with `--max-batch`
-the largest concurrency, llama_cpp.server with `n_threads` = `n_threads_batch` = --threads, `interrupt_requests`
-off (else a waiting request cuts the running stream short) and, where its settings have `n_parallel`, that many
-slots and n_ctx = slots x the per-stream context. For each concurrency c, c client threads each send one streamed
-/v1/completions request at the same moment through the openai client (ascend-serve: `--prompt` random token ids,
-llama.cpp: `--prompt` random letters, the same count of tokens; `--new` tokens, temperature 0, no repetition
-penalty) and note the arrival time of every chunk. Rounds interleave the servers (the order alternates). Reported
-per server and c (median over --rounds rounds, one untimed warm-up each):
+Servers, each in a subprocess with `--threads` CPU threads:
+  ascend-serve      --max-batch = the largest concurrency
+  llama-server      llama.cpp's C++ server, built once from the pinned llama-cpp-python sdist's vendor/llama.cpp
+                    (bench/_llama.py ensure_llama_server: cmake, GGML_NATIVE=ON, static); --parallel = the largest
+                    concurrency, --ctx-size = slots x the per-stream context, --cont-batching, --threads and
+                    --threads-batch = --threads. --no-llama skips it.
+  llama_cpp.server  with --llama-cpp-python: llama-cpp-python's own server, `interrupt_requests` off (else a waiting
+                    request cuts the running stream short). Version 0.3.36 has no `n_parallel`: it holds one context
+                    behind a lock (llama_cpp/server/app.py: `llama_outer_lock`, `llama_inner_lock`), so concurrent
+                    requests run one after another; the results say so, measured.
+For each concurrency c, c client threads each send one streamed /v1/completions request at the same moment through
+the openai client (ascend-serve: `--prompt` random token ids, llama.cpp: `--prompt` random letters, the same count
+of tokens; `--new` tokens, temperature 0, no repetition penalty) and note the arrival time of every chunk. Rounds
+interleave the servers (the order alternates). Reported per server and c (median over --rounds rounds, one untimed
+warm-up each):
   aggregate tok/s  all streams' generated tokens / (last stream's end - first request's start)
   per-stream tok/s  aggregate / c
   decode tok/s      the steady state with all c streams running: the chunks that arrived after every stream had
@@ -28,15 +36,11 @@ per server and c (median over --rounds rounds, one untimed warm-up each):
   concurrent        share of chunks that arrived while another stream of the round was between its first and last
                     chunk: near 1 when a server interleaves the streams, 0 when it serves them one after another
 Targets (issue 11): ascend-serve's aggregate decode rate at 8 streams >= 4x its single-stream decode rate, and its
-aggregate tok/s ahead of llama.cpp's server at every concurrency. Writes bench/results/serve.{md,json} (--out: another folder) and prints the table and
-the targets PASS / FAIL.
+aggregate tok/s ahead of llama.cpp's server at every concurrency. Writes bench/results/serve.{md,json} (--out:
+another folder) and prints the table and the targets PASS / FAIL.
 
-llama-cpp-python 0.3.36's server has no `n_parallel`: it holds one llama.cpp context behind a lock
-(llama_cpp/server/app.py: `llama_outer_lock`, `llama_inner_lock`), so concurrent requests run one after another;
-this benchmark measures that as it is and says so in the results.
-
---no-llama skips llama.cpp's server; --peer URL adds any other OpenAI-compatible server with the same weights
-(named --peer-model; it gets the token-id prompts). Exit status 0 whatever the result (a report, not a test).
+--peer URL adds any other OpenAI-compatible server with the same weights (named --peer-model; it gets the token-id
+prompts). Exit status 0 whatever the result (a report, not a test).
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ import _common as C  # noqa: E402
 
 TARGET = 4.0  # aggregate decode tok/s at 8 streams / 1 stream
 RESULTS = Path(__file__).resolve().parent / "results"
-LLAMA = "llama.cpp server"
+LLAMA = "llama_cpp.server"  # llama-cpp-python's Python server (one request at a time)
+LLAMA_CPP = "llama-server"  # llama.cpp's C++ server: continuous batching over --parallel slots
+PEERS = (LLAMA_CPP, LLAMA)
 OURS = "ascend-serve"
 START_TIMEOUT_S = 600  # loading a 1 GB GGUF on 2 busy cores
 
@@ -196,6 +202,31 @@ def llama_server(gguf: Path, threads: int, slots: int, context: int, options: se
             process.wait()
 
 
+@contextlib.contextmanager
+def llama_cpp_server(binary: Path, gguf: Path, threads: int, slots: int, context: int) -> Iterator[str]:
+    """llama.cpp's `llama-server` on a free loopback port: `slots` parallel slots of `context` tokens each
+    (continuous batching), `threads` threads for decode and prompt; serving `gguf` as model "bench"."""
+    from serving import free_port
+
+    port = free_port()
+    command = [str(binary), "--model", str(gguf), "--alias", "bench", "--host", "127.0.0.1", "--port", str(port),
+               "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(slots),
+               "--ctx-size", str(context * slots), "--cont-batching", "--no-webui"]
+    log = C.CACHE / f"llama-cpp-server-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log, "llama-server")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def letters_prompts(rng, count: int, length: int) -> list[str]:
     """Random lowercase words of `length` letters: `length` tokens each in the byte-level vocabulary."""
     return ["".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, length)) for _ in range(count)]
@@ -214,20 +245,24 @@ def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]]
              f"{meta['prompt']}-token prompts, {meta['new']} new tokens per stream, greedy, {meta['threads']} threads "
              f"per server.", "",
              f"Machine: {meta['machine']}. Load average during the runs: {meta['load']}.", ""]
+    peers = [peer for peer in PEERS if peer in summary]
+    if LLAMA_CPP in summary:
+        lines += [f"llama.cpp: `llama-server` built from the llama-cpp-python {meta['llama_version']} sdist's llama.cpp "
+                  f"(bench/_llama.py), F16 GGUF of the same weights; {meta['llama_cpp_mode']}", ""]
     if LLAMA in summary:
-        lines += [f"llama.cpp: llama-cpp-python {meta['llama_version']} `llama_cpp.server`, F16 GGUF of the same "
-                  f"weights; {meta['llama_mode']}", ""]
+        lines += [f"llama-cpp-python {meta['llama_version']} `llama_cpp.server`, the same GGUF; {meta['llama_mode']}",
+                  ""]
     lines += ["| server | streams | aggregate tok/s | per stream tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | "
-              "TTFT ms | concurrent chunks | decode × 1 stream | aggregate × llama.cpp |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "TTFT ms | concurrent chunks | decode × 1 stream |" + "".join(f" aggregate × {p} |" for p in peers),
+              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(peers)]
     for name, per in summary.items():
         for c in levels:
             m = per[c]
-            versus = (f"{m['aggregate'] / summary[LLAMA][c]['aggregate']:.2f}×" if LLAMA in summary else "–")
+            versus = "".join(f" {m['aggregate'] / summary[p][c]['aggregate']:.2f}× |" for p in peers)
             lines.append(f"| {name} | {c} | {m['aggregate']:.1f} | {m['aggregate'] / c:.1f} | {rate(m['decode'])} | "
                          f"{m['itl_p50'] * 1e3:.1f} | {m['itl_p99'] * 1e3:.1f} | {m['ttft'] * 1e3:.0f} | "
-                         f"{m['concurrent'] * 100:.0f} % | {rate(m['decode'] / per[levels[0]]['decode'], '×', 2)} | "
-                         f"{versus} |")
+                         f"{m['concurrent'] * 100:.0f} % | {rate(m['decode'] / per[levels[0]]['decode'], '×', 2)} |"
+                         f"{versus}")
     lines += ["", "Aggregate: all streams' tokens over first request to last chunk (prefill included). Decode: the chunks "
               "that arrived while every stream was running (after each had its first chunk, before the first one "
               "ended), over that time; – when the streams never all ran at once. Concurrent chunks: the share of a "
@@ -254,7 +289,9 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per stream [32]")
     parser.add_argument("--new", type=int, default=64, help="tokens generated per stream [64]")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per server [all]")
-    parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp's server")
+    parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp's llama-server")
+    parser.add_argument("--llama-cpp-python", action="store_true",
+                        help="also llama-cpp-python's llama_cpp.server (serves one request at a time; slow)")
     parser.add_argument("--peer", help="base URL (…/v1) of another OpenAI-compatible server with the same weights")
     parser.add_argument("--peer-model", default="model", help="the model name the peer expects")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder [bench/results]")
@@ -269,10 +306,12 @@ def main() -> int:
 
     checkpoint = C.ensure_checkpoint(args.regen)
     asw = C.ensure_asw(full_vocab_checkpoint(checkpoint), "fp16")
-    options = None if args.no_llama else llama_server_settings()
-    if options is None and not args.no_llama:
-        C.log("llama_cpp.server is not importable (pip install -e '.[bench]'): measuring ascend-serve alone")
-    gguf = _llama.ensure_gguf_from_hf(checkpoint, "f16", no_vocab=False, byte_vocab=True) if options else None
+    server_binary = None if args.no_llama else _llama.ensure_llama_server()
+    options = llama_server_settings() if args.llama_cpp_python else None
+    if args.llama_cpp_python and options is None:
+        C.log("llama_cpp.server is not importable (pip install -e '.[bench]'): skipping it")
+    gguf = (_llama.ensure_gguf_from_hf(checkpoint, "f16", no_vocab=False, byte_vocab=True)
+            if server_binary or options else None)
     rng = np.random.default_rng(0)
     id_prompts = [rng.integers(0, C.QWEN2_05B["vocab_size"] - 16, args.prompt).tolist() for _ in range(max(levels))]
     context = args.prompt + args.new + 8
@@ -290,15 +329,21 @@ def main() -> int:
             return openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=1800)
 
         targets = {OURS: Target(client(f"{server.base}/v1"), "bench", id_prompts)}
-        if gguf is not None:
-            assert options is not None
-            url = stack.enter_context(llama_server(gguf, args.threads, max(levels), context, options))
-            targets[LLAMA] = Target(client(url), "bench", letters_prompts(rng, max(levels), args.prompt),
-                                    {"repeat_penalty": 1.0})
-            counted = targets[LLAMA].client.completions.create(model="bench", prompt=targets[LLAMA].prompts[0],
-                                                               max_tokens=1, temperature=0)
+        peers = []
+        if server_binary is not None:
+            assert gguf is not None
+            peers.append((LLAMA_CPP, llama_cpp_server(server_binary, gguf, args.threads, max(levels), context)))
+        if options is not None:
+            assert gguf is not None
+            peers.append((LLAMA, llama_server(gguf, args.threads, max(levels), context, options)))
+        for name, starting in peers:
+            url = stack.enter_context(starting)
+            targets[name] = Target(client(url), "bench", letters_prompts(rng, max(levels), args.prompt),
+                                   {"repeat_penalty": 1.0})
+            counted = targets[name].client.completions.create(model="bench", prompt=targets[name].prompts[0],
+                                                              max_tokens=1, temperature=0)
             if counted.usage.prompt_tokens != args.prompt:
-                C.log(f"llama.cpp counts {counted.usage.prompt_tokens} prompt tokens, not {args.prompt}")
+                C.log(f"{name} counts {counted.usage.prompt_tokens} prompt tokens, not {args.prompt}")
         if args.peer:
             targets["peer"] = Target(client(args.peer), args.peer_model, id_prompts)
         for name, target in targets.items():
@@ -331,11 +376,11 @@ def main() -> int:
     if 1 in ours and 8 in ours:
         ratio = ours[8]["decode"] / ours[1]["decode"]
         checks.append(("ascend-serve aggregate decode at 8 streams / 1 stream", ratio, TARGET, ratio >= TARGET))
-    if LLAMA in summary:
+    for peer in (p for p in PEERS if p in summary):
         for c in levels:
-            ratio = ours[c]["aggregate"] / summary[LLAMA][c]["aggregate"]
-            checks.append((f"ascend-serve / llama.cpp server aggregate at {c} stream{'s' if c > 1 else ''}", ratio,
-                           1.0, ratio > 1.0))
+            ratio = ours[c]["aggregate"] / summary[peer][c]["aggregate"]
+            checks.append((f"ascend-serve / {peer} aggregate at {c} stream{'s' if c > 1 else ''}", ratio, 1.0,
+                           ratio > 1.0))
     for text, value, goal, ok in checks:
         print(f"{text}: {value:.2f}x (target >= {goal:g}x): {'PASS' if ok else 'FAIL'}")
     if "peer" in summary:
@@ -353,7 +398,9 @@ def main() -> int:
             "rounds": args.rounds, "prompt": args.prompt, "new": args.new, "threads": args.threads,
             "machine": C.machine_line(),
             "load": f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?",
-            "llama_version": _llama.installed_version(), "llama_mode": llama_mode}
+            "llama_version": _llama.installed_version() or _llama.pinned_version(), "llama_mode": llama_mode,
+            "llama_cpp_mode": (f"--parallel {max(levels)} slots, --ctx-size {context * max(levels)} ({context} per "
+                               f"slot), continuous batching, {args.threads} threads")}
     text = write_results(args.out, {k: v for k, v in summary.items() if k != "peer"}, meta, checks)
     C.log(f"wrote {args.out / 'serve.md'} and serve.json")
     print(json.dumps(summary))
