@@ -210,9 +210,10 @@ INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
 }
 
 ASW_ATTENTION_LOOPS(x, TGT)
+ASW_OUTER_LOOPS(x, TGT)
 
 const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, x_gemv_batch, x_to_f32, x_from_f32, x_scores,
-                                       x_weighted_sum};
+                                       x_weighted_sum, x_outer, 0};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
