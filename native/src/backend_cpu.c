@@ -265,19 +265,35 @@ static void matmul_task(void *arg, int ith, int nth) {
     if (r0 < r1) j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
 }
 
+typedef struct transpose_job {
+    float *xt;        /* [cols, ntp] */
+    const float *X;   /* [nt, ldx] */
+    int64_t ldx, cols, nt, ntp;
+} transpose_job;
+
+/* xt = X transposed, the padding tokens nt..ntp zero; columns split across threads in blocks of 16 */
+static void transpose_task(void *arg, int ith, int nth) {
+    const transpose_job *j = arg;
+    int64_t blocks = (j->cols + 15) / 16, i0 = blocks * ith / nth * 16, i1 = blocks * (ith + 1) / nth * 16;
+    if (i1 > j->cols) i1 = j->cols;
+    for (int64_t b = i0; b < i1; b += 16) {
+        int64_t bn = i1 - b < 16 ? i1 - b : 16;
+        for (int64_t t = 0; t < j->nt; t++)
+            for (int64_t i = 0; i < bn; i++) j->xt[(b + i) * j->ntp + t] = j->X[t * j->ldx + b + i];
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t t = j->nt; t < j->ntp; t++) j->xt[(b + i) * j->ntp + t] = 0.0f;
+    }
+}
+
 /* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads */
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
                    const float *X, int64_t ldx, int64_t nt) {
     matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
                     s->panel_floats};
     if (!s->rowwise && nt >= OUTER_TOKENS && s->m->k->outer_matmul) {
-        /* xt [cols, ntp] = X transposed, the padding tokens zero */
         int64_t ntp = (nt + 15) / 16 * 16;
-        for (int64_t i = 0; i < cols; i++) {
-            float *col = s->xt + i * ntp; /* [ntp] */
-            for (int64_t t = 0; t < nt; t++) col[t] = X[t * ldx + i];
-            for (int64_t t = nt; t < ntp; t++) col[t] = 0.0f;
-        }
+        transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
+        asw_pool_run(s->pool, transpose_task, &tj);
         j.X = s->xt;
         j.ldx = j.ntp = ntp;
     }
