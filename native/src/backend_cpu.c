@@ -2,8 +2,10 @@
  *
  * Tokens go through the model in chunks of up to CHUNK positions (prefill) or one at a time (decode, the same
  * code with n = 1). Every matmul is threaded over output rows on the session's persistent pool; with one token
- * the SIMD kernel is a GEMV, with a chunk it is a GEMM that reuses each loaded weight block across a tile of
- * tokens. The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
+ * the SIMD kernel is a GEMV, with a chunk it is a GEMM: on the kernel set's outer-product kernel over f32 weight
+ * panels converted once per chunk where the set says so (outer_matmul), else its dot-product tile. Prefill
+ * attention runs flash-style on the outer-product kernel (attend_block); decode attends one query at a time.
+ * The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
  */
 #include <math.h>
 #include <stdio.h>
@@ -471,9 +473,10 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
 }
 
 /* Attention of every (row, head). A prefill chunk goes in work items of attn_tokens rows x one KV group
- * (attend_block), round-robin over the threads. Otherwise heads are taken in order, so the query heads of one KV group run back to back
- * on one thread and re-read that group's cache rows from cache, not memory. With at least as many rows as
- * threads, whole rows go round-robin (balancing the causal triangle); otherwise the heads are split in ranges. */
+ * (attend_block), round-robin over the threads. Otherwise (decode, a batched step) heads are taken in order, so the
+ * query heads of one KV group run back to back on one thread and re-read that group's cache rows from cache, not
+ * memory; with at least as many rows as threads, whole rows go round-robin (balancing the causal triangle),
+ * otherwise the heads are split in ranges. */
 static void attention_task(void *arg, int ith, int nth) {
     const attention_job *j = arg;
     cpu_session *s = j->s;

@@ -38,8 +38,8 @@ typedef struct asw_kernels {
      * order, whatever the tiling. B and Z rows are padded to whole 16-float vectors. */
     void (*outer)(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
                   int64_t ldb, int64_t rows, int64_t nv, int add);
-    /* 1: prefill matmuls convert weight panels to f32 once and run `outer` on the transposed activations
-     * (a set whose register tile beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
+    /* 1: prefill matmuls convert weight panels to f32 once and run `outer` on the transposed activations (a set
+     * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
     int outer_matmul;
 } asw_kernels;
 

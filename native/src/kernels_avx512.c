@@ -1,8 +1,8 @@
 /* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
  *
- * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM for prefill) with
- * 16-lane accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail
- * instead of a scalar loop.
+ * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM) with 16-lane
+ * accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail instead of
+ * a scalar loop; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use.
  */
 #include "asw.h"
 #include "kernels.h"
