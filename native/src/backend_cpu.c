@@ -243,7 +243,9 @@ static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) 
     for (int64_t rr = r0; rr < r1; rr += PANEL) {
         int64_t rn = r1 - rr < PANEL ? r1 - rr : PANEL;
         k->to_f32(j->dtype, wp, j->W + rr * j->cols, rn * j->cols);
-        k->outer(zb, j->ntp, wp, j->cols, 1, j->cols, j->X, j->ntp, rn, nv, 0);
+        int64_t next = r1 - rr - rn < PANEL ? r1 - rr - rn : PANEL; /* rows of the next panel, fetched meanwhile */
+        k->outer(zb, j->ntp, wp, j->cols, 1, j->cols, j->X, j->ntp, rn, nv, 0, j->W + (rr + rn) * j->cols,
+                 next * j->cols * (int64_t)sizeof(uint16_t));
         for (int64_t t = 0; t < j->nt; t++)
             for (int64_t r = 0; r < rn; r++) j->Y[t * j->ldy + rr + r] = zb[r * j->ntp + t];
     }
@@ -457,13 +459,13 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
     for (int32_t p0 = 0; p0 < len; p0 += KEYS) {
         int64_t pn = len - p0 < KEYS ? len - p0 : KEYS;
         for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, kc + (size_t)(p0 + p) * kv_dim, D);
-        k->outer(st, ldq, rows, D, 1, D, qt, ldq, pn, nv, 0);
+        k->outer(st, ldq, rows, D, 1, D, qt, ldq, pn, nv, 0, NULL, 0);
         softmax_block(st, pn, ldq, p0, lim, mx, sum, corr);
         if (p0 > 0)
             for (int i = 0; i < D; i++)
                 for (int q = 0; q < ldq; q++) ot[(size_t)i * ldq + q] *= corr[q];
         for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, vc + (size_t)(p0 + p) * kv_dim, D);
-        k->outer(ot, ldq, rows, 1, D, pn, st, ldq, D, nv, 1);
+        k->outer(ot, ldq, rows, 1, D, pn, st, ldq, D, nv, 1, NULL, 0);
     }
     for (int q = 0; q < nq; q++) {
         float *out = s->att + (size_t)(t0 + q / group) * q_dim + (size_t)(g * group + q % group) * D; /* [D] */

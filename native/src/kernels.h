@@ -35,9 +35,10 @@ typedef struct asw_kernels {
      *   Z[r*ldz + j] (+)= sum_{i < kn} A[r*lar + i*lak] * B[i*ldb + j]   for r < rows, j < 16 nv
      * (accumulating into Z when add != 0). Each A element is broadcast and multiplied into whole vectors of B's
      * columns (tokens or queries), so no horizontal sums are needed; each output element is summed over i in
-     * order, whatever the tiling. B and Z rows are padded to whole 16-float vectors. */
+     * order, whatever the tiling. B and Z rows are padded to whole 16-float vectors. `next` [next_bytes] is a
+     * hint: memory the caller reads after this call, which a set may prefetch while it computes (NULL: none). */
     void (*outer)(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
-                  int64_t ldb, int64_t rows, int64_t nv, int add);
+                  int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes);
     /* 1: prefill matmuls convert weight panels to f32 once and run `outer` on the transposed activations (a set
      * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
     int outer_matmul;
@@ -47,7 +48,10 @@ typedef struct asw_kernels {
  * a register-tiled version. */
 #define ASW_OUTER_LOOPS(prefix, ATTR)                                                                              \
     ATTR static void prefix##_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, \
-                                    const float *B, int64_t ldb, int64_t rows, int64_t nv, int add) {             \
+                                    const float *B, int64_t ldb, int64_t rows, int64_t nv, int add,               \
+                                    const void *next, int64_t next_bytes) {                                       \
+        (void)next;                                                                                               \
+        (void)next_bytes;                                                                                         \
         for (int64_t r = 0; r < rows; r++) {                                                                      \
             float *z = Z + r * ldz; /* [16 nv] */                                                                 \
             if (!add)                                                                                             \

@@ -249,7 +249,9 @@ OTILE_FN(5)
 static const otile_fn otiles[OR] = {otile_r1, otile_r2, otile_r3, otile_r4, otile_r5}; /* [rows - 1] */
 
 TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
-                        int64_t ldb, int64_t rows, int64_t nv, int add) {
+                        int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
+    (void)next; /* used for attention only, where there is nothing to prefetch */
+    (void)next_bytes;
     for (int64_t v = 0; v < nv; v++)
         for (int64_t r = 0; r < rows; r += OR) {
             int rn = rows - r < OR ? (int)(rows - r) : OR;

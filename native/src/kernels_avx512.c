@@ -230,12 +230,18 @@ ASW_ATTENTION_LOOPS(z, TGT)
 enum { OV = 4 }; /* most B vectors per pass */
 
 INL void otile(int nr, int nv, int add, float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn,
-               const float *B, int64_t ldb) {
+               const float *B, int64_t ldb, const char *pf, int64_t step) {
     __m512 acc[24][OV];
     for (int r = 0; r < nr; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = add ? _mm512_loadu_ps(Z + r * ldz + 16 * v) : _mm512_setzero_ps();
+    int64_t left = step;
     for (int64_t i = 0; i < kn; i++) {
         const float *a = A + i * lak, *b = B + i * ldb;
+        if (--left == 0) { /* one line of the caller's next data every `step` k steps, into L2 */
+            _mm_prefetch(pf, _MM_HINT_T1);
+            pf += 64;
+            left = step;
+        }
         __m512 bv[OV];
         for (int v = 0; v < nv; v++) bv[v] = _mm512_loadu_ps(b + 16 * v);
         for (int r = 0; r < nr; r++) {
@@ -247,11 +253,12 @@ INL void otile(int nr, int nv, int add, float *Z, int64_t ldz, const float *A, i
         for (int v = 0; v < nv; v++) _mm512_storeu_ps(Z + r * ldz + 16 * v, acc[r][v]);
 }
 
-typedef void (*otile_fn)(int, float *, int64_t, const float *, int64_t, int64_t, int64_t, const float *, int64_t);
+typedef void (*otile_fn)(int, float *, int64_t, const float *, int64_t, int64_t, int64_t, const float *, int64_t,
+                         const char *, int64_t);
 #define OTILE_FN(nr, nv)                                                                                           \
     TGT static void otile_r##nr##v##nv(int add, float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, \
-                                       int64_t kn, const float *B, int64_t ldb) {                                 \
-        otile(nr, nv, add, Z, ldz, A, lar, lak, kn, B, ldb);                                                     \
+                                       int64_t kn, const float *B, int64_t ldb, const char *pf, int64_t step) {   \
+        otile(nr, nv, add, Z, ldz, A, lar, lak, kn, B, ldb, pf, step);                                           \
     }
 #define OTILE_ROWS(nv, R)                                                                                          \
     OTILE_FN(1, nv) OTILE_FN(2, nv) OTILE_FN(3, nv) OTILE_FN(4, nv) OTILE_FN(5, nv) OTILE_FN(6, nv) R
@@ -273,13 +280,24 @@ static const otile_fn otiles[OV][12] = {
 };
 
 TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
-                        int64_t ldb, int64_t rows, int64_t nv, int add) {
+                        int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
+    /* the prefetches of `next`, spread evenly over the k steps of all tiles (a burst would stall on memory) */
+    int64_t tiles = 0;
+    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
+        int rt = otile_rows[(nv - v0 < OV ? nv - v0 : OV) - 1];
+        tiles += (rows + rt - 1) / rt;
+    }
+    const char *pf = next;
+    int64_t lines = next == NULL ? 0 : next_bytes / 64; /* never past the end of `next` */
+    int64_t step = lines == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
     for (int64_t v0 = 0; v0 < nv; v0 += OV) {
         int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
         int rt = otile_rows[vn - 1];
         for (int64_t r = 0; r < rows; r += rt) {
             int rn = rows - r < rt ? (int)(rows - r) : rt;
-            otiles[vn - 1][rn - 1](add, Z + r * ldz + 16 * v0, ldz, A + r * lar, lar, lak, kn, B + 16 * v0, ldb);
+            otiles[vn - 1][rn - 1](add, Z + r * ldz + 16 * v0, ldz, A + r * lar, lar, lak, kn, B + 16 * v0, ldb, pf,
+                                   step);
+            pf += 64 * (kn / step);
         }
     }
 }
