@@ -152,17 +152,22 @@ def test_llama3_scaling_is_applied():
     assert np.abs(logits - unscaled).max() > 20 * 5e-4 * np.abs(unscaled).max()
 
 
-def test_decode_with_cache_equals_recompute(kernels):
-    config, dtype = CONFIGS["llama3_d128"], "bf16"
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_decode_with_cache_equals_recompute(kernels, name, dtype):
+    """Prefill of a prompt longer than two chunks and than one block of keys (the prefill attention's work items,
+    its online softmax across key blocks, the outer-product matmuls) gives, at every position, the logits of
+    feeding the same tokens one decode step at a time (GEMV matmuls, one query at a time attention): GQA 7:1 with
+    head_dim 64, GQA 2:1 with head_dim 128, and plain multi-head attention."""
+    config = CONFIGS[name]
     data, tensors, _ = build(config, dtype, seed=5)
-    tokens = np.random.default_rng(6).integers(0, config["vocab_size"], size=20).tolist()
-    with NativeModel(data, config, dtype, "nd", tensors) as model, model.session(max_len=20) as s:
-        s.prefill(tokens[:5], logits="none")
-        for t in tokens[5:]:
-            cached, _ = s.decode(t)
+    tokens = np.random.default_rng(6).integers(0, config["vocab_size"], size=140).tolist()
+    with NativeModel(data, config, dtype, "nd", tensors) as model, model.session(max_len=140) as s:
+        first, _ = s.prefill(tokens[:1], logits="all")
+        stepped = [first[0]] + [s.decode(t)[0] for t in tokens[1:]]
         s.reset()
-        whole, _ = s.prefill(tokens)
-        np.testing.assert_allclose(cached, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
+        whole, _ = s.prefill(tokens, logits="all")
+    np.testing.assert_allclose(np.stack(stepped), whole, rtol=0, atol=1e-4 * np.abs(whole).max())
 
 
 def test_threads_give_identical_results():

@@ -2,8 +2,10 @@
  *
  * Tokens go through the model in chunks of up to CHUNK positions (prefill) or one at a time (decode, the same
  * code with n = 1). Every matmul is threaded over output rows on the session's persistent pool; with one token
- * the SIMD kernel is a GEMV, with a chunk it is a GEMM that reuses each loaded weight block across a tile of
- * tokens. The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
+ * the SIMD kernel is a GEMV, with a chunk it is a GEMM: on the kernel set's outer-product kernel over f32 weight
+ * panels converted once per chunk where the set says so (outer_matmul), else its dot-product tile. Prefill
+ * attention runs flash-style on the outer-product kernel (attend_block); decode attends one query at a time.
+ * The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
  */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +18,12 @@
 #include "threadpool.h"
 
 enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized for one chunk */
+/* Prefill matmuls on the outer-product kernel: weight rows converted to f32 PANEL whole rows at a time (once per
+ * chunk; a panel is one sequential stream of memory), for at least OUTER_TOKENS tokens (fewer leave too many
+ * vector lanes empty). */
+enum { PANEL = 24, OUTER_TOKENS = 8 };
+/* Prefill attention: keys per block, and queries per work item (at most 4 vectors of the outer kernel) */
+enum { KEYS = 128, QUERIES = 64 };
 _Static_assert(ASW_MAX_BATCH <= CHUNK, "a batched decode step must fit one chunk's scratch buffers");
 
 typedef struct cpu_model {
@@ -41,6 +49,11 @@ typedef struct cpu_session {
     float *rope_cos; /* [CHUNK, head_dim / 2] */
     float *rope_sin; /* [CHUNK, head_dim / 2] */
     float *scores;   /* [n_threads, max_len] attention scores, one row per thread */
+    float *xt;       /* [max(hidden, q_dim, ffn), CHUNK] a prefill matmul's activations transposed */
+    float *panels;   /* [n_threads, panel_floats] per-thread f32 weight panels and output tiles of prefill matmuls */
+    float *attn;     /* [n_threads, attn_floats] per-thread scratch of prefill attention (attend_block) */
+    size_t panel_floats, attn_floats;
+    int attn_tokens; /* tokens per work item of prefill attention */
     float *logits;   /* [vocab] last-position logits when the caller wants only the argmax or the top-k */
     int32_t next_token;             /* argmax of the last step: the input of the next decode_enqueue */
     int32_t ring[ASW_MAX_PENDING];  /* tokens of queued decode steps (computed at enqueue), oldest at ring_head */
@@ -133,6 +146,9 @@ static void cpu_session_free(void *bs) {
     free(s->rope_cos);
     free(s->rope_sin);
     free(s->scores);
+    free(s->xt);
+    free(s->panels);
+    free(s->attn);
     free(s->logits);
     free(s->batch_logits);
     free(s->key_cache);
@@ -175,11 +191,24 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->rope_cos = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->rope_sin = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->scores = malloc(nth * (size_t)max_len * sizeof(float));
+    /* prefill: a work item of attention is attn_tokens whole tokens of one KV group's query heads (a function of
+     * the shape only, never of the thread count, so results do not depend on it) */
+    int group = c->n_heads / c->n_kv_heads;
+    s->attn_tokens = group >= QUERIES ? 1 : QUERIES / group;
+    size_t qp = (size_t)(s->attn_tokens * group + 15) / 16 * 16, D = (size_t)c->head_dim;
+    s->attn_floats = 2 * D * qp + KEYS * D + KEYS * qp + 4 * qp; /* attend_block's layout */
+    size_t widest = (size_t)c->hidden; /* the most columns of a matmul */
+    if ((size_t)c->n_heads * D > widest) widest = (size_t)c->n_heads * D;
+    if ((size_t)c->ffn > widest) widest = (size_t)c->ffn;
+    s->panel_floats = PANEL * CHUNK + PANEL * widest;
+    s->xt = malloc(widest * CHUNK * sizeof(float));
+    s->panels = malloc(nth * s->panel_floats * sizeof(float));
+    s->attn = malloc(nth * s->attn_floats * sizeof(float));
     s->logits = malloc((size_t)c->vocab * sizeof(float));
     s->key_cache = malloc(cache * sizeof(uint16_t));
     s->value_cache = malloc(cache * sizeof(uint16_t));
     if (!s->x || !s->xb || !s->xb2 || !s->qkv || !s->att || !s->hb || !s->act || !s->rope_cos || !s->rope_sin ||
-        !s->scores || !s->logits || !s->key_cache || !s->value_cache) {
+        !s->scores || !s->xt || !s->panels || !s->attn || !s->logits || !s->key_cache || !s->value_cache) {
         asw_set_error("out of memory allocating a session of max_len %d (KV cache %zu bytes)", (int)max_len,
                       2 * cache * sizeof(uint16_t));
         cpu_session_free(s);
@@ -202,7 +231,29 @@ typedef struct matmul_job {
     const float *X;     /* [nt, ldx] */
     int64_t ldx, nt;
     int rowwise;        /* 1: each token as its own GEMV (bit-identical to a lone decode step) */
+    int64_t ntp;        /* > 0: the outer-product path; X is then [cols, ntp] (tokens padded to whole vectors) */
+    float *panels;      /* [nth, panel_floats] */
+    size_t panel_floats;
 } matmul_job;
+
+/* Rows r0..r1 of a prefill matmul on the outer-product kernel: PANEL weight rows at a time, converted to f32
+ * (each weight converted once per chunk, not once per token tile), Z [rows, tokens] written back transposed into
+ * Y [nt, ldy]. */
+static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) {
+    const asw_kernels *k = j->k;
+    float *zb = buf;                 /* [PANEL, CHUNK] outputs, row-major by weight row */
+    float *wp = buf + PANEL * CHUNK; /* [PANEL, cols] f32 weights */
+    int64_t nv = j->ntp / 16;
+    for (int64_t rr = r0; rr < r1; rr += PANEL) {
+        int64_t rn = r1 - rr < PANEL ? r1 - rr : PANEL;
+        k->to_f32(j->dtype, wp, j->W + rr * j->cols, rn * j->cols);
+        int64_t next = r1 - rr - rn < PANEL ? r1 - rr - rn : PANEL; /* rows of the next panel, fetched meanwhile */
+        k->outer(zb, j->ntp, wp, j->cols, 1, j->cols, j->X, j->ntp, rn, nv, 0, j->W + (rr + rn) * j->cols,
+                 next * j->cols * (int64_t)sizeof(uint16_t));
+        for (int64_t t = 0; t < j->nt; t++)
+            for (int64_t r = 0; r < rn; r++) j->Y[t * j->ldy + rr + r] = zb[r * j->ntp + t];
+    }
+}
 
 static void matmul_task(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
@@ -210,6 +261,10 @@ static void matmul_task(void *arg, int ith, int nth) {
     int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
     int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
     if (r1 > j->rows) r1 = j->rows;
+    if (j->ntp > 0) {
+        if (r0 < r1) outer_rows(j, r0, r1, j->panels + (size_t)ith * j->panel_floats);
+        return;
+    }
     if (!j->rowwise) {
         if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
         return;
@@ -218,10 +273,38 @@ static void matmul_task(void *arg, int ith, int nth) {
     if (r0 < r1) j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
 }
 
+typedef struct transpose_job {
+    float *xt;        /* [cols, ntp] */
+    const float *X;   /* [nt, ldx] */
+    int64_t ldx, cols, nt, ntp;
+} transpose_job;
+
+/* xt = X transposed, the padding tokens nt..ntp zero; columns split across threads in blocks of 16 */
+static void transpose_task(void *arg, int ith, int nth) {
+    const transpose_job *j = arg;
+    int64_t blocks = (j->cols + 15) / 16, i0 = blocks * ith / nth * 16, i1 = blocks * (ith + 1) / nth * 16;
+    if (i1 > j->cols) i1 = j->cols;
+    for (int64_t b = i0; b < i1; b += 16) {
+        int64_t bn = i1 - b < 16 ? i1 - b : 16;
+        for (int64_t t = 0; t < j->nt; t++)
+            for (int64_t i = 0; i < bn; i++) j->xt[(b + i) * j->ntp + t] = j->X[t * j->ldx + b + i];
+        for (int64_t i = 0; i < bn; i++)
+            for (int64_t t = j->nt; t < j->ntp; t++) j->xt[(b + i) * j->ntp + t] = 0.0f;
+    }
+}
+
 /* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads */
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
                    const float *X, int64_t ldx, int64_t nt) {
-    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise};
+    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
+                    s->panel_floats};
+    if (!s->rowwise && nt >= OUTER_TOKENS && s->m->k->outer_matmul) {
+        int64_t ntp = (nt + 15) / 16 * 16;
+        transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
+        asw_pool_run(s->pool, transpose_task, &tj);
+        j.X = s->xt;
+        j.ldx = j.ntp = ntp;
+    }
     asw_pool_run(s->pool, matmul_task, &j);
 }
 
@@ -237,6 +320,7 @@ typedef struct attention_job {
     const row_kv *rows;  /* [n] */
     int layer;
     int n;               /* rows in this pass */
+    int block;           /* 1: a prefill chunk (n > 1 rows of one session at consecutive positions): attend_block */
 } attention_job;
 
 /* Vector-friendly exp (Cephes' polynomial, relative error ~1e-7 over the float range): no calls and no branches,
@@ -317,16 +401,101 @@ static void attend(const attention_job *j, int t, int h, float *sc) {
     k->weighted_sum(c->dtype, out, sc, vc, (int64_t)kv_dim, D, len);
 }
 
-/* Attention of every (row, head). Heads are taken in order, so the query heads of one KV group run back to back
- * on one thread and re-read that group's cache rows from cache, not memory. With at least as many rows as
- * threads, whole rows go round-robin (balancing the causal triangle); otherwise the heads are split in ranges. */
+/* One block of keys p0..p0+pn-1 in the online softmax of attend_block, vectorized across the ldq queries:
+ * st [pn, ldq] scores in, exp(score - running max) out (0 where the key is after the query: p0 + p > lim[q]);
+ * mx, sum [ldq] running max and sum; corr [ldq] out: the factor the output accumulated so far must be scaled by. */
+VECTOR_CLONES static void softmax_block(float *st, int64_t pn, int64_t ldq, int32_t p0, const int32_t *lim,
+                                        float *mx, float *sum, float *corr) {
+    for (int64_t q = 0; q < ldq; q++) corr[q] = mx[q];
+    for (int64_t p = 0; p < pn; p++)
+        for (int64_t q = 0; q < ldq; q++) {
+            float v = p0 + (int32_t)p <= lim[q] ? st[p * ldq + q] : -INFINITY;
+            corr[q] = v > corr[q] ? v : corr[q];
+        }
+    for (int64_t q = 0; q < ldq; q++) {
+        float m = corr[q]; /* finite: every query sees key 0 in the first block */
+        corr[q] = exp_poly(mx[q] - m);
+        mx[q] = m;
+        sum[q] *= corr[q];
+    }
+    for (int64_t p = 0; p < pn; p++)
+        for (int64_t q = 0; q < ldq; q++) {
+            float e = p0 + (int32_t)p <= lim[q] ? exp_poly(st[p * ldq + q] - mx[q]) : 0.0f;
+            st[p * ldq + q] = e;
+            sum[q] += e;
+        }
+}
+
+/* Prefill attention of chunk rows t0..t1-1 (one session, position pos0 + t) for the query heads of KV head g,
+ * flash-style: for each block of KEYS cache rows, the scores S [keys, queries] = K . Q^T and then the output
+ * O^T [D, queries] += V^T . exp(S) run on the outer-product kernel, so each K and V row is converted once and used
+ * by every query of the item; an online softmax in between. buf: [attn_floats] of this thread. */
+static void attend_block(const attention_job *j, int g, int t0, int t1, float *buf) {
+    cpu_session *s = j->s;
+    const asw_config *c = &s->m->cfg;
+    const asw_kernels *k = s->m->k;
+    int dt = c->dtype, D = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D, q_dim = (size_t)c->n_heads * D;
+    size_t kv_dim = (size_t)c->n_kv_heads * D;
+    int nq = (t1 - t0) * group, nv = (nq + 15) / 16, ldq = 16 * nv;
+    size_t qp = (size_t)(s->attn_tokens * group + 15) / 16 * 16; /* >= ldq */
+    float *qt = buf;                            /* [D, ldq] queries (scaled by 1/sqrt(D)), transposed */
+    float *ot = qt + (size_t)D * qp;            /* [D, ldq] output, transposed */
+    float *rows = ot + (size_t)D * qp;          /* [KEYS, D] K or V rows of one block in f32 */
+    float *st = rows + (size_t)KEYS * D;        /* [KEYS, ldq] scores, then their exp */
+    float *mx = st + (size_t)KEYS * qp, *sum = mx + qp, *corr = sum + qp; /* [ldq] each */
+    int32_t *lim = (int32_t *)(corr + qp);      /* [ldq] last key each query sees */
+    int32_t pos0 = j->rows[0].pos;
+    float scale = 1.0f / sqrtf((float)D);
+    for (int q = 0; q < ldq; q++) { /* query q: token t0 + q / group, head g * group + q % group */
+        int real = q < nq, t = t0 + (real ? q / group : t1 - 1 - t0);
+        const float *qv = s->qkv + (size_t)t * qkv_dim + (size_t)(g * group + q % group) * D; /* [D] */
+        for (int i = 0; i < D; i++) qt[(size_t)i * ldq + q] = real ? scale * qv[i] : 0.0f;
+        lim[q] = pos0 + t;
+        mx[q] = -INFINITY;
+        sum[q] = 0.0f;
+    }
+    memset(ot, 0, (size_t)D * ldq * sizeof(float));
+    const cpu_session *kv = j->rows[0].kv;
+    size_t base = (size_t)j->layer * kv->max_len * kv_dim + (size_t)g * D;
+    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] stride kv_dim */
+    int32_t len = pos0 + t1;
+    for (int32_t p0 = 0; p0 < len; p0 += KEYS) {
+        int64_t pn = len - p0 < KEYS ? len - p0 : KEYS;
+        for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, kc + (size_t)(p0 + p) * kv_dim, D);
+        k->outer(st, ldq, rows, D, 1, D, qt, ldq, pn, nv, 0, NULL, 0);
+        softmax_block(st, pn, ldq, p0, lim, mx, sum, corr);
+        if (p0 > 0)
+            for (int i = 0; i < D; i++)
+                for (int q = 0; q < ldq; q++) ot[(size_t)i * ldq + q] *= corr[q];
+        for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, vc + (size_t)(p0 + p) * kv_dim, D);
+        k->outer(ot, ldq, rows, 1, D, pn, st, ldq, D, nv, 1, NULL, 0);
+    }
+    for (int q = 0; q < nq; q++) {
+        float *out = s->att + (size_t)(t0 + q / group) * q_dim + (size_t)(g * group + q % group) * D; /* [D] */
+        float inv = 1.0f / sum[q];
+        for (int i = 0; i < D; i++) out[i] = ot[(size_t)i * ldq + q] * inv;
+    }
+}
+
+/* Attention of every (row, head). A prefill chunk goes in work items of attn_tokens rows x one KV group
+ * (attend_block), round-robin over the threads. Otherwise (decode, a batched step) heads are taken in order, so the
+ * query heads of one KV group run back to back on one thread and re-read that group's cache rows from cache, not
+ * memory; with at least as many rows as threads, whole rows go round-robin (balancing the causal triangle),
+ * otherwise the heads are split in ranges. */
 static void attention_task(void *arg, int ith, int nth) {
     const attention_job *j = arg;
     cpu_session *s = j->s;
     int Hq = s->m->cfg.n_heads;
     float *sc = s->scores + (size_t)ith * s->max_len; /* [max_len] (>= every row's max_len) */
     fp_mode mode = flush_denormals();
-    if (j->n >= nth) {
+    if (j->block) {
+        int tb = s->attn_tokens, blocks = (j->n + tb - 1) / tb, G = s->m->cfg.n_kv_heads;
+        for (int item = ith; item < blocks * G; item += nth) {
+            int t0 = item / G * tb, t1 = t0 + tb < j->n ? t0 + tb : j->n;
+            attend_block(j, item % G, t0, t1, s->attn + (size_t)ith * s->attn_floats);
+        }
+    } else if (j->n >= nth) {
         for (int t = ith; t < j->n; t += nth)
             for (int h = 0; h < Hq; h++) attend(j, t, h, sc);
     } else {
@@ -480,7 +649,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         }
 
         /* att [n, q_dim] = causal GQA attention over the cache */
-        attention_job aj = {s, rows, l, n};
+        attention_job aj = {s, rows, l, n, n > 1 && !s->rowwise};
         asw_pool_run(s->pool, attention_task, &aj);
 
         /* x += att . Wo^T */

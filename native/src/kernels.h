@@ -31,12 +31,43 @@ typedef struct asw_kernels {
     /* out[i] += sum_p w[p] * V[p*ldv + i]   for p < len, i < d: the attention-weighted sum of cache rows */
     void (*weighted_sum)(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
                          int64_t len);
+    /* The outer-product micro-kernel of prefill, all f32:
+     *   Z[r*ldz + j] (+)= sum_{i < kn} A[r*lar + i*lak] * B[i*ldb + j]   for r < rows, j < 16 nv
+     * (accumulating into Z when add != 0). Each A element is broadcast and multiplied into whole vectors of B's
+     * columns (tokens or queries), so no horizontal sums are needed; each output element is summed over i in
+     * order, whatever the tiling. B and Z rows are padded to whole 16-float vectors. `next` [next_bytes] is a
+     * hint: memory the caller reads after this call, which a set may prefetch while it computes (NULL: none). */
+    void (*outer)(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
+                  int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes);
+    /* 1: prefill matmuls convert weight panels to f32 once and run `outer` on the transposed activations (a set
+     * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
+    int outer_matmul;
 } asw_kernels;
 
 /* The decode GEMV prefetches the weights this many elements (4 KiB of u16) ahead of the row it reads: the hardware
  * streamer alone left a 2-thread decode step ~15 % short (Qwen2-0.5B shape, AVX-512, interleaved A/B: 2 KiB and
  * 16 KiB ahead measured in between). A prefetch never faults, so running past the last row is harmless. */
 #define ASW_GEMV_PREFETCH_AHEAD 2048
+
+/* `outer` in plain C loops (compiled with the set's target attribute, so the j loop vectorizes): the sets without
+ * a register-tiled version. */
+#define ASW_OUTER_LOOPS(prefix, ATTR)                                                                              \
+    ATTR static void prefix##_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, \
+                                    const float *B, int64_t ldb, int64_t rows, int64_t nv, int add,               \
+                                    const void *next, int64_t next_bytes) {                                       \
+        (void)next;                                                                                               \
+        (void)next_bytes;                                                                                         \
+        for (int64_t r = 0; r < rows; r++) {                                                                      \
+            float *z = Z + r * ldz; /* [16 nv] */                                                                 \
+            if (!add)                                                                                             \
+                for (int64_t j = 0; j < 16 * nv; j++) z[j] = 0.0f;                                                \
+            for (int64_t i = 0; i < kn; i++) {                                                                    \
+                float a = A[r * lar + i * lak];                                                                   \
+                const float *b = B + i * ldb; /* [16 nv] */                                                       \
+                for (int64_t j = 0; j < 16 * nv; j++) z[j] += a * b[j];                                           \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
 
 /* gemv_batch for a set without a multi-token GEMV: rows in blocks small enough to stay in L2 while every token's
  * nt = 1 GEMV (prefix##_matmul) reads them, so the weights still come from memory once. */

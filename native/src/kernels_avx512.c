@@ -1,8 +1,8 @@
 /* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
  *
- * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM for prefill) with
- * 16-lane accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail
- * instead of a scalar loop.
+ * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM) with 16-lane
+ * accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail instead of
+ * a scalar loop; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -316,8 +316,85 @@ INL void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
 
 ASW_ATTENTION_LOOPS(z, TGT)
 
+/* ---- the outer-product micro-kernel of prefill (see kernels.h): nr rows x nv vectors of 16 columns, each A
+ * element broadcast from memory into nv FMAs; nr x nv <= 24 accumulators + nv B vectors + 1 broadcast. */
+enum { OV = 4 }; /* most B vectors per pass */
+
+INL void otile(int nr, int nv, int add, float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn,
+               const float *B, int64_t ldb, const char *pf, int64_t step) {
+    __m512 acc[24][OV];
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = add ? _mm512_loadu_ps(Z + r * ldz + 16 * v) : _mm512_setzero_ps();
+    int64_t left = step;
+    for (int64_t i = 0; i < kn; i++) {
+        const float *a = A + i * lak, *b = B + i * ldb;
+        if (--left == 0) { /* one line of the caller's next data every `step` k steps, into L2 */
+            _mm_prefetch(pf, _MM_HINT_T1);
+            pf += 64;
+            left = step;
+        }
+        __m512 bv[OV];
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_loadu_ps(b + 16 * v);
+        for (int r = 0; r < nr; r++) {
+            __m512 ar = _mm512_set1_ps(a[r * lar]);
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < nv; v++) _mm512_storeu_ps(Z + r * ldz + 16 * v, acc[r][v]);
+}
+
+typedef void (*otile_fn)(int, float *, int64_t, const float *, int64_t, int64_t, int64_t, const float *, int64_t,
+                         const char *, int64_t);
+#define OTILE_FN(nr, nv)                                                                                           \
+    TGT static void otile_r##nr##v##nv(int add, float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, \
+                                       int64_t kn, const float *B, int64_t ldb, const char *pf, int64_t step) {   \
+        otile(nr, nv, add, Z, ldz, A, lar, lak, kn, B, ldb, pf, step);                                           \
+    }
+#define OTILE_ROWS(nv, R)                                                                                          \
+    OTILE_FN(1, nv) OTILE_FN(2, nv) OTILE_FN(3, nv) OTILE_FN(4, nv) OTILE_FN(5, nv) OTILE_FN(6, nv) R
+#define OTILE_MORE(nv) OTILE_FN(7, nv) OTILE_FN(8, nv)
+#define OTILE_MOST(nv) OTILE_FN(9, nv) OTILE_FN(10, nv) OTILE_FN(11, nv) OTILE_FN(12, nv)
+OTILE_ROWS(4, )
+OTILE_ROWS(3, OTILE_MORE(3))
+OTILE_ROWS(2, OTILE_MORE(2) OTILE_MOST(2))
+OTILE_ROWS(1, OTILE_MORE(1) OTILE_MOST(1))
+
+/* rows per tile for nv vectors, and [nv - 1][rows - 1] */
+static const int otile_rows[OV] = {12, 12, 8, 6};
+#define OTILE_LIST6(nv) otile_r1v##nv, otile_r2v##nv, otile_r3v##nv, otile_r4v##nv, otile_r5v##nv, otile_r6v##nv
+static const otile_fn otiles[OV][12] = {
+    {OTILE_LIST6(1), otile_r7v1, otile_r8v1, otile_r9v1, otile_r10v1, otile_r11v1, otile_r12v1},
+    {OTILE_LIST6(2), otile_r7v2, otile_r8v2, otile_r9v2, otile_r10v2, otile_r11v2, otile_r12v2},
+    {OTILE_LIST6(3), otile_r7v3, otile_r8v3},
+    {OTILE_LIST6(4)},
+};
+
+TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
+                        int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
+    /* the prefetches of `next`, spread evenly over the k steps of all tiles (a burst would stall on memory) */
+    int64_t tiles = 0;
+    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
+        int rt = otile_rows[(nv - v0 < OV ? nv - v0 : OV) - 1];
+        tiles += (rows + rt - 1) / rt;
+    }
+    const char *pf = next;
+    int64_t lines = next == NULL ? 0 : next_bytes / 64; /* never past the end of `next` */
+    int64_t step = lines == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
+    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
+        int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
+        int rt = otile_rows[vn - 1];
+        for (int64_t r = 0; r < rows; r += rt) {
+            int rn = rows - r < rt ? (int)(rows - r) : rt;
+            otiles[vn - 1][rn - 1](add, Z + r * ldz + 16 * v0, ldz, A + r * lar, lar, lak, kn, B + 16 * v0, ldb, pf,
+                                   step);
+            pf += 64 * (kn / step);
+        }
+    }
+}
+
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_gemv_batch, z_to_f32, z_from_f32, z_scores,
-                                       z_weighted_sum};
+                                       z_weighted_sum, z_outer, 1};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

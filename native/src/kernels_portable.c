@@ -103,9 +103,10 @@ static inline void p_axpy(int dtype, float *y, float s, const uint16_t *a, int64
 
 ASW_ATTENTION_LOOPS(p, )
 ASW_GEMV_BATCH_BY_TOKEN(p, )
+ASW_OUTER_LOOPS(p, )
 
 const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
-                                       p_weighted_sum};
+                                       p_weighted_sum, p_outer, 0};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice
