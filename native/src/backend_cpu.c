@@ -8,6 +8,7 @@
  * The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +235,7 @@ typedef struct matmul_job {
     int64_t ntp;        /* > 0: the outer-product path; X is then [cols, ntp] (tokens padded to whole vectors) */
     float *panels;      /* [nth, panel_floats] */
     size_t panel_floats;
+    atomic_llong next;  /* decode: the next unclaimed piece of rows (see matmul_task) */
 } matmul_job;
 
 /* Rows r0..r1 of a prefill matmul on the outer-product kernel: PANEL weight rows at a time, converted to f32
@@ -256,7 +258,7 @@ static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) 
 }
 
 static void matmul_task(void *arg, int ith, int nth) {
-    const matmul_job *j = arg;
+    matmul_job *j = arg;
     enum { BLOCK = 16 }; /* rows per scheduling block: whole cache lines of Y, whole kernel tiles */
     int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
     int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
@@ -265,12 +267,24 @@ static void matmul_task(void *arg, int ith, int nth) {
         if (r0 < r1) outer_rows(j, r0, r1, j->panels + (size_t)ith * j->panel_floats);
         return;
     }
-    if (!j->rowwise) {
+    if (!j->rowwise && j->nt > 1) {
         if (r0 < r1) j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
         return;
     }
-    /* a batched decode step: the weights read once for every token, each token summed in the lone-step order */
-    if (r0 < r1) j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, r0, r1, j->X, j->ldx, j->nt);
+    /* decode: a GEMV (nt = 1), or a batched step whose weights are read once for every token, each token summed in
+     * the lone-step order. Rows go in DECODE_PIECES pieces per thread, claimed in turn, so a thread whose core was
+     * taken away for a while (a busy host, a VM) does not leave the others waiting at the end of every matmul; each
+     * row is still computed whole by one thread, so the result does not depend on who took which piece. */
+    enum { DECODE_PIECES = 4 };
+    int64_t per = (blocks + (int64_t)nth * DECODE_PIECES - 1) / ((int64_t)nth * DECODE_PIECES) * BLOCK;
+    for (int64_t piece; (piece = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) * per <
+                        j->rows;) {
+        int64_t p0 = piece * per, p1 = p0 + per < j->rows ? p0 + per : j->rows;
+        if (j->rowwise)
+            j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, p0, p1, j->X, j->ldx, j->nt);
+        else
+            j->k->matmul(j->dtype, j->Y, j->ldy, j->W, j->cols, p0, p1, j->X, j->ldx, 1);
+    }
 }
 
 typedef struct transpose_job {
@@ -297,7 +311,7 @@ static void transpose_task(void *arg, int ith, int nth) {
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
                    const float *X, int64_t ldx, int64_t nt) {
     matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
-                    s->panel_floats};
+                    s->panel_floats, 0};
     if (!s->rowwise && nt >= OUTER_TOKENS && s->m->k->outer_matmul) {
         int64_t ntp = (nt + 15) / 16 * 16;
         transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
