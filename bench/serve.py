@@ -175,6 +175,25 @@ def wait_until_up(process: subprocess.Popen, url: str, log: Path, what: str) -> 
 
 
 @contextlib.contextmanager
+def running(command: list[str], port: int, what: str) -> Iterator[str]:
+    """`command` (a server listening on loopback `port`) in a subprocess, its output in .cache/bench/<what>-<port>.log;
+    yields its OpenAI base URL once /v1/models answers, and stops it on exit."""
+    log = C.CACHE / f"{what.replace('.', '-')}-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log, what)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
 def llama_server(gguf: Path, threads: int, slots: int, context: int, options: set[str]) -> Iterator[str]:
     """`python -m llama_cpp.server` on a free loopback port, serving `gguf` as model "bench"; yields its base URL."""
     from serving import free_port
@@ -187,19 +206,8 @@ def llama_server(gguf: Path, threads: int, slots: int, context: int, options: se
                "--interrupt_requests", "False", "--verbose", "False"]
     if parallel:
         command += ["--n_parallel", str(slots)]
-    log = C.CACHE / f"llama-server-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log, "llama_cpp.server")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running(command, port, "llama_cpp.server") as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -212,19 +220,8 @@ def llama_cpp_server(binary: Path, gguf: Path, threads: int, slots: int, context
     command = [str(binary), "--model", str(gguf), "--alias", "bench", "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(slots),
                "--ctx-size", str(context * slots), "--cont-batching", "--no-webui"]
-    log = C.CACHE / f"llama-cpp-server-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log, "llama-server")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running(command, port, "llama-server") as url:
+        yield url
 
 
 def letters_prompts(rng, count: int, length: int) -> list[str]:
