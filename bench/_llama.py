@@ -30,6 +30,7 @@ import tarfile
 import time
 import tomllib
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -76,9 +77,9 @@ def ensure_sdist(version: str | None = None) -> Path:
     return path
 
 
-def converter_dir(version: str) -> Path:
-    """vendor/llama.cpp's converter files of the sdist, extracted once under .cache/bench/."""
-    target = C.CACHE / f"llama.cpp-{version}"
+def _vendor_tree(version: str, target: Path, wanted: Callable[[str], bool], required: str) -> Path:
+    """The files of the sdist's vendor/llama.cpp/ whose path inside it passes `wanted`, extracted once into `target`
+    (a `.complete` stamp marks a finished extraction); `required` must be among them."""
     stamp = target / ".complete"
     if stamp.is_file():
         return target
@@ -87,17 +88,22 @@ def converter_dir(version: str) -> Path:
     with tarfile.open(sdist) as archive:
         members = []
         for member in archive.getmembers():
-            if not member.name.startswith(prefix):
-                continue
             rel = member.name[len(prefix):]
-            if any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in CONVERTER_MEMBERS):
+            if member.name.startswith(prefix) and rel and wanted(rel):
                 member.name = rel
                 members.append(member)
-        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise SystemExit(f"{sdist}: no vendor/llama.cpp/convert_hf_to_gguf.py inside")
+        if not any(m.name == required for m in members):
+            raise SystemExit(f"{sdist}: no vendor/llama.cpp/{required} inside")
         archive.extractall(target, members=members, filter="data")
     stamp.write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
     return target
+
+
+def converter_dir(version: str) -> Path:
+    """vendor/llama.cpp's converter files of the sdist, extracted once under .cache/bench/."""
+    return _vendor_tree(version, C.CACHE / f"llama.cpp-{version}",
+                        lambda rel: any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in CONVERTER_MEMBERS),
+                        "convert_hf_to_gguf.py")
 
 
 SERVER_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
@@ -112,16 +118,7 @@ def ensure_llama_server(version: str | None = None) -> Path:
     binary = build / "bin" / "llama-server"
     if (build / ".complete").is_file() and binary.is_file():
         return binary
-    source = C.CACHE / f"llama.cpp-src-{version}"
-    if not (source / ".complete").is_file():
-        sdist = ensure_sdist(version)
-        prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-        with tarfile.open(sdist) as archive:
-            members = [m for m in archive.getmembers() if m.name.startswith(prefix) and m.name != prefix]
-            for member in members:
-                member.name = member.name[len(prefix):]
-            archive.extractall(source, members=members, filter="data")
-        (source / ".complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
+    source = _vendor_tree(version, C.CACHE / f"llama.cpp-src-{version}", lambda rel: True, "CMakeLists.txt")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     jobs = str(max(1, len(os.sched_getaffinity(0))))
     log = C.CACHE / f"llama-server-{version}-build.log"
