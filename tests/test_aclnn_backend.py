@@ -269,6 +269,18 @@ def test_nz_file_for_another_soc_is_refused_before_upload(emulator, converted) -
     assert ok.returncode == 0, ok.stderr
 
 
+def failing_aclnn_runs(emulator: Path, path: Path, text: str) -> list[str]:
+    """`ascend-run --backend aclnn` on `path` (graph, then --eager), each of which must end in a one-line error
+    (status 2, no traceback); their stderr."""
+    errors = []
+    for extra in ([], ["--eager"]):
+        result = run_cli("ascend-run", str(path), "--backend", "aclnn", *extra, "-p", text, "--raw", "-n", "4",
+                         env=emu_env(emulator))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        errors.append(result.stderr)
+    return errors
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, emulator, converted, tmp_path) -> None:
     """NaN logits must never become a token. The embedding row of the first generated token is made NaN, so the
@@ -298,11 +310,8 @@ def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, e
     with ascend_super.load(broken, backend="cpu") as model:  # fp16: the KV check sees the NaN first
         with pytest.raises(NativeError, match=rf"(position {len(ids)}: a key value is NaN|{expected})"):
             list(model.generate_tokens(ids, Sampling(max_new_tokens=4)))
-    for extra in ([], ["--eager"]):
-        result = run_cli("ascend-run", str(broken), "--backend", "aclnn", *extra, "-p", text, "--raw", "-n", "4",
-                         env=emu_env(emulator))
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert expected in result.stderr, result.stderr
+    for stderr in failing_aclnn_runs(emulator, broken, text):
+        assert expected in stderr, stderr
 
 
 def test_an_overflowing_fp16_logit_is_an_error_not_a_token(emulator, converted, tmp_path) -> None:
@@ -323,9 +332,5 @@ def test_an_overflowing_fp16_logit_is_an_error_not_a_token(emulator, converted, 
         for start, count, value in patches:
             f.seek(start)
             f.write(np.full(count, value, dtype=np.float16).tobytes())
-    for extra in ([], ["--eager"]):
-        result = run_cli("ascend-run", str(broken), "--backend", "aclnn", *extra, "-p", "Hello there", "--raw", "-n",
-                         "4", env=emu_env(emulator))
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert re.search(r"logits of position \d+ are infinite|an infinite value in the .* logits", result.stderr), \
-            result.stderr
+    for stderr in failing_aclnn_runs(emulator, broken, "Hello there"):
+        assert re.search(r"logits of position \d+ are infinite|an infinite value in the .* logits", stderr), stderr
