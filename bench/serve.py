@@ -23,7 +23,9 @@ Servers, each in a subprocess with `--threads` CPU threads:
                     requests run one after another; the results say so, measured.
 For each concurrency c, c client threads each send one streamed /v1/completions request at the same moment through
 the openai client (ascend-serve: `--prompt` random token ids, llama.cpp: `--prompt` random letters, the same count
-of tokens; `--new` tokens, temperature 0, no repetition penalty) and note the arrival time of every chunk. Rounds
+of tokens, new ones for every stream of every round: llama-server keeps each slot's last prompt in its KV cache and,
+given the same prompt again, prefills only its last token; `--new` tokens, temperature 0, no repetition penalty) and
+note the arrival time of every chunk. Rounds
 interleave the servers (the order alternates). Reported per server and c (median over --rounds rounds, one untimed
 warm-up each):
   aggregate tok/s  all streams' generated tokens / (last stream's end - first request's start)
@@ -60,7 +62,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -77,11 +79,13 @@ START_TIMEOUT_S = 600  # loading a 1 GB GGUF on 2 busy cores
 
 @dataclass
 class Target:
-    """One server under test: its openai client, the model name it expects, its prompts, extra request fields."""
+    """One server under test: its openai client, the model name it expects, a maker of fresh prompts (called once per
+    stream of every round, so no prompt is ever sent twice: a server with a prompt cache, like llama-server's slots,
+    would otherwise skip the prefill of a repeated prompt), extra request fields."""
 
     client: Any
     model: str
-    prompts: list
+    new_prompt: Callable[[], Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,12 +119,13 @@ def one_round(target: Target, c: int, new: int) -> dict[str, float]:
     """c concurrent streams; returns aggregate tok/s, ITL p50/p99 (s) and TTFT median (s). Tokens: the usage the
     server reports, else (llama_cpp.server sends none when streaming) the chunks that carried text."""
     barrier = threading.Barrier(c)
+    prompts = [target.new_prompt() for _ in range(c)]
 
     def stream(index: int) -> tuple[float, list[float], int]:
         barrier.wait()
         started = time.perf_counter()
         arrivals, tokens = [], 0
-        for chunk in target.client.completions.create(model=target.model, prompt=target.prompts[index],
+        for chunk in target.client.completions.create(model=target.model, prompt=prompts[index],
                                                       max_tokens=new, temperature=0, stream=True,
                                                       stream_options={"include_usage": True},
                                                       extra_body=target.extra or None):
@@ -224,9 +229,14 @@ def llama_cpp_server(binary: Path, gguf: Path, threads: int, slots: int, context
         yield url
 
 
-def letters_prompts(rng, count: int, length: int) -> list[str]:
-    """Random lowercase words of `length` letters: `length` tokens each in the byte-level vocabulary."""
-    return ["".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, length)) for _ in range(count)]
+def letters_prompt(rng, length: int) -> str:
+    """A random lowercase word of `length` letters: `length` tokens in the byte-level vocabulary."""
+    return "".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, length))
+
+
+def ids_prompt(rng, length: int) -> list[int]:
+    """`length` random token ids of the benchmark model's vocabulary."""
+    return rng.integers(0, C.QWEN2_05B["vocab_size"] - 16, length).tolist()
 
 
 def rate(value: float, unit: str = "", digits: int = 1) -> str:
@@ -239,8 +249,9 @@ def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]]
     levels = sorted({c for per in summary.values() for c in per})
     ours = summary[OURS]
     lines = [f"Measured {meta['when']} by `{meta['command']}`: {meta['rounds']} interleaved round(s), "
-             f"{meta['prompt']}-token prompts, {meta['new']} new tokens per stream, greedy, {meta['threads']} threads "
-             f"per server.", "",
+             f"{meta['prompt']}-token prompts (new random ones for every stream of every round, so no server can answer "
+             f"from a prompt cache), {meta['new']} new tokens per stream, greedy, {meta['threads']} threads per server.",
+             "",
              f"Machine: {meta['machine']}. Load average during the runs: {meta['load']}.", ""]
     peers = [peer for peer in PEERS if peer in summary]
     if LLAMA_CPP in summary:
@@ -310,7 +321,6 @@ def main() -> int:
     gguf = (_llama.ensure_gguf_from_hf(checkpoint, "f16", no_vocab=False, byte_vocab=True)
             if server_binary or options else None)
     rng = np.random.default_rng(0)
-    id_prompts = [rng.integers(0, C.QWEN2_05B["vocab_size"] - 16, args.prompt).tolist() for _ in range(max(levels))]
     context = args.prompt + args.new + 8
     print(C.machine_line())
     print(f"model: {asw.name}; prompt {args.prompt} tok, {args.new} new tok per stream, {args.threads} threads per "
@@ -325,7 +335,7 @@ def main() -> int:
         def client(url: str) -> Any:
             return openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=1800)
 
-        targets = {OURS: Target(client(f"{server.base}/v1"), "bench", id_prompts)}
+        targets = {OURS: Target(client(f"{server.base}/v1"), "bench", lambda: ids_prompt(rng, args.prompt))}
         peers = []
         if server_binary is not None:
             assert gguf is not None
@@ -335,14 +345,14 @@ def main() -> int:
             peers.append((LLAMA, llama_server(gguf, args.threads, max(levels), context, options)))
         for name, starting in peers:
             url = stack.enter_context(starting)
-            targets[name] = Target(client(url), "bench", letters_prompts(rng, max(levels), args.prompt),
+            targets[name] = Target(client(url), "bench", lambda: letters_prompt(rng, args.prompt),
                                    {"repeat_penalty": 1.0})
-            counted = targets[name].client.completions.create(model="bench", prompt=targets[name].prompts[0],
+            counted = targets[name].client.completions.create(model="bench", prompt=targets[name].new_prompt(),
                                                               max_tokens=1, temperature=0)
             if counted.usage.prompt_tokens != args.prompt:
                 C.log(f"{name} counts {counted.usage.prompt_tokens} prompt tokens, not {args.prompt}")
         if args.peer:
-            targets["peer"] = Target(client(args.peer), args.peer_model, id_prompts)
+            targets["peer"] = Target(client(args.peer), args.peer_model, lambda: ids_prompt(rng, args.prompt))
         for name, target in targets.items():
             one_round(target, 1, 4)  # warm-up
             results[name] = {c: [] for c in levels}
