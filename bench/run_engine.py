@@ -14,7 +14,10 @@ ENGINE is one of:
   transformers  AutoModelForCausalLM (bf16, torch.set_num_threads(T), inference_mode, the default attention); MODEL
                 is a checkpoint folder, or a .gguf that transformers dequantizes; a manual greedy loop on a
                 DynamicCache: one forward over the prompt (logits_to_keep=1), then N one-token forwards.
-Every engine first runs an untimed warm-up (16 prompt tokens and 4 decode steps: every weight page is touched and
+Model files are read from 2 MiB pages where the system allows: ours asks for them at load (runtime/hugepages.py),
+and before llama.cpp loads a GGUF this script leaves that file's page cache in 2 MiB folios the same way (untimed),
+so that llama.cpp's own mapping gets 2 MiB pages too; both report the share of their mapping that got them
+(huge_page_share). Every engine first runs an untimed warm-up (16 prompt tokens and 4 decode steps: every weight page is touched and
 the thread pools are up), then forgets it (KV cleared) and runs the timed generation on the prompt ids from FILE
 (a JSON list of ints: the same file for every engine).
 
@@ -79,7 +82,9 @@ def run_ours(model_path: Path, prompt: list[int], new: int, threads: int) -> dic
     timed = Timed().run(prefill, step, prompt, new)
     from ascend_super.runtime.native import kernel_name
 
-    extra = {"kernels": kernel_name()}
+    from ascend_super.runtime.hugepages import file_pmd_share
+
+    extra = {"kernels": kernel_name(), "huge_page_share": file_pmd_share(model_path)}
     session.close()
     model.close()
     return {"load_s": load_s, "timed": timed, "extra": extra}
@@ -93,6 +98,9 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
     quiet = L.llama_log_callback(lambda level, text, data: None)  # referenced until the end: C keeps calling it
     L.llama_log_set(quiet, ctypes.c_void_p(0))
     L.llama_backend_init()
+    from ascend_super.runtime.hugepages import cache_in_huge_pages, file_pmd_share
+
+    cache_in_huge_pages(model_path)  # the page cache in 2 MiB folios, as our runtime leaves its own file (untimed)
     started = time.perf_counter()
     mparams = L.llama_model_default_params()
     model = L.llama_model_load_from_file(str(model_path).encode(), mparams)
@@ -134,7 +142,7 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
         "perf_eval_ms": perf.t_eval_ms, "perf_eval_tokens": perf.n_eval,
         "flash_attn_type": int(cparams.flash_attn_type), "n_vocab": int(n_vocab),
         "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
-        "version": getattr(L, "__version__", "?"),
+        "version": getattr(L, "__version__", "?"), "huge_page_share": file_pmd_share(model_path),
     }
     L.llama_sampler_free(sampler)
     L.llama_free(ctx)

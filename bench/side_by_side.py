@@ -305,6 +305,17 @@ def fmt_rate(median: float, lo: float, hi: float) -> str:
     return f"{median:.1f} [{lo:.1f}–{hi:.1f}]" if median < 100 else f"{median:.0f} [{lo:.0f}–{hi:.0f}]"
 
 
+def huge_pages_note(shares: dict[str, float | None]) -> str:
+    """The sentence on 2 MiB pages: the share of each engine's model-file mapping that got them (first run)."""
+    known = {kind: share for kind, share in shares.items() if share is not None}
+    if not known:
+        return ""
+    return (" Weights in 2 MiB pages (share of the model file's mapping, first run): "
+            + ", ".join(f"{kind} {share * 100:.0f} %" for kind, share in known.items())
+            + " (bench/run_engine.py puts every GGUF's page cache in 2 MiB folios before llama.cpp maps it, as our "
+              "runtime does for its own file).")
+
+
 def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[dict[str, Any]]],
              goals: list[Target]) -> str:
     cpu = meta["cpu"]
@@ -320,7 +331,7 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"({meta['threads']} threads, best of {len(meta['bandwidth_all'])} probes, "
         f"range {min(meta['bandwidth_all']):.1f}–{max(meta['bandwidth_all']):.1f}). "
         f"Ours: {meta['ours_kernels']} kernels; llama.cpp {meta['llama_version']} "
-        f"({meta['llama_system_info']}).",
+        f"({meta['llama_system_info']}).{huge_pages_note(meta.get('huge_pages') or {})}",
         "",
         f"Noise: load average {meta['load_min']:.1f}–{meta['load_max']:.1f} during the runs (on "
         f"{cpu['usable_cpus']} cpus), hypervisor steal up to {meta['steal_max']:.0f} %; the widest decode "
@@ -413,6 +424,7 @@ def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwi
         "bandwidth_all": bandwidth_all, "ours_kernels": first("ours").get("kernels", "?"),
         "llama_version": first("llama.cpp").get("version", "-"),
         "llama_system_info": first("llama.cpp").get("system_info", "-"),
+        "huge_pages": {kind: first(kind).get("huge_page_share") for kind in ("ours", "llama.cpp")},
         "load_min": min(r["loadavg"] for r in all_runs), "load_max": max(r["loadavg"] for r in all_runs),
         "steal_max": max(r["steal_pct"] for r in all_runs), "worst_spread_pct": 100 * max(spreads),
         "duration_s": meta.get("duration_s") or time.time() - meta["started"], "agreement": agreement, "conversion": conversion_target(out_dir),

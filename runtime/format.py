@@ -29,6 +29,8 @@ import msgpack
 import numpy as np
 import xxhash
 
+from . import hugepages
+
 # --------------------------------------------------------------------------------------------------- constants
 MAGIC = b"\x89ASW\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CRLF and ^Z catch text-mode mangling
 VERSION_MAJOR = 1
@@ -341,6 +343,13 @@ class AswFile:
             return int(view.ctypes.data), len(self._mmap)
         finally:
             del view
+
+    def map_weights_huge(self) -> hugepages.HugePages | None:
+        """Get the data region mapped with 2 MiB pages where the system allows (runtime/hugepages.py): what the cpu
+        backend, which reads the weights in place, asks for at load."""
+        address, _ = self.mapped_range()
+        return hugepages.map_with_huge_pages(self.path, self._mmap, address, self.preamble.data_offset,
+                                             self.preamble.data_nbytes)
 
     def data_region(self) -> np.ndarray:
         """The whole data region as a read-only uint8 array (a view of the mapping, no copy)."""

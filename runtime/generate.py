@@ -19,6 +19,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from .hugepages import HugePages
 
 PREFILL_SLICE = 256  # prompt tokens per native call (the backend batches them in its own chunks)
 SAMPLE_CANDIDATES = 256  # logits the backend returns for sampling when top_k is not set
@@ -74,10 +75,12 @@ class Stats:
     generated_tokens: int = 0
     stop_reason: str = ""  # "eos" | "length"
     generated_token_ids: list[int] = field(default_factory=list)
+    huge_pages: HugePages | None = None  # what load did about 2 MiB pages (cpu backend on Linux), None: nothing
 
     def line(self) -> str:
         """One line of stats; '-' for what was not measured (e.g. TTFT when interrupted during prefill)."""
-        return (f"load {self.load_s:.2f} s | prompt {self.prompt_tokens} tok | "
+        reread = f" (incl. {self.huge_pages.line()})" if self.huge_pages and self.huge_pages.reread else ""
+        return (f"load {self.load_s:.2f} s{reread} | prompt {self.prompt_tokens} tok | "
                 f"TTFT {f'{self.ttft_s * 1000:.0f} ms' if self.ttft_s else '-'} | "
                 f"prefill {f'{self.prefill_tok_s:.1f} tok/s' if self.prefill_tok_s else '-'} | "
                 f"decode {f'{self.decode_tok_s:.1f} tok/s' if self.decode_tok_s else '-'} | "
