@@ -91,19 +91,23 @@ class Target:
 
 def full_vocab_checkpoint(base: Path) -> Path:
     """`base` (weights linked, not copied) with a WordLevel tokenizer of one word per id, so that every generated
-    token decodes to text."""
+    token decodes to text. The links are relative (base is a sibling), so the cache folder can be moved or copied
+    whole; a folder whose links no longer resolve is made again."""
     directory = base.with_name(base.name + "-fullvocab")
     stamp = directory / ".complete"
-    if stamp.is_file():
+    names = ("config.json", "generation_config.json", "tokenizer_config.json",
+             *[f.name for f in C.source_files(base)])
+    if stamp.is_file() and all((directory / name).exists() for name in names):
         return directory
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "generation_config.json", "tokenizer_config.json", *[f.name for f in
-                                                                                       C.source_files(base)]):
+    for name in names:
         link = directory / name
+        if link.is_symlink() and not link.exists():  # dangling: its target moved
+            link.unlink()
         if not link.exists():
-            link.symlink_to(base / name)
+            link.symlink_to(Path("..") / base.name / name)
     vocab_size = C.QWEN2_05B["vocab_size"]
     words = [f"w{i}" for i in range(vocab_size)]
     for offset, token in enumerate(C.SPECIAL_TOKENS):  # Qwen2's ids for them
