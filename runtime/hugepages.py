@@ -48,8 +48,9 @@ class HugePages:
     seconds: float
 
     def line(self) -> str:
-        reread = f", after re-reading the file into 2 MiB pages ({self.seconds:.1f} s)" if self.reread else ""
-        return f"weights {self.after * 100:.0f} % in 2 MiB pages{reread}"
+        if self.reread:
+            return f"{self.seconds:.1f} s re-reading the weights into 2 MiB pages, {self.after * 100:.0f} % now"
+        return f"weights {self.after * 100:.0f} % in 2 MiB pages"
 
 
 def wanted() -> bool:
