@@ -49,7 +49,7 @@ class HugePages:
 
     def line(self) -> str:
         if self.reread:
-            return f"{self.seconds:.1f} s re-reading the weights into 2 MiB pages, {self.after * 100:.0f} % now"
+            return f"{self.seconds:.1f} s re-reading the weights for 2 MiB pages, {self.after * 100:.0f} % got them"
         return f"weights {self.after * 100:.0f} % in 2 MiB pages"
 
 
