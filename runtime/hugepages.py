@@ -16,7 +16,9 @@ converter, copied, or read by another program first) stays in them until its cac
      2 MiB folios; then measure again.
 Step 3 reads the file from disk once; its cache then stays in 2 MiB folios for later loads. It is skipped off Linux,
 where transparent huge pages are off ("never"), for data regions under MIN_BYTES, and with ASW_HUGE_PAGES=0.
-Every step is a hint: a failure leaves the mapping as it was, never an error.
+It is also skipped when the data region is larger than MEMORY_SHARE of MemAvailable: faulting in a model that does
+not fit in memory would read the whole file (twice, with the re-read) for pages evicted before they are used. Every
+step is a hint: a failure leaves the mapping as it was, never an error.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ REREAD_BELOW = 0.9  # share of the region in 2 MiB pages under which the cache i
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python 3.11's mmap does not name it
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 SMAPS = Path("/proc/self/smaps")
+MEMINFO = Path("/proc/meminfo")
+MEMORY_SHARE = 0.8  # fault the region in only when it fits this share of MemAvailable
 ENV = "ASW_HUGE_PAGES"
 
 
@@ -62,6 +66,18 @@ def wanted() -> bool:
     except OSError:
         return False
     return "[never]" not in setting
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether `nbytes` is at most MEMORY_SHARE of the MemAvailable in /proc/meminfo (False when unreadable)."""
+    try:
+        with MEMINFO.open(encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return nbytes <= MEMORY_SHARE * int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def pmd_mapped_bytes(address: int, length: int) -> int:
@@ -98,6 +114,8 @@ def map_with_huge_pages(path: Path, mapping: mmap.mmap, address: int, data_offse
     """Get the data region [data_offset, data_offset + data_nbytes) of `mapping` (the whole file `path`, mapped at
     `address`) mapped with 2 MiB pages, as the module docstring says. None when not tried."""
     if data_nbytes < MIN_BYTES or not wanted() or not hasattr(os, "posix_fadvise"):
+        return None
+    if not fits_in_memory(data_nbytes):
         return None
     started = time.perf_counter()
     start = data_offset - data_offset % mmap.PAGESIZE

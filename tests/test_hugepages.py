@@ -60,12 +60,19 @@ def test_asking_for_huge_pages_keeps_every_byte(tmp_path: Path) -> None:
         mapping.close()
 
 
-def test_small_regions_and_the_switch_skip_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_regions_big_ones_and_the_switch_skip_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "small.bin"
     path.write_bytes(b"\1" * (hugepages.MIN_BYTES + 4096))
     mapping, address = _mapped(path)
     try:
         assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES - 1) is None
+        meminfo = tmp_path / "meminfo"  # a region larger than the memory there is: faulting it in would thrash
+        meminfo.write_text("MemTotal:        8192 kB\nMemAvailable:    4096 kB\n", encoding="ascii")
+        monkeypatch.setattr(hugepages, "MEMINFO", meminfo)
+        assert not hugepages.fits_in_memory(hugepages.MIN_BYTES + 4096)
+        assert hugepages.fits_in_memory(3000 * 1024)
+        assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES + 4096) is None
+        monkeypatch.undo()
         monkeypatch.setenv(hugepages.ENV, "0")
         assert not hugepages.wanted()
         assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES + 4096) is None
