@@ -202,17 +202,6 @@ def requirements(layout: str) -> dict[str, Any]:
             "soc": NZ_SOC_FAMILY if layout == "nz" else None}
 
 
-def _advise(mapping: mmap.mmap, advice: int | None, start: int, length: int) -> None:
-    """madvise a byte range of a mapping (start rounded down to a page); a hint, so platforms without it skip it."""
-    if advice is None or length <= 0:
-        return
-    aligned = start - start % mmap.PAGESIZE
-    try:
-        mapping.madvise(advice, aligned, length + start - aligned)
-    except (OSError, ValueError):
-        pass
-
-
 def soc_matches(soc: str, family: str) -> bool:
     """Whether a device SoC name (e.g. "Ascend910B3", "Ascend910_9391") belongs to a "/"-separated family."""
     name = soc.lower()
@@ -338,17 +327,12 @@ class AswFile:
 
     def mapped_range(self) -> tuple[int, int]:
         """(address, length) of the whole mapping in this process (for a guard against the file shrinking)."""
-        view = np.frombuffer(self._mmap, dtype=np.uint8)
-        try:
-            return int(view.ctypes.data), len(self._mmap)
-        finally:
-            del view
+        return hugepages.mapping_address(self._mmap), len(self._mmap)
 
     def map_weights_huge(self) -> hugepages.HugePages | None:
         """Get the data region mapped with 2 MiB pages where the system allows (runtime/hugepages.py): what the cpu
         backend, which reads the weights in place, asks for at load."""
-        address, _ = self.mapped_range()
-        return hugepages.map_with_huge_pages(self.path, self._mmap, address, self.preamble.data_offset,
+        return hugepages.map_with_huge_pages(self.path, self._mmap, self.preamble.data_offset,
                                              self.preamble.data_nbytes)
 
     def data_region(self) -> np.ndarray:
@@ -398,7 +382,7 @@ class AswFile:
         workers = threads if threads is not None else min(os.cpu_count() or 1, MAX_VERIFY_THREADS)
         if workers < 1:
             raise ValueError(f"threads must be >= 1, got {workers}")
-        _advise(self._mmap, mmap.MADV_SEQUENTIAL if hasattr(mmap, "MADV_SEQUENTIAL") else None, 0, len(self._mmap))
+        hugepages.advise(self._mmap, mmap.MADV_SEQUENTIAL if hasattr(mmap, "MADV_SEQUENTIAL") else None, 0, len(self._mmap))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="asw-verify")
         try:
             for entry, actual in zip(entries, pool.map(self._tensor_hash, entries)):
@@ -420,7 +404,8 @@ class AswFile:
         for begin in range(start, end, VERIFY_CHUNK):
             ahead = begin + VERIFY_CHUNK
             if ahead < end:
-                _advise(self._mmap, getattr(mmap, "MADV_WILLNEED", None), ahead, min(end, ahead + VERIFY_CHUNK) - ahead)
+                hugepages.advise(self._mmap, getattr(mmap, "MADV_WILLNEED", None), ahead,
+                                 min(end, ahead + VERIFY_CHUNK) - ahead)
             hasher.update(view[begin - start:ahead - start])
         return hasher.hexdigest()
 

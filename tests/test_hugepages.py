@@ -33,24 +33,22 @@ def test_pmd_mapped_bytes_sums_the_mappings_inside_the_range(tmp_path: Path, mon
     assert hugepages.pmd_mapped_bytes(start, 0x800000) == 6 * 1024 * 1024  # the two file mappings, not the third
     assert hugepages.pmd_mapped_bytes(start + 0x400000, 0x400000) == 4 * 1024 * 1024
     assert hugepages.pmd_mapped_bytes(start + 0xA00000, 0x1000) == 0
+    assert hugepages.file_pmd_share(Path("/models/a.asw")) == 0.75  # 6 of its 8 MiB
+    assert hugepages.file_pmd_share(Path("/models/other.asw")) is None  # not mapped here
 
 
-def _mapped(path: Path) -> tuple[mmap.mmap, int]:
+def _mapped(path: Path) -> mmap.mmap:
     with path.open("rb") as f:
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    view = np.frombuffer(mapping, dtype=np.uint8)
-    address = int(view.ctypes.data)
-    del view
-    return mapping, address
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def test_asking_for_huge_pages_keeps_every_byte(tmp_path: Path) -> None:
     data = np.random.default_rng(0).integers(0, 256, 3 * hugepages.HUGE + 4096, dtype=np.uint8).tobytes()
     path = tmp_path / "region.bin"
     path.write_bytes(b"\0" * hugepages.HUGE + data)
-    mapping, address = _mapped(path)
+    mapping = _mapped(path)
     try:
-        got = hugepages.map_with_huge_pages(path, mapping, address, hugepages.HUGE, len(data))
+        got = hugepages.map_with_huge_pages(path, mapping, hugepages.HUGE, len(data))
         if got is not None:  # None: not tried here (no THP, not Linux)
             assert 0.0 <= got.before <= 1.0 and 0.0 <= got.after <= 1.0
             assert got.reread == (got.before < hugepages.REREAD_BELOW)
@@ -63,19 +61,19 @@ def test_asking_for_huge_pages_keeps_every_byte(tmp_path: Path) -> None:
 def test_small_regions_big_ones_and_the_switch_skip_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "small.bin"
     path.write_bytes(b"\1" * (hugepages.MIN_BYTES + 4096))
-    mapping, address = _mapped(path)
+    mapping = _mapped(path)
     try:
-        assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES - 1) is None
+        assert hugepages.map_with_huge_pages(path, mapping, 0, hugepages.MIN_BYTES - 1) is None
         meminfo = tmp_path / "meminfo"  # a region larger than the memory there is: faulting it in would thrash
         meminfo.write_text("MemTotal:        8192 kB\nMemAvailable:    4096 kB\n", encoding="ascii")
         monkeypatch.setattr(hugepages, "MEMINFO", meminfo)
         assert not hugepages.fits_in_memory(hugepages.MIN_BYTES + 4096)
         assert hugepages.fits_in_memory(3000 * 1024)
-        assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES + 4096) is None
+        assert hugepages.map_with_huge_pages(path, mapping, 0, hugepages.MIN_BYTES + 4096) is None
         monkeypatch.undo()
         monkeypatch.setenv(hugepages.ENV, "0")
         assert not hugepages.wanted()
-        assert hugepages.map_with_huge_pages(path, mapping, address, 0, hugepages.MIN_BYTES + 4096) is None
+        assert hugepages.map_with_huge_pages(path, mapping, 0, hugepages.MIN_BYTES + 4096) is None
     finally:
         mapping.close()
 
