@@ -17,9 +17,9 @@ ENGINE is one of:
 Model files are read from 2 MiB pages where the system allows: ours asks for them at load (runtime/hugepages.py),
 and before llama.cpp loads a GGUF this script leaves that file's page cache in 2 MiB folios the same way (untimed),
 so that llama.cpp's own mapping gets 2 MiB pages too; both report the share of their mapping that got them
-(huge_page_share). Every engine first runs an untimed warm-up (16 prompt tokens and 4 decode steps: every weight page is touched and
-the thread pools are up), then forgets it (KV cleared) and runs the timed generation on the prompt ids from FILE
-(a JSON list of ints: the same file for every engine).
+(huge_page_share). Every engine first runs an untimed warm-up (16 prompt tokens and 4 decode steps: every weight
+page is touched and the thread pools are up), then forgets it (KV cleared) and runs the timed generation on the
+prompt ids from FILE (a JSON list of ints: the same file for every engine).
 
 Timed: prefill = from the call that receives the prompt until the first new token id is known (this is also the
 time to first token, counted from a loaded model); decode = the N steps after it, each fed the previous token.

@@ -253,8 +253,9 @@ def write_results(out_dir: Path, summary: dict[str, dict[int, dict[str, float]]]
     levels = sorted({c for per in summary.values() for c in per})
     ours = summary[OURS]
     lines = [f"Measured {meta['when']} by `{meta['command']}`: {meta['rounds']} interleaved round(s), "
-             f"{meta['prompt']}-token prompts (new random ones for every stream of every round, so no server can answer "
-             f"from a prompt cache), {meta['new']} new tokens per stream, greedy, {meta['threads']} threads per server.",
+             f"{meta['prompt']}-token prompts (new random ones for every stream of every round, so no server can "
+             f"answer from a prompt cache), {meta['new']} new tokens per stream, greedy, {meta['threads']} threads "
+             "per server.",
              "",
              f"Machine: {meta['machine']}. Load average during the runs: {meta['load']}.", ""]
     peers = [peer for peer in PEERS if peer in summary]
