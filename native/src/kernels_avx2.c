@@ -92,7 +92,8 @@ INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, con
     for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= k; i += 32) {
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_AHEAD), _MM_HINT_T0); /* the line of these 32 u16 */
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_FAR), ASW_GEMV_PREFETCH_FAR_HINT); /* this step's line */
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_NEAR), ASW_GEMV_PREFETCH_NEAR_HINT);
         __m256 w0 = ld8(dt, w + i), w1 = ld8(dt, w + i + 8), w2 = ld8(dt, w + i + 16), w3 = ld8(dt, w + i + 24);
         for (int t = 0; t < nt; t++) {
             const float *x = X + t * ldx;

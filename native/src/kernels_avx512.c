@@ -131,8 +131,10 @@ INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 64 <= k; i += 64) {
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_AHEAD), _MM_HINT_T0); /* the two lines of 64 u16 */
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_AHEAD + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_FAR), ASW_GEMV_PREFETCH_FAR_HINT); /* 2 lines of 64 u16 */
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_FAR + 32), ASW_GEMV_PREFETCH_FAR_HINT);
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_NEAR), ASW_GEMV_PREFETCH_NEAR_HINT);
+        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_NEAR + 32), ASW_GEMV_PREFETCH_NEAR_HINT);
         a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(ld16(dt, w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(ld16(dt, w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
