@@ -16,8 +16,9 @@ reversed on odd rounds. --quick: 1 round, a 64-token prompt, 16 decode steps (ch
 minutes; results go to bench/results/quick/). Results are rewritten after every run, so a run stopped early keeps
 the rounds it completed; --render DIR rewrites DIR's report from its side_by_side.json without running anything.
 
-A memory read-bandwidth probe (bench/bandwidth.c, compiled here with the system's cc -O3 -march=native) runs at the
-start of every round with the same thread count; the best rate seen is the roofline's bandwidth:
+A memory read-bandwidth probe (bench/bandwidth.c, compiled here with the system's cc -O3 -march=native: one widest
+vector load per cache line, the fastest plain reader measured) runs at the start of every round with the same thread
+count; the best rate seen is the roofline's bandwidth:
   roofline tok/s = bandwidth / (weight bytes read per decode step + KV bytes read at the mean decode context),
 weight bytes = every tensor of the fp16 .asw except an untied token embedding (one row of it is read), KV bytes =
 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x context. Medians over rounds are reported with [min .. max].
