@@ -150,6 +150,11 @@ INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
 
 enum { BR = 8, BT = 8 }; /* the largest row and token tile of the batched GEMV: nr * nt <= 16 accumulators */
 
+/* Besides the next tile into L1, the batched GEMV fetches the line this many bytes further on into L2, as the
+ * decode GEMV does (kernels.h): 2-4 tokens per step +3-10 %, 8 tokens +4 % (bench/batch_step.py, two interleaved
+ * pairs of 3 rounds). */
+enum { BATCH_PREFETCH_FAR = 16384 };
+
 /* acc[r][t] += W[r][i:i+16] . X[t][i:i+16] (the first n elements under mask m when masked) */
 INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
                     int64_t ldx, int64_t i, int masked, __mmask16 m, const char **pf, const char *pf_end) {
@@ -157,6 +162,7 @@ INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *
     for (int q = 0; q < (nr + 1) / 2; q++)
         if (*pf < pf_end) {
             _mm_prefetch(*pf, _MM_HINT_T0);
+            _mm_prefetch(*pf + BATCH_PREFETCH_FAR, ASW_GEMV_PREFETCH_FAR_HINT);
             *pf += 64;
         }
     __m512 w[BR];
