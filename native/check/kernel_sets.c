@@ -6,7 +6,8 @@
  * prompt (two prefill chunks) is prefilled with all logits, then 4 decode steps; the largest difference to the
  * portable set's logits, relative to the largest |logit|, must stay below 1e-4. Then each set's batched decode GEMV
  * (gemv_batch, 1..19 tokens, odd row counts and inner sizes with every tail) must equal its own one-token GEMV bit
- * for bit: a batched step gives each session exactly what its lone step gives.
+ * for bit: a batched step gives each session exactly what its lone step gives. And each set's decode attention loops
+ * must match the portable set's over head sizes the tiny model does not have (tails of 16, wider than 128).
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -94,6 +95,53 @@ static int check_gemv_batch(const asw_kernels *k) {
     return bad;
 }
 
+/* The decode attention loops (scores, weighted_sum) of set `k` against the portable set's, over head sizes with and
+ * without a tail of 16 and past the register kernels' widest head (128), cache rows strided like a KV cache, key
+ * counts around the 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the number of mismatches. */
+static int check_attention(const asw_kernels *k) {
+    static const int64_t dims[] = {8, 16, 24, 64, 72, 128, 136, 256};
+    static const int64_t lens[] = {1, 2, 15, 16, 17, 33, 70};
+    enum { MAX_D = 256, MAX_LEN = 70, LD = MAX_D + 40 };
+    uint16_t *KV = malloc(sizeof(uint16_t) * MAX_LEN * LD); /* [MAX_LEN, LD] cache rows */
+    float *q = malloc(sizeof(float) * MAX_D);                /* [MAX_D] */
+    float *w = malloc(sizeof(float) * MAX_LEN);              /* [MAX_LEN] */
+    float *got = malloc(sizeof(float) * MAX_LEN), *want = malloc(sizeof(float) * MAX_LEN); /* [MAX_LEN] each */
+    float *out_got = malloc(sizeof(float) * MAX_D), *out_want = malloc(sizeof(float) * MAX_D); /* [MAX_D] each */
+    if (!KV || !q || !w || !got || !want || !out_got || !out_want) {
+        free(KV), free(q), free(w), free(got), free(want), free(out_got), free(out_want);
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    int bad = 0;
+    uint32_t seed = 777;
+#define NEXT_UNIT() (seed = seed * 1664525u + 1013904223u, (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-3f)
+    for (int dtype = ASW_DTYPE_F16; dtype <= ASW_DTYPE_BF16; dtype++)
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+            for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+                int64_t d = dims[di], len = lens[li];
+                for (int64_t i = 0; i < MAX_LEN * LD; i++) {
+                    float v = NEXT_UNIT();
+                    KV[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(v) : asw_f32_to_bf16(v);
+                }
+                for (int64_t i = 0; i < d; i++) q[i] = NEXT_UNIT(), out_got[i] = out_want[i] = NEXT_UNIT();
+                for (int64_t p = 0; p < len; p++) w[p] = fabsf(NEXT_UNIT());
+                k->scores(dtype, got, KV, LD, q, d, len, 0.125f);
+                asw_kernels_portable.scores(dtype, want, KV, LD, q, d, len, 0.125f);
+                k->weighted_sum(dtype, out_got, w, KV, LD, d, len);
+                asw_kernels_portable.weighted_sum(dtype, out_want, w, KV, LD, d, len);
+                float worst = 0.0f;
+                for (int64_t p = 0; p < len; p++) worst = fmaxf(worst, fabsf(got[p] - want[p]));
+                for (int64_t i = 0; i < d; i++) worst = fmaxf(worst, fabsf(out_got[i] - out_want[i]));
+                if (!(worst <= 1e-4f) && bad++ < 5)
+                    printf("%-8s %s attention d=%d len=%d: differs from portable by %.3g\n", k->name,
+                           dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)d, (int)len, worst);
+            }
+#undef NEXT_UNIT
+    free(KV), free(q), free(w), free(got), free(want), free(out_got), free(out_want);
+    printf("%-8s decode attention loops match the portable set's: %s\n", k->name, bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main(void) {
     static const char *sets[] = {"avx2", "avx512", "neon"};
     static const int32_t bits[] = {1, 2, 4};
@@ -135,9 +183,12 @@ int main(void) {
 #if defined(__x86_64__)
     if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512) != 0, checked++;
+    if (asw_cpu_features() & 1) failures += check_attention(&asw_kernels_avx2) != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
 #endif
 #if defined(__aarch64__)
     if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon) != 0, checked++;
+    if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;
 #endif
     printf("%d kernel set checks, %d failures\n", checked, failures);
     return failures != 0 || checked == 0;

@@ -330,7 +330,103 @@ INL void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-ASW_ATTENTION_LOOPS(z, TGT)
+ASW_ATTENTION_LOOPS(z, TGT) /* z_scores, z_weighted_sum: heads wider than ATT_CHUNKS * 16 */
+
+/* Decode attention for heads of up to ATT_CHUNKS * 16 dims, with the head in registers. Scores go 16 keys at a
+ * time: each key's 16-lane partial products, then hsum16 sums the 16 keys at once (one horizontal reduction per
+ * key cost more than its dot product at head_dim 64). The weighted sum keeps the output in registers across the
+ * keys, in two sets (even and odd keys) so consecutive FMAs do not wait on each other, instead of loading and
+ * storing it per key. Qwen2-0.5B shape at a 2,048-token context: attention ~11 of ~54 ms per step before. */
+enum { ATT_CHUNKS = 8 };
+
+/* The cache rows of one head are d u16 every kv_dim: a strided walk that the hardware prefetchers follow poorly, and
+ * the KV cache is not in cache when a decode step reaches it (the weights streamed through since): fetch the row
+ * ATT_AHEAD keys ahead into L1. A prefetch never faults, so reaching past the last key is harmless. */
+enum { ATT_AHEAD = 32 };
+
+INL void prefetch_row(const uint16_t *row, int64_t d) {
+    for (int64_t b = 0; b < d * 2; b += 64) _mm_prefetch((const char *)row + b, _MM_HINT_T0);
+}
+
+INL __m512 ld16_part(int dt, const uint16_t *p, int64_t c, int64_t nc, __mmask16 tail) {
+    return c + 1 < nc ? ld16(dt, p + 16 * c) : ld16_tail(dt, p + 16 * c, tail);
+}
+
+INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d, int64_t len,
+                     float scale) {
+    int64_t nc = (d + 15) / 16;
+    __mmask16 tail = (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu);
+    __m512 qv[ATT_CHUNKS], vscale = _mm512_set1_ps(scale);
+    for (int64_t c = 0; c < nc; c++) qv[c] = _mm512_maskz_loadu_ps(c + 1 < nc ? (__mmask16)0xFFFF : tail, q + 16 * c);
+    int64_t p = 0;
+    for (; p + 16 <= len; p += 16) {
+        __m512 v[16];
+        float s[16];
+        for (int j = 0; j < 16; j++) {
+            const uint16_t *kr = K + (p + j) * ldk; /* [d] */
+            prefetch_row(kr + ATT_AHEAD * ldk, d);
+            __m512 a = _mm512_mul_ps(ld16_part(dt, kr, 0, nc, tail), qv[0]);
+            for (int64_t c = 1; c < nc; c++) a = _mm512_fmadd_ps(ld16_part(dt, kr, c, nc, tail), qv[c], a);
+            v[j] = a;
+        }
+        hsum16(s, v);
+        _mm512_storeu_ps(sc + p, _mm512_mul_ps(_mm512_loadu_ps(s), vscale));
+    }
+    for (; p < len; p++) {
+        const uint16_t *kr = K + p * ldk;
+        __m512 a = _mm512_mul_ps(ld16_part(dt, kr, 0, nc, tail), qv[0]);
+        for (int64_t c = 1; c < nc; c++) a = _mm512_fmadd_ps(ld16_part(dt, kr, c, nc, tail), qv[c], a);
+        sc[p] = hsum(a) * scale;
+    }
+}
+
+INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
+                           int64_t len) {
+    int64_t nc = (d + 15) / 16;
+    __mmask16 tail = (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu);
+    __m512 a[ATT_CHUNKS], b[ATT_CHUNKS]; /* [nc] the output so far: even keys (and the start), odd keys */
+    for (int64_t c = 0; c < nc; c++) {
+        a[c] = _mm512_maskz_loadu_ps(c + 1 < nc ? (__mmask16)0xFFFF : tail, out + 16 * c);
+        b[c] = _mm512_setzero_ps();
+    }
+    int64_t p = 0;
+    for (; p + 2 <= len; p += 2) {
+        __m512 wa = _mm512_set1_ps(w[p]), wb = _mm512_set1_ps(w[p + 1]);
+        const uint16_t *va = V + p * ldv, *vb = va + ldv; /* [d] each */
+        prefetch_row(va + ATT_AHEAD * ldv, d);
+        prefetch_row(vb + ATT_AHEAD * ldv, d);
+        for (int64_t c = 0; c < nc; c++) {
+            a[c] = _mm512_fmadd_ps(ld16_part(dt, va, c, nc, tail), wa, a[c]);
+            b[c] = _mm512_fmadd_ps(ld16_part(dt, vb, c, nc, tail), wb, b[c]);
+        }
+    }
+    if (p < len) {
+        __m512 wa = _mm512_set1_ps(w[p]);
+        for (int64_t c = 0; c < nc; c++) a[c] = _mm512_fmadd_ps(ld16_part(dt, V + p * ldv, c, nc, tail), wa, a[c]);
+    }
+    for (int64_t c = 0; c < nc; c++)
+        _mm512_mask_storeu_ps(out + 16 * c, c + 1 < nc ? (__mmask16)0xFFFF : tail, _mm512_add_ps(a[c], b[c]));
+}
+
+TGT static void z_scores_regs(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d,
+                              int64_t len, float scale) {
+    if (d > 16 * ATT_CHUNKS)
+        z_scores(dtype, sc, K, ldk, q, d, len, scale);
+    else if (dtype == ASW_DTYPE_F16)
+        scores_regs(ASW_DTYPE_F16, sc, K, ldk, q, d, len, scale);
+    else
+        scores_regs(ASW_DTYPE_BF16, sc, K, ldk, q, d, len, scale);
+}
+
+TGT static void z_weighted_sum_regs(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
+                                    int64_t len) {
+    if (d > 16 * ATT_CHUNKS)
+        z_weighted_sum(dtype, out, w, V, ldv, d, len);
+    else if (dtype == ASW_DTYPE_F16)
+        weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, d, len);
+    else
+        weighted_sum_regs(ASW_DTYPE_BF16, out, w, V, ldv, d, len);
+}
 
 /* ---- the outer-product micro-kernel of prefill (see kernels.h): nr rows x nv vectors of 16 columns, each A
  * element broadcast from memory into nv FMAs; nr x nv <= 24 accumulators + nv B vectors + 1 broadcast. */
@@ -409,8 +505,8 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
     }
 }
 
-const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_gemv_batch, z_to_f32, z_from_f32, z_scores,
-                                       z_weighted_sum, z_outer, 1};
+const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
+                                       z_weighted_sum_regs, z_outer, 1};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
