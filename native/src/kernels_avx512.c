@@ -352,6 +352,13 @@ INL __m512 ld16_part(int dt, const uint16_t *p, int64_t c, int64_t nc, __mmask16
     return c + 1 < nc ? ld16(dt, p + 16 * c) : ld16_tail(dt, p + 16 * c, tail);
 }
 
+/* the 16-lane partial products of one cache row against the head in registers (sum them for the score) */
+INL __m512 row_partial(int dt, const uint16_t *kr, const __m512 *qv, int64_t nc, __mmask16 tail) {
+    __m512 a = _mm512_mul_ps(ld16_part(dt, kr, 0, nc, tail), qv[0]);
+    for (int64_t c = 1; c < nc; c++) a = _mm512_fmadd_ps(ld16_part(dt, kr, c, nc, tail), qv[c], a);
+    return a;
+}
+
 INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d, int64_t len,
                      float scale) {
     int64_t nc = (d + 15) / 16;
@@ -365,19 +372,12 @@ INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const fl
         for (int j = 0; j < 16; j++) {
             const uint16_t *kr = K + (p + j) * ldk; /* [d] */
             prefetch_row(kr + ATT_AHEAD * ldk, d);
-            __m512 a = _mm512_mul_ps(ld16_part(dt, kr, 0, nc, tail), qv[0]);
-            for (int64_t c = 1; c < nc; c++) a = _mm512_fmadd_ps(ld16_part(dt, kr, c, nc, tail), qv[c], a);
-            v[j] = a;
+            v[j] = row_partial(dt, kr, qv, nc, tail);
         }
         hsum16(s, v);
         _mm512_storeu_ps(sc + p, _mm512_mul_ps(_mm512_loadu_ps(s), vscale));
     }
-    for (; p < len; p++) {
-        const uint16_t *kr = K + p * ldk;
-        __m512 a = _mm512_mul_ps(ld16_part(dt, kr, 0, nc, tail), qv[0]);
-        for (int64_t c = 1; c < nc; c++) a = _mm512_fmadd_ps(ld16_part(dt, kr, c, nc, tail), qv[c], a);
-        sc[p] = hsum(a) * scale;
-    }
+    for (; p < len; p++) sc[p] = hsum(row_partial(dt, K + p * ldk, qv, nc, tail)) * scale;
 }
 
 INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
