@@ -49,6 +49,12 @@ static int run(const char *kernels, const uint8_t *region, const layout_t *l, co
     return rc;
 }
 
+/* the next value of the checks' fixed pseudo-random sequence: an integer in [-1000, 1000] times `step` */
+static float next_value(uint32_t *seed, float step) {
+    *seed = *seed * 1664525u + 1013904223u;
+    return (float)((int32_t)(*seed >> 8) % 2001 - 1000) * step;
+}
+
 /* gemv_batch of set `k` against its own matmul with one token, bit for bit; returns the number of mismatches */
 static int check_gemv_batch(const asw_kernels *k) {
     static const int64_t inner[] = {16, 64, 77, 96, 200, 903};
@@ -68,14 +74,10 @@ static int check_gemv_batch(const asw_kernels *k) {
         for (size_t ki = 0; ki < sizeof inner / sizeof inner[0]; ki++) {
             int64_t K = inner[ki];
             for (int64_t i = 0; i < MAX_ROWS * K; i++) {
-                seed = seed * 1664525u + 1013904223u;
-                float v = (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-3f;
+                float v = next_value(&seed, 1e-3f);
                 W[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(v) : asw_f32_to_bf16(v);
             }
-            for (int64_t i = 0; i < MAX_NT * K; i++) {
-                seed = seed * 1664525u + 1013904223u;
-                X[i] = (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-2f;
-            }
+            for (int64_t i = 0; i < MAX_NT * K; i++) X[i] = next_value(&seed, 1e-2f);
             for (int64_t rows = 1; rows <= MAX_ROWS; rows += 3)
                 for (int64_t nt = 1; nt <= MAX_NT; nt++) {
                     k->gemv_batch(dtype, got, MAX_ROWS, W, K, 1, rows, X, K, nt); /* rows [1, rows): r0 > 0 too */
@@ -114,17 +116,19 @@ static int check_attention(const asw_kernels *k) {
     }
     int bad = 0;
     uint32_t seed = 777;
-#define NEXT_UNIT() (seed = seed * 1664525u + 1013904223u, (float)((int32_t)(seed >> 8) % 2001 - 1000) * 1e-3f)
     for (int dtype = ASW_DTYPE_F16; dtype <= ASW_DTYPE_BF16; dtype++)
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
             for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
                 int64_t d = dims[di], len = lens[li];
                 for (int64_t i = 0; i < MAX_LEN * LD; i++) {
-                    float v = NEXT_UNIT();
+                    float v = next_value(&seed, 1e-3f);
                     KV[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(v) : asw_f32_to_bf16(v);
                 }
-                for (int64_t i = 0; i < d; i++) q[i] = NEXT_UNIT(), out_got[i] = out_want[i] = NEXT_UNIT();
-                for (int64_t p = 0; p < len; p++) w[p] = fabsf(NEXT_UNIT());
+                for (int64_t i = 0; i < d; i++) {
+                    q[i] = next_value(&seed, 1e-3f);
+                    out_got[i] = out_want[i] = next_value(&seed, 1e-3f);
+                }
+                for (int64_t p = 0; p < len; p++) w[p] = fabsf(next_value(&seed, 1e-3f));
                 k->scores(dtype, got, KV, LD, q, d, len, 0.125f);
                 asw_kernels_portable.scores(dtype, want, KV, LD, q, d, len, 0.125f);
                 k->weighted_sum(dtype, out_got, w, KV, LD, d, len);
@@ -136,7 +140,6 @@ static int check_attention(const asw_kernels *k) {
                     printf("%-8s %s attention d=%d len=%d: differs from portable by %.3g\n", k->name,
                            dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)d, (int)len, worst);
             }
-#undef NEXT_UNIT
     free(KV), free(q), free(w), free(got), free(want), free(out_got), free(out_want);
     printf("%-8s decode attention loops match the portable set's: %s\n", k->name, bad ? "FAIL" : "ok");
     return bad;
