@@ -348,6 +348,12 @@ INL void prefetch_row(const uint16_t *row, int64_t d) {
     for (int64_t b = 0; b < d * 2; b += 64) _mm_prefetch((const char *)row + b, _MM_HINT_T0);
 }
 
+/* the lanes of a head of d elements in its last 16-element chunk */
+INL __mmask16 last_chunk_mask(int64_t d) { return (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu); }
+
+/* the lanes of 16-element chunk c of a head in nc chunks: all but in the last, `tail` there */
+INL __mmask16 part_mask(int64_t c, int64_t nc, __mmask16 tail) { return c + 1 < nc ? (__mmask16)0xFFFF : tail; }
+
 INL __m512 ld16_part(int dt, const uint16_t *p, int64_t c, int64_t nc, __mmask16 tail) {
     return c + 1 < nc ? ld16(dt, p + 16 * c) : ld16_tail(dt, p + 16 * c, tail);
 }
@@ -362,9 +368,9 @@ INL __m512 row_partial(int dt, const uint16_t *kr, const __m512 *qv, int64_t nc,
 INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d, int64_t len,
                      float scale) {
     int64_t nc = (d + 15) / 16;
-    __mmask16 tail = (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu);
+    __mmask16 tail = last_chunk_mask(d);
     __m512 qv[ATT_CHUNKS], vscale = _mm512_set1_ps(scale);
-    for (int64_t c = 0; c < nc; c++) qv[c] = _mm512_maskz_loadu_ps(c + 1 < nc ? (__mmask16)0xFFFF : tail, q + 16 * c);
+    for (int64_t c = 0; c < nc; c++) qv[c] = _mm512_maskz_loadu_ps(part_mask(c, nc, tail), q + 16 * c);
     int64_t p = 0;
     for (; p + 16 <= len; p += 16) {
         __m512 v[16];
@@ -383,10 +389,10 @@ INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const fl
 INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
                            int64_t len) {
     int64_t nc = (d + 15) / 16;
-    __mmask16 tail = (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu);
+    __mmask16 tail = last_chunk_mask(d);
     __m512 a[ATT_CHUNKS], b[ATT_CHUNKS]; /* [nc] the output so far: even keys (and the start), odd keys */
     for (int64_t c = 0; c < nc; c++) {
-        a[c] = _mm512_maskz_loadu_ps(c + 1 < nc ? (__mmask16)0xFFFF : tail, out + 16 * c);
+        a[c] = _mm512_maskz_loadu_ps(part_mask(c, nc, tail), out + 16 * c);
         b[c] = _mm512_setzero_ps();
     }
     int64_t p = 0;
@@ -405,7 +411,7 @@ INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V
         for (int64_t c = 0; c < nc; c++) a[c] = _mm512_fmadd_ps(ld16_part(dt, V + p * ldv, c, nc, tail), wa, a[c]);
     }
     for (int64_t c = 0; c < nc; c++)
-        _mm512_mask_storeu_ps(out + 16 * c, c + 1 < nc ? (__mmask16)0xFFFF : tail, _mm512_add_ps(a[c], b[c]));
+        _mm512_mask_storeu_ps(out + 16 * c, part_mask(c, nc, tail), _mm512_add_ps(a[c], b[c]));
 }
 
 TGT static void z_scores_regs(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d,
