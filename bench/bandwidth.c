@@ -5,7 +5,8 @@
  * Allocates MIB MiB (uint64 words, 2 MiB-aligned and marked MADV_HUGEPAGE, first-touched by the thread that later
  * reads each slice), then REPS times: all THREADS threads start together at a barrier and each sums its own
  * contiguous slice (a streaming read, the access pattern of a decode step over the weights). Prints one line per
- * rep, "rep <i> <bytes> <seconds>", and the sums' xor so the reads cannot be optimized away. Exit status 2 on bad arguments, 1 on a system failure.
+ * rep, "rep <i> <bytes> <seconds>", and the sums' xor so the reads cannot be optimized away. Exit status 2 on bad
+ * arguments, 1 on a system failure.
  */
 #define _GNU_SOURCE
 #include <pthread.h>

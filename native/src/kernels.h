@@ -48,8 +48,8 @@ typedef struct asw_kernels {
  * and ASW_GEMV_PREFETCH_NEAR (1 KiB) ahead into L1 (x86 hints T1 and T0; the x86 files resolve the names). The
  * hardware streamer alone left a 2-thread decode step ~15 % short; one prefetch 4 KiB ahead into L1 closed part of
  * that; the two levels gained another 4-20 % per round over 6 interleaved rounds (median +8 %, Qwen2-0.5B shape,
- * AVX-512), and 4-5 % on a bare 2-thread GEMV over the mapped weights (40 paired repetitions), where one prefetch
- * into L2 alone measured the same as one into L1. The far one keeps many lines in flight from L2 without holding
+ * AVX-512), and 0-6 % on a bare 2-thread GEMV over the mapped weights (four runs of 40 paired repetitions), where
+ * one prefetch into L2 alone measured the same as one into L1. The far one keeps many lines in flight from L2 without holding
  * the L1 fill buffers; the near one lands each line in L1 just before its loads, whose conversion and FMA uops
  * would otherwise wait in the scheduler on a miss and stop the core from issuing loads further ahead. A prefetch
  * never faults, so running past the last row is harmless. */
