@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
+PROBE_MIB = 1024  # bench/bandwidth.c's buffer per rep, for every probe of the roofline (side_by_side, run_engine)
 sys.path.insert(0, str(ROOT / "tests"))
 
 from checkpoints import widen_init  # noqa: E402  (the tests' checkpoint maker: one set of weight scales)

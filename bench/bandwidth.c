@@ -1,4 +1,5 @@
-/* Memory read bandwidth probe for the benchmark's roofline (bench/side_by_side.py compiles it at bench time).
+/* Memory read bandwidth probe for the benchmark's roofline (bench/side_by_side.py compiles it at bench time, as a
+ * program and as a shared library).
  *
  *   bandwidth THREADS MIB REPS
  *
@@ -7,6 +8,14 @@
  * contiguous slice (a streaming read, the access pattern of a decode step over the weights). Prints one line per
  * rep, "rep <i> <bytes> <seconds>", and the sums' xor so the reads cannot be optimized away. Exit status 2 on bad
  * arguments, 1 on a system failure.
+ *
+ * Built with -DBANDWIDTH_LIBRARY (no main), the same probe is a library that a process loads to time single reps
+ * between its own work (bench/run_engine.py's paired probe: one rep, one decode step, one rep, ...):
+ *   bw_probe *bw_open(int threads, long mib);   NULL on failure (the reason on stderr)
+ *   double bw_rep(bw_probe *p);                  seconds for one rep over all bw_bytes(p) bytes
+ *   size_t bw_bytes(const bw_probe *p);
+ *   void bw_close(bw_probe *p);
+ * Between reps the reader threads wait at a barrier (asleep), so the caller's own work has the cores to itself.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -16,15 +25,6 @@
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>
-
-typedef struct {
-    const uint64_t *words; /* [count] this thread's slice */
-    size_t count;
-    uint64_t sum;
-    pthread_barrier_t *start;
-    pthread_barrier_t *done;
-    int reps;
-} slice_t;
 
 static double now_s(void) {
     struct timespec ts;
@@ -55,17 +55,114 @@ static uint64_t sum_words(const uint64_t *w, size_t n) {
     return s;
 }
 
+typedef struct bw_probe bw_probe;
+
+typedef struct {
+    bw_probe *probe;
+    const uint64_t *words; /* [count] this thread's slice */
+    size_t count;
+    uint64_t sum;
+} slice_t;
+
+struct bw_probe {
+    int threads;
+    size_t words;          /* in the whole buffer */
+    uint64_t *buf;         /* [words] */
+    slice_t *slices;       /* [threads] */
+    pthread_t *ids;        /* [threads] */
+    int started;           /* reader threads running */
+    int stop;              /* set before the last start barrier: the readers return */
+    pthread_barrier_t start, done;
+};
+
 static void *worker(void *arg) {
     slice_t *s = (slice_t *)arg;
     memset((void *)s->words, 1, s->count * sizeof(uint64_t)); /* first touch: pages local to this thread */
-    for (int r = 0; r < s->reps; r++) {
-        pthread_barrier_wait(s->start);
+    for (;;) {
+        pthread_barrier_wait(&s->probe->start);
+        if (s->probe->stop) return NULL;
         s->sum ^= sum_words(s->words, s->count);
-        pthread_barrier_wait(s->done);
+        pthread_barrier_wait(&s->probe->done);
     }
-    return NULL;
 }
 
+size_t bw_bytes(const bw_probe *p) { return p->words * sizeof(uint64_t); }
+
+double bw_rep(bw_probe *p) {
+    pthread_barrier_wait(&p->start);
+    const double t0 = now_s();
+    pthread_barrier_wait(&p->done);
+    return now_s() - t0;
+}
+
+void bw_close(bw_probe *p) {
+    if (p == NULL) return;
+    p->stop = 1;
+    if (p->started == p->threads) {
+        pthread_barrier_wait(&p->start);
+        for (int t = 0; t < p->threads; t++) pthread_join(p->ids[t], NULL);
+    }
+    if (p->started > 0) {
+        pthread_barrier_destroy(&p->start);
+        pthread_barrier_destroy(&p->done);
+    }
+    free(p->ids);
+    free(p->slices);
+    free(p->buf);
+    free(p);
+}
+
+bw_probe *bw_open(int threads, long mib) {
+    if (threads < 1 || threads > 1024 || mib < 1) {
+        fprintf(stderr, "bandwidth: need THREADS in 1..1024 and MIB >= 1\n");
+        return NULL;
+    }
+    bw_probe *p = calloc(1, sizeof *p);
+    if (p == NULL) return NULL;
+    p->threads = threads;
+    p->words = ((size_t)mib << 20) / sizeof(uint64_t);
+    if (posix_memalign((void **)&p->buf, 2u << 20, p->words * sizeof(uint64_t)) != 0) {
+        fprintf(stderr, "bandwidth: cannot allocate %ld MiB\n", mib);
+        p->buf = NULL;
+        bw_close(p);
+        return NULL;
+    }
+    /* 2 MiB pages where the system gives them, as the cpu backend asks for its weights (runtime/hugepages.py): the
+     * roofline is the fastest the machine streams, so the probe must not be held back by 4 KiB pages either */
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p->buf, p->words * sizeof(uint64_t), MADV_HUGEPAGE);
+#endif
+    p->slices = calloc((size_t)threads, sizeof(slice_t));
+    p->ids = calloc((size_t)threads, sizeof(pthread_t));
+    if (p->slices == NULL || p->ids == NULL) {
+        fprintf(stderr, "bandwidth: out of memory\n");
+        bw_close(p);
+        return NULL;
+    }
+    pthread_barrier_init(&p->start, NULL, (unsigned)threads + 1);
+    pthread_barrier_init(&p->done, NULL, (unsigned)threads + 1);
+    const size_t per = p->words / (size_t)threads / 8 * 8; /* whole 64-byte lines: sum_words reads aligned vectors */
+    for (int t = 0; t < threads; t++) {
+        p->slices[t] = (slice_t){p, p->buf + (size_t)t * per, t == threads - 1 ? p->words - (size_t)t * per : per, 0};
+        if (pthread_create(&p->ids[t], NULL, worker, &p->slices[t]) != 0) {
+            fprintf(stderr, "bandwidth: cannot start thread %d\n", t);
+            /* the started readers wait at a barrier sized for all: they cannot be released, so leak them */
+            if (t == 0) {
+                pthread_barrier_destroy(&p->start);
+                pthread_barrier_destroy(&p->done);
+                free(p->ids);
+                free(p->slices);
+                free(p->buf);
+                free(p);
+            }
+            return NULL;
+        }
+        p->started++;
+    }
+    return p;
+}
+
+#ifndef BANDWIDTH_LIBRARY
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s THREADS MIB REPS\n", argv[0]);
@@ -78,52 +175,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bandwidth: need THREADS in 1..1024, MIB >= 1, REPS >= 1\n");
         return 2;
     }
-    const size_t total = (size_t)mib << 20;
-    const size_t words = total / sizeof(uint64_t);
-    uint64_t *buf = NULL;
-    if (posix_memalign((void **)&buf, 2u << 20, words * sizeof(uint64_t)) != 0) {
-        fprintf(stderr, "bandwidth: cannot allocate %ld MiB\n", mib);
-        return 1;
-    }
-    /* 2 MiB pages where the system gives them, as the cpu backend asks for its weights (runtime/hugepages.py): the
-     * roofline is the fastest the machine streams, so the probe must not be held back by 4 KiB pages either */
-#ifdef MADV_HUGEPAGE
-    (void)madvise(buf, words * sizeof(uint64_t), MADV_HUGEPAGE);
-#endif
-    pthread_barrier_t start, done;
-    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
-    pthread_barrier_init(&done, NULL, (unsigned)threads + 1);
-    slice_t *slices = calloc((size_t)threads, sizeof(slice_t));
-    pthread_t *ids = calloc((size_t)threads, sizeof(pthread_t));
-    if (slices == NULL || ids == NULL) {
-        fprintf(stderr, "bandwidth: out of memory\n");
-        return 1;
-    }
-    const size_t per = words / (size_t)threads / 8 * 8; /* whole 64-byte lines: sum_words reads aligned vectors */
-    for (int t = 0; t < threads; t++) {
-        slices[t] = (slice_t){buf + (size_t)t * per, t == threads - 1 ? words - (size_t)t * per : per, 0,
-                              &start, &done, reps};
-        if (pthread_create(&ids[t], NULL, worker, &slices[t]) != 0) {
-            fprintf(stderr, "bandwidth: cannot start thread %d\n", t);
-            return 1;
-        }
-    }
-    for (int r = 0; r < reps; r++) {
-        pthread_barrier_wait(&start);
-        const double t0 = now_s();
-        pthread_barrier_wait(&done);
-        printf("rep %d %zu %.9f\n", r, words * sizeof(uint64_t), now_s() - t0);
-    }
+    bw_probe *p = bw_open(threads, mib);
+    if (p == NULL) return 1;
+    for (int r = 0; r < reps; r++) printf("rep %d %zu %.9f\n", r, bw_bytes(p), bw_rep(p));
     uint64_t check = 0;
-    for (int t = 0; t < threads; t++) {
-        pthread_join(ids[t], NULL);
-        check ^= slices[t].sum;
-    }
+    for (int t = 0; t < threads; t++) check ^= p->slices[t].sum;
     printf("check %llu\n", (unsigned long long)check);
-    pthread_barrier_destroy(&start);
-    pthread_barrier_destroy(&done);
-    free(ids);
-    free(slices);
-    free(buf);
+    bw_close(p);
     return 0;
 }
+#endif

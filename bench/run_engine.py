@@ -1,6 +1,6 @@
 """One timed greedy generation by one engine, in this process; bench/side_by_side.py starts one per run.
 
-    python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T
+    python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T [--paired-probe LIB --pairs P]
 
 ENGINE is one of:
   ours          ascend_super.load(MODEL.asw, backend="cpu", threads=T); session.prefill(prompt, logits="none")
@@ -25,6 +25,12 @@ Timed: prefill = from the call that receives the prompt until the first new toke
 time to first token, counted from a loaded model); decode = the N steps after it, each fed the previous token.
 Prints one JSON object on stdout: engine, prefill_s, decode_s, prompt and new token counts, the generated token
 ids, load_s, and for llama.cpp its own llama_perf_context counters as a cross-check.
+
+Paired probe (--paired-probe, ours and llama.cpp): after the timed generation, untimed for it, P more decode steps
+each between two reps of the memory-bandwidth probe (bench/bandwidth.c built as a library, loaded into this
+process, the same thread count, _common.PROBE_MIB per rep): rep, step, rep, step, ..., rep. On a shared machine whose
+bandwidth moves by 2x within seconds, a step and the reps on either side of it (tens of milliseconds apart) see the
+same machine; a probe minutes away does not. Adds "pairs": {"step_s": [P], "probe_gbs": [P + 1]} to the JSON.
 """
 
 from __future__ import annotations
@@ -39,6 +45,46 @@ from typing import Any, Callable
 
 WARMUP_PROMPT = 16
 WARMUP_NEW = 4
+
+
+class PairedProbe:
+    """bench/bandwidth.c's library: one timed streaming read of its buffer by `threads` threads per rep()."""
+
+    def __init__(self, library: Path, threads: int) -> None:
+        import ctypes
+
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.bw_open.restype = ctypes.c_void_p
+        self.lib.bw_open.argtypes = [ctypes.c_int, ctypes.c_long]
+        self.lib.bw_rep.restype = ctypes.c_double
+        self.lib.bw_rep.argtypes = [ctypes.c_void_p]
+        self.lib.bw_bytes.restype = ctypes.c_size_t
+        self.lib.bw_bytes.argtypes = [ctypes.c_void_p]
+        self.lib.bw_close.argtypes = [ctypes.c_void_p]
+        from _common import PROBE_MIB  # this script's folder is on sys.path
+
+        self.probe = self.lib.bw_open(threads, PROBE_MIB)
+        if not self.probe:
+            raise SystemExit(f"the paired bandwidth probe could not start ({library})")
+        self.rep()  # the first rep also first-touches the buffer
+
+    def rep(self) -> float:
+        """GB/s of one rep."""
+        return self.lib.bw_bytes(self.probe) / self.lib.bw_rep(self.probe) / 1e9
+
+    def close(self) -> None:
+        self.lib.bw_close(self.probe)
+
+
+def paired_steps(probe: PairedProbe, step: Callable[[int], int], token: int, pairs: int) -> dict[str, list[float]]:
+    """rep, step, rep, ..., step, rep: each step's seconds and every rep's GB/s (one more rep than steps)."""
+    step_s, probe_gbs = [], [probe.rep()]
+    for _ in range(pairs):
+        started = time.perf_counter()
+        token = step(token)
+        step_s.append(time.perf_counter() - started)
+        probe_gbs.append(probe.rep())
+    return {"step_s": step_s, "probe_gbs": probe_gbs}
 
 
 class Timed:
@@ -63,12 +109,13 @@ class Timed:
         return self
 
 
-def run_ours(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+def run_ours(model_path: Path, prompt: list[int], new: int, threads: int, probe: PairedProbe | None = None,
+             pairs: int = 0) -> dict[str, Any]:
     import ascend_super
 
     started = time.perf_counter()
     model = ascend_super.load(model_path, backend="cpu", threads=threads)
-    session = model.session(len(prompt) + new + 8)
+    session = model.session(len(prompt) + new + pairs + 8)
     load_s = time.perf_counter() - started
 
     def prefill(ids: list[int]) -> int:
@@ -85,12 +132,15 @@ def run_ours(model_path: Path, prompt: list[int], new: int, threads: int) -> dic
     from ascend_super.runtime.hugepages import file_pmd_share
 
     extra = {"kernels": kernel_name(), "huge_page_share": file_pmd_share(model_path)}
+    if probe is not None:
+        extra["pairs"] = paired_steps(probe, step, timed.tokens[-1], pairs)
     session.close()
     model.close()
     return {"load_s": load_s, "timed": timed, "extra": extra}
 
 
-def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int, probe: PairedProbe | None = None,
+                  pairs: int = 0) -> dict[str, Any]:
     import ctypes
 
     import llama_cpp as L
@@ -107,7 +157,7 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
     if not model:
         raise SystemExit(f"llama.cpp could not load {model_path}")
     cparams = L.llama_context_default_params()
-    cparams.n_ctx = len(prompt) + new + 16
+    cparams.n_ctx = len(prompt) + new + pairs + 16
     cparams.n_batch = 2048
     cparams.n_ubatch = 512
     cparams.n_threads = threads
@@ -144,6 +194,8 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int) -
         "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
         "version": getattr(L, "__version__", "?"), "huge_page_share": file_pmd_share(model_path),
     }
+    if probe is not None:
+        extra["pairs"] = paired_steps(probe, step, timed.tokens[-1], pairs)
     L.llama_sampler_free(sampler)
     L.llama_free(ctx)
     L.llama_model_free(model)
@@ -190,6 +242,7 @@ def run_transformers(model_path: Path, prompt: list[int], new: int, threads: int
 
 
 ENGINES = {"ours": run_ours, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
+PAIRED = ("ours", "llama.cpp")  # the engines that take --paired-probe
 
 
 def main() -> None:
@@ -199,9 +252,19 @@ def main() -> None:
     parser.add_argument("--prompt-ids", type=Path, required=True)
     parser.add_argument("--new", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--paired-probe", type=Path, metavar="LIB", help="bench/bandwidth.c built as a library")
+    parser.add_argument("--pairs", type=int, default=24, help="decode steps between probe reps [24]")
     args = parser.parse_args()
+    if args.paired_probe and args.engine not in PAIRED:
+        parser.error(f"--paired-probe works with {' and '.join(PAIRED)}")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
-    result = ENGINES[args.engine](args.model, prompt, args.new, args.threads)
+    probe = PairedProbe(args.paired_probe, args.threads) if args.paired_probe else None
+    kw = {"probe": probe, "pairs": args.pairs} if probe else {}
+    result = ENGINES[args.engine](args.model, prompt, args.new, args.threads, **kw)
+    if probe:
+        probe.close()
     timed: Timed = result["timed"]
     json.dump({"engine": args.engine, "model": str(args.model), "threads": args.threads,
                "prompt_tokens": len(prompt), "new_tokens": len(timed.tokens) - 1,

@@ -23,8 +23,15 @@ count; the best rate seen is the roofline's bandwidth:
 weight bytes = every tensor of the fp16 .asw except an untied token embedding (one row of it is read), KV bytes =
 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x context. Medians over rounds are reported with [min .. max].
 On a shared VM the best probe can be a moment when the neighbours were quiet, well above what the machine streams
-most of the time, so the report also gives each share of the roofline at the median of all probes (informational:
-the target stays on the best probe).
+most of the time, so the report also gives each share of the roofline at the median of all probes, and a paired
+share (both informational: the target stays on the best probe). Paired: ours and llama.cpp run PAIRS more decode
+steps after their timed generation, each between two reps of the same probe loaded into the engine's process
+(bench/run_engine.py --paired-probe); a step's share is its tok/s over the roofline at the mean of the two reps around
+it (KV bytes at that step's context), and the paired share is the median over a run's steps, then over rounds. It
+compares a step with the bandwidth of the same fraction of a second, where this machine's bandwidth moves by 2x from
+one second to the next. The probe reads 1 GiB per rep, about the bytes of a Qwen2-0.5B step: smaller buffers partly
+stay in a large L3 (on the 260 MB-L3 VM we measured on, 256-512 MiB reps read at up to 1.5-2x the rate of 1-4 GiB
+ones), which would overstate the bandwidth for a ~1 GB step.
 
 Writes bench/results/side_by_side.{md,json,png} (the .md is the README's table) and prints the table and the
 issue's targets with PASS/FAIL and the margin. The targets are checked here, never by a timed test; exit status 0
@@ -50,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import _llama  # noqa: E402
+from run_engine import PAIRED  # noqa: E402  (the engines that take a paired probe)
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -59,6 +67,8 @@ MODEL_NAMES = {"qwen2": "Qwen2-0.5B shape (random)", "smollm2": "SmolLM2-135M"}
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx512_vnni",
              "amx_bf16", "amx_tile", "asimd", "fphp", "asimdhp", "bf16", "sve")
 PAUSE_S = 0.5  # between runs, so the previous process's threads are gone
+PAIRS = 24  # paired decode steps per run of ours and llama.cpp (quick: QUICK_PAIRS)
+QUICK_PAIRS = 6
 
 
 @dataclass
@@ -132,8 +142,9 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
 
 
 # --------------------------------------------------------------------------- machine
-def bandwidth_binary() -> Path:
-    out = C.CACHE / "bandwidth"
+def bandwidth_build(library: bool = False) -> Path:
+    """bench/bandwidth.c compiled here: the probe program, or (`library`) the same probe as a shared library."""
+    out = C.CACHE / ("libbandwidth.so" if library else "bandwidth")
     src = BENCH / "bandwidth.c"
     if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
@@ -141,14 +152,15 @@ def bandwidth_binary() -> Path:
     if cc is None:
         raise SystemExit("the bandwidth probe needs a C compiler (cc or gcc)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([cc, "-std=c11", "-O3", "-march=native", "-Wall", "-Wextra", "-pthread", str(src), "-o",
+    kind = ["-shared", "-fPIC", "-DBANDWIDTH_LIBRARY"] if library else []
+    subprocess.run([cc, "-std=c11", "-O3", "-march=native", "-Wall", "-Wextra", "-pthread", *kind, str(src), "-o",
                     str(out)], check=True)
     return out
 
 
-def probe_bandwidth(threads: int, mib: int = 1024, reps: int = 5) -> list[float]:
+def probe_bandwidth(threads: int, mib: int = C.PROBE_MIB, reps: int = 5) -> list[float]:
     """GB/s of each rep of a streaming read of `mib` MiB by `threads` threads."""
-    out = subprocess.run([str(bandwidth_binary()), str(threads), str(mib), str(reps)], check=True,
+    out = subprocess.run([str(bandwidth_build()), str(threads), str(mib), str(reps)], check=True,
                          capture_output=True, text=True).stdout
     rates = []
     for line in out.splitlines():
@@ -183,9 +195,11 @@ def load_average() -> float:
 
 
 # --------------------------------------------------------------------------- runs
-def run_one(engine: Engine, case: Case, threads: int) -> dict[str, Any]:
+def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, Any]:
     cmd = [sys.executable, str(BENCH / "run_engine.py"), engine.kind, str(engine.model), "--prompt-ids",
            str(case.prompt_file), "--new", str(case.new), "--threads", str(threads)]
+    if engine.kind in PAIRED and pairs > 0:
+        cmd += ["--paired-probe", str(bandwidth_build(library=True)), "--pairs", str(pairs)]
     load = load_average()
     with C.Steal() as steal:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -209,14 +223,30 @@ def rates(runs: list[dict[str, Any]], case: Case, what: str) -> list[float]:
     return [count / r[f"{what}_s"] for r in runs]
 
 
-def step_bytes(case: Case) -> float:
-    """Bytes a decode step reads, at the mean context of the case's decode steps."""
-    mean_context = case.prompt + 1 + (case.new - 1) / 2
-    return case.model.weight_bytes + case.model.kv_bytes_per_position * mean_context
+def step_bytes(case: Case, context: float | None = None) -> float:
+    """Bytes a decode step reads at `context` cached positions (default: the mean context of the timed steps)."""
+    if context is None:
+        context = case.prompt + 1 + (case.new - 1) / 2
+    return case.model.weight_bytes + case.model.kv_bytes_per_position * context
 
 
-def roofline(case: Case, bandwidth: float) -> float:
-    return bandwidth * 1e9 / step_bytes(case)
+def roofline(case: Case, bandwidth: float, context: float | None = None) -> float:
+    return bandwidth * 1e9 / step_bytes(case, context)
+
+
+def paired_share(case: Case, runs: list[dict[str, Any]]) -> float | None:
+    """Median over runs of the median over a run's paired steps of tok/s / roofline at the reps around the step
+    (None when the engine ran no paired steps). Step i attends over prompt + new + 1 + i positions."""
+    per_run = []
+    for r in runs:
+        pairs = r.get("pairs")
+        if not pairs:
+            continue
+        probe = pairs["probe_gbs"]
+        per_run.append(statistics.median(
+            (1.0 / s) / roofline(case, (probe[i] + probe[i + 1]) / 2, case.prompt + case.new + 1 + i)
+            for i, s in enumerate(pairs["step_s"])))
+    return 100.0 * statistics.median(per_run) if per_run else None
 
 
 def summarize(case: Case, bandwidth: float, typical: float) -> list[dict[str, Any]]:
@@ -236,6 +266,7 @@ def summarize(case: Case, bandwidth: float, typical: float) -> list[dict[str, An
         row["prefill_vs_ref"] = row["prefill"] / ref_prefill if ref_prefill else None
         row["roofline_pct"] = 100.0 * row["decode"] / roof
         row["roofline_pct_typical"] = 100.0 * row["decode"] / roofline(case, typical)
+        row["roofline_pct_paired"] = paired_share(case, runs)
         rows.append(row)
     return rows
 
@@ -281,9 +312,11 @@ def targets(cases: list[Case], summaries: dict[str, list[dict[str, Any]]]) -> li
                               value(case, "ours fp16", "decode_vs_ref"), 1.2, "x"))
             if case.prompt < 1024:
                 typical = value(case, "ours fp16", "roofline_pct_typical")
+                paired = value(case, "ours fp16", "roofline_pct_paired")
+                note = "" if typical is None else f" ({typical:.0f} % at the median probe" + (
+                    ")" if paired is None else f", {paired:.0f} % paired)")
                 out.append(Target(f"Qwen2-0.5B decode at {case.prompt}-token context, share of the roofline",
-                                  value(case, "ours fp16", "roofline_pct"), 85.0, "%",
-                                  "" if typical is None else f" ({typical:.0f} % at the median probe)"))
+                                  value(case, "ours fp16", "roofline_pct"), 85.0, "%", note))
         else:
             out.append(Target(f"SmolLM2 decode at {case.prompt}-token context vs llama.cpp F16",
                               value(case, "ours fp16", "decode_vs_ref"), 1.4, "x"))
@@ -326,6 +359,12 @@ def huge_pages_note(shares: dict[str, float | None]) -> str:
               "runtime does for its own file).")
 
 
+def roofline_cell(row: dict[str, Any]) -> str:
+    paired = row.get("roofline_pct_paired")
+    return (f"{row['roofline_pct']:.0f} % ({row['roofline_pct_typical']:.0f} %"
+            + ("" if paired is None else f"; {paired:.0f} %") + ")")
+
+
 def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[dict[str, Any]]],
              goals: list[Target]) -> str:
     cpu = meta["cpu"]
@@ -349,7 +388,7 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"[min–max] over rounds in brackets.",
         "",
         "| case | engine | runs | decode tok/s | prefill tok/s | TTFT s | decode × llama.cpp F16 "
-        "| prefill × llama.cpp F16 | decode % of roofline (at the median probe) |",
+        "| prefill × llama.cpp F16 | decode % of roofline: best probe (median probe; paired) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
@@ -358,7 +397,7 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
             lines.append(
                 f"| {case.title} | {r['engine']} | {len(case.runs[r['engine']])} | {fmt_rate(r['decode'], r['decode_min'], r['decode_max'])} | "
                 f"{fmt_rate(r['prefill'], r['prefill_min'], r['prefill_max'])} | {r['ttft_s']:.2f} | "
-                f"{vs(r['decode_vs_ref'])} | {vs(r['prefill_vs_ref'])} | {r['roofline_pct']:.0f} % ({r['roofline_pct_typical']:.0f} %) |")
+                f"{vs(r['decode_vs_ref'])} | {vs(r['prefill_vs_ref'])} | {roofline_cell(r)} |")
     paired = []
     for case in cases:
         ours, ref = case.runs.get("ours fp16", []), case.runs.get(REFERENCE, [])
@@ -375,7 +414,10 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"({step_bytes(c) / 1e6:.0f} MB/step)"
         for c in cases) + f" at the best probe ({meta['bandwidth_gbs']:.1f} GB/s, the targets' basis); in brackets in "
         f"the table, the share at the median of all {len(meta['bandwidth_all'])} probes "
-        f"({meta['bandwidth_median_gbs']:.1f} GB/s: what this machine usually streamed during the run).",
+        f"({meta['bandwidth_median_gbs']:.1f} GB/s: what this machine usually streamed during the run), and the "
+        f"paired share ({meta.get('pairs', 0)} decode steps per run of ours and llama.cpp after the timed ones, each "
+        f"between two probe reps in the same process: the median of step tok/s ÷ the roofline at the reps around it; "
+        f"informational, as is the median-probe share).",
         "", "Targets (issue 9 §2):", ""]
     lines += [t.line() for t in goals]
     lines.append(meta["conversion"] or "- conversion vs a durable copy: not measured (bench/convert.py)")
@@ -481,6 +523,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=None, help="decode steps [128; quick: 16]")
     parser.add_argument("--engines", default=",".join(ENGINE_NAMES), help="comma-separated, from: "
                         + ", ".join(ENGINE_NAMES))
+    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"paired decode steps per run, 0: none [{PAIRS}]")
     parser.add_argument("--models", default="qwen2,smollm2", help="comma-separated, from: qwen2, smollm2")
     parser.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: .../quick]")
     C.add_common_args(parser, "keep the generated checkpoint, .asw and .gguf files in .cache/bench/ [yes]")
@@ -491,6 +534,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     prompts = [int(p) for p in (args.prompts or ("64" if args.quick else "128,2048")).split(",")]
     new = args.new or (16 if args.quick else 128)
+    pairs = QUICK_PAIRS if args.quick else args.pairs
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINE_NAMES] + \
         [m for m in args.models.split(",") if m not in MODEL_NAMES]
@@ -518,7 +562,7 @@ def main() -> None:
           f"{len(engines)} engine(s), {args.threads} threads")
     bandwidth_all: list[float] = []
     meta = {"started": time.time(), "quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
-            "cpu": cpu}
+            "cpu": cpu, "pairs": pairs}
     for rnd in range(rounds):
         bw = probe_bandwidth(args.threads)
         bandwidth_all += bw
@@ -526,7 +570,7 @@ def main() -> None:
         for case in cases:
             order = case.model.engines if rnd % 2 == 0 else case.model.engines[::-1]
             for engine in order:
-                result = run_one(engine, case, args.threads)
+                result = run_one(engine, case, args.threads, pairs)
                 case.runs.setdefault(engine.name, []).append(result)
                 C.log(f"round {rnd + 1}  {case.title:38}  {engine.name:17}  "
                       f"prefill {case.prompt / result['prefill_s']:7.1f} tok/s  "
