@@ -45,16 +45,16 @@ typedef struct asw_kernels {
 } asw_kernels;
 
 /* The decode GEMV prefetches each weight line twice: ASW_GEMV_PREFETCH_FAR elements (8 KiB of u16) ahead into L2
- * and ASW_GEMV_PREFETCH_NEAR (1 KiB) ahead into L1 (x86 hints T1 and T0; the x86 files resolve the names). The
+ * and ASW_GEMV_PREFETCH_NEAR (2 KiB) ahead into L1 (x86 hints T1 and T0; the x86 files resolve the names). The
  * hardware streamer alone left a 2-thread decode step ~15 % short; one prefetch 4 KiB ahead into L1 closed part of
  * that; the two levels gained another 4-20 % per round over 6 interleaved rounds (median +8 %, Qwen2-0.5B shape,
  * AVX-512), and 0-6 % on a bare 2-thread GEMV over the mapped weights (four runs of 40 paired repetitions), where
- * one prefetch into L2 alone measured the same as one into L1. The far one keeps many lines in flight from L2 without holding
- * the L1 fill buffers; the near one lands each line in L1 just before its loads, whose conversion and FMA uops
- * would otherwise wait in the scheduler on a miss and stop the core from issuing loads further ahead. A prefetch
- * never faults, so running past the last row is harmless. */
+ * one prefetch into L2 alone measured the same as one into L1. The far one keeps many lines in flight from L2
+ * without holding the L1 fill buffers; the near one lands each line in L1 just before its loads, whose conversion
+ * and FMA uops would otherwise wait in the scheduler on a miss and stop the core from issuing loads further ahead.
+ * A prefetch never faults, so running past the last row is harmless. */
 #define ASW_GEMV_PREFETCH_FAR 4096
-#define ASW_GEMV_PREFETCH_NEAR 512
+#define ASW_GEMV_PREFETCH_NEAR 1024 /* 512 (1 KiB) before: measured with backend_cpu.c's DECODE_PIECES change */
 #define ASW_GEMV_PREFETCH_FAR_HINT _MM_HINT_T1
 #define ASW_GEMV_PREFETCH_NEAR_HINT _MM_HINT_T0
 
