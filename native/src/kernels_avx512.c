@@ -157,12 +157,12 @@ enum { BATCH_PREFETCH_FAR = 16384 };
 
 /* acc[r][t] += W[r][i:i+16] . X[t][i:i+16] (the first n elements under mask m when masked) */
 INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
-                    int64_t ldx, int64_t i, int masked, __mmask16 m, const char **pf, const char *pf_end) {
+                    int64_t ldx, int64_t i, int masked, __mmask16 m, const char **pf, const char *pf_end, int far) {
     /* nr rows of k u16 are nr k / 32 lines, and a tile takes k / 16 steps: nr / 2 lines of the next tile per step */
     for (int q = 0; q < (nr + 1) / 2; q++)
         if (*pf < pf_end) {
             _mm_prefetch(*pf, _MM_HINT_T0);
-            _mm_prefetch(*pf + BATCH_PREFETCH_FAR, ASW_GEMV_PREFETCH_FAR_HINT);
+            if (far) _mm_prefetch(*pf + BATCH_PREFETCH_FAR, ASW_GEMV_PREFETCH_FAR_HINT);
             *pf += 64;
         }
     __m512 w[BR];
@@ -171,6 +171,20 @@ INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *
         __m512 x = masked ? _mm512_maskz_loadu_ps(m, X + t * ldx + i) : _mm512_loadu_ps(X + t * ldx + i);
         for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
     }
+}
+
+/* Y[t*ldy + r] = hsum((part 0 + part 1) + (part 2 + part 3)) of row r, token t: row_dot's final reduction */
+INL void tile_reduce(int nr, int nt, __m512 part[4][BR][BT], float *Y, int64_t ldy) {
+    __m512 v[16];
+    float s[16];
+    for (int p = 0; p < 16; p++) {
+        int r = p / nt, t = p % nt;
+        v[p] = p < nr * nt ? _mm512_add_ps(_mm512_add_ps(part[0][r][t], part[1][r][t]),
+                                           _mm512_add_ps(part[2][r][t], part[3][r][t]))
+                           : _mm512_setzero_ps();
+    }
+    hsum16(s, v);
+    for (int p = 0; p < nr * nt; p++) Y[(p % nt) * ldy + p / nt] = s[p];
 }
 
 /* Y[t*ldy + r] = W[r] . X[t] for r < nr, t < nt (constants after inlining, nr * nt <= 16), each in row_dot's order
@@ -190,25 +204,88 @@ INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16
         __m512 acc[BR][BT];
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end);
+        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 1);
         if (j == 0)
-            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end);
+            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 1);
         if (j == 1 && k16 < k)
             chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u),
-                       &pf, pf_end);
+                       &pf, pf_end, 1);
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
     }
-    __m512 v[16];
-    float s[16];
-    for (int p = 0; p < 16; p++) {
-        int r = p / nt, t = p % nt;
-        v[p] = p < nr * nt ? _mm512_add_ps(_mm512_add_ps(part[0][r][t], part[1][r][t]),
-                                           _mm512_add_ps(part[2][r][t], part[3][r][t]))
-                           : _mm512_setzero_ps();
+    tile_reduce(nr, nt, part, Y, ldy);
+}
+
+/* When the tokens' activations outgrow L1 (nt * k f32 > ACT_L1 bytes; the down matmul: 8 x 4864 f32 = 152 KiB), a
+ * tile walking all of k reads every activation line from L2 once per tile. The blocked order instead runs the
+ * chains over KBLOCK columns for GROUP tiles at a time, so that block of activations stays in L1 for all of them,
+ * and keeps each (chain, row, token) partial sum in memory between blocks: every chain still adds its chunks in
+ * row_dot's order (blocks are consecutive ranges of its chunks, the tails come last), so the result is the same
+ * bit for bit. */
+enum { KBLOCK = 1024, GROUP = 16, ACT_L1 = 32 * 1024 };
+
+/* the chains of one tile over columns [b0, b1) (multiples of 64, b1 <= k64), partial sums in sv[4][nr][nt]
+ * (zero first when `first`); meanwhile fetch into L1 the same block of the tile that comes next (nr rows of k
+ * at `next`, already offset to its block; NULL: none), a quarter of it per chain */
+INL void tile_block(int dt, int nr, int nt, __m512 *sv, const uint16_t *W, int64_t k, const float *X,
+                    int64_t ldx, int64_t b0, int64_t b1, int first, const uint16_t *next) {
+    int64_t seg = (b1 - b0) * (int64_t)sizeof(uint16_t); /* bytes of one row's block */
+    for (int j = 0; j < 4; j++) {
+        __m512 acc[BR][BT];
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) acc[r][t] = first ? _mm512_setzero_ps() : sv[(j * nr + r) * nt + t];
+        const char *pf = NULL, *pf_end = NULL;
+        if (next != NULL) { /* nr <= 4: a quarter of nr row blocks lies within one row */
+            int64_t v0 = j * nr * seg / 4;
+            pf = (const char *)(next + v0 / seg * k) + v0 % seg;
+            pf_end = pf + nr * seg / 4;
+        }
+        for (int64_t i = b0 + 16 * j; i < b1; i += 64)
+            chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 0);
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) sv[(j * nr + r) * nt + t] = acc[r][t];
     }
-    hsum16(s, v);
-    for (int p = 0; p < nr * nt; p++) Y[(p % nt) * ldy + p / nt] = s[p];
+}
+
+/* the end of a blocked tile: chain 0's whole chunks past k64, chain 1's masked tail, then row_dot's reduction */
+INL void tile_finish(int dt, int nr, int nt, __m512 *sv, float *Y, int64_t ldy, const uint16_t *W, int64_t k,
+                     const float *X, int64_t ldx) {
+    __m512 part[4][BR][BT];
+    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
+    for (int j = 0; j < 4; j++) {
+        __m512 acc[BR][BT];
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) acc[r][t] = k64 > 0 ? sv[(j * nr + r) * nt + t] : _mm512_setzero_ps();
+        const char *pf = NULL;
+        if (j == 0)
+            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, NULL, 0);
+        if (j == 1 && k16 < k)
+            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u), &pf, NULL, 0);
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
+    }
+    tile_reduce(nr, nt, part, Y, ldy);
+}
+
+/* rows r..r1 (whole tiles of nr rows) in GROUP-tile groups, each group over the blocks of [0, k64) then finished */
+INL void tiles_blocked(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r,
+                       int64_t r1, const float *X, int64_t ldx) {
+    __m512 sv[GROUP][4 * 16]; /* [tile][chain][row][token] partial sums */
+    int64_t k64 = k & ~(int64_t)63;
+    for (; r < r1; r += GROUP * nr) {
+        int64_t tiles = (r1 - r) / nr < GROUP ? (r1 - r) / nr : GROUP;
+        for (int64_t b0 = 0; b0 < k64; b0 += KBLOCK) {
+            int64_t b1 = b0 + KBLOCK < k64 ? b0 + KBLOCK : k64;
+            for (int64_t g = 0; g < tiles; g++) {
+                const uint16_t *next = g + 1 < tiles ? W + (r + (g + 1) * nr) * k + b0
+                                       : b1 < k64   ? W + r * k + b1
+                                       : r + tiles * nr < r1 ? W + (r + tiles * nr) * k : NULL;
+                tile_block(dt, nr, nt, sv[g], W + (r + g * nr) * k, k, X, ldx, b0, b1, b0 == 0, next);
+            }
+        }
+        for (int64_t g = 0; g < tiles; g++)
+            tile_finish(dt, nr, nt, sv[g], Y + r + g * nr, ldy, W + (r + g * nr) * k, k, X, ldx);
+    }
 }
 
 /* rows per tile for nt tokens: the most that keep nr * nt <= 16 accumulators (and nr <= BR weight registers) */
@@ -218,6 +295,11 @@ INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16
     TGT static void name(float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,            \
                          const float *X, int64_t ldx) {                                                           \
         int64_t r = r0, R = TILE_ROWS(nt);                                                                         \
+        if (R <= 4 && (nt) * k * (int64_t)sizeof(float) > ACT_L1) {                                               \
+            int64_t whole = r0 + (r1 - r0) / R * R;                                                                \
+            tiles_blocked(dt, TILE_ROWS(nt), nt, Y, ldy, W, k, r0, whole, X, ldx);                                 \
+            r = whole;                                                                                             \
+        }                                                                                                          \
         for (; r + R <= r1; r += R)                                                                                \
             tile_chains(dt, TILE_ROWS(nt), nt, Y + r, ldy, W + r * k, k, X, ldx,                                   \
                         r + 2 * R <= r1 ? W + (r + R) * k : NULL);                                                 \
