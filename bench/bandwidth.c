@@ -71,6 +71,7 @@ struct bw_probe {
     slice_t *slices;       /* [threads] */
     pthread_t *ids;        /* [threads] */
     int started;           /* reader threads running */
+    int barriers;          /* start and done initialized */
     int stop;              /* set before the last start barrier: the readers return */
     pthread_barrier_t start, done;
 };
@@ -102,7 +103,7 @@ void bw_close(bw_probe *p) {
         pthread_barrier_wait(&p->start);
         for (int t = 0; t < p->threads; t++) pthread_join(p->ids[t], NULL);
     }
-    if (p->started > 0) {
+    if (p->barriers) {
         pthread_barrier_destroy(&p->start);
         pthread_barrier_destroy(&p->done);
     }
@@ -141,20 +142,14 @@ bw_probe *bw_open(int threads, long mib) {
     }
     pthread_barrier_init(&p->start, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&p->done, NULL, (unsigned)threads + 1);
+    p->barriers = 1;
     const size_t per = p->words / (size_t)threads / 8 * 8; /* whole 64-byte lines: sum_words reads aligned vectors */
     for (int t = 0; t < threads; t++) {
         p->slices[t] = (slice_t){p, p->buf + (size_t)t * per, t == threads - 1 ? p->words - (size_t)t * per : per, 0};
         if (pthread_create(&p->ids[t], NULL, worker, &p->slices[t]) != 0) {
             fprintf(stderr, "bandwidth: cannot start thread %d\n", t);
-            /* the started readers wait at a barrier sized for all: they cannot be released, so leak them */
-            if (t == 0) {
-                pthread_barrier_destroy(&p->start);
-                pthread_barrier_destroy(&p->done);
-                free(p->ids);
-                free(p->slices);
-                free(p->buf);
-                free(p);
-            }
+            /* readers already started wait at a barrier sized for all: they cannot be released, so leak them */
+            if (t == 0) bw_close(p);
             return NULL;
         }
         p->started++;
