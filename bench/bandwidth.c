@@ -39,7 +39,7 @@ static double now_s(void) {
 typedef uint64_t line_t __attribute__((vector_size(64)));
 
 static uint64_t sum_words(const uint64_t *w, size_t n) {
-    const line_t *v = (const line_t *)w; /* a slice starts on whole lines from a 2 MiB boundary (main) */
+    const line_t *v = (const line_t *)w; /* a slice starts on whole lines from a 2 MiB boundary (bw_open) */
     const size_t lines = n / 8;
     line_t a = {0}, b = {0}; /* two accumulators: loads do not wait on one add chain */
     size_t i = 0;

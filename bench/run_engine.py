@@ -40,11 +40,21 @@ import inspect
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 WARMUP_PROMPT = 16
 WARMUP_NEW = 4
+
+
+@dataclass
+class Pairing:
+    """What --paired-probe asks for: bench/bandwidth.c's library, its threads, and how many paired steps."""
+
+    library: Path
+    threads: int
+    pairs: int
 
 
 class PairedProbe:
@@ -66,7 +76,7 @@ class PairedProbe:
         self.probe = self.lib.bw_open(threads, PROBE_MIB)
         if not self.probe:
             raise SystemExit(f"the paired bandwidth probe could not start ({library})")
-        self.rep()  # the first rep also first-touches the buffer
+        self.rep()  # waits for the readers' first touch of the buffer, then one untimed-for-the-result rep
 
     def rep(self) -> float:
         """GB/s of one rep."""
@@ -76,14 +86,19 @@ class PairedProbe:
         self.lib.bw_close(self.probe)
 
 
-def paired_steps(probe: PairedProbe, step: Callable[[int], int], token: int, pairs: int) -> dict[str, list[float]]:
-    """rep, step, rep, ..., step, rep: each step's seconds and every rep's GB/s (one more rep than steps)."""
-    step_s, probe_gbs = [], [probe.rep()]
-    for _ in range(pairs):
-        started = time.perf_counter()
-        token = step(token)
-        step_s.append(time.perf_counter() - started)
-        probe_gbs.append(probe.rep())
+def paired_steps(pairing: Pairing, step: Callable[[int], int], token: int) -> dict[str, list[float]]:
+    """rep, step, rep, ..., step, rep: each step's seconds and every rep's GB/s (one more rep than steps). The probe
+    (its buffer, its threads) exists only for this, after the timed generation."""
+    probe = PairedProbe(pairing.library, pairing.threads)
+    try:
+        step_s, probe_gbs = [], [probe.rep()]
+        for _ in range(pairing.pairs):
+            started = time.perf_counter()
+            token = step(token)
+            step_s.append(time.perf_counter() - started)
+            probe_gbs.append(probe.rep())
+    finally:
+        probe.close()
     return {"step_s": step_s, "probe_gbs": probe_gbs}
 
 
@@ -109,13 +124,13 @@ class Timed:
         return self
 
 
-def run_ours(model_path: Path, prompt: list[int], new: int, threads: int, probe: PairedProbe | None = None,
-             pairs: int = 0) -> dict[str, Any]:
+def run_ours(model_path: Path, prompt: list[int], new: int, threads: int,
+             pairing: Pairing | None = None) -> dict[str, Any]:
     import ascend_super
 
     started = time.perf_counter()
     model = ascend_super.load(model_path, backend="cpu", threads=threads)
-    session = model.session(len(prompt) + new + pairs + 8)
+    session = model.session(len(prompt) + new + (pairing.pairs if pairing else 0) + 8)
     load_s = time.perf_counter() - started
 
     def prefill(ids: list[int]) -> int:
@@ -132,15 +147,15 @@ def run_ours(model_path: Path, prompt: list[int], new: int, threads: int, probe:
     from ascend_super.runtime.hugepages import file_pmd_share
 
     extra = {"kernels": kernel_name(), "huge_page_share": file_pmd_share(model_path)}
-    if probe is not None:
-        extra["pairs"] = paired_steps(probe, step, timed.tokens[-1], pairs)
+    if pairing is not None:
+        extra["pairs"] = paired_steps(pairing, step, timed.tokens[-1])
     session.close()
     model.close()
     return {"load_s": load_s, "timed": timed, "extra": extra}
 
 
-def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int, probe: PairedProbe | None = None,
-                  pairs: int = 0) -> dict[str, Any]:
+def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int,
+                  pairing: Pairing | None = None) -> dict[str, Any]:
     import ctypes
 
     import llama_cpp as L
@@ -157,7 +172,7 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int, p
     if not model:
         raise SystemExit(f"llama.cpp could not load {model_path}")
     cparams = L.llama_context_default_params()
-    cparams.n_ctx = len(prompt) + new + pairs + 16
+    cparams.n_ctx = len(prompt) + new + (pairing.pairs if pairing else 0) + 16
     cparams.n_batch = 2048
     cparams.n_ubatch = 512
     cparams.n_threads = threads
@@ -194,8 +209,8 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int, p
         "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
         "version": getattr(L, "__version__", "?"), "huge_page_share": file_pmd_share(model_path),
     }
-    if probe is not None:
-        extra["pairs"] = paired_steps(probe, step, timed.tokens[-1], pairs)
+    if pairing is not None:
+        extra["pairs"] = paired_steps(pairing, step, timed.tokens[-1])
     L.llama_sampler_free(sampler)
     L.llama_free(ctx)
     L.llama_model_free(model)
@@ -260,11 +275,8 @@ def main() -> None:
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
     prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
-    probe = PairedProbe(args.paired_probe, args.threads) if args.paired_probe else None
-    kw = {"probe": probe, "pairs": args.pairs} if probe else {}
+    kw = {"pairing": Pairing(args.paired_probe, args.threads, args.pairs)} if args.paired_probe else {}
     result = ENGINES[args.engine](args.model, prompt, args.new, args.threads, **kw)
-    if probe:
-        probe.close()
     timed: Timed = result["timed"]
     json.dump({"engine": args.engine, "model": str(args.model), "threads": args.threads,
                "prompt_tokens": len(prompt), "new_tokens": len(timed.tokens) - 1,

@@ -414,10 +414,10 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"({step_bytes(c) / 1e6:.0f} MB/step)"
         for c in cases) + f" at the best probe ({meta['bandwidth_gbs']:.1f} GB/s, the targets' basis); in brackets in "
         f"the table, the share at the median of all {len(meta['bandwidth_all'])} probes "
-        f"({meta['bandwidth_median_gbs']:.1f} GB/s: what this machine usually streamed during the run), and the "
-        f"paired share ({meta.get('pairs', 0)} decode steps per run of ours and llama.cpp after the timed ones, each "
-        f"between two probe reps in the same process: the median of step tok/s ÷ the roofline at the reps around it; "
-        f"informational, as is the median-probe share).",
+        f"({meta['bandwidth_median_gbs']:.1f} GB/s: what this machine usually streamed during the run)"
+        + (f", and the paired share ({meta['pairs']} decode steps per run of ours and llama.cpp after the timed ones, "
+           f"each between two probe reps in the same process: the median of step tok/s ÷ the roofline at the reps "
+           f"around it; informational, as is the median-probe share)" if meta.get("pairs") else "") + ".",
         "", "Targets (issue 9 §2):", ""]
     lines += [t.line() for t in goals]
     lines.append(meta["conversion"] or "- conversion vs a durable copy: not measured (bench/convert.py)")
@@ -523,7 +523,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=None, help="decode steps [128; quick: 16]")
     parser.add_argument("--engines", default=",".join(ENGINE_NAMES), help="comma-separated, from: "
                         + ", ".join(ENGINE_NAMES))
-    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"paired decode steps per run, 0: none [{PAIRS}]")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help=f"paired decode steps per run, 0: none [{PAIRS}; quick: {QUICK_PAIRS}]")
     parser.add_argument("--models", default="qwen2,smollm2", help="comma-separated, from: qwen2, smollm2")
     parser.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: .../quick]")
     C.add_common_args(parser, "keep the generated checkpoint, .asw and .gguf files in .cache/bench/ [yes]")
@@ -534,7 +535,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     prompts = [int(p) for p in (args.prompts or ("64" if args.quick else "128,2048")).split(",")]
     new = args.new or (16 if args.quick else 128)
-    pairs = QUICK_PAIRS if args.quick else args.pairs
+    pairs = args.pairs if args.pairs is not None else QUICK_PAIRS if args.quick else PAIRS
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINE_NAMES] + \
         [m for m in args.models.split(",") if m not in MODEL_NAMES]

@@ -5,9 +5,10 @@
  * model (GQA, biases, untied output, fp16 and bf16) is opened once per kernel set (ASW_KERNELS), a 70-token
  * prompt (two prefill chunks) is prefilled with all logits, then 4 decode steps; the largest difference to the
  * portable set's logits, relative to the largest |logit|, must stay below 1e-4. Then each set's batched decode GEMV
- * (gemv_batch, 1..19 tokens, odd row counts and inner sizes with every tail, up to 41 rows and 4,877 columns) must
- * equal its own one-token GEMV bit for bit: a batched step gives each session exactly what its lone step gives. And each set's decode attention loops
- * must match the portable set's over head sizes the tiny model does not have (tails of 16, wider than 128).
+ * (gemv_batch, 1..19 tokens, odd row counts and inner sizes with every tail, up to 40 rows and 4,877 columns) must
+ * equal its own one-token GEMV bit for bit: a batched step gives each session exactly what its lone step gives.
+ * And each set's decode attention loops must match the portable set's over head sizes the tiny model does not have
+ * (tails of 16, wider than 128).
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -57,8 +58,8 @@ static float next_value(uint32_t *seed, float step) {
 
 /* gemv_batch of set `k` against its own matmul with one token, bit for bit; returns the number of mismatches */
 static int check_gemv_batch(const asw_kernels *k) {
-    /* 2131 and 4877: activations of 8 tokens over 32 KiB, where the AVX-512 set runs its blocked order; 41 rows:
-     * more than one group of its tiles */
+    /* 2131 and 4877: activations of 8 tokens over 32 KiB, where the AVX-512 set runs its blocked order; up to 40
+     * rows (1, 4, .. 40): more than one group of its tiles */
     static const int64_t inner[] = {16, 64, 77, 96, 200, 903, 2131, 4877};
     enum { MAX_ROWS = 41, MAX_K = 4877, MAX_NT = 19 };
     uint16_t *W = malloc(sizeof(uint16_t) * MAX_ROWS * MAX_K); /* [MAX_ROWS, MAX_K] */

@@ -315,8 +315,9 @@ static void matmul_task(void *arg, int ith, int nth) {
     /* decode: a GEMV (nt = 1), or a batched step whose weights are read once for every token, each token summed in
      * the lone-step order. Rows go in DECODE_PIECES pieces per thread: piece ith first (so the thread knows which
      * rows it starts on, and can have fetched them: below), then the rest claimed in turn, so a thread whose core
-     * was taken away for a while (a busy host, a VM) does not leave the others waiting at the end of every matmul;
-     * each row is still computed whole by one thread, so the result does not depend on who took which piece. */
+     * was taken away for a while (a busy host, a VM) holds the others up by one piece at most, not by its share of
+     * the matmul; each row is still computed whole by one thread, so the result does not depend on who took which
+     * piece. */
     int64_t per = piece_rows(j->rows, nth, BLOCK);
     for (int64_t piece = ith; piece * per < j->rows;
          piece = nth + atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) {

@@ -218,7 +218,8 @@ INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16
 
 /* When the tokens' activations outgrow L1 (nt * k f32 > ACT_L1 bytes; the down matmul: 8 x 4864 f32 = 152 KiB), a
  * tile walking all of k reads every activation line from L2 once per tile. The blocked order instead runs the
- * chains over KBLOCK columns for GROUP tiles at a time, so that block of activations stays in L1 for all of them,
+ * chains over KBLOCK columns for GROUP tiles at a time, so that block of activations (at most 32 KiB: 8 tokens;
+ * L1 is 48 KiB on the Xeon this was measured on) stays in L1 for all of them,
  * and keeps each (chain, row, token) partial sum in memory between blocks: every chain still adds its chunks in
  * row_dot's order (blocks are consecutive ranges of its chunks, the tails come last), so the result is the same
  * bit for bit. */
