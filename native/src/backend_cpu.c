@@ -258,8 +258,7 @@ typedef struct matmul_job {
     float *panels;      /* [nth, panel_floats] */
     size_t panel_floats;
     atomic_llong next;  /* decode: the next unclaimed piece of rows after the first nth (see matmul_task) */
-    const uint16_t *then; /* decode: [then_rows, then_cols] the weights of the step's next matmul (NULL: none) */
-    int64_t then_rows, then_cols;
+    const asw_weight *then; /* decode: the weights of the step's next matmul (NULL: none) */
     atomic_int idle;    /* decode: threads that have run out of pieces */
 } matmul_job;
 
@@ -331,11 +330,12 @@ static void matmul_task(void *arg, int ith, int nth) {
      * thread's first piece of the next matmul into L2 (locality 2: prefetcht1 on x86, pldl2keep on Arm), so that
      * time waiting at the join, otherwise spent with this core's memory requests idle, starts the next matmul. */
     if (atomic_fetch_add_explicit(&j->idle, 1, memory_order_acq_rel) + 1 == nth || j->then == NULL) return;
-    int64_t then_per = piece_rows(j->then_rows, nth, BLOCK), first = (int64_t)ith * then_per;
-    if (first >= j->then_rows) return;
-    int64_t own = j->then_rows - first < then_per ? j->then_rows - first : then_per;
-    const char *next = (const char *)(j->then + first * j->then_cols); /* [own, then_cols] u16 */
-    size_t bytes = (size_t)own * (size_t)j->then_cols * sizeof(uint16_t);
+    const asw_weight *then = j->then;
+    int64_t then_per = piece_rows(then->rows, nth, BLOCK), first = (int64_t)ith * then_per;
+    if (first >= then->rows) return;
+    int64_t own = then->rows - first < then_per ? then->rows - first : then_per;
+    const char *next = (const char *)(then->host + first * then->cols); /* [own, cols] u16 */
+    size_t bytes = (size_t)own * (size_t)then->cols * sizeof(uint16_t);
     if (bytes > IDLE_PREFETCH_MAX) bytes = IDLE_PREFETCH_MAX;
     for (size_t off = 0; off < bytes; off += 64) {
         if (off % 4096 == 0 && atomic_load_explicit(&j->idle, memory_order_acquire) == nth) break;
@@ -368,12 +368,7 @@ static void transpose_task(void *arg, int ith, int nth) {
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
                    const float *X, int64_t ldx, int64_t nt, const asw_weight *then) {
     matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
-                    s->panel_floats, 0, NULL, 0, 0, 0};
-    if (then != NULL) {
-        j.then = then->host;
-        j.then_rows = then->rows;
-        j.then_cols = then->cols;
-    }
+                    s->panel_floats, 0, then, 0};
     if (!s->rowwise && nt >= OUTER_TOKENS && s->m->k->outer_matmul) {
         int64_t ntp = (nt + 15) / 16 * 16;
         transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};

@@ -173,6 +173,17 @@ INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *
     }
 }
 
+/* after chain j's 64-strided chunks, what row_dot adds to it last: chain 0 the whole chunks past k64, chain 1 the
+ * masked tail */
+INL void chain_tail(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
+                    int64_t ldx, int j, const char **pf, const char *pf_end, int far) {
+    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
+    if (j == 0)
+        for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, pf, pf_end, far);
+    if (j == 1 && k16 < k)
+        chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u), pf, pf_end, far);
+}
+
 /* Y[t*ldy + r] = hsum((part 0 + part 1) + (part 2 + part 3)) of row r, token t: row_dot's final reduction */
 INL void tile_reduce(int nr, int nt, __m512 part[4][BR][BT], float *Y, int64_t ldy) {
     __m512 v[16];
@@ -193,7 +204,7 @@ INL void tile_reduce(int nr, int nt, __m512 part[4][BR][BT], float *Y, int64_t l
 INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16_t *W, int64_t k, const float *X,
                      int64_t ldx, const uint16_t *next) {
     __m512 part[4][BR][BT];
-    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
+    int64_t k64 = k & ~(int64_t)63;
     /* the tile walks its rows four times (once per chain), which the hardware prefetcher does not follow ahead:
      * fetch the next tile's weights (nr rows at `next`, NULL: none) while this one computes, a few lines per step
      * (measured: the batched GEMV of 4-8 tokens over a DRAM-resident matrix 20-40% faster than without; spreading
@@ -205,11 +216,7 @@ INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
         for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 1);
-        if (j == 0)
-            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 1);
-        if (j == 1 && k16 < k)
-            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u),
-                       &pf, pf_end, 1);
+        chain_tail(dt, nr, nt, acc, W, k, X, ldx, j, &pf, pf_end, 1);
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
     }
@@ -252,16 +259,13 @@ INL void tile_block(int dt, int nr, int nt, __m512 *sv, const uint16_t *W, int64
 INL void tile_finish(int dt, int nr, int nt, __m512 *sv, float *Y, int64_t ldy, const uint16_t *W, int64_t k,
                      const float *X, int64_t ldx) {
     __m512 part[4][BR][BT];
-    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
+    int64_t k64 = k & ~(int64_t)63;
     for (int j = 0; j < 4; j++) {
         __m512 acc[BR][BT];
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) acc[r][t] = k64 > 0 ? sv[(j * nr + r) * nt + t] : _mm512_setzero_ps();
         const char *pf = NULL;
-        if (j == 0)
-            for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, NULL, 0);
-        if (j == 1 && k16 < k)
-            chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u), &pf, NULL, 0);
+        chain_tail(dt, nr, nt, acc, W, k, X, ldx, j, &pf, NULL, 0);
         for (int r = 0; r < nr; r++)
             for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
     }
