@@ -258,6 +258,7 @@ def run_transformers(model_path: Path, prompt: list[int], new: int, threads: int
 
 ENGINES = {"ours": run_ours, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
 PAIRED = ("ours", "llama.cpp")  # the engines that take --paired-probe
+PAIRS = 24  # paired decode steps per run (side_by_side's default too)
 
 
 def main() -> None:
@@ -268,7 +269,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--paired-probe", type=Path, metavar="LIB", help="bench/bandwidth.c built as a library")
-    parser.add_argument("--pairs", type=int, default=24, help="decode steps between probe reps [24]")
+    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"decode steps between probe reps [{PAIRS}]")
     args = parser.parse_args()
     if args.paired_probe and args.engine not in PAIRED:
         parser.error(f"--paired-probe works with {' and '.join(PAIRED)}")

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import _llama  # noqa: E402
-from run_engine import PAIRED  # noqa: E402  (the engines that take a paired probe)
+from run_engine import PAIRED, PAIRS  # noqa: E402  (the engines that take a paired probe; steps per run)
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -67,8 +67,7 @@ MODEL_NAMES = {"qwen2": "Qwen2-0.5B shape (random)", "smollm2": "SmolLM2-135M"}
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx512_vnni",
              "amx_bf16", "amx_tile", "asimd", "fphp", "asimdhp", "bf16", "sve")
 PAUSE_S = 0.5  # between runs, so the previous process's threads are gone
-PAIRS = 24  # paired decode steps per run of ours and llama.cpp (quick: QUICK_PAIRS)
-QUICK_PAIRS = 6
+QUICK_PAIRS = 6  # paired decode steps per run of ours and llama.cpp with --quick (else run_engine.PAIRS)
 
 
 @dataclass
