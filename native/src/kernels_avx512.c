@@ -1,8 +1,8 @@
 /* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
  *
- * Same structure as kernels_avx2.c (sequential-row GEMV for decode, register-blocked GEMM) with 16-lane
- * accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tail instead of
- * a scalar loop; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use.
+ * Same structure as kernels_avx2.c (the decode GEMV of gemv_chains.h, a register-blocked GEMM) with 16-lane
+ * accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tails instead
+ * of a scalar loop; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -123,236 +123,34 @@ INL void hsum16(float *out, const __m512 *v) {
     _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD)));
 }
 
-/* One row . x, the decode GEMV and the order every batched row follows: four accumulators ("chains"); chain j sums
- * the 16-element chunks at 64 m + 16 j, chain 0 then the whole chunks past the last 64, chain 1 the masked tail;
- * the result is hsum((chain 0 + chain 1) + (chain 2 + chain 3)). Rows are walked one after another so the weights
- * stream through memory sequentially (interleaving rows defeats the prefetcher). */
-INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= k; i += 64) {
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_FAR), ASW_GEMV_PREFETCH_FAR_HINT); /* 2 lines of 64 u16 */
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_FAR + 32), ASW_GEMV_PREFETCH_FAR_HINT);
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_NEAR), ASW_GEMV_PREFETCH_NEAR_HINT);
-        _mm_prefetch((const char *)(w + i + ASW_GEMV_PREFETCH_NEAR + 32), ASW_GEMV_PREFETCH_NEAR_HINT);
-        a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(ld16(dt, w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(ld16(dt, w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(ld16(dt, w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(ld16(dt, w + i), _mm512_loadu_ps(x + i), a0);
-    if (i < k) {
-        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
-        a1 = _mm512_fmadd_ps(ld16_tail(dt, w + i, m), _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-enum { BR = 8, BT = 8 }; /* the largest row and token tile of the batched GEMV: nr * nt <= 16 accumulators */
-
-/* Besides the next tile into L1, the batched GEMV fetches the line this many bytes further on into L2, as the
- * decode GEMV does (kernels.h): 2-4 tokens per step +3-10 %, 8 tokens +4 % (bench/batch_step.py, two interleaved
- * pairs of 3 rounds). */
-enum { BATCH_PREFETCH_FAR = 16384 };
-
-/* acc[r][t] += W[r][i:i+16] . X[t][i:i+16] (the first n elements under mask m when masked) */
-INL void chain_step(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
-                    int64_t ldx, int64_t i, int masked, __mmask16 m, const char **pf, const char *pf_end, int far) {
-    /* nr rows of k u16 are nr k / 32 lines, and a tile takes k / 16 steps: nr / 2 lines of the next tile per step */
-    for (int q = 0; q < (nr + 1) / 2; q++)
-        if (*pf < pf_end) {
-            _mm_prefetch(*pf, _MM_HINT_T0);
-            if (far) _mm_prefetch(*pf + BATCH_PREFETCH_FAR, ASW_GEMV_PREFETCH_FAR_HINT);
-            *pf += 64;
-        }
-    __m512 w[BR];
-    for (int r = 0; r < nr; r++) w[r] = masked ? ld16_tail(dt, W + r * k + i, m) : ld16(dt, W + r * k + i);
-    for (int t = 0; t < nt; t++) {
-        __m512 x = masked ? _mm512_maskz_loadu_ps(m, X + t * ldx + i) : _mm512_loadu_ps(X + t * ldx + i);
-        for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
-    }
-}
-
-/* after chain j's 64-strided chunks, what row_dot adds to it last: chain 0 the whole chunks past k64, chain 1 the
- * masked tail */
-INL void chain_tail(int dt, int nr, int nt, __m512 acc[BR][BT], const uint16_t *W, int64_t k, const float *X,
-                    int64_t ldx, int j, const char **pf, const char *pf_end, int far) {
-    int64_t k64 = k & ~(int64_t)63, k16 = k & ~(int64_t)15;
-    if (j == 0)
-        for (int64_t i = k64; i < k16; i += 16) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, pf, pf_end, far);
-    if (j == 1 && k16 < k)
-        chain_step(dt, nr, nt, acc, W, k, X, ldx, k16, 1, (__mmask16)((1u << (k - k16)) - 1u), pf, pf_end, far);
-}
-
-/* Y[t*ldy + r] = hsum((part 0 + part 1) + (part 2 + part 3)) of row r, token t: row_dot's final reduction */
-INL void tile_reduce(int nr, int nt, __m512 part[4][BR][BT], float *Y, int64_t ldy) {
-    __m512 v[16];
-    float s[16];
-    for (int p = 0; p < 16; p++) {
-        int r = p / nt, t = p % nt;
-        v[p] = p < nr * nt ? _mm512_add_ps(_mm512_add_ps(part[0][r][t], part[1][r][t]),
-                                           _mm512_add_ps(part[2][r][t], part[3][r][t]))
-                           : _mm512_setzero_ps();
-    }
-    hsum16(s, v);
-    for (int p = 0; p < nr * nt; p++) Y[(p % nt) * ldy + p / nt] = s[p];
-}
-
-/* Y[t*ldy + r] = W[r] . X[t] for r < nr, t < nt (constants after inlining, nr * nt <= 16), each in row_dot's order
- * but one chain at a time for the whole tile: nr * nt accumulators instead of 4 per product, so one weight vector
- * (converted once) serves nt tokens and one token vector serves nr rows. */
-INL void tile_chains(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16_t *W, int64_t k, const float *X,
-                     int64_t ldx, const uint16_t *next) {
-    __m512 part[4][BR][BT];
-    int64_t k64 = k & ~(int64_t)63;
-    /* the tile walks its rows four times (once per chain), which the hardware prefetcher does not follow ahead:
-     * fetch the next tile's weights (nr rows at `next`, NULL: none) while this one computes, a few lines per step
-     * (measured: the batched GEMV of 4-8 tokens over a DRAM-resident matrix 20-40% faster than without; spreading
-     * the lines over the steps instead of one burst at the start: 8 tokens +15-40% more, single thread, since a
-     * burst fills the line-fill buffers and stalls the loads of the tile itself) */
-    const char *pf = (const char *)next, *pf_end = next == NULL ? NULL : (const char *)(next + nr * k);
-    for (int j = 0; j < 4; j++) {
-        __m512 acc[BR][BT];
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-        for (int64_t i = 16 * j; i < k64; i += 64) chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 1);
-        chain_tail(dt, nr, nt, acc, W, k, X, ldx, j, &pf, pf_end, 1);
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
-    }
-    tile_reduce(nr, nt, part, Y, ldy);
-}
-
-/* When the tokens' activations outgrow L1 (nt * k f32 > ACT_L1 bytes; the down matmul: 8 x 4864 f32 = 152 KiB), a
- * tile walking all of k reads every activation line from L2 once per tile. The blocked order instead runs the
- * chains over KBLOCK columns for GROUP tiles at a time, so that block of activations (at most 32 KiB: 8 tokens;
- * L1 is 48 KiB on the Xeon this was measured on) stays in L1 for all of them,
- * and keeps each (chain, row, token) partial sum in memory between blocks: every chain still adds its chunks in
- * row_dot's order (blocks are consecutive ranges of its chunks, the tails come last), so the result is the same
- * bit for bit. */
-enum { KBLOCK = 1024, GROUP = 8, ACT_L1 = 32 * 1024 }; /* GROUP 8 measured as 16; its partial sums: 32 KiB of stack */
-
-/* the chains of one tile over columns [b0, b1) (multiples of 64, b1 <= k64), partial sums in sv[4][nr][nt]
- * (zero first when `first`); meanwhile fetch into L1 the same block of the tile that comes next (nr rows of k
- * at `next`, already offset to its block; NULL: none), a quarter of it per chain */
-INL void tile_block(int dt, int nr, int nt, __m512 *sv, const uint16_t *W, int64_t k, const float *X,
-                    int64_t ldx, int64_t b0, int64_t b1, int first, const uint16_t *next) {
-    int64_t seg = (b1 - b0) * (int64_t)sizeof(uint16_t); /* bytes of one row's block */
-    for (int j = 0; j < 4; j++) {
-        __m512 acc[BR][BT];
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) acc[r][t] = first ? _mm512_setzero_ps() : sv[(j * nr + r) * nt + t];
-        const char *pf = NULL, *pf_end = NULL;
-        if (next != NULL) { /* nr <= 4: a quarter of nr row blocks lies within one row */
-            int64_t v0 = j * nr * seg / 4;
-            pf = (const char *)(next + v0 / seg * k) + v0 % seg;
-            pf_end = pf + nr * seg / 4;
-        }
-        for (int64_t i = b0 + 16 * j; i < b1; i += 64)
-            chain_step(dt, nr, nt, acc, W, k, X, ldx, i, 0, 0, &pf, pf_end, 0);
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) sv[(j * nr + r) * nt + t] = acc[r][t];
-    }
-}
-
-/* the end of a blocked tile: chain 0's whole chunks past k64, chain 1's masked tail, then row_dot's reduction */
-INL void tile_finish(int dt, int nr, int nt, __m512 *sv, float *Y, int64_t ldy, const uint16_t *W, int64_t k,
-                     const float *X, int64_t ldx) {
-    __m512 part[4][BR][BT];
-    int64_t k64 = k & ~(int64_t)63;
-    for (int j = 0; j < 4; j++) {
-        __m512 acc[BR][BT];
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) acc[r][t] = k64 > 0 ? sv[(j * nr + r) * nt + t] : _mm512_setzero_ps();
-        const char *pf = NULL;
-        chain_tail(dt, nr, nt, acc, W, k, X, ldx, j, &pf, NULL, 0);
-        for (int r = 0; r < nr; r++)
-            for (int t = 0; t < nt; t++) part[j][r][t] = acc[r][t];
-    }
-    tile_reduce(nr, nt, part, Y, ldy);
-}
-
-/* rows r..r1 (whole tiles of nr rows) in GROUP-tile groups, each group over the blocks of [0, k64) then finished */
-INL void tiles_blocked(int dt, int nr, int nt, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r,
-                       int64_t r1, const float *X, int64_t ldx) {
-    __m512 sv[GROUP][4 * 16]; /* [tile][chain][row][token] partial sums */
-    int64_t k64 = k & ~(int64_t)63;
-    for (; r < r1; r += GROUP * nr) {
-        int64_t tiles = (r1 - r) / nr < GROUP ? (r1 - r) / nr : GROUP;
-        for (int64_t b0 = 0; b0 < k64; b0 += KBLOCK) {
-            int64_t b1 = b0 + KBLOCK < k64 ? b0 + KBLOCK : k64;
-            for (int64_t g = 0; g < tiles; g++) {
-                const uint16_t *next = g + 1 < tiles ? W + (r + (g + 1) * nr) * k + b0
-                                       : b1 < k64   ? W + r * k + b1
-                                       : r + tiles * nr < r1 ? W + (r + tiles * nr) * k : NULL;
-                tile_block(dt, nr, nt, sv[g], W + (r + g * nr) * k, k, X, ldx, b0, b1, b0 == 0, next);
-            }
-        }
-        for (int64_t g = 0; g < tiles; g++)
-            tile_finish(dt, nr, nt, sv[g], Y + r + g * nr, ldy, W + (r + g * nr) * k, k, X, ldx);
-    }
-}
-
-/* rows per tile for nt tokens: the most that keep nr * nt <= 16 accumulators (and nr <= BR weight registers) */
+/* the decode GEMV, lone and batched (gemv_chains.h), with 16-lane vectors */
+#define VEC __m512
+#define VL 16
+enum { BR = 8, BT = 8 }; /* the largest row and token tile: nr * nt <= 16 accumulators */
 #define TILE_ROWS(nt) ((nt) >= 5 ? 2 : (nt) >= 3 ? 4 : 8)
-
-#define CHAIN_FN(name, dt, nt)                                                                                     \
-    TGT static void name(float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,            \
-                         const float *X, int64_t ldx) {                                                           \
-        int64_t r = r0, R = TILE_ROWS(nt);                                                                         \
-        if (R <= 4 && (nt) * k * (int64_t)sizeof(float) > ACT_L1) {                                               \
-            int64_t whole = r0 + (r1 - r0) / R * R;                                                                \
-            tiles_blocked(dt, TILE_ROWS(nt), nt, Y, ldy, W, k, r0, whole, X, ldx);                                 \
-            r = whole;                                                                                             \
-        }                                                                                                          \
-        for (; r + R <= r1; r += R)                                                                                \
-            tile_chains(dt, TILE_ROWS(nt), nt, Y + r, ldy, W + r * k, k, X, ldx,                                   \
-                        r + 2 * R <= r1 ? W + (r + R) * k : NULL);                                                 \
-        for (; r < r1; r++) tile_chains(dt, 1, nt, Y + r, ldy, W + r * k, k, X, ldx, NULL);                        \
-    }
-typedef void (*chain_fn)(float *, int64_t, const uint16_t *, int64_t, int64_t, int64_t, const float *, int64_t);
-#define CHAIN_SET(p, dt)                                                                                           \
-    CHAIN_FN(p##_c2, dt, 2)                                                                                        \
-    CHAIN_FN(p##_c3, dt, 3)                                                                                        \
-    CHAIN_FN(p##_c4, dt, 4)                                                                                        \
-    CHAIN_FN(p##_c5, dt, 5)                                                                                        \
-    CHAIN_FN(p##_c6, dt, 6)                                                                                        \
-    CHAIN_FN(p##_c7, dt, 7)                                                                                        \
-    CHAIN_FN(p##_c8, dt, 8)
-CHAIN_SET(h, ASW_DTYPE_F16)
-CHAIN_SET(b, ASW_DTYPE_BF16)
-
-/* [dtype is f16][tokens - 2] */
-static const chain_fn chains[2][BT - 1] = {{b_c2, b_c3, b_c4, b_c5, b_c6, b_c7, b_c8},
-                                           {h_c2, h_c3, h_c4, h_c5, h_c6, h_c7, h_c8}};
-
-TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
-    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
+enum { KBLOCK = 1024, ACT_L1 = 32 * 1024 }; /* 8 tokens' block: 32 KiB, within this Xeon's 48 KiB L1 */
+#define ROW_PAIRS_IN_L1 0                          /* tiles throughout: 20-40 % faster than row pairs */
+INL __m512 v_zero(void) { return _mm512_setzero_ps(); }
+INL __m512 v_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+INL __m512 v_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+INL __m512 w_load(int dt, const uint16_t *p) { return ld16(dt, p); }
+INL __m512 w_tail(int dt, const uint16_t *p, int n) { return ld16_tail(dt, p, (__mmask16)((1u << n) - 1u)); }
+INL __m512 x_load(const float *p) { return _mm512_loadu_ps(p); }
+INL __m512 x_tail(const float *p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p); }
+INL void hsum_n(float *out, const __m512 *v, int n) {
+    __m512 all[16];
+    for (int p = 0; p < 16; p++) all[p] = p < n ? v[p] : _mm512_setzero_ps();
+    float s[16];
+    hsum16(s, all);
+    for (int p = 0; p < n; p++) out[p] = s[p];
 }
-
-TGT static void gemv_bf16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
-    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_BF16, W + r * k, x, k);
-}
-
-/* the batched decode GEMV: tokens in groups of up to BT, each group over the rows in tiles (tile_chains) */
-TGT static void z_gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
-                             const float *X, int64_t ldx, int64_t nt) {
-    int f16 = dtype == ASW_DTYPE_F16;
-    for (int64_t t = 0; t < nt; t += BT) {
-        int64_t tn = nt - t < BT ? nt - t : BT;
-        if (tn == 1)
-            (f16 ? gemv_f16 : gemv_bf16)(Y + t * ldy, W, k, r0, r1, X + t * ldx);
-        else
-            chains[f16][tn - 2](Y + t * ldy, ldy, W, k, r0, r1, X + t * ldx, ldx);
-    }
-}
-
+#include "gemv_chains.h"
 
 TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
     if (nt == 1) {
-        (f16 ? gemv_f16 : gemv_bf16)(Y, W, k, r0, r1, X);
+        gemv(dtype, Y, W, k, r0, r1, X);
         return;
     }
     int64_t kc = KC;
@@ -598,7 +396,7 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
     }
 }
 
-const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, z_gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
+const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1};
 
 #else
