@@ -17,6 +17,10 @@
  * waits for steps aside instead of burning its time slice), then it sleeps on a condition variable. */
 enum { SPIN_PAUSE = 1000, SPIN_YIELD = 200 };
 
+/* Workers get at least this much stack: the batched decode GEMV keeps its partial sums there (frames of ~50 KiB,
+ * gcc -fstack-usage), within glibc's 8 MiB default but not far from musl's 128 KiB. */
+enum { WORKER_STACK = 1 << 20 };
+
 typedef struct worker {
     struct asw_pool *pool;
     int ith;
@@ -115,16 +119,23 @@ static int start_workers(asw_pool *p) {
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     p->forks = atomic_load_explicit(&fork_count, memory_order_relaxed);
-    for (int i = 1; i < p->n; i++) {
+    pthread_attr_t attr;
+    int have_attr = pthread_attr_init(&attr) == 0;
+    size_t stack = 0;
+    if (have_attr && pthread_attr_getstacksize(&attr, &stack) == 0 && stack < WORKER_STACK)
+        (void)pthread_attr_setstacksize(&attr, WORKER_STACK); /* on failure: the default, as without attr */
+    int failed = 0;
+    for (int i = 1; i < p->n && !failed; i++) {
         worker *w = &p->workers[i - 1];
         w->pool = p;
         w->ith = i;
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        if (pthread_create(&w->thread, have_attr ? &attr : NULL, worker_main, w) != 0) {
             p->n = i;
-            return i;
+            failed = i;
         }
     }
-    return 0;
+    if (have_attr) pthread_attr_destroy(&attr);
+    return failed;
 }
 
 asw_pool *asw_pool_new(int n_threads) {
