@@ -33,6 +33,11 @@ one second to the next. The probe reads 1 GiB per rep, about the bytes of a Qwen
 stay in a large L3 (on the 260 MB-L3 VM we measured on, 256-512 MiB reps read at up to 1.5-2x the rate of 1-4 GiB
 ones), which would overstate the bandwidth for a ~1 GB step.
 
+After the probe, each round also runs bench/gemv_ceiling.c (the library's C sources built here as setup.py builds
+them, with the probe linked in): the library's own decode GEMV over one 1 GiB fp16 matrix, alternated with probe
+reps in one process. Its share of the probe is the ceiling for the decode shares above: a step adds its own costs
+(many matmuls, each starting its streams cold and ending at a join).
+
 Writes bench/results/side_by_side.{md,json,png} (the .md is the README's table) and prints the table and the
 issue's targets with PASS/FAIL and the margin. The targets are checked here, never by a timed test; exit status 0
 whatever the result.
@@ -141,20 +146,51 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
 
 
 # --------------------------------------------------------------------------- machine
-def bandwidth_build(library: bool = False) -> Path:
-    """bench/bandwidth.c compiled here: the probe program, or (`library`) the same probe as a shared library."""
-    out = C.CACHE / ("libbandwidth.so" if library else "bandwidth")
-    src = BENCH / "bandwidth.c"
-    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
+def c_build(out: Path, sources: list[Path], flags: list[str], depends: list[Path] = (), libs: list[str] = ()) -> Path:
+    """`out` compiled from `sources` with `flags`, unless it is newer than every source and `depends` file."""
+    if out.is_file() and all(out.stat().st_mtime >= f.stat().st_mtime for f in [*sources, *depends]):
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise SystemExit("the bandwidth probe needs a C compiler (cc or gcc)")
+        raise SystemExit(f"building {out.name} needs a C compiler (cc or gcc)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    kind = ["-shared", "-fPIC", "-DBANDWIDTH_LIBRARY"] if library else []
-    subprocess.run([cc, "-std=c11", "-O3", "-march=native", "-Wall", "-Wextra", "-pthread", *kind, str(src), "-o",
-                    str(out)], check=True)
+    subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-pthread", *flags, *map(str, sources), "-o", str(out), *libs],
+                   check=True)
     return out
+
+
+def bandwidth_build(library: bool = False) -> Path:
+    """bench/bandwidth.c compiled here: the probe program, or (`library`) the same probe as a shared library."""
+    kind = ["-shared", "-fPIC", "-DBANDWIDTH_LIBRARY"] if library else []
+    return c_build(C.CACHE / ("libbandwidth.so" if library else "bandwidth"), [BENCH / "bandwidth.c"],
+                   ["-O3", "-march=native", *kind])
+
+
+def ceiling_build(folder: Path = C.CACHE) -> Path:
+    """bench/gemv_ceiling.c with the library's C sources (as setup.py builds them: never -march=native) and the
+    probe (bandwidth.c as an object, -march=native like the probe program), built in `folder`."""
+    probe = c_build(folder / "bandwidth-probe.o", [BENCH / "bandwidth.c"],
+                    ["-O3", "-march=native", "-DBANDWIDTH_LIBRARY", "-c"])
+    native = C.ROOT / "native"
+    return c_build(folder / "gemv_ceiling", [BENCH / "gemv_ceiling.c", probe, *sorted((native / "src").glob("*.c"))],
+                   ["-O3", "-fno-trapping-math", f"-I{native / 'include'}"],
+                   depends=sorted((native / "src").glob("*.h")) + sorted((native / "include").glob("*.h")),
+                   libs=["-lm", "-ldl"])
+
+
+def gemv_ceiling(threads: int, pairs: int = 8) -> dict[str, Any]:
+    """The decode GEMV alone against the probe (bench/gemv_ceiling.c): the kernel set's name and, per pair, the GB/s
+    of a probe rep and of the GEMV right after it."""
+    out = subprocess.run([str(ceiling_build()), str(threads), str(C.PROBE_MIB), str(pairs)], check=True,
+                         capture_output=True, text=True).stdout
+    result: dict[str, Any] = {"kernels": "?", "pairs": []}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["kernels"] and len(parts) == 2:
+            result["kernels"] = parts[1]
+        elif parts[:1] == ["pair"] and len(parts) == 4:
+            result["pairs"].append([float(parts[2]), float(parts[3])])
+    return result
 
 
 def probe_bandwidth(threads: int, mib: int = C.PROBE_MIB, reps: int = 5) -> list[float]:
@@ -231,6 +267,11 @@ def step_bytes(case: Case, context: float | None = None) -> float:
 
 def roofline(case: Case, bandwidth: float, context: float | None = None) -> float:
     return bandwidth * 1e9 / step_bytes(case, context)
+
+
+def ceiling_share(ceiling: dict[str, Any]) -> float:
+    """Median over bench/gemv_ceiling.c's pairs of the GEMV's GB/s ÷ the probe rep's before it, in %."""
+    return 100.0 * statistics.median(gemv / probe for probe, gemv in ceiling["pairs"])
 
 
 def paired_share(case: Case, runs: list[dict[str, Any]]) -> float | None:
@@ -417,7 +458,17 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         + (f", and the paired share ({meta['pairs']} decode steps per run of ours and llama.cpp after the timed ones, "
            f"each between two probe reps in the same process: the median of step tok/s ÷ the roofline at the reps "
            f"around it; informational, as is the median-probe share)" if meta.get("pairs") else "") + ".",
-        "", "Targets (issue 9 §2):", ""]
+        ""]
+    ceiling = meta.get("ceiling")
+    if ceiling and ceiling["pairs"]:
+        shares = [100.0 * gemv / probe for probe, gemv in ceiling["pairs"]]
+        lines += [f"Ceiling: the decode GEMV alone ({ceiling['kernels']} kernels, the library's thread pool, one "
+                  f"{C.PROBE_MIB} MiB fp16 matrix of 896 columns: bench/gemv_ceiling.c) streamed at "
+                  f"{ceiling_share(ceiling):.0f} % of the probe rep just before it (median of {len(shares)} pairs, "
+                  f"{min(shares):.0f}–{max(shares):.0f} %): about the most a decode step could reach without its own "
+                  f"costs (a Qwen2-0.5B step is 97 matmuls, each starting its streams cold and ending at a join).",
+                  ""]
+    lines += ["Targets (issue 9 §2):", ""]
     lines += [t.line() for t in goals]
     lines.append(meta["conversion"] or "- conversion vs a durable copy: not measured (bench/convert.py)")
     if meta.get("agreement"):
@@ -567,6 +618,10 @@ def main() -> None:
         bw = probe_bandwidth(args.threads)
         bandwidth_all += bw
         C.log(f"round {rnd + 1}: read bandwidth {max(bw):.1f} GB/s (reps {', '.join(f'{x:.1f}' for x in bw)})")
+        ceiling = gemv_ceiling(args.threads)
+        meta.setdefault("ceiling", {"kernels": ceiling["kernels"], "pairs": []})["pairs"] += ceiling["pairs"]
+        C.log(f"round {rnd + 1}: decode GEMV alone at {ceiling_share(meta['ceiling']):.0f} % of the probe "
+              f"({ceiling['kernels']} kernels, bench/gemv_ceiling.c)")
         for case in cases:
             order = case.model.engines if rnd % 2 == 0 else case.model.engines[::-1]
             for engine in order:
