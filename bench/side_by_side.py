@@ -56,7 +56,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -146,7 +146,8 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
 
 
 # --------------------------------------------------------------------------- machine
-def c_build(out: Path, sources: list[Path], flags: list[str], depends: list[Path] = (), libs: list[str] = ()) -> Path:
+def c_build(out: Path, sources: list[Path], flags: list[str], depends: Sequence[Path] = (),
+            libs: Sequence[str] = ()) -> Path:
     """`out` compiled from `sources` with `flags`, unless it is newer than every source and `depends` file."""
     if out.is_file() and all(out.stat().st_mtime >= f.stat().st_mtime for f in [*sources, *depends]):
         return out

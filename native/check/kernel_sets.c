@@ -58,8 +58,8 @@ static float next_value(uint32_t *seed, float step) {
 
 /* gemv_batch of set `k` against its own matmul with one token, bit for bit; returns the number of mismatches */
 static int check_gemv_batch(const asw_kernels *k) {
-    /* 2131 and 4877: activations of 4-8 tokens over 32 KiB, where the x86 sets run their blocked order (the others
-     * run row pairs in AVX2); up to 40 rows (1, 4, .. 40): more than one group of tiles */
+    /* 2131 and 4877: activations of 4-8 tokens over 32 KiB, where the x86 sets run their blocked order (below it,
+     * AVX2 runs row pairs); up to 40 rows (1, 4, .. 40): more than one group of tiles */
     static const int64_t inner[] = {16, 64, 77, 96, 200, 903, 2131, 4877};
     enum { MAX_ROWS = 41, MAX_K = 4877, MAX_NT = 19 };
     uint16_t *W = malloc(sizeof(uint16_t) * MAX_ROWS * MAX_K); /* [MAX_ROWS, MAX_K] */

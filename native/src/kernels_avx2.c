@@ -95,7 +95,7 @@ enum { KBLOCK = 512, ACT_L1 = 32 * 1024 }; /* 8 tokens' block: 16 KiB, half the 
 /* Below ACT_L1, rows one by one with tokens in pairs: the Qwen2-0.5B shape's 896-column matmuls took 12-17 % longer
  * in tiles at 4 and 8 tokens (2 threads, this set forced on an AVX-512 Xeon), where the 4,864-column down matmul in
  * blocked tiles took 20 % less. (Measured before chain_step kept each token vector in a register; since then, one
- * thread over one such matrix: tiles 0.9-1.1x the time of row pairs at 4-8 tokens, not measured in a whole step.) */
+ * thread over one such matrix: tiles 0.73-1.06x the time of row pairs at 4-8 tokens, not measured in a whole step.) */
 #define ROW_PAIRS_IN_L1 1
 INL __m256 v_zero(void) { return _mm256_setzero_ps(); }
 INL __m256 v_add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
