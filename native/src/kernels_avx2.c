@@ -2,10 +2,11 @@
  *
  * The decode GEMV, lone and batched, is gemv_chains.h's with 8-lane vectors: the lone one walks the rows one after
  * another with four independent accumulators, so the weights stream sequentially from memory (the bound at one
- * token); the batched one keeps each token's order bit for bit. Prefill (nt > 1) is a register-blocked
- * dot-product GEMM: R weight rows x T tokens of 8-lane f32 accumulators, each weight vector converted once
- * (vcvtph2ps for fp16, one byte shuffle for bf16) and reused across T tokens, with the inner dimension in
- * blocks of KC so the token tile stays in L2.
+ * token); the batched one keeps each token's order bit for bit. Prefill chunks run on the outer-product
+ * kernel at the end of this file, over weight panels the backend converts to f32 once per chunk. Fewer tokens than
+ * that pays for (backend_cpu.c's OUTER_TOKENS) go through a register-blocked dot-product GEMM: R weight rows x T
+ * tokens of 8-lane f32 accumulators, each weight vector converted once (vcvtph2ps for fp16, one byte shuffle for
+ * bf16) and reused across T tokens, with the inner dimension in blocks of KC so the token tile stays in L2.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -184,28 +185,43 @@ INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
 
 ASW_ATTENTION_LOOPS(x, TGT)
 
-/* ---- the outer-product micro-kernel of prefill attention (see kernels.h): nr <= 5 rows x one 16-column vector
- * (2 ymm), each A element broadcast from memory into 2 FMAs; 10 accumulators + 2 B vectors + 1 broadcast of 16 ymm.
- * Prefill matmuls keep the dot-product tile above (outer_matmul 0): on a 2-core AVX-512 Xeon with this set forced,
- * a 256-token prefill took 5.3-5.5 s of CPU on `outer` against 3.6-4.5 s on the tile. */
-enum { OR = 5 };
+/* ---- the outer-product micro-kernel of prefill (see kernels.h): nr <= 6 rows x one 16-column vector (2 ymm), each
+ * A element broadcast from memory into 2 FMAs; 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm. Prefill
+ * matmuls run on it (outer_matmul 1) over f32 weight panels, as prefill attention does.
+ *
+ * The `#pragma GCC unroll`s matter: without them gcc 12 kept the accumulator array in memory as well and stored all
+ * of it to the stack on every k step (36 instructions per 12 FMAs), which had made this kernel lose to the
+ * dot-product tile above. Unrolled, one thread over L1-resident operands ran at 90-96 % of the FMA peak, and a
+ * 128-token prefill of the Qwen2-0.5B shape (2 threads, this set forced on a 2-core AVX-512 Xeon) went from 96-109
+ * tok/s on the tile to 107-121 (interleaved runs). */
+enum { OR = 6 };
+/* k steps per pass: a 16-token strip of B (8 KiB) and the A rows of a 24-row panel (12 KiB) stay in L1 while the
+ * panel's row tiles take turns over them */
+enum { KO = 128 };
 
 INL void otile(int nr, int add, float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn,
                const float *B, int64_t ldb) {
     __m256 acc[OR][2];
-    for (int r = 0; r < nr; r++)
-        for (int v = 0; v < 2; v++) acc[r][v] = add ? _mm256_loadu_ps(Z + r * ldz + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = add ? _mm256_loadu_ps(Z + r * ldz) : _mm256_setzero_ps();
+        acc[r][1] = add ? _mm256_loadu_ps(Z + r * ldz + 8) : _mm256_setzero_ps();
+    }
     for (int64_t i = 0; i < kn; i++) {
         const float *a = A + i * lak, *b = B + i * ldb;
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             __m256 ar = _mm256_broadcast_ss(a + r * lar);
             acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
         }
     }
-    for (int r = 0; r < nr; r++)
-        for (int v = 0; v < 2; v++) _mm256_storeu_ps(Z + r * ldz + 8 * v, acc[r][v]);
+#pragma GCC unroll 8
+    for (int r = 0; r < nr; r++) {
+        _mm256_storeu_ps(Z + r * ldz, acc[r][0]);
+        _mm256_storeu_ps(Z + r * ldz + 8, acc[r][1]);
+    }
 }
 
 typedef void (*otile_fn)(int, float *, int64_t, const float *, int64_t, int64_t, int64_t, const float *, int64_t);
@@ -219,21 +235,32 @@ OTILE_FN(2)
 OTILE_FN(3)
 OTILE_FN(4)
 OTILE_FN(5)
-static const otile_fn otiles[OR] = {otile_r1, otile_r2, otile_r3, otile_r4, otile_r5}; /* [rows - 1] */
+OTILE_FN(6)
+static const otile_fn otiles[OR] = {otile_r1, otile_r2, otile_r3, otile_r4, otile_r5, otile_r6}; /* [rows - 1] */
 
+/* Z[r, 16 v + j] (+)= sum_i A[r lar + i lak] B[i ldb + 16 v + j]: KO k steps at a time, each pass over every
+ * (vector, row tile); each output still sums its k steps in order (a pass continues from the last one's Z). The
+ * lines of `next` (the caller's next weight panel, NULL: none) are fetched into L2 a few before each tile, spread
+ * over the whole call. */
 TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
                         int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
-    (void)next; /* used for attention only, where there is nothing to prefetch */
-    (void)next_bytes;
-    for (int64_t v = 0; v < nv; v++)
-        for (int64_t r = 0; r < rows; r += OR) {
-            int rn = rows - r < OR ? (int)(rows - r) : OR;
-            otiles[rn - 1](add, Z + r * ldz + 16 * v, ldz, A + r * lar, lar, lak, kn, B + 16 * v, ldb);
-        }
+    int64_t tiles = (kn + KO - 1) / KO * nv * ((rows + OR - 1) / OR);
+    const char *pf = next, *pf_end = next == NULL ? NULL : (const char *)next + next_bytes;
+    int64_t per = next == NULL || tiles == 0 ? 0 : (next_bytes / 64 + tiles - 1) / tiles; /* lines per tile */
+    for (int64_t k0 = 0; k0 < kn; k0 += KO) {
+        int64_t kb = kn - k0 < KO ? kn - k0 : KO;
+        for (int64_t v = 0; v < nv; v++)
+            for (int64_t r = 0; r < rows; r += OR) {
+                for (int64_t q = 0; q < per && pf < pf_end; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+                int rn = rows - r < OR ? (int)(rows - r) : OR;
+                otiles[rn - 1](add || k0 > 0, Z + r * ldz + 16 * v, ldz, A + r * lar + k0 * lak, lar, lak, kb,
+                               B + k0 * ldb + 16 * v, ldb);
+            }
+    }
 }
 
 const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores,
-                                       x_weighted_sum, x_outer, 0};
+                                       x_weighted_sum, x_outer, 1};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
