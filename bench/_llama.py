@@ -14,10 +14,14 @@
   slots) built once from that sdist's vendor/llama.cpp with cmake, static, with the same native flags as the
   Python package (GGML_NATIVE=ON, no curl/openssl, no tests/examples) — the peer of bench/serve.py, since
   llama-cpp-python's own `llama_cpp.server` serves one request at a time.
+- `ensure_avx2_library()`: the same llama.cpp built as shared libraries for AVX2 + FMA + F16C only (no AVX-512),
+  which llama-cpp-python loads instead of its own when LLAMA_CPP_LIB_PATH names their folder: the peer of our AVX2
+  kernel set (`side_by_side.py --kernels avx2`), for what machines without AVX-512 get, measured on one that has it.
 
     python bench/_llama.py sdist      # prints the path of the pinned sdist (downloading it if needed)
     python bench/_llama.py check      # exit status 0 when the pinned version is the one installed
     python bench/_llama.py server     # prints the path of llama-server (building it if needed: ~15 min on 2 cores)
+    python bench/_llama.py avx2       # prints the folder of an AVX2-only libllama (building it if needed: ~5 min)
 """
 
 from __future__ import annotations
@@ -111,27 +115,49 @@ SERVER_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_
                      "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON")
 
 
-def ensure_llama_server(version: str | None = None) -> Path:
-    """llama.cpp's `llama-server` of the pinned sdist, built once under .cache/bench/ (cmake; ninja if present)."""
-    version = version or pinned_version()
-    build = C.CACHE / f"llama-server-{version}"
-    binary = build / "bin" / "llama-server"
-    if (build / ".complete").is_file() and binary.is_file():
-        return binary
+# llama.cpp's CPU kernels for AVX2 + FMA + F16C machines, whatever this CPU has: the peer of our AVX2 kernel set
+# (side_by_side.py --kernels avx2), built as shared libraries that llama-cpp-python loads instead of its own
+# (LLAMA_CPP_LIB_PATH); the flags ggml's own CMake offers for a build without GGML_NATIVE
+AVX2_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
+                   "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF",
+                   "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                   "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF")
+
+
+def _cmake_build(version: str, name: str, args: tuple[str, ...], target: str, product: str, what: str) -> Path:
+    """`target` of the pinned sdist's vendor/llama.cpp built once with cmake (ninja if present) into
+    .cache/bench/`name`-`version`/; returns bin/`product` there."""
+    build = C.CACHE / f"{name}-{version}"
+    built = build / "bin" / product
+    if (build / ".complete").is_file() and built.is_file():
+        return built
     source = _vendor_tree(version, C.CACHE / f"llama.cpp-src-{version}", lambda rel: True, "CMakeLists.txt")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     jobs = str(max(1, len(os.sched_getaffinity(0))))
-    log = C.CACHE / f"llama-server-{version}-build.log"
-    C.log(f"building llama.cpp's llama-server {version} from the sdist (once; ~15 min on 2 cores; log {log}) ...")
+    log = C.CACHE / f"{name}-{version}-build.log"
+    C.log(f"building {what} {version} from the sdist (once; ~5-15 min on 2 cores; log {log}) ...")
     with open(log, "wb") as out:
-        for step in (["cmake", "-S", str(source), "-B", str(build), *generator, *SERVER_CMAKE_ARGS],
-                     ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs]):
+        for step in (["cmake", "-S", str(source), "-B", str(build), *generator, *args],
+                     ["cmake", "--build", str(build), "--target", target, "-j", jobs]):
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                raise SystemExit(f"building llama-server failed at `{' '.join(step[:3])} …`; see {log}")
-    if not binary.is_file():
-        raise SystemExit(f"the llama-server build finished without {binary}; see {log}")
+                raise SystemExit(f"building {what} failed at `{' '.join(step[:3])} …`; see {log}")
+    if not built.is_file():
+        raise SystemExit(f"the {what} build finished without {built}; see {log}")
     (build / ".complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"), encoding="utf-8")
-    return binary
+    return built
+
+
+def ensure_llama_server(version: str | None = None) -> Path:
+    """llama.cpp's `llama-server` of the pinned sdist, built once under .cache/bench/."""
+    return _cmake_build(version or pinned_version(), "llama-server", SERVER_CMAKE_ARGS, "llama-server",
+                        "llama-server", "llama.cpp's llama-server")
+
+
+def ensure_avx2_library(version: str | None = None) -> Path:
+    """The folder of an AVX2-only libllama (and its ggml libraries) of the pinned sdist, built once under
+    .cache/bench/: what LLAMA_CPP_LIB_PATH names for llama-cpp-python (the libraries find each other by RUNPATH)."""
+    return _cmake_build(version or pinned_version(), "llama.cpp-avx2", AVX2_CMAKE_ARGS, "llama", "libllama.so",
+                        "llama.cpp's library for AVX2 (no AVX-512)").parent
 
 
 def _require_installed() -> str:
@@ -188,13 +214,15 @@ def main() -> None:
         print(ensure_sdist())
     elif command == ["server"]:
         print(ensure_llama_server())
+    elif command == ["avx2"]:
+        print(ensure_avx2_library())
     elif command == ["check"]:
         installed, pinned = installed_version(), pinned_version()
         if installed != pinned:
             print(f"{PACKAGE}: installed {installed or 'nothing'}, the bench extra pins {pinned}")
             raise SystemExit(1)
     else:
-        raise SystemExit("usage: python bench/_llama.py sdist | check | server")
+        raise SystemExit("usage: python bench/_llama.py sdist | check | server | avx2")
 
 
 if __name__ == "__main__":

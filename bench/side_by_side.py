@@ -38,6 +38,11 @@ them, with the probe linked in): the library's own decode GEMV over one 1 GiB fp
 reps in one process. Its share of the probe is the ceiling for the decode shares above: a step adds its own costs
 (many matmuls, each starting its streams cold and ending at a join).
 
+--kernels avx2 measures what a machine without AVX-512 gets, on one that has it: ours with its AVX2 kernel set
+(ASW_KERNELS=avx2, also in gemv_ceiling), llama.cpp with libraries of the same sdist built for AVX2 + FMA + F16C only
+(_llama.ensure_avx2_library, loaded through LLAMA_CPP_LIB_PATH), transformers with ATEN_CPU_CAPABILITY=avx2; results
+go to bench/results/avx2/. The probe stays the machine's fastest reader: the bandwidth does not depend on the set.
+
 Writes bench/results/side_by_side.{md,json,png} (the .md is the README's table) and prints the table and the
 issue's targets with PASS/FAIL and the margin. The targets are checked here, never by a timed test; exit status 0
 whatever the result.
@@ -231,6 +236,15 @@ def load_average() -> float:
 
 
 # --------------------------------------------------------------------------- runs
+def avx2_everywhere(engines: list[str]) -> None:
+    """Every engine started from here on (run_engine.py, gemv_ceiling) on AVX2 kernels: environment variables that
+    our library, llama-cpp-python and torch read."""
+    os.environ["ASW_KERNELS"] = "avx2"
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    if any(e.startswith("llama.cpp") for e in engines):
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(_llama.ensure_avx2_library())
+
+
 def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, Any]:
     cmd = [sys.executable, str(BENCH / "run_engine.py"), engine.kind, str(engine.model), "--prompt-ids",
            str(case.prompt_file), "--new", str(case.new), "--threads", str(threads)]
@@ -410,7 +424,11 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
              goals: list[Target]) -> str:
     cpu = meta["cpu"]
     lines = [
-        f"Measured {meta['when']} by `make bench` ({'quick mode' if meta['quick'] else 'full run'}): "
+        f"Measured {meta['when']} by "
+        + ("`make bench`" if meta.get("kernels", "native") == "native" else
+           f"`bench/side_by_side.py --kernels {meta['kernels']}`")
+        + f" ({'quick mode' if meta['quick'] else 'full run'}"
+        + ("" if meta.get("kernels", "native") == "native" else "; every engine on AVX2 kernels only") + "): "
         f"{meta['rounds_done']} of {meta['rounds']} interleaved round(s) completed"
         f"{'' if meta['rounds_done'] == meta['rounds'] else ' (stopped early)'}, "
         f"each run its own process, {meta['threads']} threads for every "
@@ -577,7 +595,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=None,
                         help=f"paired decode steps per run, 0: none [{PAIRS}; quick: {QUICK_PAIRS}]")
     parser.add_argument("--models", default="qwen2,smollm2", help="comma-separated, from: qwen2, smollm2")
-    parser.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: .../quick]")
+    parser.add_argument("--kernels", choices=("native", "avx2"), default="native",
+                        help="avx2: every engine on AVX2 kernels only, results in bench/results/avx2 [native]")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder [bench/results; quick: .../quick; --kernels avx2: .../avx2]")
     C.add_common_args(parser, "keep the generated checkpoint, .asw and .gguf files in .cache/bench/ [yes]")
     args = parser.parse_args()
     if args.render:
@@ -595,6 +616,9 @@ def main() -> None:
     if REFERENCE not in engines:
         C.log(f"note: without {REFERENCE} there is no reference for the ratios")
     out_dir = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    if args.kernels == "avx2":
+        avx2_everywhere(engines)
+        out_dir = args.out or out_dir / "avx2"
 
     import numpy as np
 
@@ -614,7 +638,7 @@ def main() -> None:
           f"{len(engines)} engine(s), {args.threads} threads")
     bandwidth_all: list[float] = []
     meta = {"started": time.time(), "quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
-            "cpu": cpu, "pairs": pairs}
+            "cpu": cpu, "pairs": pairs, "kernels": args.kernels}
     for rnd in range(rounds):
         bw = probe_bandwidth(args.threads)
         bandwidth_all += bw
