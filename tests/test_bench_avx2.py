@@ -20,8 +20,9 @@ AVX2_ENV = ("ASW_KERNELS", "ATEN_CPU_CAPABILITY", "LLAMA_CPP_LIB_PATH")
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in AVX2_ENV:
-        monkeypatch.delenv(name, raising=False)
+    for name in AVX2_ENV:  # set, then deleted: both recorded, so whatever the test sets is undone after it
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 

@@ -185,7 +185,7 @@ def test_threads_give_identical_results():
         assert np.array_equal(logits, results[0][0]) and np.array_equal(step, results[0][1])
 
 
-def test_logits_modes_and_argmax():
+def test_logits_modes_and_argmax(kernels):
     config, dtype = CONFIGS["mha"], "fp16"
     data, tensors, _ = build(config, dtype, seed=9)
     tokens = [5, 17, 3, 99, 0, 210]
@@ -197,7 +197,9 @@ def test_logits_modes_and_argmax():
             s.reset()
             nothing, top_none = s.prefill(tokens, logits="none")
             assert nothing is None
-            np.testing.assert_array_equal(last, all_logits[-1])
+            # "last" runs the output matmul as one token's GEMV, "all" as a matmul over every token: the same sums in
+            # another order, so equal to float rounding only (bit for bit here with AVX-512 and 6 tokens, by chance)
+            np.testing.assert_allclose(last, all_logits[-1], rtol=1e-5, atol=1e-5)
             assert top_all == top_last == top_none == int(np.argmax(last))
             none_step, top = s.decode(7, logits="none")
             assert none_step is None and 0 <= top < config["vocab_size"]
