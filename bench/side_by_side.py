@@ -284,9 +284,14 @@ def roofline(case: Case, bandwidth: float, context: float | None = None) -> floa
     return bandwidth * 1e9 / step_bytes(case, context)
 
 
+def ceiling_shares(ceiling: dict[str, Any]) -> list[float]:
+    """Per bench/gemv_ceiling.c pair: the GEMV's GB/s ÷ the probe rep's before it, in %."""
+    return [100.0 * gemv / probe for probe, gemv in ceiling["pairs"]]
+
+
 def ceiling_share(ceiling: dict[str, Any]) -> float:
-    """Median over bench/gemv_ceiling.c's pairs of the GEMV's GB/s ÷ the probe rep's before it, in %."""
-    return 100.0 * statistics.median(gemv / probe for probe, gemv in ceiling["pairs"])
+    """The median of ceiling_shares."""
+    return statistics.median(ceiling_shares(ceiling))
 
 
 def paired_share(case: Case, runs: list[dict[str, Any]]) -> float | None:
@@ -423,12 +428,12 @@ def roofline_cell(row: dict[str, Any]) -> str:
 def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[dict[str, Any]]],
              goals: list[Target]) -> str:
     cpu = meta["cpu"]
+    kernels = meta.get("kernels", "native")  # absent from results written before --kernels
     lines = [
         f"Measured {meta['when']} by "
-        + ("`make bench`" if meta.get("kernels", "native") == "native" else
-           f"`bench/side_by_side.py --kernels {meta['kernels']}`")
+        + ("`make bench`" if kernels == "native" else f"`bench/side_by_side.py --kernels {kernels}`")
         + f" ({'quick mode' if meta['quick'] else 'full run'}"
-        + ("" if meta.get("kernels", "native") == "native" else "; every engine on AVX2 kernels only") + "): "
+        + ("" if kernels == "native" else f"; every engine on {kernels.upper()} kernels only") + "): "
         f"{meta['rounds_done']} of {meta['rounds']} interleaved round(s) completed"
         f"{'' if meta['rounds_done'] == meta['rounds'] else ' (stopped early)'}, "
         f"each run its own process, {meta['threads']} threads for every "
@@ -480,10 +485,10 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         ""]
     ceiling = meta.get("ceiling")
     if ceiling and ceiling["pairs"]:
-        shares = [100.0 * gemv / probe for probe, gemv in ceiling["pairs"]]
+        shares = ceiling_shares(ceiling)
         lines += [f"Ceiling: the decode GEMV alone ({ceiling['kernels']} kernels, the library's thread pool, one "
                   f"{C.PROBE_MIB} MiB fp16 matrix of 896 columns: bench/gemv_ceiling.c) streamed at "
-                  f"{ceiling_share(ceiling):.0f} % of the probe rep just before it (median of {len(shares)} pairs, "
+                  f"{statistics.median(shares):.0f} % of the probe rep just before it (median of {len(shares)} pairs, "
                   f"{min(shares):.0f}–{max(shares):.0f} %): about the most a decode step could reach without its own "
                   f"costs (a Qwen2-0.5B step is 97 matmuls, each starting its streams cold and ending at a join).",
                   ""]

@@ -3,6 +3,7 @@ AVX2 libraries are built once (bench/_llama.py); no compiler or llama.cpp source
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_avx2_everywhere_sets_each_engines_switch(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
     def no_build() -> Path:
         raise AssertionError("built llama.cpp without a llama.cpp engine")
 
