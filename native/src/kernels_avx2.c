@@ -183,7 +183,103 @@ INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
     for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
 }
 
-ASW_ATTENTION_LOOPS(x, TGT)
+ASW_ATTENTION_LOOPS(x, TGT) /* x_scores, x_weighted_sum: heads that are not whole 8-lane vectors */
+
+/* Decode attention over heads of whole 8-lane vectors, without a horizontal sum or a load and store of the output
+ * per key (x_dot and x_axpy above do both, each key one chain of dependent FMAs). Scores go 8 keys at a time, one
+ * accumulator per key, and one transposing reduction sums the 8 keys into one vector. The weighted sum keeps up to
+ * 64 dimensions of the output in registers across all keys, in slices of 64 (each slice reads its own cache lines of
+ * every row, so a 128-dimension head reads nothing twice). */
+enum { ATT_KEYS = 8, ATT_SLICE = 64 };
+
+/* The rows of one head are d u16 every kv_dim: a strided walk the hardware prefetchers follow poorly, and the cache
+ * is not in cache when a decode step reaches it: fetch the row ATT_AHEAD keys ahead into L1 (a prefetch never
+ * faults, so reaching past the last key is harmless) */
+enum { ATT_AHEAD = 32 };
+
+INL void att_prefetch(const uint16_t *row, int64_t n) {
+    for (int64_t b = 0; b < n * 2; b += 64) _mm_prefetch((const char *)row + b, _MM_HINT_T0);
+}
+
+/* lane j = sum of v[j]'s lanes, for 8 vectors: each lane summed in the same tree, ((0+1)+(2+3)) + ((4+5)+(6+7)) */
+INL __m256 hsum8x8(const __m256 *v) {
+    __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]); /* pair sums, per 128-bit lane */
+    __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3); /* [v0..v3 low halves | v0..v3 high halves] */
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* lane j: the score of row min(j, last) of K (rows ldk apart) against q [d] (d a multiple of 8) */
+INL __m256 scores8(int dt, const uint16_t *K, int64_t ldk, int last, const float *q, int64_t d) {
+    const uint16_t *row[ATT_KEYS];
+    __m256 a[ATT_KEYS];
+#pragma GCC unroll 8
+    for (int j = 0; j < ATT_KEYS; j++) {
+        row[j] = K + (j < last ? j : last) * ldk;
+        att_prefetch(row[j] + ATT_AHEAD * ldk, d);
+        a[j] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < d; i += 8) {
+        __m256 x = _mm256_loadu_ps(q + i);
+#pragma GCC unroll 8
+        for (int j = 0; j < ATT_KEYS; j++) a[j] = _mm256_fmadd_ps(ld8(dt, row[j] + i), x, a[j]);
+    }
+    return hsum8x8(a);
+}
+
+INL void scores_tiled(int dt, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d, int64_t len,
+                      float scale) {
+    __m256 vscale = _mm256_set1_ps(scale);
+    int64_t p = 0;
+    for (; p + ATT_KEYS <= len; p += ATT_KEYS)
+        _mm256_storeu_ps(sc + p, _mm256_mul_ps(scores8(dt, K + p * ldk, ldk, ATT_KEYS - 1, q, d), vscale));
+    if (p < len) { /* the last rows in the same arithmetic: the lanes past len repeat the last row, and are dropped */
+        float s[ATT_KEYS];
+        _mm256_storeu_ps(s, _mm256_mul_ps(scores8(dt, K + p * ldk, ldk, (int)(len - 1 - p), q, d), vscale));
+        for (int j = 0; p + j < len; j++) sc[p + j] = s[j];
+    }
+}
+
+INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
+                           int64_t len) {
+    for (int64_t s0 = 0; s0 < d; s0 += ATT_SLICE) {
+        int64_t nc = (d - s0 < ATT_SLICE ? d - s0 : ATT_SLICE) / 8; /* vectors in this slice */
+        __m256 a[ATT_SLICE / 8];                                    /* [nc] the slice of the output so far */
+#pragma GCC unroll 8
+        for (int64_t c = 0; c < ATT_SLICE / 8; c++) a[c] = c < nc ? _mm256_loadu_ps(out + s0 + 8 * c) : _mm256_setzero_ps();
+        for (int64_t p = 0; p < len; p++) {
+            const uint16_t *v = V + p * ldv + s0; /* [8 nc] */
+            __m256 wp = _mm256_set1_ps(w[p]);
+            att_prefetch(v + ATT_AHEAD * ldv, 8 * nc);
+#pragma GCC unroll 8
+            for (int64_t c = 0; c < ATT_SLICE / 8; c++)
+                if (c < nc) a[c] = _mm256_fmadd_ps(ld8(dt, v + 8 * c), wp, a[c]);
+        }
+#pragma GCC unroll 8
+        for (int64_t c = 0; c < ATT_SLICE / 8; c++)
+            if (c < nc) _mm256_storeu_ps(out + s0 + 8 * c, a[c]);
+    }
+}
+
+TGT static void x_scores_tiled(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d,
+                               int64_t len, float scale) {
+    if (d % 8)
+        x_scores(dtype, sc, K, ldk, q, d, len, scale);
+    else if (dtype == ASW_DTYPE_F16)
+        scores_tiled(ASW_DTYPE_F16, sc, K, ldk, q, d, len, scale);
+    else
+        scores_tiled(ASW_DTYPE_BF16, sc, K, ldk, q, d, len, scale);
+}
+
+TGT static void x_weighted_sum_regs(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
+                                    int64_t len) {
+    if (d % 8)
+        x_weighted_sum(dtype, out, w, V, ldv, d, len);
+    else if (dtype == ASW_DTYPE_F16)
+        weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, d, len);
+    else
+        weighted_sum_regs(ASW_DTYPE_BF16, out, w, V, ldv, d, len);
+}
 
 /* ---- the outer-product micro-kernel of prefill (see kernels.h): nr <= 6 rows x one 16-column vector (2 ymm), each
  * A element broadcast from memory into 2 FMAs; 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm. Prefill
@@ -259,8 +355,8 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
     }
 }
 
-const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores,
-                                       x_weighted_sum, x_outer, 1};
+const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores_tiled,
+                                       x_weighted_sum_regs, x_outer, 1};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
