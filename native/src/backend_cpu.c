@@ -66,9 +66,18 @@ typedef struct cpu_session {
     float *batch_logits;            /* [batch_rows, vocab] logits of a batched step (grown on demand) */
     int rowwise;                    /* 1 while this session runs a batched decode step (see matmul_task) */
     int32_t batch_rows;
-    uint16_t *key_cache;   /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
-    uint16_t *value_cache; /* [n_layers, max_len, n_kv_heads head_dim] (dtype) */
+    uint16_t *key_cache;   /* [n_layers, n_kv_heads, max_len, head_dim] (dtype): kv_head_rows */
+    uint16_t *value_cache; /* [n_layers, n_kv_heads, max_len, head_dim] (dtype) */
 } cpu_session;
+
+/* Where the rows of KV head g in layer l start in a session's key or value cache: [max_len, head_dim] u16, one
+ * position after another. Head-major, so that attention reads one head's cache as one sequential stream (with the
+ * heads of a position side by side, each head's d u16 came every kv_dim: a strided walk that fetched lines of the
+ * other heads along with its own). */
+static size_t kv_head_rows(const cpu_session *kv, int l, int g) {
+    const asw_config *c = &kv->m->cfg;
+    return ((size_t)l * (size_t)c->n_kv_heads + (size_t)g) * (size_t)kv->max_len * (size_t)c->head_dim;
+}
 
 /* ---------------------------------------------------------------------------------------------------------
  * model
@@ -166,10 +175,10 @@ static void cpu_session_free(void *bs) {
 static void *alloc_lines(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
 
 /* n bytes of KV cache (free() releases it). From 4 MiB up, on Linux, whole 2 MiB pages marked MADV_HUGEPAGE: a decode
- * step reaches each layer's cache after the weights have streamed through every cache level, and one head's rows
- * are d u16 every kv_dim, so with 4 KiB pages nearly every row was a TLB miss too (attention 10.5-12 % of a decode
- * step at a 2,048-token context with 4 KiB pages, 7-7.5 % with 2 MiB ones; Qwen2-0.5B shape, two pairs of
- * profiles). Smaller caches keep malloc's granularity (many small sessions would each round up to 4 MiB). */
+ * step reaches each layer's cache after the weights have streamed through every cache level, so with 4 KiB pages
+ * its reads also missed the TLB (attention 10.5-12 % of a decode step at a 2,048-token context with 4 KiB pages,
+ * 7-7.5 % with 2 MiB ones; Qwen2-0.5B shape, two pairs of profiles, when one head's rows were still d u16 every
+ * kv_dim). Smaller caches keep malloc's granularity (many small sessions would each round up to 4 MiB). */
 static void *alloc_kv(size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t huge = (size_t)2 << 20;
@@ -455,21 +464,19 @@ static void attend(const attention_job *j, int t, int h, float *sc) {
     const asw_kernels *k = s->m->k;
     int D = c->head_dim, group = c->n_heads / c->n_kv_heads;
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
-    size_t kv_dim = (size_t)c->n_kv_heads * D;
-    size_t kvo = (size_t)(h / group) * D;
     const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
     const cpu_session *kv = j->rows[t].kv;
-    const uint16_t *kc = kv->key_cache + (size_t)j->layer * kv->max_len * kv_dim + kvo;   /* [len, D] stride kv_dim */
-    const uint16_t *vc = kv->value_cache + (size_t)j->layer * kv->max_len * kv_dim + kvo; /* [len, D] stride kv_dim */
+    const uint16_t *kc = kv->key_cache + kv_head_rows(kv, j->layer, h / group);   /* [len, D] */
+    const uint16_t *vc = kv->value_cache + kv_head_rows(kv, j->layer, h / group); /* [len, D] */
     int len = j->rows[t].pos + 1; /* causal: positions 0..pos of this row */
-    k->scores(c->dtype, sc, kc, (int64_t)kv_dim, q, D, len, 1.0f / sqrtf((float)D));
+    k->scores(c->dtype, sc, kc, D, q, D, len, 1.0f / sqrtf((float)D));
     float mx = sc[0];
     for (int p = 1; p < len; p++) mx = sc[p] > mx ? sc[p] : mx;
     float inv = 1.0f / exp_shifted(sc, len, mx);
     for (int p = 0; p < len; p++) sc[p] *= inv;
     float *out = s->att + (size_t)t * c->n_heads * D + (size_t)h * D; /* [D] */
     memset(out, 0, (size_t)D * sizeof(float));
-    k->weighted_sum(c->dtype, out, sc, vc, (int64_t)kv_dim, D, len);
+    k->weighted_sum(c->dtype, out, sc, vc, D, D, len);
 }
 
 /* One block of keys p0..p0+pn-1 in the online softmax of attend_block, vectorized across the ldq queries:
@@ -507,7 +514,6 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
     const asw_kernels *k = s->m->k;
     int dt = c->dtype, D = c->head_dim, group = c->n_heads / c->n_kv_heads;
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D, q_dim = (size_t)c->n_heads * D;
-    size_t kv_dim = (size_t)c->n_kv_heads * D;
     int nq = (t1 - t0) * group, nv = (nq + 15) / 16, ldq = 16 * nv;
     size_t qp = (size_t)(s->attn_tokens * group + 15) / 16 * 16; /* >= ldq */
     float *qt = buf;                            /* [D, ldq] queries (scaled by 1/sqrt(D)), transposed */
@@ -528,18 +534,18 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
     }
     memset(ot, 0, (size_t)D * ldq * sizeof(float));
     const cpu_session *kv = j->rows[0].kv;
-    size_t base = (size_t)j->layer * kv->max_len * kv_dim + (size_t)g * D;
-    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] stride kv_dim */
+    size_t base = kv_head_rows(kv, j->layer, g);
+    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] each */
     int32_t len = pos0 + t1;
     for (int32_t p0 = 0; p0 < len; p0 += KEYS) {
         int64_t pn = len - p0 < KEYS ? len - p0 : KEYS;
-        for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, kc + (size_t)(p0 + p) * kv_dim, D);
+        k->to_f32(dt, rows, kc + (size_t)p0 * D, pn * D);
         k->outer(st, ldq, rows, D, 1, D, qt, ldq, pn, nv, 0, NULL, 0);
         softmax_block(st, pn, ldq, p0, lim, mx, sum, corr);
         if (p0 > 0)
             for (int i = 0; i < D; i++)
                 for (int q = 0; q < ldq; q++) ot[(size_t)i * ldq + q] *= corr[q];
-        for (int64_t p = 0; p < pn; p++) k->to_f32(dt, rows + p * D, vc + (size_t)(p0 + p) * kv_dim, D);
+        k->to_f32(dt, rows, vc + (size_t)p0 * D, pn * D);
         k->outer(ot, ldq, rows, 1, D, pn, st, ldq, D, nv, 1, NULL, 0);
     }
     for (int q = 0; q < nq; q++) {
@@ -712,11 +718,13 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
             for (int h = 0; h < c->n_heads; h++) rope(q + h * D, cs, sn, half);
             for (int h = 0; h < c->n_kv_heads; h++) rope(kk + h * D, cs, sn, half);
             cpu_session *kv = rows[t].kv;
-            size_t row = ((size_t)l * kv->max_len + (size_t)rows[t].pos) * kv_dim;
             if (!kv_fits(dt, kk, kv_dim, l, rows[t].pos, "key") || !kv_fits(dt, v, kv_dim, l, rows[t].pos, "value"))
                 return ASW_ERR_NUMERIC;
-            k->from_f32(dt, kv->key_cache + row, kk, kv_dim);   /* [kv_dim] at (layer l, position pos) */
-            k->from_f32(dt, kv->value_cache + row, v, kv_dim);
+            for (int h = 0; h < c->n_kv_heads; h++) { /* [D] at (layer l, head h, position pos) */
+                size_t row = kv_head_rows(kv, l, h) + (size_t)rows[t].pos * D;
+                k->from_f32(dt, kv->key_cache + row, kk + h * D, D);
+                k->from_f32(dt, kv->value_cache + row, v + h * D, D);
+            }
         }
 
         /* att [n, q_dim] = causal GQA attention over the cache */
