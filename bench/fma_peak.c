@@ -23,32 +23,23 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* the asm barrier keeps the operands in registers and the loop from being folded */
-__attribute__((target("avx2,fma"), noinline)) static float fma_ymm(long iterations) {
-    __m256 acc[CHAINS], x = _mm256_set1_ps(1.0f), y = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
-    for (long n = 0; n < iterations; n++) {
-#pragma GCC unroll 24
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(x, y, acc[i]);
-        __asm__("" : "+x"(x), "+x"(y));
+/* One FMA test per vector width: CHAINS accumulators, each fed acc += x * y every iteration; the asm barrier keeps
+ * the operands in registers and the loop from being folded. */
+#define FMA_TEST(name, attr, vec, set1, fmadd, first)                                                            \
+    __attribute__((target(attr), noinline)) static float name(long iterations) {                              \
+        vec acc[CHAINS], x = set1(1.0f), y = set1(1e-7f);                                                      \
+        for (int i = 0; i < CHAINS; i++) acc[i] = set1((float)i);                                              \
+        for (long n = 0; n < iterations; n++) {                                                                \
+            _Pragma("GCC unroll 24") for (int i = 0; i < CHAINS; i++) acc[i] = fmadd(x, y, acc[i]);           \
+            __asm__("" : "+v"(x), "+v"(y));                                                                    \
+        }                                                                                                      \
+        float s = 0.0f;                                                                                        \
+        for (int i = 0; i < CHAINS; i++) s += first(acc[i]);                                                   \
+        return s;                                                                                              \
     }
-    float s = 0.0f;
-    for (int i = 0; i < CHAINS; i++) s += _mm256_cvtss_f32(acc[i]);
-    return s;
-}
 
-__attribute__((target("avx512f"), noinline)) static float fma_zmm(long iterations) {
-    __m512 acc[CHAINS], x = _mm512_set1_ps(1.0f), y = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
-    for (long n = 0; n < iterations; n++) {
-#pragma GCC unroll 24
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(x, y, acc[i]);
-        __asm__("" : "+v"(x), "+v"(y));
-    }
-    float s = 0.0f;
-    for (int i = 0; i < CHAINS; i++) s += _mm512_cvtss_f32(acc[i]);
-    return s;
-}
+FMA_TEST(fma_ymm, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_cvtss_f32)
+FMA_TEST(fma_zmm, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_cvtss_f32)
 
 __attribute__((target("avx512f,avx512bf16"), noinline)) static float dpbf16_zmm(long iterations) {
     __m512 acc[CHAINS];
