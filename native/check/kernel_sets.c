@@ -102,7 +102,8 @@ static int check_gemv_batch(const asw_kernels *k) {
 
 /* The decode attention loops (scores, weighted_sum) of set `k` against the portable set's, over head sizes with and
  * without a tail of 16, not whole 8-lane vectors (AVX2's per-key loops) and past the AVX-512 register kernels' widest
- * head (128), cache rows strided like a KV cache, key counts around the 8- and 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the number of mismatches. */
+ * head (128), cache rows further apart than a head (the loops take any row stride), key counts around the 8- and
+ * 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the number of mismatches. */
 static int check_attention(const asw_kernels *k) {
     static const int64_t dims[] = {8, 12, 16, 24, 36, 64, 72, 128, 136, 256};
     static const int64_t lens[] = {1, 2, 15, 16, 17, 33, 70};

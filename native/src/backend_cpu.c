@@ -466,8 +466,8 @@ static void attend(const attention_job *j, int t, int h, float *sc) {
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
     const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
     const cpu_session *kv = j->rows[t].kv;
-    const uint16_t *kc = kv->key_cache + kv_head_rows(kv, j->layer, h / group);   /* [len, D] */
-    const uint16_t *vc = kv->value_cache + kv_head_rows(kv, j->layer, h / group); /* [len, D] */
+    size_t base = kv_head_rows(kv, j->layer, h / group);
+    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] each */
     int len = j->rows[t].pos + 1; /* causal: positions 0..pos of this row */
     k->scores(c->dtype, sc, kc, D, q, D, len, 1.0f / sqrtf((float)D));
     float mx = sc[0];

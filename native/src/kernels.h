@@ -58,6 +58,14 @@ typedef struct asw_kernels {
 #define ASW_GEMV_PREFETCH_FAR_HINT _MM_HINT_T1
 #define ASW_GEMV_PREFETCH_NEAR_HINT _MM_HINT_T0
 
+/* Decode attention fetches each cache row ASW_ATT_AHEAD rows ahead into L1 (asw_prefetch_l1): the KV cache is in no
+ * cache level when a decode step reaches it, the weights having streamed through since. A prefetch never faults, so
+ * reaching past the last row is harmless. */
+#define ASW_ATT_AHEAD 32
+static inline void asw_prefetch_l1(const void *p, int64_t bytes) {
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)p + b, 0, 3); /* x86: prefetcht0 */
+}
+
 /* `outer` in plain C loops (compiled with the set's target attribute, so the j loop vectorizes): the sets without
  * a register-tiled version. */
 #define ASW_OUTER_LOOPS(prefix, ATTR)                                                                              \

@@ -192,15 +192,6 @@ ASW_ATTENTION_LOOPS(x, TGT) /* x_scores, x_weighted_sum: heads that are not whol
  * every row, so a 128-dimension head reads nothing twice). */
 enum { ATT_KEYS = 8, ATT_SLICE = 64 };
 
-/* The rows of one head are d u16 every kv_dim: a strided walk the hardware prefetchers follow poorly, and the cache
- * is not in cache when a decode step reaches it: fetch the row ATT_AHEAD keys ahead into L1 (a prefetch never
- * faults, so reaching past the last key is harmless) */
-enum { ATT_AHEAD = 32 };
-
-INL void att_prefetch(const uint16_t *row, int64_t n) {
-    for (int64_t b = 0; b < n * 2; b += 64) _mm_prefetch((const char *)row + b, _MM_HINT_T0);
-}
-
 /* lane j = sum of v[j]'s lanes, for 8 vectors: each lane summed in the same tree, ((0+1)+(2+3)) + ((4+5)+(6+7)) */
 INL __m256 hsum8x8(const __m256 *v) {
     __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]); /* pair sums, per 128-bit lane */
@@ -216,7 +207,7 @@ INL __m256 scores8(int dt, const uint16_t *K, int64_t ldk, int last, const float
 #pragma GCC unroll 8
     for (int j = 0; j < ATT_KEYS; j++) {
         row[j] = K + (j < last ? j : last) * ldk;
-        att_prefetch(row[j] + ATT_AHEAD * ldk, d);
+        asw_prefetch_l1(row[j] + ASW_ATT_AHEAD * ldk, d * 2);
         a[j] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < d; i += 8) {
@@ -246,11 +237,12 @@ INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V
         int64_t nc = (d - s0 < ATT_SLICE ? d - s0 : ATT_SLICE) / 8; /* vectors in this slice */
         __m256 a[ATT_SLICE / 8];                                    /* [nc] the slice of the output so far */
 #pragma GCC unroll 8
-        for (int64_t c = 0; c < ATT_SLICE / 8; c++) a[c] = c < nc ? _mm256_loadu_ps(out + s0 + 8 * c) : _mm256_setzero_ps();
+        for (int64_t c = 0; c < ATT_SLICE / 8; c++)
+            a[c] = c < nc ? _mm256_loadu_ps(out + s0 + 8 * c) : _mm256_setzero_ps();
         for (int64_t p = 0; p < len; p++) {
             const uint16_t *v = V + p * ldv + s0; /* [8 nc] */
             __m256 wp = _mm256_set1_ps(w[p]);
-            att_prefetch(v + ATT_AHEAD * ldv, 8 * nc);
+            asw_prefetch_l1(v + ASW_ATT_AHEAD * ldv, 16 * nc);
 #pragma GCC unroll 8
             for (int64_t c = 0; c < ATT_SLICE / 8; c++)
                 if (c < nc) a[c] = _mm256_fmadd_ps(ld8(dt, v + 8 * c), wp, a[c]);

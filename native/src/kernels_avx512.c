@@ -224,15 +224,6 @@ ASW_ATTENTION_LOOPS(z, TGT) /* z_scores, z_weighted_sum: heads wider than ATT_CH
  * storing it per key. Qwen2-0.5B shape at a 2,048-token context: attention ~11 of ~54 ms per step before. */
 enum { ATT_CHUNKS = 8 };
 
-/* The cache rows of one head are d u16 every kv_dim: a strided walk that the hardware prefetchers follow poorly, and
- * the KV cache is not in cache when a decode step reaches it (the weights streamed through since): fetch the row
- * ATT_AHEAD keys ahead into L1. A prefetch never faults, so reaching past the last key is harmless. */
-enum { ATT_AHEAD = 32 };
-
-INL void prefetch_row(const uint16_t *row, int64_t d) {
-    for (int64_t b = 0; b < d * 2; b += 64) _mm_prefetch((const char *)row + b, _MM_HINT_T0);
-}
-
 /* the lanes of a head of d elements in its last 16-element chunk */
 INL __mmask16 last_chunk_mask(int64_t d) { return (__mmask16)(d % 16 ? (1u << (d % 16)) - 1u : 0xFFFFu); }
 
@@ -262,7 +253,7 @@ INL void scores_regs(int dt, float *sc, const uint16_t *K, int64_t ldk, const fl
         float s[16];
         for (int j = 0; j < 16; j++) {
             const uint16_t *kr = K + (p + j) * ldk; /* [d] */
-            prefetch_row(kr + ATT_AHEAD * ldk, d);
+            asw_prefetch_l1(kr + ASW_ATT_AHEAD * ldk, d * 2);
             v[j] = row_partial(dt, kr, qv, nc, tail);
         }
         hsum16(s, v);
@@ -284,8 +275,8 @@ INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V
     for (; p + 2 <= len; p += 2) {
         __m512 wa = _mm512_set1_ps(w[p]), wb = _mm512_set1_ps(w[p + 1]);
         const uint16_t *va = V + p * ldv, *vb = va + ldv; /* [d] each */
-        prefetch_row(va + ATT_AHEAD * ldv, d);
-        prefetch_row(vb + ATT_AHEAD * ldv, d);
+        asw_prefetch_l1(va + ASW_ATT_AHEAD * ldv, d * 2);
+        asw_prefetch_l1(vb + ASW_ATT_AHEAD * ldv, d * 2);
         for (int64_t c = 0; c < nc; c++) {
             a[c] = _mm512_fmadd_ps(ld16_part(dt, va, c, nc, tail), wa, a[c]);
             b[c] = _mm512_fmadd_ps(ld16_part(dt, vb, c, nc, tail), wb, b[c]);
