@@ -8,7 +8,8 @@
  * (gemv_batch, 1..19 tokens, odd row counts and inner sizes with every tail, up to 40 rows and 4,877 columns) must
  * equal its own one-token GEMV bit for bit: a batched step gives each session exactly what its lone step gives.
  * And each set's decode attention loops must match the portable set's over head sizes the tiny model does not have
- * (tails of 16, wider than 128).
+ * (tails of 16, wider than 128), and its exp-based loops (vector_loops.h, compiled for the set) the portable
+ * set's over lengths with every vector tail.
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -149,6 +150,55 @@ static int check_attention(const asw_kernels *k) {
     return bad;
 }
 
+/* The exp-based loops of set `k` (exp_shifted, silu_mul, softmax_block: vector_loops.h compiled for the set)
+ * against the portable set's, over lengths with every tail of 8 and 16 lanes and keys masked per query; relative
+ * |difference| <= 1e-5 (inputs in [-8, 8]). Returns the number of mismatches. */
+static int check_vector_loops(const asw_kernels *k) {
+    static const int64_t lens[] = {1, 7, 8, 9, 15, 16, 17, 31, 100, 333};
+    enum { MAX_N = 333, LDQ = 32, KEYS = 17 };
+    float a[MAX_N], b[MAX_N], gate[MAX_N], up[MAX_N], st_got[KEYS * LDQ], st_want[KEYS * LDQ];
+    float mx[2][LDQ], sum[2][LDQ], corr[2][LDQ];
+    int32_t lim[LDQ];
+    uint32_t seed = 4242;
+    int bad = 0;
+#define CLOSE(x, y) (fabsf((x) - (y)) <= 1e-5f * fmaxf(1.0f, fabsf(y)))
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int64_t n = lens[li];
+        for (int64_t i = 0; i < n; i++) {
+            a[i] = b[i] = 8.0f * next_value(&seed, 1e-3f);
+            gate[i] = 8.0f * next_value(&seed, 1e-3f);
+            up[i] = next_value(&seed, 1e-3f);
+        }
+        float s_got = k->exp_shifted(a, n, 1.5f), s_want = asw_kernels_portable.exp_shifted(b, n, 1.5f);
+        int ok = CLOSE(s_got, s_want);
+        for (int64_t i = 0; i < n; i++) ok &= CLOSE(a[i], b[i]);
+        k->silu_mul(a, gate, up, n);
+        asw_kernels_portable.silu_mul(b, gate, up, n);
+        for (int64_t i = 0; i < n; i++) ok &= CLOSE(a[i], b[i]);
+        if (!ok && bad++ < 5) printf("%-8s exp_shifted / silu_mul n=%d: differ from portable\n", k->name, (int)n);
+    }
+    for (int64_t ldq = 16; ldq <= LDQ; ldq += 16)
+        for (int64_t pn = 1; pn <= KEYS; pn += 8) {
+            for (int64_t q = 0; q < ldq; q++) {
+                lim[q] = 3 + (int32_t)(q % 7) * 3; /* keys 0..lim[q] of the block p0 = 2 .. */
+                mx[0][q] = mx[1][q] = q % 3 ? 0.25f : -INFINITY; /* a first block, and a later one */
+                sum[0][q] = sum[1][q] = q % 3 ? 2.0f : 0.0f;
+            }
+            for (int64_t i = 0; i < pn * ldq; i++) st_got[i] = st_want[i] = 8.0f * next_value(&seed, 1e-3f);
+            k->softmax_block(st_got, pn, ldq, 2, lim, mx[0], sum[0], corr[0]);
+            asw_kernels_portable.softmax_block(st_want, pn, ldq, 2, lim, mx[1], sum[1], corr[1]);
+            int ok = 1;
+            for (int64_t i = 0; i < pn * ldq; i++) ok &= CLOSE(st_got[i], st_want[i]);
+            for (int64_t q = 0; q < ldq; q++)
+                ok &= mx[0][q] == mx[1][q] && CLOSE(sum[0][q], sum[1][q]) && CLOSE(corr[0][q], corr[1][q]);
+            if (!ok && bad++ < 5)
+                printf("%-8s softmax_block ldq=%d pn=%d: differs from portable\n", k->name, (int)ldq, (int)pn);
+        }
+#undef CLOSE
+    printf("%-8s exp-based loops match the portable set's: %s\n", k->name, bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main(void) {
     static const char *sets[] = {"avx2", "avx512", "neon"};
     static const int32_t bits[] = {1, 2, 4};
@@ -192,10 +242,13 @@ int main(void) {
     if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_attention(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
+    if (asw_cpu_features() & 1) failures += check_vector_loops(&asw_kernels_avx2) != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_vector_loops(&asw_kernels_avx512) != 0, checked++;
 #endif
 #if defined(__aarch64__)
     if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;
+    if (asw_cpu_features() & 4) failures += check_vector_loops(&asw_kernels_neon) != 0, checked++;
 #endif
     printf("%d kernel set checks, %d failures\n", checked, failures);
     return failures != 0 || checked == 0;

@@ -403,43 +403,6 @@ typedef struct attention_job {
     int block;           /* 1: a prefill chunk (n > 1 rows of one session at consecutive positions): attend_block */
 } attention_job;
 
-/* Vector-friendly exp (Cephes' polynomial, relative error ~1e-7 over the float range): no calls and no branches,
- * so the loops below vectorize; on x86 each is compiled for AVX-512, AVX2 and baseline and picked at load time. */
-static inline float exp_poly(float x) {
-    x = -87.0f > x ? -87.0f : x; /* the exact form of maxps / minps (a NaN x stays NaN): no branch */
-    x = 88.0f < x ? 88.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
-    float r = x - n * 0.693359375f - n * -2.12194440e-4f;             /* x - n ln 2 in two steps */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = {((int32_t)n + 127) << 23}; /* 2^n */
-    return p * scale.f;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
-
-/* x[i] = exp(x[i] - mx) for i < n; returns their sum */
-VECTOR_CLONES static float exp_shifted(float *x, int64_t n, float mx) {
-    for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - mx);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i++) sum += x[i];
-    return sum;
-}
-
-/* act[i] = silu(gate[i]) * up[i] for i < n */
-VECTOR_CLONES static void silu_mul(float *act, const float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) act[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
-}
-
 /* Denormal attention weights make the weighted sums several times slower on x86: flush them to zero while a
  * task runs (and restore the caller's mode, which may be Python's own thread). */
 #if defined(__x86_64__)
@@ -472,36 +435,11 @@ static void attend(const attention_job *j, int t, int h, float *sc) {
     k->scores(c->dtype, sc, kc, D, q, D, len, 1.0f / sqrtf((float)D));
     float mx = sc[0];
     for (int p = 1; p < len; p++) mx = sc[p] > mx ? sc[p] : mx;
-    float inv = 1.0f / exp_shifted(sc, len, mx);
+    float inv = 1.0f / k->exp_shifted(sc, len, mx);
     for (int p = 0; p < len; p++) sc[p] *= inv;
     float *out = s->att + (size_t)t * c->n_heads * D + (size_t)h * D; /* [D] */
     memset(out, 0, (size_t)D * sizeof(float));
     k->weighted_sum(c->dtype, out, sc, vc, D, D, len);
-}
-
-/* One block of keys p0..p0+pn-1 in the online softmax of attend_block, vectorized across the ldq queries:
- * st [pn, ldq] scores in, exp(score - running max) out (0 where the key is after the query: p0 + p > lim[q]);
- * mx, sum [ldq] running max and sum; corr [ldq] out: the factor the output accumulated so far must be scaled by. */
-VECTOR_CLONES static void softmax_block(float *st, int64_t pn, int64_t ldq, int32_t p0, const int32_t *lim,
-                                        float *mx, float *sum, float *corr) {
-    for (int64_t q = 0; q < ldq; q++) corr[q] = mx[q];
-    for (int64_t p = 0; p < pn; p++)
-        for (int64_t q = 0; q < ldq; q++) {
-            float v = p0 + (int32_t)p <= lim[q] ? st[p * ldq + q] : -INFINITY;
-            corr[q] = v > corr[q] ? v : corr[q];
-        }
-    for (int64_t q = 0; q < ldq; q++) {
-        float m = corr[q]; /* finite: every query sees key 0 in the first block */
-        corr[q] = exp_poly(mx[q] - m);
-        mx[q] = m;
-        sum[q] *= corr[q];
-    }
-    for (int64_t p = 0; p < pn; p++)
-        for (int64_t q = 0; q < ldq; q++) {
-            float e = p0 + (int32_t)p <= lim[q] ? exp_poly(st[p * ldq + q] - mx[q]) : 0.0f;
-            st[p * ldq + q] = e;
-            sum[q] += e;
-        }
 }
 
 /* Prefill attention of chunk rows t0..t1-1 (one session, position pos0 + t) for the query heads of KV head g,
@@ -541,7 +479,7 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
         int64_t pn = len - p0 < KEYS ? len - p0 : KEYS;
         k->to_f32(dt, rows, kc + (size_t)p0 * D, pn * D);
         k->outer(st, ldq, rows, D, 1, D, qt, ldq, pn, nv, 0, NULL, 0);
-        softmax_block(st, pn, ldq, p0, lim, mx, sum, corr);
+        k->softmax_block(st, pn, ldq, p0, lim, mx, sum, corr);
         if (p0 > 0)
             for (int i = 0; i < D; i++)
                 for (int q = 0; q < ldq; q++) ot[(size_t)i * ldq + q] *= corr[q];
@@ -583,6 +521,7 @@ static void attention_task(void *arg, int ith, int nth) {
 }
 
 typedef struct swiglu_job {
+    const asw_kernels *k;
     float *act;       /* [n, ffn] */
     const float *hb;  /* [n, 2 ffn] */
     int64_t n, ffn;
@@ -596,7 +535,7 @@ static void swiglu_task(void *arg, int ith, int nth) {
     while (i0 < i1) {
         int64_t t = i0 / j->ffn, f = i0 % j->ffn, len = j->ffn - f < i1 - i0 ? j->ffn - f : i1 - i0;
         const float *gate = j->hb + t * 2 * j->ffn + f; /* [len] */
-        silu_mul(j->act + i0, gate, gate + j->ffn, len);
+        j->k->silu_mul(j->act + i0, gate, gate + j->ffn, len);
         i0 += len;
     }
     restore_fp_mode(mode);
@@ -740,7 +679,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
 
         /* hb [n, 2F] = xb . Wgate_up^T;  act [n, F] = silu(gate) * up */
         matmul(s, s->hb, 2 * F, lw->ffn_gate_up.host, 2 * F, H, s->xb, H, n, &lw->ffn_down);
-        swiglu_job sj = {s->act, s->hb, n, F};
+        swiglu_job sj = {s->m->k, s->act, s->hb, n, F};
         asw_pool_run(s->pool, swiglu_task, &sj);
 
         /* x += act . Wdown^T */

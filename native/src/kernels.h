@@ -42,6 +42,16 @@ typedef struct asw_kernels {
     /* 1: prefill matmuls convert weight panels to f32 once and run `outer` on the transposed activations (a set
      * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
     int outer_matmul;
+    /* The exp-based loops, all f32 (vector_loops.h, compiled by each set for its own instructions):
+     * x[i] = exp(x[i] - mx) for i < n, returning their sum (decode attention's softmax) */
+    float (*exp_shifted)(float *x, int64_t n, float mx);
+    /* act[i] = silu(gate[i]) * up[i] for i < n (SwiGLU) */
+    void (*silu_mul)(float *act, const float *gate, const float *up, int64_t n);
+    /* one block of keys p0..p0+pn-1 of prefill attention's online softmax over ldq queries: st [pn, ldq] scores in,
+     * their exp(score - running max) out, 0 where p0 + p > lim[q] (a key after the query); mx, sum [ldq] the running
+     * max and sum, updated; corr [ldq] out: the factor to scale the output accumulated so far by */
+    void (*softmax_block)(float *st, int64_t pn, int64_t ldq, int32_t p0, const int32_t *lim, float *mx, float *sum,
+                          float *corr);
 } asw_kernels;
 
 /* The decode GEMV prefetches each weight line twice: ASW_GEMV_PREFETCH_FAR elements (8 KiB of u16) ahead into L2

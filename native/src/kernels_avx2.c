@@ -116,6 +116,7 @@ INL void hsum_n(float *out, const __m256 *v, int n) {
     for (int p = 0; p < n; p++) out[p] = hsum8(v[p]);
 }
 #include "gemv_chains.h"
+#include "vector_loops.h"
 
 TGT static void x_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {
@@ -348,7 +349,7 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 }
 
 const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores_tiled,
-                                       x_weighted_sum_regs, x_outer, 1};
+                                       x_weighted_sum_regs, x_outer, 1, exp_shifted, silu_mul, softmax_block};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

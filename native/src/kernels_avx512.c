@@ -145,6 +145,7 @@ INL void hsum_n(float *out, const __m512 *v, int n) {
     for (int p = 0; p < n; p++) out[p] = s[p];
 }
 #include "gemv_chains.h"
+#include "vector_loops.h"
 
 TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
                          const float *X, int64_t ldx, int64_t nt) {
@@ -388,7 +389,7 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 }
 
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
-                                       z_weighted_sum_regs, z_outer, 1};
+                                       z_weighted_sum_regs, z_outer, 1, exp_shifted, silu_mul, softmax_block};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -105,8 +105,11 @@ ASW_ATTENTION_LOOPS(p, )
 ASW_GEMV_BATCH_BY_TOKEN(p, )
 ASW_OUTER_LOOPS(p, )
 
+#define TGT /* no target attribute: the compiler's baseline */
+#include "vector_loops.h"
+
 const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
-                                       p_weighted_sum, p_outer, 0};
+                                       p_weighted_sum, p_outer, 0, exp_shifted, silu_mul, softmax_block};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice
