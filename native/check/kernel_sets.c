@@ -58,7 +58,7 @@ static float next_value(uint32_t *seed, float step) {
 }
 
 /* gemv_batch of set `k` against its own matmul with one token, bit for bit; returns the number of mismatches */
-static int check_gemv_batch(const asw_kernels *k) {
+static int check_gemv_batch(const asw_kernels *k, const char *label) {
     /* 2131 and 4877: activations of 4-8 tokens over 32 KiB, where the x86 sets run their blocked order (below it,
      * AVX2 runs row pairs); up to 40 rows (1, 4, .. 40): more than one group of tiles */
     static const int64_t inner[] = {16, 64, 77, 96, 200, 903, 2131, 4877};
@@ -89,15 +89,15 @@ static int check_gemv_batch(const asw_kernels *k) {
                         k->matmul(dtype, want, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
                         if (rows > 1 && memcmp(want + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))) {
                             if (bad++ < 5)
-                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone GEMV\n",
+                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone GEMV%s\n",
                                        k->name, dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)rows, (int)nt,
-                                       (int)t);
+                                       (int)t, label);
                         }
                     }
                 }
         }
     free(W), free(X), free(got), free(want);
-    printf("%-8s gemv_batch equals the lone GEMV bit for bit: %s\n", k->name, bad ? "FAIL" : "ok");
+    printf("%-8s gemv_batch equals the lone GEMV%s bit for bit: %s\n", k->name, label, bad ? "FAIL" : "ok");
     return bad;
 }
 
@@ -235,18 +235,20 @@ int main(void) {
         }
         free(region), free(want), free(got);
     }
-    failures += check_gemv_batch(&asw_kernels_portable) != 0;
+    failures += check_gemv_batch(&asw_kernels_portable, "") != 0;
     checked++;
 #if defined(__x86_64__)
-    if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2) != 0, checked++;
-    if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512) != 0, checked++;
+    if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2, "") != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512, "") != 0, checked++;
+    if (asw_cpu_features() & 2)
+        failures += check_gemv_batch(&asw_kernels_avx512_near_l2, " (near-L2 prefetch)") != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_attention(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_vector_loops(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_vector_loops(&asw_kernels_avx512) != 0, checked++;
 #endif
 #if defined(__aarch64__)
-    if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon) != 0, checked++;
+    if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon, "") != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_vector_loops(&asw_kernels_neon) != 0, checked++;
 #endif

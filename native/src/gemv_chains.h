@@ -16,6 +16,7 @@
  *   KBLOCK, ACT_L1       the blocked order's columns per block, and the activation bytes above which it is used
  *                        (see tiles_blocked)
  *   ROW_PAIRS_IN_L1      1: below ACT_L1, rows one by one with tokens in pairs instead of tiles (see tokens_rows)
+ *   GEMV_NEAR_L2_PLAN    1: also build the lone GEMV for the ASW_GEMV_NEAR_L2 prefetch plan (kernels.h)
  *   TGT, INL             its target attribute, and `static inline always_inline` with it
  *   v_zero(), v_add(a, b), v_fma(a, b, c)      (a * b + c)
  *   w_load(dt, p), w_tail(dt, p, n)   VL weights at p (u16 of dtype dt) as f32; the first n < VL, zeros after
@@ -30,19 +31,28 @@ enum { STEP = 4 * VL, CACHE_LINE = 64 }; /* elements one step of the four chains
 
 /* y[t*ldy] = w . X[t] for t < nt <= 2 (a constant after inlining), each token in row_dot's order, each weight vector
  * converted once for both. Rows are walked one after another so the weights stream through memory sequentially
- * (interleaving rows defeats the prefetcher); each step prefetches its own lines ASW_GEMV_PREFETCH_FAR elements
- * ahead into L2 and ASW_GEMV_PREFETCH_NEAR elements ahead into L1 (kernels.h). */
-INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx, int64_t k) {
+ * (interleaving rows defeats the prefetcher); each step prefetches its own lines twice by the prefetch plan `plan`
+ * (ASW_GEMV_NEAR_L1 or ASW_GEMV_NEAR_L2, a constant after inlining; kernels.h): far ahead into L2, then near ahead
+ * into L1 or L2. */
+INL void row_dot_n(int dt, int nt, int plan, float *y, int64_t ldy, const uint16_t *w, const float *X, int64_t ldx,
+                   int64_t k) {
     VEC a[2][4]; /* [token][chain] */
     for (int t = 0; t < nt; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = v_zero();
+    const int l2 = plan == ASW_GEMV_NEAR_L2;
+    const int64_t far_ahead = l2 ? ASW_GEMV_L2_FAR : ASW_GEMV_PREFETCH_FAR;
+    const int64_t near_ahead = l2 ? ASW_GEMV_L2_NEAR : ASW_GEMV_PREFETCH_NEAR;
     int64_t i = 0;
     for (; i + STEP <= k; i += STEP) {
-        const char *far = (const char *)(w + i + ASW_GEMV_PREFETCH_FAR);
-        const char *near = (const char *)(w + i + ASW_GEMV_PREFETCH_NEAR);
+        const char *far = (const char *)(w + i + far_ahead);
+        const char *near = (const char *)(w + i + near_ahead);
         for (int b = 0; b < STEP * (int)sizeof(uint16_t); b += CACHE_LINE) /* this step's lines */
             _mm_prefetch(far + b, ASW_GEMV_PREFETCH_FAR_HINT);
-        for (int b = 0; b < STEP * (int)sizeof(uint16_t); b += CACHE_LINE)
-            _mm_prefetch(near + b, ASW_GEMV_PREFETCH_NEAR_HINT);
+        for (int b = 0; b < STEP * (int)sizeof(uint16_t); b += CACHE_LINE) {
+            if (l2)
+                _mm_prefetch(near + b, _MM_HINT_T1);
+            else
+                _mm_prefetch(near + b, ASW_GEMV_PREFETCH_NEAR_HINT);
+        }
         VEC w0 = w_load(dt, w + i), w1 = w_load(dt, w + i + VL), w2 = w_load(dt, w + i + 2 * VL),
             w3 = w_load(dt, w + i + 3 * VL);
         for (int t = 0; t < nt; t++) {
@@ -67,7 +77,7 @@ INL void row_dot_n(int dt, int nt, float *y, int64_t ldy, const uint16_t *w, con
 /* One row . x: the lone decode GEMV's order, which every batched path below repeats */
 INL float row_dot(int dt, const uint16_t *w, const float *x, int64_t k) {
     float y;
-    row_dot_n(dt, 1, &y, 0, w, x, 0, k);
+    row_dot_n(dt, 1, ASW_GEMV_NEAR_L1, &y, 0, w, x, 0, k);
     return y;
 }
 
@@ -234,9 +244,9 @@ INL void tokens_rows(int dt, int nt, float *Y, int64_t ldy, const uint16_t *W, i
         for (; r < r1; r++)
             for (int t = 0; t < nt; t += 2)
                 if (nt - t >= 2)
-                    row_dot_n(dt, 2, Y + t * ldy + r, ldy, W + r * k, X + t * ldx, ldx, k);
+                    row_dot_n(dt, 2, ASW_GEMV_NEAR_L1, Y + t * ldy + r, ldy, W + r * k, X + t * ldx, ldx, k);
                 else
-                    row_dot_n(dt, 1, Y + t * ldy + r, ldy, W + r * k, X + t * ldx, ldx, k);
+                    row_dot_n(dt, 1, ASW_GEMV_NEAR_L1, Y + t * ldy + r, ldy, W + r * k, X + t * ldx, ldx, k);
         return;
     }
     if (rows <= 4 && !in_l1) {
@@ -271,16 +281,28 @@ _Static_assert(BT == 8, "the table below has one entry per token count 2..8");
 static const chain_fn chains[2][BT - 1] = {{b_c2, b_c3, b_c4, b_c5, b_c6, b_c7, b_c8},
                                            {h_c2, h_c3, h_c4, h_c5, h_c6, h_c7, h_c8}};
 
-TGT static void gemv_f16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
-    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_F16, W + r * k, x, k);
-}
+/* rows [r0, r1) of W . x, each row_dot_n's (the same sums whatever the plan) */
+#define GEMV_FN(name, dt, plan)                                                                                    \
+    TGT static void name(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {       \
+        for (int64_t r = r0; r < r1; r++) row_dot_n(dt, 1, plan, y + r, 0, W + r * k, x, 0, k);                  \
+    }
+GEMV_FN(gemv_f16, ASW_DTYPE_F16, ASW_GEMV_NEAR_L1)
+GEMV_FN(gemv_bf16, ASW_DTYPE_BF16, ASW_GEMV_NEAR_L1)
+#if GEMV_NEAR_L2_PLAN
+GEMV_FN(gemv_f16_l2, ASW_DTYPE_F16, ASW_GEMV_NEAR_L2)
+GEMV_FN(gemv_bf16_l2, ASW_DTYPE_BF16, ASW_GEMV_NEAR_L2)
+#endif
 
-TGT static void gemv_bf16(float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
-    for (int64_t r = r0; r < r1; r++) y[r] = row_dot(ASW_DTYPE_BF16, W + r * k, x, k);
-}
-
-/* the decode GEMV, rows [r0, r1) of W . x: matmul's nt = 1 */
-TGT static void gemv(int dtype, float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1, const float *x) {
+/* the decode GEMV, rows [r0, r1) of W . x by prefetch plan `plan`: matmul's nt = 1 */
+TGT static void gemv(int dtype, int plan, float *y, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                     const float *x) {
+#if GEMV_NEAR_L2_PLAN
+    if (plan == ASW_GEMV_NEAR_L2) {
+        (dtype == ASW_DTYPE_F16 ? gemv_f16_l2 : gemv_bf16_l2)(y, W, k, r0, r1, x);
+        return;
+    }
+#endif
+    (void)plan;
     (dtype == ASW_DTYPE_F16 ? gemv_f16 : gemv_bf16)(y, W, k, r0, r1, x);
 }
 
@@ -291,7 +313,7 @@ TGT static void gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, 
     for (int64_t t = 0; t < nt; t += BT) {
         int64_t tn = nt - t < BT ? nt - t : BT;
         if (tn == 1)
-            gemv(dtype, Y + t * ldy, W, k, r0, r1, X + t * ldx);
+            gemv(dtype, ASW_GEMV_NEAR_L1, Y + t * ldy, W, k, r0, r1, X + t * ldx);
         else
             chains[f16][tn - 2](Y + t * ldy, ldy, W, k, r0, r1, X + t * ldx, ldx);
     }

@@ -68,6 +68,16 @@ typedef struct asw_kernels {
 #define ASW_GEMV_PREFETCH_FAR_HINT _MM_HINT_T1
 #define ASW_GEMV_PREFETCH_NEAR_HINT _MM_HINT_T0
 
+/* That is the ASW_GEMV_NEAR_L1 plan, measured on Intel. AMD Zen 4 (AMD's first cores with AVX-512, and the first
+ * whose PREFETCHT1 fills L2 rather than L1) streamed the AVX-512 GEMV faster with both prefetches into L2, each
+ * twice as far ahead (ASW_GEMV_NEAR_L2: 16 KiB and 4 KiB, T1): bench/gemv_ceiling.c on a 2-core EPYC (family 25
+ * model 17), six interleaved runs, median 29.8 GB/s against 25.9 (0.91 of the probe rep against 0.78); the near
+ * prefetch into L1 alone fell to 0.5 of it there. Its AVX2 GEMV was at 0.92 of the probe with the L1 plan and no
+ * faster with the L2 one, so only the AVX-512 set has both (asw_kernels_avx512_near_l2, picked on AMD). */
+enum { ASW_GEMV_NEAR_L1 = 0, ASW_GEMV_NEAR_L2 = 1 };
+#define ASW_GEMV_L2_FAR 8192
+#define ASW_GEMV_L2_NEAR 2048
+
 /* Decode attention fetches each cache row ASW_ATT_AHEAD rows ahead into L1 (asw_prefetch_l1): the KV cache is in no
  * cache level when a decode step reaches it, the weights having streamed through since. A prefetch never faults, so
  * reaching past the last row is harmless. */
@@ -144,6 +154,7 @@ extern const asw_kernels asw_kernels_portable;
 #if defined(__x86_64__)
 extern const asw_kernels asw_kernels_avx2;
 extern const asw_kernels asw_kernels_avx512;
+extern const asw_kernels asw_kernels_avx512_near_l2; /* the same set, its decode GEMV on the ASW_GEMV_NEAR_L2 plan */
 #endif
 #if defined(__aarch64__)
 extern const asw_kernels asw_kernels_neon;

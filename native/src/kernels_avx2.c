@@ -97,6 +97,7 @@ enum { KBLOCK = 512, ACT_L1 = 32 * 1024 }; /* 8 tokens' block: 16 KiB, half the 
  * in tiles at 4 and 8 tokens (2 threads, this set forced on an AVX-512 Xeon), where the 4,864-column down matmul in
  * blocked tiles took 20 % less. (Measured before chain_step kept each token vector in a register; since then, one
  * thread over one such matrix: tiles 0.73-1.06x the time of row pairs at 4-8 tokens, not measured in a whole step.) */
+#define GEMV_NEAR_L2_PLAN 0 /* the lone GEMV on the ASW_GEMV_NEAR_L1 prefetch plan only (kernels.h) */
 #define ROW_PAIRS_IN_L1 1
 INL __m256 v_zero(void) { return _mm256_setzero_ps(); }
 INL __m256 v_add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
@@ -122,7 +123,7 @@ TGT static void x_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, in
                          const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
     if (nt == 1) {
-        gemv(dtype, Y, W, k, r0, r1, X);
+        gemv(dtype, ASW_GEMV_NEAR_L1, Y, W, k, r0, r1, X);
         return;
     }
     int64_t kc = KC;

@@ -129,6 +129,7 @@ INL void hsum16(float *out, const __m512 *v) {
 enum { BR = 8, BT = 8 }; /* the largest row and token tile: nr * nt <= 16 accumulators */
 #define TILE_ROWS(nt) ((nt) >= 5 ? 2 : (nt) >= 3 ? 4 : 8)
 enum { KBLOCK = 1024, ACT_L1 = 32 * 1024 }; /* 8 tokens' block: 32 KiB, within this Xeon's 48 KiB L1 */
+#define GEMV_NEAR_L2_PLAN 1 /* both prefetch plans of the lone GEMV (kernels.h) */
 #define ROW_PAIRS_IN_L1 0 /* tiles throughout (they replaced per-row token groups here; row pairs not re-measured) */
 INL __m512 v_zero(void) { return _mm512_setzero_ps(); }
 INL __m512 v_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
@@ -151,7 +152,7 @@ TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, in
                          const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
     if (nt == 1) {
-        gemv(dtype, Y, W, k, r0, r1, X);
+        gemv(dtype, ASW_GEMV_NEAR_L1, Y, W, k, r0, r1, X);
         return;
     }
     int64_t kc = KC;
@@ -390,6 +391,19 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_shifted, silu_mul, softmax_block};
+
+/* matmul with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums) */
+TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0,
+                                 int64_t r1, const float *X, int64_t ldx, int64_t nt) {
+    if (nt == 1)
+        gemv(dtype, ASW_GEMV_NEAR_L2, Y, W, k, r0, r1, X);
+    else
+        z_matmul(dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
+}
+
+const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch, z_to_f32, z_from_f32,
+                                               z_scores_regs, z_weighted_sum_regs, z_outer, 1, exp_shifted,
+                                               silu_mul, softmax_block};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

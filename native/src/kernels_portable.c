@@ -129,6 +129,15 @@ int32_t kernels_cpu_features(void) {
     return f;
 }
 
+#if defined(__x86_64__)
+/* The AVX-512 set with its decode GEMV's prefetch plan for this CPU (kernels.h): near into L2 on AMD (Zen 4 and
+ * later: AMD's cores with AVX-512), near into L1 elsewhere. */
+static const asw_kernels *avx512_for_this_cpu(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") ? &asw_kernels_avx512_near_l2 : &asw_kernels_avx512;
+}
+#endif
+
 const asw_kernels *kernels_select(const char **why) {
     int32_t f = kernels_cpu_features();
     const char *want = getenv("ASW_KERNELS");
@@ -137,7 +146,7 @@ const asw_kernels *kernels_select(const char **why) {
         if (strcmp(want, "portable") == 0) return &asw_kernels_portable;
 #if defined(__x86_64__)
         if (strcmp(want, "avx2") == 0 && (f & 1)) return &asw_kernels_avx2;
-        if (strcmp(want, "avx512") == 0 && (f & 2)) return &asw_kernels_avx512;
+        if (strcmp(want, "avx512") == 0 && (f & 2)) return avx512_for_this_cpu();
 #endif
 #if defined(__aarch64__)
         if (strcmp(want, "neon") == 0 && (f & 4)) return &asw_kernels_neon;
@@ -147,7 +156,7 @@ const asw_kernels *kernels_select(const char **why) {
         return NULL;
     }
 #if defined(__x86_64__)
-    if (f & 2) return &asw_kernels_avx512;
+    if (f & 2) return avx512_for_this_cpu();
     if (f & 1) return &asw_kernels_avx2;
 #endif
 #if defined(__aarch64__)
