@@ -89,7 +89,8 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
                         k->matmul(dtype, want, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
                         if (rows > 1 && memcmp(want + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))) {
                             if (bad++ < 5)
-                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone GEMV%s\n",
+                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone "
+                                       "GEMV%s\n",
                                        k->name, dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)rows, (int)nt,
                                        (int)t, label);
                         }

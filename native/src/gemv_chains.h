@@ -306,17 +306,30 @@ TGT static void gemv(int dtype, int plan, float *y, const uint16_t *W, int64_t k
     (dtype == ASW_DTYPE_F16 ? gemv_f16 : gemv_bf16)(y, W, k, r0, r1, x);
 }
 
-/* the batched decode GEMV (the set's gemv_batch): tokens in groups of up to BT, each group over the rows in tiles */
-TGT static void gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
-                           const float *X, int64_t ldx, int64_t nt) {
+/* the batched decode GEMV (the set's gemv_batch): tokens in groups of up to BT, each group over the rows in tiles; a
+ * lone token (a batch of one, or the last of 9, 17, ...) is the decode GEMV on prefetch plan `plan` */
+INL void gemv_batch_plan(int plan, int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0,
+                         int64_t r1, const float *X, int64_t ldx, int64_t nt) {
     int f16 = dtype == ASW_DTYPE_F16;
     for (int64_t t = 0; t < nt; t += BT) {
         int64_t tn = nt - t < BT ? nt - t : BT;
         if (tn == 1)
-            gemv(dtype, ASW_GEMV_NEAR_L1, Y + t * ldy, W, k, r0, r1, X + t * ldx);
+            gemv(dtype, plan, Y + t * ldy, W, k, r0, r1, X + t * ldx);
         else
             chains[f16][tn - 2](Y + t * ldy, ldy, W, k, r0, r1, X + t * ldx, ldx);
     }
 }
+
+TGT static void gemv_batch(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
+                           const float *X, int64_t ldx, int64_t nt) {
+    gemv_batch_plan(ASW_GEMV_NEAR_L1, dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
+}
+
+#if GEMV_NEAR_L2_PLAN
+TGT static void gemv_batch_near_l2(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0,
+                                   int64_t r1, const float *X, int64_t ldx, int64_t nt) {
+    gemv_batch_plan(ASW_GEMV_NEAR_L2, dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
+}
+#endif
 
 #endif /* ASW_GEMV_CHAINS_H */

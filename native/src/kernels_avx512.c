@@ -392,7 +392,8 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_shifted, silu_mul, softmax_block};
 
-/* matmul with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums) */
+/* matmul and gemv_batch with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums); the batched
+ * tiles of 2 or more tokens keep their own prefetch (not measured on AMD) */
 TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0,
                                  int64_t r1, const float *X, int64_t ldx, int64_t nt) {
     if (nt == 1)
@@ -401,9 +402,9 @@ TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_
         z_matmul(dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
 }
 
-const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch, z_to_f32, z_from_f32,
-                                               z_scores_regs, z_weighted_sum_regs, z_outer, 1, exp_shifted,
-                                               silu_mul, softmax_block};
+const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, z_to_f32,
+                                               z_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
+                                               exp_shifted, silu_mul, softmax_block};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
