@@ -54,6 +54,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -431,7 +432,8 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
     kernels = meta.get("kernels", "native")  # absent from results written before --kernels
     lines = [
         f"Measured {meta['when']} by "
-        + ("`make bench`" if kernels == "native" else f"`bench/side_by_side.py --kernels {kernels}`")
+        + (f"`{meta['command']}`" if "command" in meta  # absent from results written before it was recorded
+           else "`make bench`" if kernels == "native" else f"`bench/side_by_side.py --kernels {kernels}`")
         + f" ({'quick mode' if meta['quick'] else 'full run'}"
         + ("" if kernels == "native" else f"; every engine on {kernels.upper()} kernels only") + "): "
         f"{meta['rounds_done']} of {meta['rounds']} interleaved round(s) completed"
@@ -643,7 +645,8 @@ def main() -> None:
           f"{len(engines)} engine(s), {args.threads} threads")
     bandwidth_all: list[float] = []
     meta = {"started": time.time(), "quick": args.quick, "rounds": rounds, "threads": args.threads, "new": new, "prompts": prompts,
-            "cpu": cpu, "pairs": pairs, "kernels": args.kernels}
+            "cpu": cpu, "pairs": pairs, "kernels": args.kernels,
+            "command": " ".join(["bench/side_by_side.py", *(shlex.quote(arg) for arg in sys.argv[1:])])}
     for rnd in range(rounds):
         bw = probe_bandwidth(args.threads)
         bandwidth_all += bw
