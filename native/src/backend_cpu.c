@@ -174,8 +174,8 @@ static void cpu_session_free(void *bs) {
  * 16 floats never straddles two lines — a split 64-byte load costs two, and the batched GEMV is load-bound. The
  * outer-product kernel's operands too (the transposed activations, the weight panels, attention's blocks): on a
  * 2-core Zen 4 EPYC its AVX2 tile, whose 32-byte loads of activations split a line every k step when malloc's
- * 16-byte alignment left them there, ran at 60-72 GFLOP/s per thread in a 128-token prefill of the Qwen2-0.5B shape,
- * against 85-110 over lined-up operands outside it. */
+ * 16-byte alignment left them there, ran at 61-72 GFLOP/s per thread in a 128-token prefill of the Qwen2-0.5B shape,
+ * and at 79-85 lined up (one core's FMA peak there: ~110). */
 static void *alloc_lines(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
 
 /* n bytes of KV cache (free() releases it). From 4 MiB up, on Linux, whole 2 MiB pages marked MADV_HUGEPAGE: a decode
