@@ -104,7 +104,7 @@ $(EMU_DIR)/libopapi.so: $(EMU_OP_LIBS:%=$(EMU_DIR)/obj/ops_%.o) $(EMU_DIR)/obj/o
 
 # the native library under AddressSanitizer + UndefinedBehaviorSanitizer: the C fuzzer (native/check/fuzz_open.c:
 # forged configs and tensor tables through asw_model_open and a session), the kernel-set check, and the native,
-# seam and parity tests with the sanitized library preloaded into Python (leak checks off: CPython keeps memory
+# seam, parity and bf16-activation tests with the sanitized library preloaded into Python (leak checks off: CPython keeps memory
 # at exit by design). Any sanitizer report aborts the run.
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_CASES ?= 100000
@@ -120,4 +120,5 @@ check-sanitize: $(TEST_STAMP)
 	build/sanitize/kernel_sets
 	ASW_NATIVE_LIB=$(CURDIR)/build/sanitize/_asw.so ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_seam.py tests/test_parity.py
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_seam.py tests/test_parity.py \
+		tests/test_bf16_activations.py

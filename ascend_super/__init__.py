@@ -15,9 +15,10 @@ def __getattr__(name: str):  # noqa: ANN202  (lazy re-exports: importing the pac
     raise AttributeError(f"module 'ascend_super' has no attribute {name!r}")
 
 
-def load(path, backend: str = "auto", threads=None, device: int = 0, eager: bool = False):  # noqa: ANN001, ANN201
+def load(path, backend: str = "auto", threads=None, device: int = 0, eager: bool = False,  # noqa: ANN001, ANN201
+         activations: str = "f32"):
     """Open a .asw file for generation: `ascend_super.load("model.asw").generate("Hi")` yields text pieces
     (re-exported; see runtime.model.load for the arguments)."""
     from ascend_super.runtime.model import load as _load
 
-    return _load(path, backend, threads, device, eager)
+    return _load(path, backend, threads, device, eager, activations)

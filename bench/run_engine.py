@@ -1,9 +1,11 @@
 """One timed greedy generation by one engine, in this process; bench/side_by_side.py starts one per run.
 
     python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T [--paired-probe LIB --pairs P]
+                               [--activations f32|bf16]
 
 ENGINE is one of:
-  ours          ascend_super.load(MODEL.asw, backend="cpu", threads=T); session.prefill(prompt, logits="none")
+  ours          ascend_super.load(MODEL.asw, backend="cpu", threads=T, activations=--activations [f32]);
+                session.prefill(prompt, logits="none")
                 returns the first token (the argmax stays in the library), then N session.decode steps.
   llama.cpp     llama-cpp-python's low-level API (the C API through ctypes) on MODEL.gguf: n_threads =
                 n_threads_batch = T, n_batch 2048 / n_ubatch 512 (llama-bench's defaults), everything else
@@ -125,11 +127,11 @@ class Timed:
 
 
 def run_ours(model_path: Path, prompt: list[int], new: int, threads: int,
-             pairing: Pairing | None = None) -> dict[str, Any]:
+             pairing: Pairing | None = None, activations: str = "f32") -> dict[str, Any]:
     import ascend_super
 
     started = time.perf_counter()
-    model = ascend_super.load(model_path, backend="cpu", threads=threads)
+    model = ascend_super.load(model_path, backend="cpu", threads=threads, activations=activations)
     session = model.session(len(prompt) + new + (pairing.pairs if pairing else 0) + 8)
     load_s = time.perf_counter() - started
 
@@ -146,7 +148,8 @@ def run_ours(model_path: Path, prompt: list[int], new: int, threads: int,
 
     from ascend_super.runtime.hugepages import file_pmd_share
 
-    extra = {"kernels": kernel_name(), "huge_page_share": file_pmd_share(model_path)}
+    extra = {"kernels": kernel_name(), "describe": model.native.describe(),
+             "huge_page_share": file_pmd_share(model_path)}
     if pairing is not None:
         extra["pairs"] = paired_steps(pairing, step, timed.tokens[-1])
     session.close()
@@ -270,13 +273,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--paired-probe", type=Path, metavar="LIB", help="bench/bandwidth.c built as a library")
     parser.add_argument("--pairs", type=int, default=PAIRS, help=f"decode steps between probe reps [{PAIRS}]")
+    parser.add_argument("--activations", choices=["f32", "bf16"], default="f32", help="ours: matmul inputs [f32]")
     args = parser.parse_args()
     if args.paired_probe and args.engine not in PAIRED:
         parser.error(f"--paired-probe works with {' and '.join(PAIRED)}")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
     prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
-    kw = {"pairing": Pairing(args.paired_probe, args.threads, args.pairs)} if args.paired_probe else {}
+    if args.activations != "f32" and args.engine != "ours":
+        parser.error("--activations works with ours")
+    kw: dict[str, Any] = {"pairing": Pairing(args.paired_probe, args.threads, args.pairs)} if args.paired_probe else {}
+    if args.engine == "ours":
+        kw["activations"] = args.activations
     result = ENGINES[args.engine](args.model, prompt, args.new, args.threads, **kw)
     timed: Timed = result["timed"]
     json.dump({"engine": args.engine, "model": str(args.model), "threads": args.threads,

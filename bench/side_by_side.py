@@ -4,6 +4,7 @@
 
 Engines (bench/run_engine.py; every run is its own process):
   ours fp16 / ours bf16          .asw files written by ascend-convert (--dtype fp16 / bf16)
+  ours bf16 act                  the bf16 file with bf16 activations (--activations bf16: VDPBF16PS prefill on AMD)
   llama.cpp F16 / llama.cpp BF16 GGUF files of the same weights written by llama.cpp itself: the random checkpoint by
                                  its convert_hf_to_gguf.py (from the pinned llama-cpp-python sdist), SmolLM2's Q4_1
                                  GGUF re-typed by llama_model_quantize (see _llama.py)
@@ -73,7 +74,7 @@ from run_engine import PAIRED, PAIRS  # noqa: E402  (the engines that take a pai
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 REFERENCE = "llama.cpp F16"
-ENGINE_NAMES = ["ours fp16", "ours bf16", "llama.cpp F16", "llama.cpp BF16", "transformers bf16"]
+ENGINE_NAMES = ["ours fp16", "ours bf16", "ours bf16 act", "llama.cpp F16", "llama.cpp BF16", "transformers bf16"]
 MODEL_NAMES = {"qwen2": "Qwen2-0.5B shape (random)", "smollm2": "SmolLM2-135M"}
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx512_vnni",
              "amx_bf16", "amx_tile", "asimd", "fphp", "asimdhp", "bf16", "sve")
@@ -86,6 +87,7 @@ class Engine:
     name: str
     kind: str  # run_engine.py's ENGINE
     model: Path
+    options: tuple[str, ...] = ()  # more run_engine.py arguments
 
 
 @dataclass
@@ -138,7 +140,9 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
     asw = {dtype: C.ensure_asw(source, dtype) for dtype in ("fp16", "bf16")}
     listed: list[Engine] = []
     for name in engines:
-        if name.startswith("ours"):
+        if name == "ours bf16 act":
+            listed.append(Engine(name, "ours", asw["bf16"], ("--activations", "bf16")))
+        elif name.startswith("ours"):
             listed.append(Engine(name, "ours", asw[name.split()[1]]))
         elif name.startswith("llama.cpp"):
             outtype = name.split()[1].lower()
@@ -248,7 +252,7 @@ def avx2_everywhere(engines: list[str]) -> None:
 
 def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, Any]:
     cmd = [sys.executable, str(BENCH / "run_engine.py"), engine.kind, str(engine.model), "--prompt-ids",
-           str(case.prompt_file), "--new", str(case.new), "--threads", str(threads)]
+           str(case.prompt_file), "--new", str(case.new), "--threads", str(threads), *engine.options]
     if engine.kind in PAIRED and pairs > 0:
         cmd += ["--paired-probe", str(bandwidth_build(library=True)), "--pairs", str(pairs)]
     load = load_average()
@@ -448,6 +452,9 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
         f"Ours: {meta['ours_kernels']} kernels; llama.cpp {meta['llama_version']} "
         f"({meta['llama_system_info']}).{huge_pages_note(meta.get('huge_pages') or {})}",
         "",
+        *([f"ours bf16 act: the bf16 file with `--activations bf16` (every matmul input rounded to bf16; the library "
+           f"said \"{meta['ours_bf16_act']}\"): an option, not the default, so the targets below stay on ours fp16 "
+           f"and ours bf16.", ""] if meta.get("ours_bf16_act") else []),
         f"Noise: load average {meta['load_min']:.1f}–{meta['load_max']:.1f} during the runs (on "
         f"{cpu['usable_cpus']} cpus), hypervisor steal up to {meta['steal_max']:.0f} %; the widest decode "
         f"spread between rounds of one engine was {meta['worst_spread_pct']:.0f} % (max/min − 1). "
@@ -554,6 +561,7 @@ def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwi
     meta = {
         **meta, "rounds_done": min(len(runs) for c in done for runs in c.runs.values()), "when": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(meta["started"])), "bandwidth_gbs": bandwidth, "bandwidth_median_gbs": typical,
         "bandwidth_all": bandwidth_all, "ours_kernels": first("ours").get("kernels", "?"),
+        "ours_bf16_act": next((r.get("describe", "?") for c in done for r in c.runs.get("ours bf16 act", [])), None),
         "llama_version": first("llama.cpp").get("version", "-"),
         "llama_system_info": first("llama.cpp").get("system_info", "-"),
         "huge_pages": {kind: first(kind).get("huge_page_share") for kind in ("ours", "llama.cpp")},

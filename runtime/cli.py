@@ -12,7 +12,7 @@ from . import format as fmt
 from . import hub
 from .chat import ChatTemplateError
 from .busguard import exit_on_bus_error
-from .cliutil import fail, literal, note, open_model, stderr, version_option
+from .cliutil import activations_option, fail, literal, note, open_model, stderr, version_option
 from .generate import GenerationError, Sampling, Stats
 from .model import BACKENDS, BackendUnavailable
 from .native import NativeError
@@ -37,6 +37,7 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     device: int = typer.Option(0, "--device", help="aclnn: the NPU device id."),
     eager: bool = typer.Option(False, "--eager", help="aclnn: launch decode op by op instead of replaying a graph."),
+    activations: str = activations_option(),
     context: Optional[int] = typer.Option(None, "--context", help="KV-cache length (default: the model's, at most "
                                                                   "4096)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
@@ -59,7 +60,7 @@ def run(
             fail(f"the prompt is not valid UTF-8 (byte {exc.start})")
         if system is not None and raw:
             fail("--system needs the chat template; it cannot be combined with --raw")
-        loaded = open_model(model, backend, threads, device, eager)
+        loaded = open_model(model, backend, threads, device, eager, activations)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError, hub.HubError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ CLIs with every failure as that one line."""
 from __future__ import annotations
 
 import unicodedata
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -66,7 +66,15 @@ def note(message: str) -> None:
     stderr.print(literal(message))
 
 
-def open_model(spec: str, backend: str, threads: int | None, device: int, eager: bool) -> "Model":
+def activations_option() -> Any:
+    """--activations of the commands that open a model (asw.h: asw_open_options.activations)."""
+    return typer.Option("f32", "--activations", help="cpu: f32 (default; matches transformers' f32 reference) or "
+                        "bf16 (bf16 files: every matmul input rounded to bf16, so prefill runs on VDPBF16PS where "
+                        "the CPU has AVX512_BF16 on AMD; logits move by up to ~1.5 %).")
+
+
+def open_model(spec: str, backend: str, threads: int | None, device: int, eager: bool,
+               activations: str = "f32") -> "Model":
     """The Model of a .asw path or hf:// / ms:// URI (downloaded once, reported on stderr), or a one-line exit."""
     from . import format as fmt
     from . import hub
@@ -79,6 +87,6 @@ def open_model(spec: str, backend: str, threads: int | None, device: int, eager:
     except hub.HubError as exc:
         fail(str(exc))
     try:
-        return Model(located, backend, threads, device, eager)
+        return Model(located, backend, threads, device, eager, activations)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))

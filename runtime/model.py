@@ -60,7 +60,7 @@ def usable_cores() -> int:
 
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
-                 device: int = 0, eager: bool = False) -> None:
+                 device: int = 0, eager: bool = False, activations: str = "f32") -> None:
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
         cores = usable_cores()
@@ -85,7 +85,8 @@ class Model:
             self.native: NativeModel | None = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
                                                             [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
                                                             self.backend, device_id=device, eager=eager,
-                                                            soc_families=self.asw.requires["soc"])
+                                                            soc_families=self.asw.requires["soc"],
+                                                            activations=activations)
         except BaseException:
             self.asw.close()
             raise
@@ -210,8 +211,9 @@ class Model:
 
 
 def load(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None, device: int = 0,
-         eager: bool = False) -> Model:
+         eager: bool = False, activations: str = "f32") -> Model:
     """Open a .asw file for generation: a local path or hf://OWNER/REPO/FILE.asw[@REV] / ms://... (downloaded
     into the hub's cache, checked once); `backend` auto|cpu|aclnn, `threads` None = all cores; aclnn: `device` id,
-    `eager` = op-by-op decode instead of graph replay."""
-    return Model(path, backend, threads, device, eager)
+    `eager` = op-by-op decode instead of graph replay; cpu: `activations` "f32" (default, matches transformers'
+    f32 reference) or "bf16" (bf16 files: every matmul input rounded to bf16, faster prefill on AVX512_BF16)."""
+    return Model(path, backend, threads, device, eager, activations)

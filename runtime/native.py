@@ -31,9 +31,10 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 _DTYPES = {"fp16": 1, "bf16": 2}
 _LAYOUTS = {"nd": 0, "nz": 1}
+ACTIVATIONS = {"f32": 0, "bf16": 2}  # asw_open_options.activations: what each cpu matmul multiplies the weights by
 _ROPE = {None: 0, "default": 0, "llama3": 1}
 _LOGITS = {"none": 0, "last": 1, "all": 2}
 _LOGITS_TOPK = 3
@@ -102,7 +103,7 @@ class _TensorRef(ctypes.Structure):
 
 class _OpenOptions(ctypes.Structure):
     _fields_ = [("abi_version", ctypes.c_int32), ("backend", ctypes.c_char_p), ("device_id", ctypes.c_int32),
-                ("eager", ctypes.c_int32), ("soc_families", ctypes.c_char_p)]
+                ("eager", ctypes.c_int32), ("soc_families", ctypes.c_char_p), ("activations", ctypes.c_int32)]
 
 
 class _SessionOptions(ctypes.Structure):
@@ -220,7 +221,7 @@ def kernel_name() -> str:
 
 
 def cpu_features() -> int:
-    """Bit mask of kernel sets usable here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON."""
+    """Bit mask of kernel sets usable here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON, 8 = AVX512_BF16 too."""
     return int(_load().asw_cpu_features())
 
 
@@ -281,7 +282,8 @@ class NativeModel(_Owned):
 
     def __init__(self, data: np.ndarray, config: Mapping[str, Any], dtype: str, layout: str,
                  tensors: Sequence[tuple[str, int, int, str, Sequence[int]]], backend: str = "cpu",
-                 device_id: int = 0, eager: bool = False, soc_families: str | None = None) -> None:
+                 device_id: int = 0, eager: bool = False, soc_families: str | None = None,
+                 activations: str = "f32") -> None:
         self._handle: int | None = None
         lib = _load()
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
@@ -315,8 +317,11 @@ class NativeModel(_Owned):
             raise NativeError(f"device id {device_id} must be a non-negative 32-bit integer")
         # soc_families: the manifest's requires.soc of an nz file; the aclnn backend refuses another SoC in one
         # line before it uploads anything
+        # activations: "f32" (the default) or "bf16" (each cpu matmul's input rounded to bf16; asw.h)
+        if activations not in ACTIVATIONS:
+            raise NativeError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
         options = _OpenOptions(ABI_VERSION, backend.encode(), int(device_id), int(bool(eager)),
-                               soc_families.encode() if soc_families else None)
+                               soc_families.encode() if soc_families else None, ACTIVATIONS[activations])
         self._cfg = cfg
         handle = lib.asw_model_open(ctypes.c_void_p(data.ctypes.data if data.size else None), data.size,
                                     ctypes.byref(cfg), refs, len(tensors), ctypes.byref(options))

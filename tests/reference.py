@@ -102,8 +102,10 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def forward(weights: Mapping[str, np.ndarray], config: Mapping[str, Any], tokens: Sequence[int],
-            kv_dtype: str | None = None) -> np.ndarray:
-    """Logits [n, vocab] (float64) at every position of `tokens` (positions 0..n-1, full causal attention)."""
+            kv_dtype: str | None = None, matmul_inputs: str | None = None) -> np.ndarray:
+    """Logits [n, vocab] (float64) at every position of `tokens` (positions 0..n-1, full causal attention);
+    `kv_dtype`: keys and values rounded to it (the cache), `matmul_inputs`: every matmul's activations rounded to it
+    (the native library's bf16 activations)."""
     W = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     kv_heads = int(config["num_key_value_heads"])
@@ -118,6 +120,9 @@ def forward(weights: Mapping[str, np.ndarray], config: Mapping[str, Any], tokens
     cos = np.cos(angles).astype(np.float64)[:, None, :]  # [n, 1, D/2]
     sin = np.sin(angles).astype(np.float64)[:, None, :]
 
+    def inputs(a: np.ndarray) -> np.ndarray:  # [n, k] activations entering a matmul
+        return a if matmul_inputs is None else round_to(a.astype(np.float32), matmul_inputs).astype(np.float64)
+
     def rope(x: np.ndarray) -> np.ndarray:  # [n, heads, D]
         a, b = x[..., : D // 2], x[..., D // 2:]
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
@@ -127,7 +132,7 @@ def forward(weights: Mapping[str, np.ndarray], config: Mapping[str, Any], tokens
     for i in range(int(config["num_hidden_layers"])):
         p = f"blk.{i}."
         h = rms_norm(x, W[p + "attn_norm.weight"], eps)
-        qkv = h @ W[p + "attn_qkv.weight"].T  # [n, (heads + 2 kv_heads) D]
+        qkv = inputs(h) @ W[p + "attn_qkv.weight"].T  # [n, (heads + 2 kv_heads) D]
         if p + "attn_qkv.bias" in W:
             qkv = qkv + W[p + "attn_qkv.bias"]
         q = qkv[:, : heads * D].reshape(n, heads, D)
@@ -143,11 +148,11 @@ def forward(weights: Mapping[str, np.ndarray], config: Mapping[str, Any], tokens
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         scores /= scores.sum(axis=-1, keepdims=True)
         att = np.einsum("hqk,khd->qhd", scores, v).reshape(n, heads * D)
-        x = x + att @ W[p + "attn_output.weight"].T
+        x = x + inputs(att) @ W[p + "attn_output.weight"].T
         h = rms_norm(x, W[p + "ffn_norm.weight"], eps)
-        gu = h @ W[p + "ffn_gate_up.weight"].T  # [n, 2 ffn]
+        gu = inputs(h) @ W[p + "ffn_gate_up.weight"].T  # [n, 2 ffn]
         gate, up = gu[:, :ffn], gu[:, ffn:]
-        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
+        x = x + inputs(gate / (1.0 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
     h = rms_norm(x, W["output_norm.weight"], eps)
     out = W["token_embd.weight"] if config.get("tie_word_embeddings") else W["output.weight"]
-    return h @ out.T
+    return inputs(h) @ out.T

@@ -52,6 +52,17 @@ def test_cli_streams_and_reports_stats(converted) -> None:
         assert field in stats
 
 
+def test_cli_bf16_activations_match_the_api(converted) -> None:
+    path = converted(MODEL, "bf16")
+    result = run_cli("ascend-run", str(path), "--prompt", "Hello", "-n", "12", "--json", "--activations", "bf16")
+    assert result.returncode == 0, result.stderr
+    with ascend_super.load(path, activations="bf16") as model:
+        assert " bf16 activations" in model.native.describe()
+        prompt_ids = model.prompt_ids("Hello")
+        assert json.loads(result.stdout)["generated_token_ids"] == list(
+            model.generate_tokens(prompt_ids, Sampling(max_new_tokens=12)))
+
+
 def test_cli_json_matches_api(converted) -> None:
     path = converted(MODEL)
     result = run_cli("ascend-run", str(path), "--prompt", "Hello", "-n", "12", "--json")
@@ -167,6 +178,8 @@ def test_next_step_is_queued_before_a_token_is_read() -> None:
     (["--system", "Be brief.", "--raw"], "--system needs the chat template"),
     (["--threads", "0"], "threads must be between 1 and the"),
     (["--context", "0"], "context must be >= 1"),
+    (["--activations", "bf16"], "bf16 activations need a bf16 file; this one's weights are fp16"),
+    (["--activations", "fp8"], "activations must be one of f32, bf16, got 'fp8'"),
 ])
 def test_cli_errors(args: list[str], message: str, converted) -> None:
     result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", *args)

@@ -61,6 +61,7 @@ def test_stop_matcher_holds_back_partial_matches_and_cuts_the_earliest() -> None
     ([str(GOLDEN), "--port", "70000"], "--port must be between 0 and 65535"),
     ([str(GOLDEN), "--api-key", ""], "--api-key must be a non-empty string"),
     ([str(GOLDEN), "--backend", "tpu"], "unknown backend"),
+    ([str(GOLDEN), "--activations", "fp8"], "activations must be one of f32, bf16, got 'fp8'"),
 ])
 def test_bad_command_lines_are_one_line_errors(args: list[str], message: str) -> None:
     result = run_cli("ascend-serve", *args)

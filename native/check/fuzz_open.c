@@ -141,7 +141,8 @@ int main(int argc, char **argv) {
         int32_t n = layout.count;
         memcpy(table, layout.refs, sizeof layout.refs[0] * (size_t)n);
         uint64_t region_len = layout.size;
-        asw_open_options opt = {ASW_ABI_VERSION, "cpu", 0, 0, NULL};
+        /* f32 activations, or bf16 ones (refused on fp16 configs) */
+        asw_open_options opt = {ASW_ABI_VERSION, "cpu", 0, 0, NULL, below(2) ? 0 : ASW_DTYPE_BF16};
         int mutations = 1 + (int)below(4);
         for (int k = 0; k < mutations; k++) {
             uint32_t what = below(20);
@@ -151,8 +152,10 @@ int main(int argc, char **argv) {
                 mutate_table(table, &n, layout.size, &layout);
             else if (what == 18)
                 region_len = edge_u64(region_len, layout.size) % (layout.size + 1); /* a shorter region */
-            else
+            else if (below(2))
                 opt.abi_version = edge_int(opt.abi_version);
+            else
+                opt.activations = edge_int(opt.activations);
         }
         asw_model *m = asw_model_open(region, region_len, &cfg, table, n, &opt);
         if (m == NULL) {

@@ -9,7 +9,8 @@
  * equal its own one-token GEMV bit for bit: a batched step gives each session exactly what its lone step gives.
  * And each set's decode attention loops must match the portable set's over head sizes the tiny model does not have
  * (tails of 16, wider than 128), and its exp-based loops (vector_loops.h, compiled for the set) the portable
- * set's over lengths with every vector tail.
+ * set's over lengths with every vector tail. Where the CPU has AVX512_BF16, the bf16-pair prefill kernel is checked
+ * against exact sums of its products.
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -200,6 +201,53 @@ static int check_vector_loops(const asw_kernels *k) {
     return bad;
 }
 
+/* The bf16-pair prefill kernel (asw_outer_bf16_fn) against sums of the same products in double: each product of two
+ * bf16 is exact in f32, so only the f32 summation may differ, by <= 1e-5 of the sum of |products|. Over inner sizes
+ * with and without a tail of pairs, row counts past every tile height, 1..4 vectors of tokens, prefetch hints on
+ * and off. Returns the number of mismatches. */
+static int check_outer_bf16(asw_outer_bf16_fn outer_bf16) {
+    static const int64_t inner[] = {2, 6, 32, 34, 96, 202, 896};
+    enum { MAX_ROWS = 27, MAX_K = 896, LDP = 64, LDZ = 64 };
+    uint16_t *W = malloc(sizeof(uint16_t) * MAX_ROWS * MAX_K); /* [MAX_ROWS, MAX_K] bf16 */
+    uint16_t *XP = malloc(sizeof(uint16_t) * MAX_K * LDP);     /* [MAX_K / 2, LDP, 2] bf16 pairs */
+    float *Z = malloc(sizeof(float) * MAX_ROWS * LDZ);          /* [MAX_ROWS, LDZ] */
+    if (W == NULL || XP == NULL || Z == NULL) {
+        free(W), free(XP), free(Z);
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    int bad = 0;
+    uint32_t seed = 99;
+    for (size_t ki = 0; ki < sizeof inner / sizeof inner[0]; ki++) {
+        int64_t K = inner[ki];
+        for (int64_t i = 0; i < MAX_ROWS * K; i++) W[i] = asw_f32_to_bf16(next_value(&seed, 1e-3f));
+        for (int64_t i = 0; i < K * LDP; i++) XP[i] = asw_f32_to_bf16(next_value(&seed, 1e-2f));
+        for (int64_t rows = 1; rows <= MAX_ROWS; rows += 2)
+            for (int64_t nv = 1; nv <= 4; nv++) {
+                outer_bf16(Z, LDZ, W, K, XP, LDP, rows, nv, rows % 4 ? W : NULL, (int64_t)sizeof(uint16_t) * K);
+                double worst = 0.0;
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t j = 0; j < 16 * nv; j++) {
+                        double sum = 0.0, size = 0.0;
+                        for (int64_t i = 0; i < K; i++) {
+                            double product = (double)asw_bf16_to_f32(W[r * K + i]) *
+                                             (double)asw_bf16_to_f32(XP[((i / 2) * LDP + j) * 2 + i % 2]);
+                            sum += product;
+                            size += fabs(product);
+                        }
+                        double e = fabs((double)Z[r * LDZ + j] - sum) / (size > 0.0 ? size : 1.0);
+                        worst = e > worst ? e : worst;
+                    }
+                if (!(worst <= 1e-5) && bad++ < 5)
+                    printf("outer_bf16 k=%d rows=%d vectors=%d: relative error %.3g\n", (int)K, (int)rows, (int)nv,
+                           worst);
+            }
+    }
+    free(W), free(XP), free(Z);
+    printf("outer_bf16 (VDPBF16PS) sums its products to f32 precision: %s\n", bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main(void) {
     static const char *sets[] = {"avx2", "avx512", "neon"};
     static const int32_t bits[] = {1, 2, 4};
@@ -247,7 +295,11 @@ int main(void) {
     if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_vector_loops(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_vector_loops(&asw_kernels_avx512) != 0, checked++;
+    asw_outer_bf16_fn outer_bf16 = (asw_cpu_features() & 8) ? asw_outer_bf16_avx512 : NULL;
+#else
+    asw_outer_bf16_fn outer_bf16 = NULL;
 #endif
+    if (outer_bf16 != NULL) failures += check_outer_bf16(outer_bf16) != 0, checked++;
 #if defined(__aarch64__)
     if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon, "") != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;

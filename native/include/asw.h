@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define ASW_ABI_VERSION 2
+#define ASW_ABI_VERSION 3
 
 /* The library is built with -fvisibility=hidden: only functions marked ASW_API are exported. */
 #if defined(__GNUC__)
@@ -83,6 +83,11 @@ typedef struct asw_open_options {
     const char *soc_families; /* aclnn: "/"-separated SoC name prefixes the file's FRACTAL_NZ layout was made for
                                * (manifest requires.soc, e.g. "ascend910b/ascend910_93"), matched without case
                                * against aclrtGetSocName() before anything is uploaded; NULL or "": any */
+    int32_t activations; /* cpu: 0 = every matmul takes its f32 activations as they are (the default, which matches
+                          * transformers' f32 reference); ASW_DTYPE_BF16 = each matmul's input is rounded to bf16
+                          * first (bf16 files only), so prefill can run on VDPBF16PS where the CPU has AVX512_BF16;
+                          * decode rounds the same way, so a prefill still equals step-by-step decode. aclnn:
+                          * ignored (its activations are in the weight dtype already). */
 } asw_open_options;
 
 /* How a session is made. Zero-initialise, then set what you need. */
@@ -99,7 +104,8 @@ typedef struct asw_session asw_session;
 /* Last error of the calling thread ("" if none). Valid until the next call on this thread. */
 ASW_API const char *asw_last_error(void);
 
-/* Bitmask of SIMD kernels this build can use on this machine: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON. */
+/* Bitmask of SIMD kernels this build can use on this machine: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON, 8 = AVX-512
+ * with AVX512_BF16 (VDPBF16PS, for bf16 activations). */
 ASW_API int32_t asw_cpu_features(void);
 /* Name of the kernel set picked at run time ("avx512", "avx2", "neon", "portable"). */
 ASW_API const char *asw_kernel_name(void);

@@ -35,6 +35,8 @@ typedef struct cpu_model {
     asw_config cfg;
     asw_weights w;          /* tensors of the caller's region, used in place (layers array owned by model.c) */
     const asw_kernels *k;   /* SIMD kernel set chosen at open time */
+    int bf16_inputs;        /* 1: every matmul's activations are rounded to bf16 first (asw_open_options.activations) */
+    asw_outer_bf16_fn outer_bf16; /* with bf16_inputs: the bf16-pair prefill kernel of this CPU, or NULL */
     float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
     char describe[64];
 } cpu_model;
@@ -54,7 +56,8 @@ typedef struct cpu_session {
     float *rope_cos; /* [CHUNK, head_dim / 2] */
     float *rope_sin; /* [CHUNK, head_dim / 2] */
     float *scores;   /* [n_threads, max_len] attention scores, one row per thread */
-    float *xt;       /* [max(hidden, q_dim, ffn), CHUNK] a prefill matmul's activations transposed */
+    float *xt;       /* [max(hidden, q_dim, ffn), CHUNK] a prefill matmul's activations transposed (or, as u16,
+                      * [widest / 2, CHUNK, 2] their bf16 pairs for outer_bf16) */
     float *panels;   /* [n_threads, panel_floats] per-thread f32 weight panels and output tiles of prefill matmuls */
     float *attn;     /* [n_threads, attn_floats] per-thread scratch of prefill attention (attend_block) */
     size_t panel_floats, attn_floats;
@@ -106,7 +109,6 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
                             const asw_open_options *opt) {
     (void)data;
     (void)data_nbytes;
-    (void)opt;
     if (!cpu_layouts_ok(cfg, w)) return NULL;
     const char *why = NULL;
     const asw_kernels *k = kernels_select(&why);
@@ -122,6 +124,8 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
     m->cfg = *cfg;
     m->w = *w;
     m->k = k;
+    m->bf16_inputs = opt->activations == ASW_DTYPE_BF16;
+    m->outer_bf16 = m->bf16_inputs ? kernels_outer_bf16(k) : NULL;
     m->inv_freq = malloc((size_t)(cfg->head_dim / 2) * sizeof(float));
     if (m->inv_freq == NULL) {
         asw_set_error("out of memory (rope table)");
@@ -129,7 +133,8 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
         return NULL;
     }
     asw_rope_inv_freq(cfg, m->inv_freq);
-    snprintf(m->describe, sizeof m->describe, "cpu %s", k->name);
+    snprintf(m->describe, sizeof m->describe, "cpu %s%s", k->name,
+             !m->bf16_inputs ? "" : m->outer_bf16 ? " bf16 activations (vdpbf16ps)" : " bf16 activations");
     return m;
 }
 
@@ -273,6 +278,8 @@ typedef struct matmul_job {
     atomic_llong next;  /* decode: the next unclaimed piece of rows after the first nth (see matmul_task) */
     const asw_weight *then; /* decode: the weights of the step's next matmul (NULL: none) */
     atomic_int idle;    /* decode: threads that have run out of pieces */
+    const uint16_t *xp; /* prefill with outer_bf16: X as [cols / 2, ntp, 2] bf16 pairs (NULL: X above) */
+    asw_outer_bf16_fn outer_bf16;
 } matmul_job;
 
 /* Rows r0..r1 of a prefill matmul on the outer-product kernel: PANEL weight rows at a time, converted to f32
@@ -285,10 +292,15 @@ static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) 
     int64_t nv = j->ntp / 16;
     for (int64_t rr = r0; rr < r1; rr += PANEL) {
         int64_t rn = r1 - rr < PANEL ? r1 - rr : PANEL;
-        k->to_f32(j->dtype, wp, j->W + rr * j->cols, rn * j->cols);
         int64_t next = r1 - rr - rn < PANEL ? r1 - rr - rn : PANEL; /* rows of the next panel, fetched meanwhile */
-        k->outer(zb, j->ntp, wp, j->cols, 1, j->cols, j->X, j->ntp, rn, nv, 0, j->W + (rr + rn) * j->cols,
-                 next * j->cols * (int64_t)sizeof(uint16_t));
+        const uint16_t *then = j->W + (rr + rn) * j->cols;
+        int64_t then_bytes = next * j->cols * (int64_t)sizeof(uint16_t);
+        if (j->xp != NULL) { /* bf16 pairs: the weights as they are in the file */
+            j->outer_bf16(zb, j->ntp, j->W + rr * j->cols, j->cols, j->xp, j->ntp, rn, nv, then, then_bytes);
+        } else {
+            k->to_f32(j->dtype, wp, j->W + rr * j->cols, rn * j->cols);
+            k->outer(zb, j->ntp, wp, j->cols, 1, j->cols, j->X, j->ntp, rn, nv, 0, then, then_bytes);
+        }
         for (int64_t t = 0; t < j->nt; t++)
             for (int64_t r = 0; r < rn; r++) j->Y[t * j->ldy + rr + r] = zb[r * j->ntp + t];
     }
@@ -356,6 +368,43 @@ static void matmul_task(void *arg, int ith, int nth) {
     }
 }
 
+/* xp = X rounded to bf16 as [cols / 2, ntp, 2] pairs (see asw_outer_bf16_fn), the padding tokens nt..ntp zero;
+ * column pairs split across threads in blocks of 8 */
+typedef struct pair_job {
+    uint16_t *xp;     /* [cols / 2, ntp, 2] */
+    const float *X;   /* [nt, ldx] */
+    int64_t ldx, cols, nt, ntp;
+} pair_job;
+
+static void pair_task(void *arg, int ith, int nth) {
+    const pair_job *j = arg;
+    int64_t pairs = j->cols / 2, blocks = (pairs + 7) / 8;
+    int64_t i0 = blocks * ith / nth * 8, i1 = blocks * (ith + 1) / nth * 8;
+    if (i1 > pairs) i1 = pairs;
+    for (int64_t i = i0; i < i1; i++) {
+        uint16_t *row = j->xp + i * j->ntp * 2; /* [ntp, 2] */
+        for (int64_t t = 0; t < j->nt; t++) {
+            row[2 * t] = asw_f32_to_bf16(j->X[t * j->ldx + 2 * i]);
+            row[2 * t + 1] = asw_f32_to_bf16(j->X[t * j->ldx + 2 * i + 1]);
+        }
+        for (int64_t t = 2 * j->nt; t < 2 * j->ntp; t++) row[t] = 0;
+    }
+}
+
+/* X[t, 0:cols] rounded to bf16 (nearest even) in place, t < nt: the input of a matmul with bf16 activations that
+ * does not run on outer_bf16 (decode, batched steps, short chunks, CPUs without AVX512_BF16), so that every path
+ * multiplies the same numbers */
+static void round_to_bf16(const asw_kernels *k, float *X, int64_t ldx, int64_t cols, int64_t nt) {
+    enum { BLOCK = 512 };
+    uint16_t tmp[BLOCK]; /* [BLOCK] */
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t i = 0; i < cols; i += BLOCK) {
+            int64_t n = cols - i < BLOCK ? cols - i : BLOCK;
+            k->from_f32(ASW_DTYPE_BF16, tmp, X + t * ldx + i, n);
+            k->to_f32(ASW_DTYPE_BF16, X + t * ldx + i, tmp, n);
+        }
+}
+
 typedef struct transpose_job {
     float *xt;        /* [cols, ntp] */
     const float *X;   /* [nt, ldx] */
@@ -377,12 +426,25 @@ static void transpose_task(void *arg, int ith, int nth) {
 }
 
 /* Y[t, 0:rows] = W[rows, cols] . X[t, 0:cols] for t < nt, on all threads; `then`: the weights of the matmul that
- * follows in the step (NULL: none), which threads idle at a decode matmul's end start fetching */
+ * follows in the step (NULL: none), which threads idle at a decode matmul's end start fetching. With bf16
+ * activations X is rounded to bf16 first (in place, or into the pair-packed copy of outer_bf16). */
 static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int64_t rows, int64_t cols,
-                   const float *X, int64_t ldx, int64_t nt, const asw_weight *then) {
-    matmul_job j = {s->m->k, s->m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
-                    s->panel_floats, 0, then, 0};
-    if (!s->rowwise && nt >= OUTER_TOKENS && s->m->k->outer_matmul) {
+                   float *X, int64_t ldx, int64_t nt, const asw_weight *then) {
+    const cpu_model *m = s->m;
+    matmul_job j = {m->k, m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
+                    s->panel_floats, 0, then, 0, NULL, m->outer_bf16};
+    int outer = !s->rowwise && nt >= OUTER_TOKENS;
+    if (m->bf16_inputs && outer && m->outer_bf16 != NULL && cols % 2 == 0) {
+        int64_t ntp = (nt + 15) / 16 * 16;
+        pair_job pj = {(uint16_t *)s->xt, X, ldx, cols, nt, ntp};
+        asw_pool_run(s->pool, pair_task, &pj);
+        j.xp = pj.xp;
+        j.ntp = ntp;
+        asw_pool_run(s->pool, matmul_task, &j);
+        return;
+    }
+    if (m->bf16_inputs) round_to_bf16(m->k, X, ldx, cols, nt);
+    if (outer && m->k->outer_matmul) {
         int64_t ntp = (nt + 15) / 16 * 16;
         transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
         asw_pool_run(s->pool, transpose_task, &tj);

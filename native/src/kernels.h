@@ -136,7 +136,23 @@ static inline void asw_prefetch_l1(const void *p, int64_t bytes) {
             for (int64_t p = 0; p < len; p++) prefix##_axpy(2, out, w[p], V + p * ldv, d);                        \
     }
 
-/* Bit mask of the sets this build can run here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON. */
+/* The outer-product kernel of prefill matmuls whose activations are rounded to bf16 (asw_open_options.activations),
+ * on bf16 pair dot products (VDPBF16PS: two products summed into each f32 lane per instruction):
+ *   Z[r*ldz + j] = sum_{i < cols} W[r*cols + i] * x_j[i]   for r < rows, j < 16 nv
+ * W: [rows, cols] bf16 weights read in place (cols even); XP: [cols / 2, ldp, 2] bf16, the activations of token j
+ * as pairs (x_j[2i], x_j[2i + 1]) at XP[(i*ldp + j)*2]; Z rows padded to whole 16-float vectors. Each product is
+ * exact in f32 (8-bit significands); sums are f32, pair by pair. `next` [next_bytes]: as for `outer`. */
+typedef void (*asw_outer_bf16_fn)(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP,
+                                  int64_t ldp, int64_t rows, int64_t nv, const void *next, int64_t next_bytes);
+/* The bf16-pair kernel that goes with set `k` on this CPU, else NULL: the AVX-512 sets, where the CPU has
+ * AVX512_BF16 and VDPBF16PS is fast. That is AMD (Zen 4: bench/fma_peak.c measured 103-108 G multiply-adds/s on one
+ * core, twice its FMAs); on the Sapphire Rapids-class Xeon it measured 42.8 G against 86.5 G for FMA, half the rate,
+ * so Intel keeps the f32 kernel (on the same rounded inputs). ASW_VDPBF16PS=1 / =0 forces it on / off (where the CPU
+ * has it), for tests and A/B runs. */
+asw_outer_bf16_fn kernels_outer_bf16(const asw_kernels *k);
+
+/* Bit mask of the sets this build can run here: 1 = AVX2+F16C+FMA, 2 = AVX-512, 4 = NEON; 8 = AVX512_BF16 too (the
+ * bf16-pair prefill kernel asw_outer_bf16_avx512 can run). */
 int32_t kernels_cpu_features(void);
 /* The set to use now (honours ASW_KERNELS). NULL with *why set when ASW_KERNELS names an unusable set. */
 const asw_kernels *kernels_select(const char **why);
@@ -155,6 +171,8 @@ extern const asw_kernels asw_kernels_portable;
 extern const asw_kernels asw_kernels_avx2;
 extern const asw_kernels asw_kernels_avx512;
 extern const asw_kernels asw_kernels_avx512_near_l2; /* the same set, its decode GEMV on the ASW_GEMV_NEAR_L2 plan */
+void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP, int64_t ldp,
+                           int64_t rows, int64_t nv, const void *next, int64_t next_bytes); /* needs AVX512_BF16 */
 #endif
 #if defined(__aarch64__)
 extern const asw_kernels asw_kernels_neon;

@@ -389,6 +389,84 @@ TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
     }
 }
 
+/* ---- the bf16-pair outer-product kernel (kernels.h: asw_outer_bf16_fn), for CPUs with AVX512_BF16: the same
+ * tiling as `outer`, each weight pair (two bf16 of one row) broadcast as one dword into nv VDPBF16PS. The weights
+ * come straight from the file (no f32 panel), the activations from the caller's pair-packed copy. */
+#define TGT_BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+TGT_BF16 static inline __attribute__((always_inline)) void btile(int nr, int nv, float *Z, int64_t ldz,
+                                                                 const uint16_t *W, int64_t cols, const uint16_t *XP,
+                                                                 int64_t ldp, const char *pf, int64_t step) {
+    __m512 acc[12][OV];
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
+    int64_t left = step;
+    for (int64_t i = 0; i < cols / 2; i++) {
+        const uint16_t *b = XP + i * ldp * 2; /* [16 nv, 2] pairs of tokens */
+        if (--left == 0) { /* one line of the caller's next data every `step` pair steps, into L2 */
+            _mm_prefetch(pf, _MM_HINT_T1);
+            pf += 64;
+            left = step;
+        }
+        __m512i bv[OV];
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 32 * v));
+        for (int r = 0; r < nr; r++) {
+            int32_t pair; /* W[r, 2i], W[r, 2i + 1] */
+            __builtin_memcpy(&pair, W + r * cols + 2 * i, sizeof pair);
+            __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, (__m512bh)bv[v]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < nv; v++) _mm512_storeu_ps(Z + r * ldz + 16 * v, acc[r][v]);
+}
+
+typedef void (*btile_fn)(float *, int64_t, const uint16_t *, int64_t, const uint16_t *, int64_t, const char *,
+                         int64_t);
+#define BTILE_FN(nr, nv)                                                                                           \
+    TGT_BF16 static void btile_r##nr##v##nv(float *Z, int64_t ldz, const uint16_t *W, int64_t cols,              \
+                                            const uint16_t *XP, int64_t ldp, const char *pf, int64_t step) {      \
+        btile(nr, nv, Z, ldz, W, cols, XP, ldp, pf, step);                                                       \
+    }
+#define BTILE_ROWS(nv, R)                                                                                          \
+    BTILE_FN(1, nv) BTILE_FN(2, nv) BTILE_FN(3, nv) BTILE_FN(4, nv) BTILE_FN(5, nv) BTILE_FN(6, nv) R
+#define BTILE_MORE(nv) BTILE_FN(7, nv) BTILE_FN(8, nv)
+#define BTILE_MOST(nv) BTILE_FN(9, nv) BTILE_FN(10, nv) BTILE_FN(11, nv) BTILE_FN(12, nv)
+BTILE_ROWS(4, )
+BTILE_ROWS(3, BTILE_MORE(3))
+BTILE_ROWS(2, BTILE_MORE(2) BTILE_MOST(2))
+BTILE_ROWS(1, BTILE_MORE(1) BTILE_MOST(1))
+
+#define BTILE_LIST6(nv) btile_r1v##nv, btile_r2v##nv, btile_r3v##nv, btile_r4v##nv, btile_r5v##nv, btile_r6v##nv
+static const btile_fn btiles[OV][12] = { /* [nv - 1][rows - 1], rows per tile as otile_rows */
+    {BTILE_LIST6(1), btile_r7v1, btile_r8v1, btile_r9v1, btile_r10v1, btile_r11v1, btile_r12v1},
+    {BTILE_LIST6(2), btile_r7v2, btile_r8v2, btile_r9v2, btile_r10v2, btile_r11v2, btile_r12v2},
+    {BTILE_LIST6(3), btile_r7v3, btile_r8v3},
+    {BTILE_LIST6(4)},
+};
+
+TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP,
+                                    int64_t ldp, int64_t rows, int64_t nv, const void *next, int64_t next_bytes) {
+    /* the prefetches of `next`, spread evenly over the pair steps of all tiles, as in z_outer */
+    int64_t tiles = 0, kn = cols / 2;
+    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
+        int rt = otile_rows[(nv - v0 < OV ? nv - v0 : OV) - 1];
+        tiles += (rows + rt - 1) / rt;
+    }
+    const char *pf = next;
+    int64_t lines = next == NULL ? 0 : next_bytes / 64; /* never past the end of `next` */
+    int64_t step = lines == 0 || kn == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
+    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
+        int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
+        int rt = otile_rows[vn - 1];
+        for (int64_t r = 0; r < rows; r += rt) {
+            int rn = rows - r < rt ? (int)(rows - r) : rt;
+            btiles[vn - 1][rn - 1](Z + r * ldz + 16 * v0, ldz, W + r * cols, cols, XP + 32 * v0, ldp, pf, step);
+            pf += 64 * (kn / step);
+        }
+    }
+}
+
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_shifted, silu_mul, softmax_block};
 

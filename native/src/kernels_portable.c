@@ -123,6 +123,7 @@ int32_t kernels_cpu_features(void) {
     if ((f & 1) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
         f |= 2;
+    if ((f & 2) && __builtin_cpu_supports("avx512bf16")) f |= 8;
 #elif defined(__aarch64__)
     f |= 4;
 #endif
@@ -137,6 +138,17 @@ static const asw_kernels *avx512_for_this_cpu(void) {
     return __builtin_cpu_is("amd") ? &asw_kernels_avx512_near_l2 : &asw_kernels_avx512;
 }
 #endif
+
+asw_outer_bf16_fn kernels_outer_bf16(const asw_kernels *k) {
+#if defined(__x86_64__)
+    const char *force = getenv("ASW_VDPBF16PS");
+    int on = force != NULL && force[0] != '\0' ? strcmp(force, "0") != 0 : __builtin_cpu_is("amd");
+    if ((k == &asw_kernels_avx512 || k == &asw_kernels_avx512_near_l2) && (kernels_cpu_features() & 8) && on)
+        return asw_outer_bf16_avx512;
+#endif
+    (void)k;
+    return NULL;
+}
 
 const asw_kernels *kernels_select(const char **why) {
     int32_t f = kernels_cpu_features();

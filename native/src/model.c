@@ -431,6 +431,15 @@ asw_model *asw_model_open(const void *data, uint64_t data_nbytes, const asw_conf
         return NULL;
     }
     if (!validate_config(cfg)) return NULL;
+    if (opt->activations != 0 && opt->activations != ASW_DTYPE_BF16) {
+        asw_set_error("asw_model_open: activations %d is not 0 (f32) or bf16 (%d)", (int)opt->activations,
+                      ASW_DTYPE_BF16);
+        return NULL;
+    }
+    if (opt->activations == ASW_DTYPE_BF16 && cfg->dtype != ASW_DTYPE_BF16) {
+        asw_set_error("bf16 activations need a bf16 file; this one's weights are fp16 (convert with --dtype bf16)");
+        return NULL;
+    }
     const asw_backend *be = find_backend(opt->backend);
     if (be == NULL) return NULL;
 

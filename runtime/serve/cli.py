@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..cliutil import fail, open_model
+from ..cliutil import activations_option, fail, open_model
 from ..generate import GenerationError
 from ..model import BACKENDS
 
@@ -23,6 +23,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     device: int = typer.Option(0, "--device", help="aclnn: the NPU device id."),
     eager: bool = typer.Option(False, "--eager", help="aclnn: launch decode op by op instead of replaying a graph."),
+    activations: str = activations_option(),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together (1 … 64); more wait in a queue."),
     context: Optional[int] = typer.Option(None, "--context",
                                           help="KV-cache length per request (default: the model's, at most 4096)."),
@@ -49,7 +50,7 @@ def serve(
         fail(f"--drain must be >= 0 seconds, got {drain}")
     if api_key is not None and (not api_key or any(c.isspace() for c in api_key)):
         fail("--api-key must be a non-empty string without spaces")
-    loaded = open_model(model, backend, threads, device, eager)
+    loaded = open_model(model, backend, threads, device, eager, activations)
     with loaded:
         try:
             engine = Engine(loaded, max_batch, context)
