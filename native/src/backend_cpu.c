@@ -5,7 +5,9 @@
  * the SIMD kernel is a GEMV, with a chunk it is a GEMM: on the kernel set's outer-product kernel over f32 weight
  * panels converted once per chunk where the set says so (outer_matmul), else its dot-product tile. Prefill
  * attention runs flash-style on the outer-product kernel (attend_block); decode attends one query at a time.
- * The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32.
+ * The KV cache holds k (after RoPE) and v in the weight dtype. All accumulation is f32. With bf16 activations
+ * (asw_open_options.activations) every matmul's input is rounded to bf16 first, and prefill matmuls of bf16 files
+ * run on the bf16-pair kernel (VDPBF16PS) over the weights in place where the CPU makes that pay.
  */
 #if defined(__linux__)
 #define _DEFAULT_SOURCE /* madvise */

@@ -347,24 +347,25 @@ typedef void (*otile_fn)(int, float *, int64_t, const float *, int64_t, int64_t,
                                        int64_t kn, const float *B, int64_t ldb, const char *pf, int64_t step) {   \
         otile(nr, nv, add, Z, ldz, A, lar, lak, kn, B, ldb, pf, step);                                           \
     }
-#define OTILE_ROWS(nv, R)                                                                                          \
-    OTILE_FN(1, nv) OTILE_FN(2, nv) OTILE_FN(3, nv) OTILE_FN(4, nv) OTILE_FN(5, nv) OTILE_FN(6, nv) R
-#define OTILE_MORE(nv) OTILE_FN(7, nv) OTILE_FN(8, nv)
-#define OTILE_MOST(nv) OTILE_FN(9, nv) OTILE_FN(10, nv) OTILE_FN(11, nv) OTILE_FN(12, nv)
-OTILE_ROWS(4, )
-OTILE_ROWS(3, OTILE_MORE(3))
-OTILE_ROWS(2, OTILE_MORE(2) OTILE_MOST(2))
-OTILE_ROWS(1, OTILE_MORE(1) OTILE_MOST(1))
+/* Every tile shape (rows, vectors) of the outer-product kernels, rows up to otile_rows[vectors - 1]: FN(rows, nv)
+ * for each, and the [nv - 1][rows - 1] table of the functions named prefix_r<rows>v<nv>. */
+#define OUTER_ROWS6(FN, nv) FN(1, nv) FN(2, nv) FN(3, nv) FN(4, nv) FN(5, nv) FN(6, nv)
+#define OUTER_SHAPES(FN)                                                                                               \
+    OUTER_ROWS6(FN, 4) OUTER_ROWS6(FN, 3) FN(7, 3) FN(8, 3) OUTER_ROWS6(FN, 2) FN(7, 2) FN(8, 2) FN(9, 2) FN(10, 2)    \
+    FN(11, 2) FN(12, 2) OUTER_ROWS6(FN, 1) FN(7, 1) FN(8, 1) FN(9, 1) FN(10, 1) FN(11, 1) FN(12, 1)
+#define OUTER_LIST6(p, nv) p##_r1v##nv, p##_r2v##nv, p##_r3v##nv, p##_r4v##nv, p##_r5v##nv, p##_r6v##nv
+#define OUTER_TABLE(p)                                                                                                 \
+    {                                                                                                                  \
+        {OUTER_LIST6(p, 1), p##_r7v1, p##_r8v1, p##_r9v1, p##_r10v1, p##_r11v1, p##_r12v1},                            \
+        {OUTER_LIST6(p, 2), p##_r7v2, p##_r8v2, p##_r9v2, p##_r10v2, p##_r11v2, p##_r12v2},                            \
+        {OUTER_LIST6(p, 3), p##_r7v3, p##_r8v3},                                                                       \
+        {OUTER_LIST6(p, 4)},                                                                                           \
+    }
+OUTER_SHAPES(OTILE_FN)
 
 /* rows per tile for nv vectors, and [nv - 1][rows - 1] */
 static const int otile_rows[OV] = {12, 12, 8, 6};
-#define OTILE_LIST6(nv) otile_r1v##nv, otile_r2v##nv, otile_r3v##nv, otile_r4v##nv, otile_r5v##nv, otile_r6v##nv
-static const otile_fn otiles[OV][12] = {
-    {OTILE_LIST6(1), otile_r7v1, otile_r8v1, otile_r9v1, otile_r10v1, otile_r11v1, otile_r12v1},
-    {OTILE_LIST6(2), otile_r7v2, otile_r8v2, otile_r9v2, otile_r10v2, otile_r11v2, otile_r12v2},
-    {OTILE_LIST6(3), otile_r7v3, otile_r8v3},
-    {OTILE_LIST6(4)},
-};
+static const otile_fn otiles[OV][12] = OUTER_TABLE(otile);
 
 TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
                         int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
@@ -428,22 +429,9 @@ typedef void (*btile_fn)(float *, int64_t, const uint16_t *, int64_t, const uint
                                             const uint16_t *XP, int64_t ldp, const char *pf, int64_t step) {      \
         btile(nr, nv, Z, ldz, W, cols, XP, ldp, pf, step);                                                       \
     }
-#define BTILE_ROWS(nv, R)                                                                                          \
-    BTILE_FN(1, nv) BTILE_FN(2, nv) BTILE_FN(3, nv) BTILE_FN(4, nv) BTILE_FN(5, nv) BTILE_FN(6, nv) R
-#define BTILE_MORE(nv) BTILE_FN(7, nv) BTILE_FN(8, nv)
-#define BTILE_MOST(nv) BTILE_FN(9, nv) BTILE_FN(10, nv) BTILE_FN(11, nv) BTILE_FN(12, nv)
-BTILE_ROWS(4, )
-BTILE_ROWS(3, BTILE_MORE(3))
-BTILE_ROWS(2, BTILE_MORE(2) BTILE_MOST(2))
-BTILE_ROWS(1, BTILE_MORE(1) BTILE_MOST(1))
+OUTER_SHAPES(BTILE_FN)
 
-#define BTILE_LIST6(nv) btile_r1v##nv, btile_r2v##nv, btile_r3v##nv, btile_r4v##nv, btile_r5v##nv, btile_r6v##nv
-static const btile_fn btiles[OV][12] = { /* [nv - 1][rows - 1], rows per tile as otile_rows */
-    {BTILE_LIST6(1), btile_r7v1, btile_r8v1, btile_r9v1, btile_r10v1, btile_r11v1, btile_r12v1},
-    {BTILE_LIST6(2), btile_r7v2, btile_r8v2, btile_r9v2, btile_r10v2, btile_r11v2, btile_r12v2},
-    {BTILE_LIST6(3), btile_r7v3, btile_r8v3},
-    {BTILE_LIST6(4)},
-};
+static const btile_fn btiles[OV][12] = OUTER_TABLE(btile); /* rows per tile as otile_rows */
 
 TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP,
                                     int64_t ldp, int64_t rows, int64_t nv, const void *next, int64_t next_bytes) {
