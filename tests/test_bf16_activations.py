@@ -81,7 +81,8 @@ def test_f32_activations_would_fail_that():
 
 def test_prefill_equals_step_by_step_decode(path):
     config = ONE_LAYER["llama3_d128"]
-    tokens = np.random.default_rng(6).integers(0, config["vocab_size"], size=20)  # prefill: the outer-product path (>= 8 tokens).tolist()
+    # 20 tokens: the prefill takes the outer-product path (>= 8 tokens), decode the GEMV
+    tokens = np.random.default_rng(6).integers(0, config["vocab_size"], size=20).tolist()
     whole = run(config, tokens, prompt=len(tokens), seed=5)
     stepped = run(config, tokens, prompt=1, seed=5)
     assert error(stepped, whole) <= EXACT

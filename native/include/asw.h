@@ -85,9 +85,10 @@ typedef struct asw_open_options {
                                * against aclrtGetSocName() before anything is uploaded; NULL or "": any */
     int32_t activations; /* cpu: 0 = every matmul takes its f32 activations as they are (the default, which matches
                           * transformers' f32 reference); ASW_DTYPE_BF16 = each matmul's input is rounded to bf16
-                          * first (bf16 files only), so prefill can run on VDPBF16PS where the CPU has AVX512_BF16;
-                          * decode rounds the same way, so a prefill still equals step-by-step decode. aclnn:
-                          * ignored (its activations are in the weight dtype already). */
+                          * first (bf16 files only, whatever the backend), so prefill can run on VDPBF16PS where the
+                          * CPU has AVX512_BF16; decode rounds the same way, so a prefill multiplies the same numbers
+                          * as step-by-step decode (the results still differ by summation order, which rounding
+                          * can amplify). aclnn: ignored (its activations are in the weight dtype already). */
 } asw_open_options;
 
 /* How a session is made. Zero-initialise, then set what you need. */

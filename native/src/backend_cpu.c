@@ -370,6 +370,15 @@ static void matmul_task(void *arg, int ith, int nth) {
     }
 }
 
+/* The bits of f32 value `x` rounded to bf16, nearest even, in the high half (a NaN stays a quiet NaN): what
+ * asw_f32_to_bf16 gives, branch-free and inline so that the loops below vectorize. */
+static inline uint32_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    uint32_t rounded = (u & 0x7fffffffu) > 0x7f800000u ? u | 0x00400000u : u + 0x7fffu + ((u >> 16) & 1u);
+    return rounded & 0xffff0000u;
+}
+
 /* xp = X rounded to bf16 as [cols / 2, ntp, 2] pairs (see asw_outer_bf16_fn), the padding tokens nt..ntp zero;
  * column pairs split across threads in blocks of 8 */
 typedef struct pair_job {
@@ -386,8 +395,8 @@ static void pair_task(void *arg, int ith, int nth) {
     for (int64_t i = i0; i < i1; i++) {
         uint16_t *row = j->xp + i * j->ntp * 2; /* [ntp, 2] */
         for (int64_t t = 0; t < j->nt; t++) {
-            row[2 * t] = asw_f32_to_bf16(j->X[t * j->ldx + 2 * i]);
-            row[2 * t + 1] = asw_f32_to_bf16(j->X[t * j->ldx + 2 * i + 1]);
+            row[2 * t] = (uint16_t)(bf16_bits(j->X[t * j->ldx + 2 * i]) >> 16);
+            row[2 * t + 1] = (uint16_t)(bf16_bits(j->X[t * j->ldx + 2 * i + 1]) >> 16);
         }
         for (int64_t t = 2 * j->nt; t < 2 * j->ntp; t++) row[t] = 0;
     }
@@ -396,15 +405,14 @@ static void pair_task(void *arg, int ith, int nth) {
 /* X[t, 0:cols] rounded to bf16 (nearest even) in place, t < nt: the input of a matmul with bf16 activations that
  * does not run on outer_bf16 (decode, batched steps, short chunks, CPUs without AVX512_BF16), so that every path
  * multiplies the same numbers */
-static void round_to_bf16(const asw_kernels *k, float *X, int64_t ldx, int64_t cols, int64_t nt) {
-    enum { BLOCK = 512 };
-    uint16_t tmp[BLOCK]; /* [BLOCK] */
-    for (int64_t t = 0; t < nt; t++)
-        for (int64_t i = 0; i < cols; i += BLOCK) {
-            int64_t n = cols - i < BLOCK ? cols - i : BLOCK;
-            k->from_f32(ASW_DTYPE_BF16, tmp, X + t * ldx + i, n);
-            k->to_f32(ASW_DTYPE_BF16, X + t * ldx + i, tmp, n);
+static void round_to_bf16(float *X, int64_t ldx, int64_t cols, int64_t nt) {
+    for (int64_t t = 0; t < nt; t++) {
+        float *x = X + t * ldx; /* [cols] */
+        for (int64_t i = 0; i < cols; i++) {
+            uint32_t u = bf16_bits(x[i]);
+            memcpy(&x[i], &u, sizeof u);
         }
+    }
 }
 
 typedef struct transpose_job {
@@ -445,7 +453,7 @@ static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int
         asw_pool_run(s->pool, matmul_task, &j);
         return;
     }
-    if (m->bf16_inputs) round_to_bf16(m->k, X, ldx, cols, nt);
+    if (m->bf16_inputs) round_to_bf16(X, ldx, cols, nt);
     if (outer && m->k->outer_matmul) {
         int64_t ntp = (nt + 15) / 16 * 16;
         transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
