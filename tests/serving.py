@@ -120,8 +120,8 @@ def serve(model: Path, *args: str, log_dir: Path, api_key: str | None = None) ->
 class Reference:
     """What the model generates alone (greedy), through the Python API, for comparison with the server."""
 
-    def __init__(self, path: Path) -> None:
-        self.model = ascend_super.load(path, backend="cpu")
+    def __init__(self, path: Path, activations: str = "f32") -> None:
+        self.model = ascend_super.load(path, backend="cpu", activations=activations)
 
     def chat_ids(self, text: str) -> list[int]:
         return self.model.prompt_ids(text)

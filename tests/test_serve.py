@@ -175,6 +175,29 @@ def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Referen
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
+def test_bf16_activations_reach_the_model(tmp_path: Path, converted) -> None:
+    """`--activations bf16` opens the model with bf16 activations: the served log-probabilities are the Python API's
+    with them (to the tolerance above), and differ from those without by more (measured: up to ~8e-3 here)."""
+    path = converted("qwen2-gqa-hd64", "bf16")
+    plain = Reference(path)
+    rounded = Reference(path, activations="bf16")
+    try:
+        ids = rounded.raw_ids(PROMPTS[1])
+        tokens = rounded.tokens(ids, 8)
+        want, other = rounded.logprobs(ids, tokens), plain.logprobs(ids, tokens)
+    finally:
+        plain.close()
+        rounded.close()
+    with serve(path, "--threads", "1", "--activations", "bf16", log_dir=tmp_path) as running:
+        status, reply = http("POST", f"{running.base}/v1/completions", json.dumps(
+            {"model": path.stem, "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "logprobs": 1}).encode(),
+            {"Content-Type": "application/json"})
+    assert status == 200, reply
+    got = reply["choices"][0]["logprobs"]["token_logprobs"]
+    assert got == pytest.approx([want[i, t] for i, t in enumerate(tokens)], abs=2e-3)
+    assert max(abs(g - other[i, t]) for i, (g, t) in enumerate(zip(got, tokens))) > 4e-3
+
+
 def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
     def once(seed: int) -> str:
         return client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=20, temperature=0.9, top_p=0.95,
