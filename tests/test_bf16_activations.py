@@ -1,6 +1,7 @@
 """bf16 activations (asw_open_options.activations, `--activations bf16`): every matmul of the cpu backend takes its
 input rounded to bf16, on every path (prefill on VDPBF16PS where the CPU has AVX512_BF16, the f32 outer-product
-kernel elsewhere, the decode GEMV, batched steps), against the numpy reference that rounds the same inputs.
+kernel elsewhere, the decode GEMV), against the numpy reference that rounds the same inputs. Batched steps with bf16
+activations are checked against lone steps in tests/test_seam.py.
 
 Rounding to bf16 turns the last-bit differences of f32 sums (any two summation orders, or numpy's float64) into a
 whole bf16 step now and then, where a value lies next to a rounding boundary; the next layer carries that into the
@@ -93,26 +94,6 @@ def test_long_and_deep_runs_stay_within_the_drift(path, name):
     config = CONFIGS[name]
     tokens = np.random.default_rng(2).integers(0, config["vocab_size"], size=84).tolist()
     assert error(run(config, tokens, prompt=76), reference(config, tokens)) <= DRIFT  # chunks of 64 and 12
-
-
-def test_batched_step_equals_lone_steps():
-    config = CONFIGS["gqa7_bias_tied"]
-    data, tensors, _ = build(config, "bf16", seed=3)
-    prompts = [[5, 9, 200], [17], [3, 3, 3, 3, 3, 3, 3, 3, 3, 40]]
-    with NativeModel(data, config, "bf16", "nd", tensors, activations="bf16") as model:
-        assert " bf16 activations" in model.describe()
-        lone = []
-        for prompt in prompts:
-            with model.session(max_len=16) as s:
-                s.prefill(prompt)
-                lone.append(s.decode(7)[0])
-        sessions = [model.session(max_len=16) for _ in prompts]
-        for s, prompt in zip(sessions, prompts):
-            s.prefill(prompt)
-        _, batched, _ = model.forward_batch(sessions, [7] * len(prompts), logits="last")
-        for s in sessions:
-            s.close()
-    np.testing.assert_array_equal(batched, np.stack(lone))
 
 
 def test_bf16_activations_need_a_bf16_file():

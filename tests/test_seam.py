@@ -225,13 +225,15 @@ def test_plugin_without_entry_point_is_refused(packed, monkeypatch, tmp_path):
         open_model(data, tensors, backend="aclnn")
 
 
+@pytest.mark.parametrize(("dtype", "activations"), [("fp16", "f32"), ("bf16", "bf16")])
 @pytest.mark.parametrize("kernels", kernel_sets())
-def test_batched_step_rows_equal_separate_steps(packed, kernels, monkeypatch):
-    """Continuous batching: B sessions at different positions in one step give each exactly what it gets alone."""
+def test_batched_step_rows_equal_separate_steps(packed, kernels, dtype, activations, monkeypatch):
+    """Continuous batching: B sessions at different positions in one step give each exactly what it gets alone
+    (also with bf16 activations, which a batched step rounds in place like a lone one)."""
     monkeypatch.setenv("ASW_KERNELS", kernels)
-    data, tensors, _ = packed
+    data, tensors, _ = packed if dtype == "fp16" else build(CONFIG, dtype, seed=5)
     prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [200, 7], [5, 6]]  # 5 rows: the kernels' remainder groups too
-    with open_model(data, tensors) as model:
+    with open_model(data, tensors, dtype=dtype, activations=activations) as model:
         alone_logits, alone_tokens = [], []
         for prompt in prompts:
             with model.session(max_len=32) as s:

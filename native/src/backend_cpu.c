@@ -370,15 +370,6 @@ static void matmul_task(void *arg, int ith, int nth) {
     }
 }
 
-/* The bits of f32 value `x` rounded to bf16, nearest even, in the high half (a NaN stays a quiet NaN): what
- * asw_f32_to_bf16 gives, branch-free and inline so that the loops below vectorize. */
-static inline uint32_t bf16_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    uint32_t rounded = (u & 0x7fffffffu) > 0x7f800000u ? u | 0x00400000u : u + 0x7fffu + ((u >> 16) & 1u);
-    return rounded & 0xffff0000u;
-}
-
 /* xp = X rounded to bf16 as [cols / 2, ntp, 2] pairs (see asw_outer_bf16_fn), the padding tokens nt..ntp zero;
  * column pairs split across threads in blocks of 8 */
 typedef struct pair_job {
@@ -395,8 +386,8 @@ static void pair_task(void *arg, int ith, int nth) {
     for (int64_t i = i0; i < i1; i++) {
         uint16_t *row = j->xp + i * j->ntp * 2; /* [ntp, 2] */
         for (int64_t t = 0; t < j->nt; t++) {
-            row[2 * t] = (uint16_t)(bf16_bits(j->X[t * j->ldx + 2 * i]) >> 16);
-            row[2 * t + 1] = (uint16_t)(bf16_bits(j->X[t * j->ldx + 2 * i + 1]) >> 16);
+            row[2 * t] = (uint16_t)(asw_bf16_round_bits(j->X[t * j->ldx + 2 * i]) >> 16);
+            row[2 * t + 1] = (uint16_t)(asw_bf16_round_bits(j->X[t * j->ldx + 2 * i + 1]) >> 16);
         }
         for (int64_t t = 2 * j->nt; t < 2 * j->ntp; t++) row[t] = 0;
     }
@@ -409,7 +400,7 @@ static void round_to_bf16(float *X, int64_t ldx, int64_t cols, int64_t nt) {
     for (int64_t t = 0; t < nt; t++) {
         float *x = X + t * ldx; /* [cols] */
         for (int64_t i = 0; i < cols; i++) {
-            uint32_t u = bf16_bits(x[i]);
+            uint32_t u = asw_bf16_round_bits(x[i]);
             memcpy(&x[i], &u, sizeof u);
         }
     }
@@ -444,8 +435,8 @@ static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int
     matmul_job j = {m->k, m->cfg.dtype, Y, ldy, W, rows, cols, X, ldx, nt, s->rowwise, 0, s->panels,
                     s->panel_floats, 0, then, 0, NULL, m->outer_bf16};
     int outer = !s->rowwise && nt >= OUTER_TOKENS;
+    int64_t ntp = (nt + 15) / 16 * 16; /* tokens padded to whole 16-float vectors, on the outer-product paths */
     if (m->bf16_inputs && outer && m->outer_bf16 != NULL && cols % 2 == 0) {
-        int64_t ntp = (nt + 15) / 16 * 16;
         pair_job pj = {(uint16_t *)s->xt, X, ldx, cols, nt, ntp};
         asw_pool_run(s->pool, pair_task, &pj);
         j.xp = pj.xp;
@@ -455,7 +446,6 @@ static void matmul(cpu_session *s, float *Y, int64_t ldy, const uint16_t *W, int
     }
     if (m->bf16_inputs) round_to_bf16(X, ldx, cols, nt);
     if (outer && m->k->outer_matmul) {
-        int64_t ntp = (nt + 15) / 16 * 16;
         transpose_job tj = {s->xt, X, ldx, cols, nt, ntp};
         asw_pool_run(s->pool, transpose_task, &tj);
         j.X = s->xt;

@@ -367,17 +367,23 @@ OUTER_SHAPES(OTILE_FN)
 static const int otile_rows[OV] = {12, 12, 8, 6};
 static const otile_fn otiles[OV][12] = OUTER_TABLE(otile);
 
-TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
-                        int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
-    /* the prefetches of `next`, spread evenly over the k steps of all tiles (a burst would stall on memory) */
+/* The k steps between two prefetched lines of `next` [next_bytes] in an outer-product call over `rows` rows and nv
+ * vectors, each tile (otile_rows) taking kn steps: the prefetches spread evenly over the steps of all tiles (a burst
+ * would stall on memory), never past the end of `next`; INT64_MAX: none. */
+static int64_t prefetch_step(int64_t rows, int64_t nv, int64_t kn, const void *next, int64_t next_bytes) {
     int64_t tiles = 0;
     for (int64_t v0 = 0; v0 < nv; v0 += OV) {
         int rt = otile_rows[(nv - v0 < OV ? nv - v0 : OV) - 1];
         tiles += (rows + rt - 1) / rt;
     }
+    int64_t lines = next == NULL ? 0 : next_bytes / 64;
+    return lines == 0 || kn == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
+}
+
+TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
+                        int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
     const char *pf = next;
-    int64_t lines = next == NULL ? 0 : next_bytes / 64; /* never past the end of `next` */
-    int64_t step = lines == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
+    int64_t step = prefetch_step(rows, nv, kn, next, next_bytes);
     for (int64_t v0 = 0; v0 < nv; v0 += OV) {
         int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
         int rt = otile_rows[vn - 1];
@@ -435,15 +441,9 @@ static const btile_fn btiles[OV][12] = OUTER_TABLE(btile); /* rows per tile as o
 
 TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP,
                                     int64_t ldp, int64_t rows, int64_t nv, const void *next, int64_t next_bytes) {
-    /* the prefetches of `next`, spread evenly over the pair steps of all tiles, as in z_outer */
-    int64_t tiles = 0, kn = cols / 2;
-    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
-        int rt = otile_rows[(nv - v0 < OV ? nv - v0 : OV) - 1];
-        tiles += (rows + rt - 1) / rt;
-    }
+    int64_t kn = cols / 2; /* pair steps */
     const char *pf = next;
-    int64_t lines = next == NULL ? 0 : next_bytes / 64; /* never past the end of `next` */
-    int64_t step = lines == 0 || kn == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
+    int64_t step = prefetch_step(rows, nv, kn, next, next_bytes);
     for (int64_t v0 = 0; v0 < nv; v0 += OV) {
         int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
         int rt = otile_rows[vn - 1];

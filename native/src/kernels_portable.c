@@ -55,12 +55,7 @@ uint16_t asw_f32_to_f16(float f) {
     return (uint16_t)(sign | (ax >> 13));
 }
 
-uint16_t asw_f32_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-}
+uint16_t asw_f32_to_bf16(float f) { return (uint16_t)(asw_bf16_round_bits(f) >> 16); }
 
 /* ---------------------------------------------------------------------------------------------------------
  * portable kernels
