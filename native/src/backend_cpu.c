@@ -40,8 +40,17 @@ typedef struct cpu_model {
     int bf16_inputs;        /* 1: every matmul's activations are rounded to bf16 first (asw_open_options.activations) */
     asw_outer_bf16_fn outer_bf16; /* with bf16_inputs: the bf16-pair prefill kernel of this CPU, or NULL */
     float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
+    float *norms;           /* [2 n_layers + 1, hidden] the RMSNorm weights in f32: attn_norm and ffn_norm of each
+                             * layer, then output_norm (converted once here, not per element on every call) */
     char describe[64];
 } cpu_model;
+
+/* Rows of cpu_model.norms */
+static const float *attn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l) * m->cfg.hidden; }
+static const float *ffn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l + 1) * m->cfg.hidden; }
+static const float *output_norm_f32(const cpu_model *m) {
+    return m->norms + (size_t)(2 * m->cfg.n_layers) * m->cfg.hidden;
+}
 
 typedef struct cpu_session {
     cpu_model *m;
@@ -107,6 +116,8 @@ static int cpu_layouts_ok(const asw_config *cfg, const asw_weights *w) {
     return 1;
 }
 
+static void cpu_model_free(void *bm);
+
 static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,
                             const asw_open_options *opt) {
     (void)data;
@@ -129,12 +140,18 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
     m->bf16_inputs = opt->activations == ASW_DTYPE_BF16;
     m->outer_bf16 = m->bf16_inputs ? kernels_outer_bf16(k) : NULL;
     m->inv_freq = malloc((size_t)(cfg->head_dim / 2) * sizeof(float));
-    if (m->inv_freq == NULL) {
-        asw_set_error("out of memory (rope table)");
-        free(m);
+    m->norms = malloc((size_t)(2 * cfg->n_layers + 1) * (size_t)cfg->hidden * sizeof(float));
+    if (m->inv_freq == NULL || m->norms == NULL) {
+        asw_set_error("out of memory (rope and norm tables)");
+        cpu_model_free(m);
         return NULL;
     }
     asw_rope_inv_freq(cfg, m->inv_freq);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        k->to_f32(cfg->dtype, (float *)attn_norm_f32(m, l), w->layers[l].attn_norm.host, cfg->hidden);
+        k->to_f32(cfg->dtype, (float *)ffn_norm_f32(m, l), w->layers[l].ffn_norm.host, cfg->hidden);
+    }
+    k->to_f32(cfg->dtype, (float *)output_norm_f32(m), w->output_norm.host, cfg->hidden);
     snprintf(m->describe, sizeof m->describe, "cpu %s%s", k->name,
              !m->bf16_inputs ? "" : m->outer_bf16 ? " bf16 activations (vdpbf16ps)" : " bf16 activations");
     return m;
@@ -144,6 +161,7 @@ static void cpu_model_free(void *bm) {
     cpu_model *m = bm;
     if (m == NULL) return;
     free(m->inv_freq);
+    free(m->norms);
     free(m);
 }
 
@@ -499,10 +517,7 @@ static void attend(const attention_job *j, int t, int h, float *sc) {
     const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] each */
     int len = j->rows[t].pos + 1; /* causal: positions 0..pos of this row */
     k->scores(c->dtype, sc, kc, D, q, D, len, 1.0f / sqrtf((float)D));
-    float mx = sc[0];
-    for (int p = 1; p < len; p++) mx = sc[p] > mx ? sc[p] : mx;
-    float inv = 1.0f / k->exp_shifted(sc, len, mx);
-    for (int p = 0; p < len; p++) sc[p] *= inv;
+    k->softmax(sc, len);
     float *out = s->att + (size_t)t * c->n_heads * D + (size_t)h * D; /* [D] */
     memset(out, 0, (size_t)D * sizeof(float));
     k->weighted_sum(c->dtype, out, sc, vc, D, D, len);
@@ -611,12 +626,19 @@ static void swiglu_task(void *arg, int ith, int nth) {
  * small single-threaded pieces
  */
 
-/* o = x / sqrt(mean(x^2) + eps) * w */
-static void rmsnorm(int dtype, float *o, const float *x, const uint16_t *w, int n, float eps) {
+/* o = x / sqrt(mean(x^2) + eps) * w; the squares summed in NORM_LANES independent lanes (vectorizable: a single
+ * running sum waits on the previous element) */
+enum { NORM_LANES = 16 };
+static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
+    float lane[NORM_LANES] = {0.0f};
+    int i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int j = 0; j < NORM_LANES; j++) lane[j] += x[i + j] * x[i + j];
     float ss = 0.0f;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    for (; i < n; i++) ss += x[i] * x[i];
+    for (int j = 0; j < NORM_LANES; j++) ss += lane[j];
     float r = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = 0; i < n; i++) o[i] = asw_u16_to_f32(dtype, w[i]) * (x[i] * r);
+    for (i = 0; i < n; i++) o[i] = w[i] * (x[i] * r);
 }
 
 /* rotate-half RoPE of one head: x[j], x[j + half] rotated by angle j */
@@ -705,7 +727,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         const asw_layer_weights *lw = &w->layers[l];
 
         /* xb [n, H] = rmsnorm(x) * attn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->attn_norm.host, H, c->rms_eps);
+        for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, attn_norm_f32(m, l), H, c->rms_eps);
 
         /* qkv [n, qkv_dim] = xb . Wqkv^T (+ bias) */
         matmul(s, s->qkv, qkv_dim, lw->attn_qkv.host, qkv_dim, H, s->xb, H, n, &lw->attn_output);
@@ -741,7 +763,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
 
         /* xb [n, H] = rmsnorm(x) * ffn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, lw->ffn_norm.host, H, c->rms_eps);
+        for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, ffn_norm_f32(m, l), H, c->rms_eps);
 
         /* hb [n, 2F] = xb . Wgate_up^T;  act [n, F] = silu(gate) * up */
         matmul(s, s->hb, 2 * F, lw->ffn_gate_up.host, 2 * F, H, s->xb, H, n, &lw->ffn_down);
@@ -757,7 +779,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
     if (out == NULL) return 0;
     /* out [n - first, vocab] = rmsnorm(x[first..n)) * output_norm . Woutput^T */
     for (int t = first; t < n; t++)
-        rmsnorm(dt, s->xb + (size_t)t * H, s->x + (size_t)t * H, w->output_norm.host, H, c->rms_eps);
+        rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, output_norm_f32(m), H, c->rms_eps);
     matmul(s, out, c->vocab, w->output.host, c->vocab, H, s->xb + (size_t)first * H, H, n - first,
            c->n_layers > 0 ? &w->layers[0].attn_qkv : NULL); /* then: the next step's first weights */
     return 0;

@@ -43,8 +43,8 @@ typedef struct asw_kernels {
      * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
     int outer_matmul;
     /* The exp-based loops, all f32 (vector_loops.h, compiled by each set for its own instructions):
-     * x[i] = exp(x[i] - mx) for i < n, returning their sum (decode attention's softmax) */
-    float (*exp_shifted)(float *x, int64_t n, float mx);
+     * x[i] = exp(x[i] - max(x)) / sum_j exp(x[j] - max(x)) for i < n, n >= 1, in place (decode attention's softmax) */
+    void (*softmax)(float *x, int64_t n);
     /* act[i] = silu(gate[i]) * up[i] for i < n (SwiGLU) */
     void (*silu_mul)(float *act, const float *gate, const float *up, int64_t n);
     /* one block of keys p0..p0+pn-1 of prefill attention's online softmax over ldq queries: st [pn, ldq] scores in,

@@ -292,10 +292,21 @@ INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V
         _mm512_mask_storeu_ps(out + 16 * c, part_mask(c, nc, tail), _mm512_add_ps(a[c], b[c]));
 }
 
+/* Head sizes 64 and 128 (every supported model's) get their own copies with d a constant: gcc then unrolls the
+ * chunk loops and keeps the query in registers instead of reloading it from the stack per row. One thread, 7 heads
+ * over 2,100 cached fp16 rows in L2 on the EPYC (Zen 4): scores + softmax + weighted sum 106 -> 87 us. */
 TGT static void z_scores_regs(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d,
                               int64_t len, float scale) {
     if (d > 16 * ATT_CHUNKS)
         z_scores(dtype, sc, K, ldk, q, d, len, scale);
+    else if (d == 64 && dtype == ASW_DTYPE_F16)
+        scores_regs(ASW_DTYPE_F16, sc, K, ldk, q, 64, len, scale);
+    else if (d == 64)
+        scores_regs(ASW_DTYPE_BF16, sc, K, ldk, q, 64, len, scale);
+    else if (d == 128 && dtype == ASW_DTYPE_F16)
+        scores_regs(ASW_DTYPE_F16, sc, K, ldk, q, 128, len, scale);
+    else if (d == 128)
+        scores_regs(ASW_DTYPE_BF16, sc, K, ldk, q, 128, len, scale);
     else if (dtype == ASW_DTYPE_F16)
         scores_regs(ASW_DTYPE_F16, sc, K, ldk, q, d, len, scale);
     else
@@ -306,6 +317,14 @@ TGT static void z_weighted_sum_regs(int dtype, float *out, const float *w, const
                                     int64_t len) {
     if (d > 16 * ATT_CHUNKS)
         z_weighted_sum(dtype, out, w, V, ldv, d, len);
+    else if (d == 64 && dtype == ASW_DTYPE_F16)
+        weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, 64, len);
+    else if (d == 64)
+        weighted_sum_regs(ASW_DTYPE_BF16, out, w, V, ldv, 64, len);
+    else if (d == 128 && dtype == ASW_DTYPE_F16)
+        weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, 128, len);
+    else if (d == 128)
+        weighted_sum_regs(ASW_DTYPE_BF16, out, w, V, ldv, 128, len);
     else if (dtype == ASW_DTYPE_F16)
         weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, d, len);
     else
@@ -456,7 +475,7 @@ TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, in
 }
 
 const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
-                                       z_weighted_sum_regs, z_outer, 1, exp_shifted, silu_mul, softmax_block};
+                                       z_weighted_sum_regs, z_outer, 1, softmax, silu_mul, softmax_block};
 
 /* matmul and gemv_batch with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums); the batched
  * tiles of 2 or more tokens keep their own prefetch (not measured on AMD) */
@@ -470,7 +489,7 @@ TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_
 
 const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, z_to_f32,
                                                z_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
-                                               exp_shifted, silu_mul, softmax_block};
+                                               softmax, silu_mul, softmax_block};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */
