@@ -141,6 +141,21 @@ def test_long_prompt_spans_chunks(kernels, dtype):
         np.testing.assert_allclose(np.concatenate(parts), logits, rtol=0, atol=1e-4 * np.abs(logits).max())
 
 
+@pytest.mark.parametrize("name", ["gqa7_bias_tied", "llama3_d128", "mha"])
+def test_decode_over_many_blocks_of_keys(kernels, name):
+    """Decode attention splits a row's keys into at most 8 blocks of at least 64 (softmax partials merged after):
+    past 8 x 64 keys the blocks grow and stop being whole multiples of 16; decode there still matches the reference."""
+    config, dtype = CONFIGS[name], "fp16"
+    data, tensors, weights = build(config, dtype, seed=11)
+    tokens = np.random.default_rng(12).integers(0, config["vocab_size"], size=603).tolist()
+    want = forward(weights, config, tokens, kv_dtype=dtype)
+    with NativeModel(data, config, dtype, "nd", tensors) as model, model.session(max_len=603) as s:
+        s.prefill(tokens[:600], logits="none")
+        for i in range(600, 603):  # 601..603 keys: blocks of 75-76
+            step, _ = s.decode(tokens[i])
+            assert_close(step, want[i], dtype, f"{name} decode at position {i}")
+
+
 def test_llama3_scaling_is_applied():
     """The llama3 case above would fail without the scaling: the reference without it is far off."""
     config, dtype = CONFIGS["llama3_d128"], "fp16"
@@ -171,13 +186,15 @@ def test_decode_with_cache_equals_recompute(kernels, name, dtype):
 
 
 def test_threads_give_identical_results():
+    """Bit for bit, whatever the threads: prefill, and a decode step whose attention goes in three blocks of keys
+    that the threads claim in turn."""
     config, dtype = CONFIGS["gqa7_bias_tied"], "fp16"
     data, tensors, _ = build(config, dtype, seed=7)
-    tokens = np.random.default_rng(8).integers(0, config["vocab_size"], size=40).tolist()
+    tokens = np.random.default_rng(8).integers(0, config["vocab_size"], size=140).tolist()
     results = []
     with NativeModel(data, config, dtype, "nd", tensors) as model:
         for threads in (1, 2, 3, 0):
-            with model.session(max_len=48, threads=threads) as s:
+            with model.session(max_len=148, threads=threads) as s:
                 logits, _ = s.prefill(tokens, logits="all")
                 step, _ = s.decode(tokens[0])
                 results.append((logits, step))

@@ -232,16 +232,18 @@ def test_batched_step_rows_equal_separate_steps(packed, kernels, dtype, activati
     (also with bf16 activations, which a batched step rounds in place like a lone one)."""
     monkeypatch.setenv("ASW_KERNELS", kernels)
     data, tensors, _ = packed if dtype == "fp16" else build(CONFIG, dtype, seed=5)
-    prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [200, 7], [5, 6]]  # 5 rows: the kernels' remainder groups too
+    # 5 rows: the kernels' remainder groups too; two rows attend over several blocks of keys (64 and more each)
+    prompts = [[1, 2, 3], [9], [4, 4, 4, 4, 4, 4, 4], [(7 * i) % 250 for i in range(70)],
+               [(3 * i) % 250 for i in range(130)]]
     with open_model(data, tensors, dtype=dtype, activations=activations) as model:
         alone_logits, alone_tokens = [], []
         for prompt in prompts:
-            with model.session(max_len=32) as s:
+            with model.session(max_len=140) as s:
                 _, token = s.prefill(prompt, logits="none")
                 logits, nxt = s.decode(token, logits="last")
                 alone_logits.append(logits)
                 alone_tokens.append((token, nxt))
-        sessions = [model.session(max_len=32 + 8 * i) for i in range(len(prompts))]  # different cache lengths
+        sessions = [model.session(max_len=140 + 8 * i) for i in range(len(prompts))]  # different cache lengths
         firsts = [s.prefill(p, logits="none")[1] for s, p in zip(sessions, prompts)]
         argmax, values, _ = model.forward_batch(sessions, firsts, logits="last")
         for i in range(len(prompts)):

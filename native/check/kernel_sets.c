@@ -103,10 +103,44 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
     return bad;
 }
 
-/* The decode attention loops (scores, weighted_sum) of set `k` against the portable set's, over head sizes with and
- * without a tail of 16, not whole 8-lane vectors (AVX2's per-key loops) and past the AVX-512 register kernels' widest
- * head (128), cache rows further apart than a head (the loops take any row stride), key counts around the 8- and
- * 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the number of mismatches. */
+/* check_attention's group half: set k's scores_group and weighted_sum_group for g query heads (q [g, d], weights
+ * [g, len]) against the portable set's one-head loops, head by head. Returns the largest |difference| over the
+ * groups, and in *worst_g the group size that had it. */
+static float check_group_attention(const asw_kernels *k, int dtype, const uint16_t *KV, int64_t ld, int64_t d,
+                                   int64_t len, uint32_t *seed, int *worst_g) {
+    enum { MAX_G = 7, LDS = 80, MAX_D = 256 };
+    static const int64_t groups[] = {1, 3, MAX_G};
+    static float q[MAX_G * MAX_D], w[MAX_G * LDS], sc[MAX_G * LDS], want[LDS], out[MAX_G * (MAX_D + 8)],
+        out_want[MAX_D];
+    float worst_all = 0.0f;
+    for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+        int64_t g = groups[gi], ldo = d + 8; /* outputs further apart than a head */
+        for (int64_t i = 0; i < g * d; i++) q[i] = next_value(seed, 1e-3f);
+        for (int64_t i = 0; i < g * LDS; i++) w[i] = fabsf(next_value(seed, 1e-3f));
+        k->scores_group(dtype, sc, LDS, KV, ld, q, d, g, d, len, 0.125f);
+        k->weighted_sum_group(dtype, out, ldo, w, LDS, KV, ld, g, d, len);
+        float worst = 0.0f;
+        for (int64_t h = 0; h < g; h++) {
+            asw_kernels_portable.scores(dtype, want, KV, ld, q + h * d, d, len, 0.125f);
+            for (int64_t p = 0; p < len; p++) worst = fmaxf(worst, fabsf(sc[h * LDS + p] - want[p]));
+            memset(out_want, 0, sizeof out_want);
+            asw_kernels_portable.weighted_sum(dtype, out_want, w + h * LDS, KV, ld, d, len);
+            for (int64_t i = 0; i < d; i++) worst = fmaxf(worst, fabsf(out[h * ldo + i] - out_want[i]));
+        }
+        if (!(worst <= worst_all)) { /* NaN included */
+            worst_all = worst;
+            *worst_g = (int)g;
+        }
+    }
+    return worst_all;
+}
+
+/* The decode attention loops (scores, weighted_sum, and where the set has them scores_group and weighted_sum_group
+ * for 1, 3 and 7 query heads of a group, each head against the portable one-head loops) of set `k` against the
+ * portable set's, over head sizes with and without a tail of 16, not whole 8-lane vectors (AVX2's per-key loops)
+ * and past the AVX-512 register kernels' widest head (128), cache rows further apart than a head (the loops take any
+ * row stride), key counts around the 8- and 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the
+ * number of mismatches. */
 static int check_attention(const asw_kernels *k) {
     static const int64_t dims[] = {8, 12, 16, 24, 36, 64, 72, 128, 136, 256};
     static const int64_t lens[] = {1, 2, 15, 16, 17, 33, 70};
@@ -146,15 +180,20 @@ static int check_attention(const asw_kernels *k) {
                 if (!(worst <= 1e-4f) && bad++ < 5)
                     printf("%-8s %s attention d=%d len=%d: differs from portable by %.3g\n", k->name,
                            dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)d, (int)len, worst);
+                int g = 0;
+                worst = k->scores_group == NULL ? 0.0f : check_group_attention(k, dtype, KV, LD, d, len, &seed, &g);
+                if (!(worst <= 1e-4f) && bad++ < 5)
+                    printf("%-8s %s group attention g=%d d=%d len=%d: differs from portable by %.3g\n", k->name,
+                           dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", g, (int)d, (int)len, worst);
             }
     free(KV), free(q), free(w), free(got), free(want), free(out_got), free(out_want);
     printf("%-8s decode attention loops match the portable set's: %s\n", k->name, bad ? "FAIL" : "ok");
     return bad;
 }
 
-/* The exp-based loops of set `k` (softmax, silu_mul, softmax_block: vector_loops.h compiled for the set)
+/* The exp-based loops of set `k` (exp_sum, silu_mul, softmax_block: vector_loops.h compiled for the set)
  * against the portable set's, over lengths with every tail of 8 and 16 lanes and keys masked per query; relative
- * |difference| <= 1e-5 (inputs in [-8, 8]); the portable softmax also against the same in double. Returns the
+ * |difference| <= 1e-5 (inputs in [-8, 8]); the portable exp_sum also against the same in double. Returns the
  * number of mismatches. */
 static int check_vector_loops(const asw_kernels *k) {
     static const int64_t lens[] = {1, 7, 8, 9, 15, 16, 17, 31, 100, 333};
@@ -165,7 +204,7 @@ static int check_vector_loops(const asw_kernels *k) {
     uint32_t seed = 4242;
     int bad = 0;
 #define CLOSE(x, y) (fabsf((x) - (y)) <= 1e-5f * fmaxf(1.0f, fabsf(y)))
-#define REL(x, y) (fabsf((x) - (y)) <= 1e-5f * fabsf(y)) /* softmax: probabilities far below 1 */
+#define REL(x, y) (fabsf((x) - (y)) <= 1e-5f * fabsf(y)) /* exp_sum: values far below 1 */
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         int64_t n = lens[li];
         for (int64_t i = 0; i < n; i++) {
@@ -173,18 +212,19 @@ static int check_vector_loops(const asw_kernels *k) {
             gate[i] = 8.0f * next_value(&seed, 1e-3f);
             up[i] = next_value(&seed, 1e-3f);
         }
-        k->softmax(a, n);
-        asw_kernels_portable.softmax(b, n);
-        double want_sum = 0.0; /* the portable set's against exp(x - max) / sum in double */
+        float mx_got, mx_want;
+        float s_got = k->exp_sum(a, n, &mx_got), s_want = asw_kernels_portable.exp_sum(b, n, &mx_want);
+        double want_sum = 0.0; /* the portable set's against exp(x - max) and their sum in double */
         double mx = 1.0 * c[0];
         for (int64_t i = 1; i < n; i++) mx = c[i] > mx ? c[i] : mx;
         for (int64_t i = 0; i < n; i++) want_sum += exp(c[i] - mx);
-        int ok = 1;
-        for (int64_t i = 0; i < n; i++) ok &= REL(a[i], b[i]) && REL(b[i], (float)(exp(c[i] - mx) / want_sum));
+        int ok = mx_got == (float)mx && mx_want == (float)mx && REL(s_got, s_want) && REL(s_want, (float)want_sum);
+        for (int64_t i = 0; i < n; i++) ok &= REL(a[i], b[i]) && REL(b[i], (float)exp(c[i] - mx));
         k->silu_mul(a, gate, up, n);
         asw_kernels_portable.silu_mul(b, gate, up, n);
         for (int64_t i = 0; i < n; i++) ok &= CLOSE(a[i], b[i]);
-        if (!ok && bad++ < 5) printf("%-8s softmax / silu_mul n=%d: differ from portable (or softmax from double)\n", k->name, (int)n);
+        if (!ok && bad++ < 5)
+            printf("%-8s exp_sum / silu_mul n=%d: differ from portable (or exp_sum from double)\n", k->name, (int)n);
     }
     for (int64_t ldq = 16; ldq <= LDQ; ldq += 16)
         for (int64_t pn = 1; pn <= KEYS; pn += 8) {

@@ -32,6 +32,11 @@ enum { PANEL = 24, OUTER_TOKENS = 8 };
 /* Prefill attention: keys per block, and queries per work item (at most 4 vectors of the outer kernel) */
 enum { KEYS = 128, QUERIES = 64 };
 _Static_assert(ASW_MAX_BATCH <= CHUNK, "a batched decode step must fit one chunk's scratch buffers");
+/* Decode attention splits a row's keys into DECODE_SPLITS blocks at most, of DECODE_BLOCK_MIN keys at least (a
+ * function of the row's length alone, so a batched step's rows equal lone steps bit for bit, whatever the threads);
+ * each (row, KV group, block) is one work item, whose softmax partial (max, sum, unnormalized output per query
+ * head) takes PART_HEAD + head_dim floats, merged after the items (merge_partials). */
+enum { DECODE_SPLITS = 8, DECODE_BLOCK_MIN = 64, PART_HEAD = 16 };
 
 typedef struct cpu_model {
     asw_config cfg;
@@ -66,7 +71,10 @@ typedef struct cpu_session {
     float *act;      /* [CHUNK, ffn] silu(gate) * up */
     float *rope_cos; /* [CHUNK, head_dim / 2] */
     float *rope_sin; /* [CHUNK, head_dim / 2] */
-    float *scores;   /* [n_threads, max_len] attention scores, one row per thread */
+    float *scores;   /* [n_threads, score_floats] decode attention scores: a block of keys x one KV group's heads */
+    size_t score_floats;
+    float *partials; /* [part_rows, n_heads, DECODE_SPLITS, PART_HEAD + head_dim] decode attention per block of keys */
+    int32_t part_rows;
     float *xt;       /* [max(hidden, q_dim, ffn), CHUNK] a prefill matmul's activations transposed (or, as u16,
                       * [widest / 2, CHUNK, 2] their bf16 pairs for outer_bf16) */
     float *panels;   /* [n_threads, panel_floats] per-thread f32 weight panels and output tiles of prefill matmuls */
@@ -190,6 +198,7 @@ static void cpu_session_free(void *bs) {
     free(s->attn);
     free(s->logits);
     free(s->batch_logits);
+    free(s->partials);
     free(s->key_cache);
     free(s->value_cache);
     free(s);
@@ -219,6 +228,11 @@ static void *alloc_kv(size_t n) {
     }
 #endif
     return malloc(n);
+}
+
+/* floats of one row's decode attention partials: [n_heads, DECODE_SPLITS, PART_HEAD + head_dim] */
+static size_t partial_row_floats(const asw_config *c) {
+    return (size_t)c->n_heads * DECODE_SPLITS * (PART_HEAD + (size_t)c->head_dim);
 }
 
 static void *cpu_session_init(void *bm, const asw_session_options *opt) {
@@ -251,7 +265,13 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->act = alloc_lines(CHUNK * (size_t)c->ffn * sizeof(float));
     s->rope_cos = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->rope_sin = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
-    s->scores = malloc(nth * (size_t)max_len * sizeof(float));
+    /* decode attention: a block has at most max(DECODE_BLOCK_MIN, ceil(max_len / DECODE_SPLITS)) keys (decode_split) */
+    size_t block_keys = ((size_t)max_len + DECODE_SPLITS - 1) / DECODE_SPLITS;
+    if (block_keys < DECODE_BLOCK_MIN) block_keys = DECODE_BLOCK_MIN;
+    s->score_floats = (size_t)(c->n_heads / c->n_kv_heads) * ((block_keys + 15) / 16 * 16);
+    s->scores = alloc_lines(nth * s->score_floats * sizeof(float));
+    s->partials = malloc(partial_row_floats(c) * sizeof(float));
+    s->part_rows = 1;
     /* prefill: a work item of attention is attn_tokens whole tokens of one KV group's query heads (a function of
      * the shape only, never of the thread count, so results do not depend on it) */
     int group = c->n_heads / c->n_kv_heads;
@@ -269,7 +289,8 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->key_cache = alloc_kv(cache * sizeof(uint16_t));
     s->value_cache = alloc_kv(cache * sizeof(uint16_t));
     if (!s->x || !s->xb || !s->xb2 || !s->qkv || !s->att || !s->hb || !s->act || !s->rope_cos || !s->rope_sin ||
-        !s->scores || !s->xt || !s->panels || !s->attn || !s->logits || !s->key_cache || !s->value_cache) {
+        !s->scores || !s->partials || !s->xt || !s->panels || !s->attn || !s->logits || !s->key_cache ||
+        !s->value_cache) {
         asw_set_error("out of memory allocating a session of max_len %d (KV cache %zu bytes)", (int)max_len,
                       2 * cache * sizeof(uint16_t));
         cpu_session_free(s);
@@ -485,6 +506,8 @@ typedef struct attention_job {
     int layer;
     int n;               /* rows in this pass */
     int block;           /* 1: a prefill chunk (n > 1 rows of one session at consecutive positions): attend_block */
+    int first[CHUNK + 1]; /* decode: row t's work items are first[t] .. first[t + 1] - 1 (decode_items) */
+    atomic_int next;     /* decode: the next unclaimed work item */
 } attention_job;
 
 /* Denormal attention weights make the weighted sums several times slower on x86: flush them to zero while a
@@ -504,23 +527,85 @@ static fp_mode flush_denormals(void) { return 0; }
 static void restore_fp_mode(fp_mode old) { (void)old; }
 #endif
 
-/* att[t, h] = softmax(q[t, h] . K[0..pos_t] / sqrt(D)) . V[0..pos_t] for one (row t, query head h) */
-static void attend(const attention_job *j, int t, int h, float *sc) {
+/* How many blocks decode attention splits a row of len keys into (see DECODE_SPLITS), and where block b starts */
+static int decode_blocks(int len) {
+    int nb = (len + DECODE_BLOCK_MIN - 1) / DECODE_BLOCK_MIN;
+    return nb < DECODE_SPLITS ? nb : DECODE_SPLITS;
+}
+static int decode_block_start(int len, int nb, int b) { return (int)((int64_t)len * b / nb); }
+
+/* The partial of (row t, query head h, block b) in s->partials: [0] max score, [1] sum of exp(score - max),
+ * [PART_HEAD ..] the unnormalized output [head_dim]; the heads of a row DECODE_SPLITS partials apart */
+static float *partial(const cpu_session *s, int t, int h, int b) {
+    const asw_config *c = &s->m->cfg;
+    size_t part = PART_HEAD + (size_t)c->head_dim;
+    return s->partials + (((size_t)t * c->n_heads + (size_t)h) * DECODE_SPLITS + (size_t)b) * part;
+}
+
+/* Work items of a decode pass: DECODE (rows x KV groups x blocks), numbered row by row (j->first) */
+static int decode_items(attention_job *j) {
+    int G = j->s->m->cfg.n_kv_heads;
+    j->first[0] = 0;
+    for (int t = 0; t < j->n; t++) j->first[t + 1] = j->first[t] + G * decode_blocks(j->rows[t].pos + 1);
+    return j->first[j->n];
+}
+
+/* One decode work item: the query heads of KV group g in row t against block b of its cached keys, a softmax partial
+ * per head (partial()): the group's scores for the block (each cache row converted once per tile of heads where the
+ * set has group kernels), their exp and sum, and the weighted sum of the block's value rows. sc: [score_floats]. */
+static void attend_part(const attention_job *j, int t, int g, int b, float *sc) {
     cpu_session *s = j->s;
     const asw_config *c = &s->m->cfg;
     const asw_kernels *k = s->m->k;
-    int D = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    int dt = c->dtype, D = c->head_dim, group = c->n_heads / c->n_kv_heads;
     size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * D;
-    const float *q = s->qkv + t * qkv_dim + (size_t)h * D; /* [D] */
+    int len = j->rows[t].pos + 1, nb = decode_blocks(len); /* causal: positions 0..pos of this row */
+    int p0 = decode_block_start(len, nb, b), keys = decode_block_start(len, nb, b + 1) - p0;
+    int64_t ld = (keys + 15) / 16 * 16;
+    const float *q = s->qkv + t * qkv_dim + (size_t)g * group * D; /* [group, D] */
     const cpu_session *kv = j->rows[t].kv;
-    size_t base = kv_head_rows(kv, j->layer, h / group);
-    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [len, D] each */
-    int len = j->rows[t].pos + 1; /* causal: positions 0..pos of this row */
-    k->scores(c->dtype, sc, kc, D, q, D, len, 1.0f / sqrtf((float)D));
-    k->softmax(sc, len);
-    float *out = s->att + (size_t)t * c->n_heads * D + (size_t)h * D; /* [D] */
-    memset(out, 0, (size_t)D * sizeof(float));
-    k->weighted_sum(c->dtype, out, sc, vc, D, D, len);
+    size_t base = kv_head_rows(kv, j->layer, g) + (size_t)p0 * D;
+    const uint16_t *kc = kv->key_cache + base, *vc = kv->value_cache + base; /* [keys, D] each */
+    float *part = partial(s, t, g * group, b);                           /* heads `stride` floats apart */
+    int64_t stride = DECODE_SPLITS * (PART_HEAD + (int64_t)D);
+    float scale = 1.0f / sqrtf((float)D);
+    if (k->scores_group != NULL)
+        k->scores_group(dt, sc, ld, kc, D, q, D, group, D, keys, scale);
+    else
+        for (int h = 0; h < group; h++) k->scores(dt, sc + h * ld, kc, D, q + (size_t)h * D, D, keys, scale);
+    for (int h = 0; h < group; h++) part[h * stride + 1] = k->exp_sum(sc + h * ld, keys, &part[h * stride]);
+    if (k->weighted_sum_group != NULL)
+        k->weighted_sum_group(dt, part + PART_HEAD, stride, sc, ld, vc, D, group, D, keys);
+    else
+        for (int h = 0; h < group; h++) {
+            float *out = part + h * stride + PART_HEAD; /* [D] */
+            memset(out, 0, (size_t)D * sizeof(float));
+            k->weighted_sum(dt, out, sc + h * ld, vc, D, D, keys);
+        }
+}
+
+/* att[t, h] = the partials of (t, h) merged, blocks in order: softmax(q . K / sqrt(D)) . V over all of row t's keys */
+static void merge_partials(cpu_session *s, const row_kv *rows, int n) {
+    const asw_config *c = &s->m->cfg;
+    int D = c->head_dim;
+    size_t part = PART_HEAD + (size_t)D;
+    for (int t = 0; t < n; t++) {
+        int nb = decode_blocks(rows[t].pos + 1);
+        for (int h = 0; h < c->n_heads; h++) {
+            const float *p = partial(s, t, h, 0); /* [nb, part] */
+            float mx = p[0], sum = 0.0f;
+            for (int b = 1; b < nb; b++) mx = p[b * part] > mx ? p[b * part] : mx;
+            float *out = s->att + ((size_t)t * c->n_heads + (size_t)h) * D; /* [D] */
+            memset(out, 0, (size_t)D * sizeof(float));
+            for (int b = 0; b < nb; b++) {
+                float w = expf(p[b * part] - mx);
+                sum += w * p[b * part + 1];
+                for (int i = 0; i < D; i++) out[i] += w * p[b * part + PART_HEAD + i];
+            }
+            float inv = 1.0f / sum;
+            for (int i = 0; i < D; i++) out[i] *= inv;
+        }
+    }
 }
 
 /* Prefill attention of chunk rows t0..t1-1 (one session, position pos0 + t) for the query heads of KV head g,
@@ -575,15 +660,12 @@ static void attend_block(const attention_job *j, int g, int t0, int t1, float *b
 }
 
 /* Attention of every (row, head). A prefill chunk goes in work items of attn_tokens rows x one KV group
- * (attend_block), round-robin over the threads. Otherwise (decode, a batched step) heads are taken in order, so the
- * query heads of one KV group run back to back on one thread and re-read that group's cache rows from cache, not
- * memory; with at least as many rows as threads, whole rows go round-robin (balancing the causal triangle),
- * otherwise the heads are split in ranges. */
+ * (attend_block), round-robin over the threads. Otherwise (decode, a batched step) the items are (row, KV group,
+ * block of keys) (attend_part), claimed in turn, so the query heads of a group share each cache row they read and
+ * the threads share the keys evenly whatever the number of heads; merge_partials then finishes each head. */
 static void attention_task(void *arg, int ith, int nth) {
-    const attention_job *j = arg;
+    attention_job *j = arg;
     cpu_session *s = j->s;
-    int Hq = s->m->cfg.n_heads;
-    float *sc = s->scores + (size_t)ith * s->max_len; /* [max_len] (>= every row's max_len) */
     fp_mode mode = flush_denormals();
     if (j->block) {
         int tb = s->attn_tokens, blocks = (j->n + tb - 1) / tb, G = s->m->cfg.n_kv_heads;
@@ -591,12 +673,15 @@ static void attention_task(void *arg, int ith, int nth) {
             int t0 = item / G * tb, t1 = t0 + tb < j->n ? t0 + tb : j->n;
             attend_block(j, item % G, t0, t1, s->attn + (size_t)ith * s->attn_floats);
         }
-    } else if (j->n >= nth) {
-        for (int t = ith; t < j->n; t += nth)
-            for (int h = 0; h < Hq; h++) attend(j, t, h, sc);
     } else {
-        int64_t total = (int64_t)j->n * Hq, i0 = total * ith / nth, i1 = total * (ith + 1) / nth;
-        for (int64_t item = i0; item < i1; item++) attend(j, (int)(item / Hq), (int)(item % Hq), sc);
+        float *sc = s->scores + (size_t)ith * s->score_floats; /* [score_floats] */
+        int t = 0;
+        for (int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed); item < j->first[j->n];
+             item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) {
+            while (item >= j->first[t + 1]) t++; /* items are claimed in increasing order */
+            int nb = decode_blocks(j->rows[t].pos + 1), r = item - j->first[t];
+            attend_part(j, t, r / nb, r % nb, sc); /* KV group r / nb, block r % nb */
+        }
     }
     restore_fp_mode(mode);
 }
@@ -727,7 +812,8 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         const asw_layer_weights *lw = &w->layers[l];
 
         /* xb [n, H] = rmsnorm(x) * attn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, attn_norm_f32(m, l), H, c->rms_eps);
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, attn_norm_f32(m, l), H, c->rms_eps);
 
         /* qkv [n, qkv_dim] = xb . Wqkv^T (+ bias) */
         matmul(s, s->qkv, qkv_dim, lw->attn_qkv.host, qkv_dim, H, s->xb, H, n, &lw->attn_output);
@@ -755,15 +841,18 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         }
 
         /* att [n, q_dim] = causal GQA attention over the cache */
-        attention_job aj = {s, rows, l, n, n > 1 && !s->rowwise};
+        attention_job aj = {s, rows, l, n, n > 1 && !s->rowwise, {0}, 0};
+        if (!aj.block) decode_items(&aj);
         asw_pool_run(s->pool, attention_task, &aj);
+        if (!aj.block) merge_partials(s, rows, n);
 
         /* x += att . Wo^T */
         matmul(s, s->xb2, H, lw->attn_output.host, H, q_dim, s->att, q_dim, n, &lw->ffn_gate_up);
         for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
 
         /* xb [n, H] = rmsnorm(x) * ffn_norm */
-        for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, ffn_norm_f32(m, l), H, c->rms_eps);
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, ffn_norm_f32(m, l), H, c->rms_eps);
 
         /* hb [n, 2F] = xb . Wgate_up^T;  act [n, F] = silu(gate) * up */
         matmul(s, s->hb, 2 * F, lw->ffn_gate_up.host, 2 * F, H, s->xb, H, n, &lw->ffn_down);
@@ -855,6 +944,15 @@ static int32_t cpu_forward_batch(void **bs, int32_t n, const int32_t *tokens, co
             lead->batch_rows = n;
         }
         out = lead->batch_logits;
+    }
+    if (lead->part_rows < n) {
+        float *grown = realloc(lead->partials, (size_t)n * partial_row_floats(&lead->m->cfg) * sizeof(float));
+        if (grown == NULL) {
+            asw_set_error("out of memory (attention partials of a batch of %d)", (int)n);
+            return ASW_ERR_NOMEM;
+        }
+        lead->partials = grown;
+        lead->part_rows = n;
     }
     lead->rowwise = 1;
     int32_t rc = forward_rows(lead, tokens, n, rows, out, 0);

@@ -43,8 +43,9 @@ typedef struct asw_kernels {
      * whose register-tiled `outer` beats its dot-product `matmul` at a chunk of tokens); 0: `matmul` with nt tokens. */
     int outer_matmul;
     /* The exp-based loops, all f32 (vector_loops.h, compiled by each set for its own instructions):
-     * x[i] = exp(x[i] - max(x)) / sum_j exp(x[j] - max(x)) for i < n, n >= 1, in place (decode attention's softmax) */
-    void (*softmax)(float *x, int64_t n);
+     * x[i] = exp(x[i] - m) for i < n (n >= 1) with m = max(x), stored in *max; returns the sum (decode attention's
+     * softmax over one block of keys, normalized when the blocks are merged) */
+    float (*exp_sum)(float *x, int64_t n, float *max);
     /* act[i] = silu(gate[i]) * up[i] for i < n (SwiGLU) */
     void (*silu_mul)(float *act, const float *gate, const float *up, int64_t n);
     /* one block of keys p0..p0+pn-1 of prefill attention's online softmax over ldq queries: st [pn, ldq] scores in,
@@ -52,6 +53,16 @@ typedef struct asw_kernels {
      * max and sum, updated; corr [ldq] out: the factor to scale the output accumulated so far by */
     void (*softmax_block)(float *st, int64_t pn, int64_t ldq, int32_t p0, const int32_t *lim, float *mx, float *sum,
                           float *corr);
+    /* Decode attention for the g query heads of one KV group (q [g, ldq]), each cache row loaded and converted once
+     * per tile of heads instead of once per head:
+     *   sc[h*ldsc + p] = scale * sum_i K[p*ldk + i] * q[h*ldq + i]    for h < g, p < len, i < d
+     * NULL: the caller runs `scores` once per head. */
+    void (*scores_group)(int dtype, float *sc, int64_t ldsc, const uint16_t *K, int64_t ldk, const float *q,
+                         int64_t ldq, int64_t g, int64_t d, int64_t len, float scale);
+    /*   out[h*ldo + i] = sum_p w[h*ldw + p] * V[p*ldv + i]            for h < g, i < d (written, not added to)
+     * NULL: the caller runs `weighted_sum` once per head. */
+    void (*weighted_sum_group)(int dtype, float *out, int64_t ldo, const float *w, int64_t ldw, const uint16_t *V,
+                               int64_t ldv, int64_t g, int64_t d, int64_t len);
 } asw_kernels;
 
 /* The decode GEMV prefetches each weight line twice: ASW_GEMV_PREFETCH_FAR elements (8 KiB of u16) ahead into L2

@@ -350,7 +350,8 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 }
 
 const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores_tiled,
-                                       x_weighted_sum_regs, x_outer, 1, softmax, silu_mul, softmax_block};
+                                       x_weighted_sum_regs, x_outer, 1, exp_sum, silu_mul, softmax_block,
+                                       NULL, NULL};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -94,7 +94,8 @@ ASW_OUTER_LOOPS(n, )
 #include "vector_loops.h"
 
 const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_gemv_batch, n_to_f32, n_from_f32, n_scores,
-                                       n_weighted_sum, n_outer, 0, softmax, silu_mul, softmax_block};
+                                       n_weighted_sum, n_outer, 0, exp_sum, silu_mul, softmax_block,
+                                       NULL, NULL};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -104,7 +104,8 @@ ASW_OUTER_LOOPS(p, )
 #include "vector_loops.h"
 
 const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
-                                       p_weighted_sum, p_outer, 0, softmax, silu_mul, softmax_block};
+                                       p_weighted_sum, p_outer, 0, exp_sum, silu_mul, softmax_block,
+                                       NULL, NULL};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice

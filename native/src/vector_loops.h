@@ -30,11 +30,12 @@ TGT static inline float exp_poly(float x) {
     return p * scale.f;
 }
 
-/* x[i] = exp(x[i] - max(x)) / sum_j exp(x[j] - max(x)) for i < n (n >= 1), in place: decode attention's softmax.
- * The max and the sum run in SOFTMAX_LANES independent lanes, so every pass vectorizes (a single running max or
- * sum waits on the previous element: over a 2,048-key row that made this a fifth of decode attention's time). */
+/* x[i] = exp(x[i] - m) for i < n (n >= 1), m = max(x) stored in *max; returns the sum of the x[i]: decode
+ * attention's softmax over one block of keys. The max and the sum run in SOFTMAX_LANES independent lanes, so both
+ * passes vectorize (a single running max or sum waits on the previous element: over a 2,048-key row that made the
+ * softmax a fifth of decode attention's time). */
 enum { SOFTMAX_LANES = 16 };
-TGT static void softmax(float *x, int64_t n) {
+TGT static float exp_sum(float *x, int64_t n, float *max) {
     float lane[SOFTMAX_LANES];
     for (int j = 0; j < SOFTMAX_LANES; j++) lane[j] = x[0];
     int64_t i = 0;
@@ -55,8 +56,8 @@ TGT static void softmax(float *x, int64_t n) {
         sum += x[t];
     }
     for (int j = 0; j < SOFTMAX_LANES; j++) sum += lane[j];
-    float inv = 1.0f / sum;
-    for (i = 0; i < n; i++) x[i] *= inv;
+    *max = mx;
+    return sum;
 }
 
 /* act[i] = silu(gate[i]) * up[i] for i < n */
