@@ -137,12 +137,13 @@ static float check_group_attention(const asw_kernels *k, int dtype, const uint16
 
 /* The decode attention loops (scores, weighted_sum, and where the set has them scores_group and weighted_sum_group
  * for 1, 3 and 7 query heads of a group, each head against the portable one-head loops) of set `k` against the
- * portable set's, over head sizes with and without a tail of 16, not whole 8-lane vectors (AVX2's per-key loops)
- * and past the AVX-512 register kernels' widest head (128), cache rows further apart than a head (the loops take any
+ * portable set's, over head sizes with and without a tail of 16, not whole 8-lane vectors (AVX2's per-key loops),
+ * every tile shape of the group loops (3, 5 and 6 chunks: tiles of 4, 3 and 2 heads) and past the AVX-512 register
+ * kernels' widest head (128), cache rows further apart than a head (the loops take any
  * row stride), key counts around the 8- and 16-key blocks; |difference| <= 1e-4 (inputs in [-1, 1]). Returns the
  * number of mismatches. */
 static int check_attention(const asw_kernels *k) {
-    static const int64_t dims[] = {8, 12, 16, 24, 36, 64, 72, 128, 136, 256};
+    static const int64_t dims[] = {8, 12, 16, 24, 36, 48, 64, 72, 80, 96, 128, 136, 256};
     static const int64_t lens[] = {1, 2, 15, 16, 17, 33, 70};
     enum { MAX_D = 256, MAX_LEN = 70, LD = MAX_D + 40 };
     uint16_t *KV = malloc(sizeof(uint16_t) * MAX_LEN * LD); /* [MAX_LEN, LD] cache rows */

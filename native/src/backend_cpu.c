@@ -542,7 +542,7 @@ static float *partial(const cpu_session *s, int t, int h, int b) {
     return s->partials + (((size_t)t * c->n_heads + (size_t)h) * DECODE_SPLITS + (size_t)b) * part;
 }
 
-/* Work items of a decode pass: DECODE (rows x KV groups x blocks), numbered row by row (j->first) */
+/* The work items of a decode pass, (row, KV group, block) numbered row by row into j->first; returns their count */
 static int decode_items(attention_job *j) {
     int G = j->s->m->cfg.n_kv_heads;
     j->first[0] = 0;
