@@ -51,9 +51,9 @@ typedef struct cpu_model {
 } cpu_model;
 
 /* Rows of cpu_model.norms */
-static const float *attn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l) * m->cfg.hidden; }
-static const float *ffn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l + 1) * m->cfg.hidden; }
-static const float *output_norm_f32(const cpu_model *m) {
+static float *attn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l) * m->cfg.hidden; }
+static float *ffn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l + 1) * m->cfg.hidden; }
+static float *output_norm_f32(const cpu_model *m) {
     return m->norms + (size_t)(2 * m->cfg.n_layers) * m->cfg.hidden;
 }
 
@@ -156,10 +156,10 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
     }
     asw_rope_inv_freq(cfg, m->inv_freq);
     for (int l = 0; l < cfg->n_layers; l++) {
-        k->to_f32(cfg->dtype, (float *)attn_norm_f32(m, l), w->layers[l].attn_norm.host, cfg->hidden);
-        k->to_f32(cfg->dtype, (float *)ffn_norm_f32(m, l), w->layers[l].ffn_norm.host, cfg->hidden);
+        k->to_f32(cfg->dtype, attn_norm_f32(m, l), w->layers[l].attn_norm.host, cfg->hidden);
+        k->to_f32(cfg->dtype, ffn_norm_f32(m, l), w->layers[l].ffn_norm.host, cfg->hidden);
     }
-    k->to_f32(cfg->dtype, (float *)output_norm_f32(m), w->output_norm.host, cfg->hidden);
+    k->to_f32(cfg->dtype, output_norm_f32(m), w->output_norm.host, cfg->hidden);
     snprintf(m->describe, sizeof m->describe, "cpu %s%s", k->name,
              !m->bf16_inputs ? "" : m->outer_bf16 ? " bf16 activations (vdpbf16ps)" : " bf16 activations");
     return m;
@@ -265,16 +265,17 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->act = alloc_lines(CHUNK * (size_t)c->ffn * sizeof(float));
     s->rope_cos = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
     s->rope_sin = malloc(CHUNK * (size_t)(c->head_dim / 2) * sizeof(float));
-    /* decode attention: a block has at most max(DECODE_BLOCK_MIN, ceil(max_len / DECODE_SPLITS)) keys (decode_split) */
+    int group = c->n_heads / c->n_kv_heads;
+    /* decode attention: a block has at most max(DECODE_BLOCK_MIN, ceil(max_len / DECODE_SPLITS)) keys
+     * (decode_blocks) */
     size_t block_keys = ((size_t)max_len + DECODE_SPLITS - 1) / DECODE_SPLITS;
     if (block_keys < DECODE_BLOCK_MIN) block_keys = DECODE_BLOCK_MIN;
-    s->score_floats = (size_t)(c->n_heads / c->n_kv_heads) * ((block_keys + 15) / 16 * 16);
+    s->score_floats = (size_t)group * ((block_keys + 15) / 16 * 16);
     s->scores = alloc_lines(nth * s->score_floats * sizeof(float));
     s->partials = malloc(partial_row_floats(c) * sizeof(float));
     s->part_rows = 1;
     /* prefill: a work item of attention is attn_tokens whole tokens of one KV group's query heads (a function of
      * the shape only, never of the thread count, so results do not depend on it) */
-    int group = c->n_heads / c->n_kv_heads;
     s->attn_tokens = group >= QUERIES ? 1 : QUERIES / group;
     size_t qp = (size_t)(s->attn_tokens * group + 15) / 16 * 16, D = (size_t)c->head_dim;
     s->attn_floats = 2 * D * qp + KEYS * D + KEYS * qp + 4 * qp; /* attend_block's layout */
@@ -542,12 +543,11 @@ static float *partial(const cpu_session *s, int t, int h, int b) {
     return s->partials + (((size_t)t * c->n_heads + (size_t)h) * DECODE_SPLITS + (size_t)b) * part;
 }
 
-/* The work items of a decode pass, (row, KV group, block) numbered row by row into j->first; returns their count */
-static int decode_items(attention_job *j) {
+/* The work items of a decode pass, (row, KV group, block), numbered row by row into j->first */
+static void decode_items(attention_job *j) {
     int G = j->s->m->cfg.n_kv_heads;
     j->first[0] = 0;
     for (int t = 0; t < j->n; t++) j->first[t + 1] = j->first[t] + G * decode_blocks(j->rows[t].pos + 1);
-    return j->first[j->n];
 }
 
 /* One decode work item: the query heads of KV group g in row t against block b of its cached keys, a softmax partial
@@ -572,16 +572,12 @@ static void attend_part(const attention_job *j, int t, int g, int b, float *sc) 
     if (k->scores_group != NULL)
         k->scores_group(dt, sc, ld, kc, D, q, D, group, D, keys, scale);
     else
-        for (int h = 0; h < group; h++) k->scores(dt, sc + h * ld, kc, D, q + (size_t)h * D, D, keys, scale);
+        asw_scores_by_head(k->scores, dt, sc, ld, kc, D, q, D, group, D, keys, scale);
     for (int h = 0; h < group; h++) part[h * stride + 1] = k->exp_sum(sc + h * ld, keys, &part[h * stride]);
     if (k->weighted_sum_group != NULL)
         k->weighted_sum_group(dt, part + PART_HEAD, stride, sc, ld, vc, D, group, D, keys);
     else
-        for (int h = 0; h < group; h++) {
-            float *out = part + h * stride + PART_HEAD; /* [D] */
-            memset(out, 0, (size_t)D * sizeof(float));
-            k->weighted_sum(dt, out, sc + h * ld, vc, D, D, keys);
-        }
+        asw_weighted_sum_by_head(k->weighted_sum, dt, part + PART_HEAD, stride, sc, ld, vc, D, group, D, keys);
 }
 
 /* att[t, h] = the partials of (t, h) merged, blocks in order: softmax(q . K / sqrt(D)) . V over all of row t's keys */

@@ -65,6 +65,24 @@ typedef struct asw_kernels {
                                int64_t ldv, int64_t g, int64_t d, int64_t len);
 } asw_kernels;
 
+/* scores_group and weighted_sum_group head by head on a set's one-head `scores` and `weighted_sum`: what the caller
+ * runs for a set without group loops, and what the group loops run for head sizes they do not cover */
+static inline void asw_scores_by_head(void (*scores)(int, float *, const uint16_t *, int64_t, const float *, int64_t,
+                                                     int64_t, float),
+                                      int dtype, float *sc, int64_t ldsc, const uint16_t *K, int64_t ldk,
+                                      const float *q, int64_t ldq, int64_t g, int64_t d, int64_t len, float scale) {
+    for (int64_t h = 0; h < g; h++) scores(dtype, sc + h * ldsc, K, ldk, q + h * ldq, d, len, scale);
+}
+static inline void asw_weighted_sum_by_head(void (*weighted_sum)(int, float *, const float *, const uint16_t *,
+                                                                 int64_t, int64_t, int64_t),
+                                            int dtype, float *out, int64_t ldo, const float *w, int64_t ldw,
+                                            const uint16_t *V, int64_t ldv, int64_t g, int64_t d, int64_t len) {
+    for (int64_t h = 0; h < g; h++) {
+        __builtin_memset(out + h * ldo, 0, (size_t)d * sizeof(float)); /* weighted_sum adds to its output */
+        weighted_sum(dtype, out + h * ldo, w + h * ldw, V, ldv, d, len);
+    }
+}
+
 /* The decode GEMV prefetches each weight line twice: ASW_GEMV_PREFETCH_FAR elements (8 KiB of u16) ahead into L2
  * and ASW_GEMV_PREFETCH_NEAR (2 KiB) ahead into L1 (x86 hints T1 and T0; the x86 files resolve the names). The
  * hardware streamer alone left a 2-thread decode step ~15 % short; one prefetch 4 KiB ahead into L1 closed part of

@@ -9,7 +9,6 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include <string.h>
 
 #define TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
 #define INL TGT static inline __attribute__((always_inline))
@@ -416,7 +415,7 @@ TGT static void z_scores_group(int dtype, float *sc, int64_t ldsc, const uint16_
                                int64_t ldq, int64_t g, int64_t d, int64_t len, float scale) {
 #define CALL(dt, dd) scores_group_regs(dt, sc, ldsc, K, ldk, q, ldq, g, dd, len, scale)
     if (d % 16 || d > 16 * GROUP_CHUNKS)
-        for (int64_t h = 0; h < g; h++) z_scores_regs(dtype, sc + h * ldsc, K, ldk, q + h * ldq, d, len, scale);
+        asw_scores_by_head(z_scores_regs, dtype, sc, ldsc, K, ldk, q, ldq, g, d, len, scale);
     else
         BY_DTYPE_AND_HEAD(dtype, d, CALL);
 #undef CALL
@@ -426,10 +425,7 @@ TGT static void z_weighted_sum_group(int dtype, float *out, int64_t ldo, const f
                                      const uint16_t *V, int64_t ldv, int64_t g, int64_t d, int64_t len) {
 #define CALL(dt, dd) weighted_sum_group_regs(dt, out, ldo, w, ldw, V, ldv, g, dd, len)
     if (d % 16 || d > 16 * GROUP_CHUNKS)
-        for (int64_t h = 0; h < g; h++) {
-            memset(out + h * ldo, 0, (size_t)d * sizeof(float));
-            z_weighted_sum_regs(dtype, out + h * ldo, w + h * ldw, V, ldv, d, len);
-        }
+        asw_weighted_sum_by_head(z_weighted_sum_regs, dtype, out, ldo, w, ldw, V, ldv, g, d, len);
     else
         BY_DTYPE_AND_HEAD(dtype, d, CALL);
 #undef CALL
