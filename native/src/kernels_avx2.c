@@ -4,9 +4,9 @@
  * another with four independent accumulators, so the weights stream sequentially from memory (the bound at one
  * token); the batched one keeps each token's order bit for bit. Prefill chunks run on the outer-product
  * kernel at the end of this file, over weight panels the backend converts to f32 once per chunk. Fewer tokens than
- * that pays for (backend_cpu.c's OUTER_TOKENS) go through a register-blocked dot-product GEMM: R weight rows x T
- * tokens of 8-lane f32 accumulators, each weight vector converted once (vcvtph2ps for fp16, one byte shuffle for
- * bf16) and reused across T tokens, with the inner dimension in blocks of KC so the token tile stays in L2.
+ * that pays for (backend_cpu.c's OUTER_TOKENS) go through x86_loops.h's register-blocked dot-product GEMM: R weight
+ * rows x T tokens of 8-lane f32 accumulators, each weight vector converted once (vcvtph2ps for fp16, one byte shuffle
+ * for bf16) and reused across T tokens, with the inner dimension in blocks of KC so the token tile stays in L2.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -37,57 +37,7 @@ INL float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Y[t*ldy + r] (+)= W[r, 0:k] . X[t, 0:k] for r < nr, t < nt; nr, nt are compile-time constants after inlining */
-INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,
-              const float *X, int64_t ldx) {
-    __m256 acc[R][T];
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= k; i += 8) {
-        __m256 w[R];
-        for (int r = 0; r < nr; r++) w[r] = ld8(dt, W + r * ldw + i);
-        for (int t = 0; t < nt; t++) {
-            __m256 x = _mm256_loadu_ps(X + t * ldx + i);
-            for (int r = 0; r < nr; r++) acc[r][t] = _mm256_fmadd_ps(w[r], x, acc[r][t]);
-        }
-    }
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) {
-            float s = hsum8(acc[r][t]);
-            for (int64_t j = i; j < k; j++) s += asw_u16_to_f32(dt, W[r * ldw + j]) * X[t * ldx + j];
-            float *y = Y + t * ldy + r;
-            *y = add ? *y + s : s;
-        }
-}
-
-#define TILE_FN(name, dt, nr, nt)                                                                                  \
-    TGT static void name(int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,              \
-                         const float *X, int64_t ldx) {                                                           \
-        tile(dt, nr, nt, add, Y, ldy, W, ldw, k, X, ldx);                                                        \
-    }
-typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
-
-TILE_FN(h_r3t1, ASW_DTYPE_F16, 3, 1)
-TILE_FN(h_r3t2, ASW_DTYPE_F16, 3, 2)
-TILE_FN(h_r3t3, ASW_DTYPE_F16, 3, 3)
-TILE_FN(h_r1t1, ASW_DTYPE_F16, 1, 1)
-TILE_FN(h_r1t2, ASW_DTYPE_F16, 1, 2)
-TILE_FN(h_r1t3, ASW_DTYPE_F16, 1, 3)
-TILE_FN(b_r3t1, ASW_DTYPE_BF16, 3, 1)
-TILE_FN(b_r3t2, ASW_DTYPE_BF16, 3, 2)
-TILE_FN(b_r3t3, ASW_DTYPE_BF16, 3, 3)
-TILE_FN(b_r1t1, ASW_DTYPE_BF16, 1, 1)
-TILE_FN(b_r1t2, ASW_DTYPE_BF16, 1, 2)
-TILE_FN(b_r1t3, ASW_DTYPE_BF16, 1, 3)
-
-/* [dtype is f16][full R rows][tokens - 1] */
-static const tile_fn tiles[2][2][T] = {
-    {{b_r1t1, b_r1t2, b_r1t3}, {b_r3t1, b_r3t2, b_r3t3}},
-    {{h_r1t1, h_r1t2, h_r1t3}, {h_r3t1, h_r3t2, h_r3t3}},
-};
-
-/* the decode GEMV, lone and batched (gemv_chains.h), with 8-lane vectors */
+/* the vector operations of gemv_chains.h (the decode GEMV, lone and batched) and x86_loops.h, with 8-lane vectors */
 #define VEC __m256
 #define VL 8
 enum { BR = 4, BT = 8 }; /* the largest row and token tile: nr * nt accumulators + nr weights + 1 token in 16 ymm */
@@ -112,86 +62,41 @@ INL __m256 x_load(const float *p) { return _mm256_loadu_ps(p); }
 INL __m256 x_tail(const float *p, int n) {
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
+INL __m256 v_set1(float s) { return _mm256_set1_ps(s); }
+INL void v_store(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+INL void f16_store(uint16_t *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
 INL float hsum(__m256 v) { return hsum8(v); }
 INL void hsum_n(float *out, const __m256 *v, int n) {
     for (int p = 0; p < n; p++) out[p] = hsum8(v[p]);
 }
 #include "gemv_chains.h"
 #include "vector_loops.h"
+#include "x86_loops.h" /* set_matmul .. set_weighted_sum; the last two for heads not whole 8-lane vectors */
 
-TGT static void x_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
-                         const float *X, int64_t ldx, int64_t nt) {
-    int f16 = dtype == ASW_DTYPE_F16;
-    if (nt == 1) {
-        gemv(dtype, ASW_GEMV_NEAR_L1, Y, W, k, r0, r1, X);
-        return;
-    }
-    int64_t kc = KC;
-    for (int64_t k0 = 0; k0 < k; k0 += kc) {
-        int64_t kn = k - k0 < kc ? k - k0 : kc;
-        int add = k0 > 0;
-        for (int64_t r = r0; r < r1;) {
-            int full = r + R <= r1;
-            for (int64_t t = 0; t < nt; t += T) {
-                int64_t tn = nt - t < T ? nt - t : T;
-                tiles[f16][full][tn - 1](add, Y + t * ldy + r, ldy, W + r * k + k0, k, kn, X + t * ldx + k0, ldx);
-            }
-            r += full ? R : 1;
-        }
-    }
-}
+/* the GEMM's tile shapes (x86_loops.h) */
+#define TILE_SET(p, dt)                                                                                            \
+    TILE_FN(p##_r3t1, dt, 3, 1)                                                                                    \
+    TILE_FN(p##_r3t2, dt, 3, 2)                                                                                    \
+    TILE_FN(p##_r3t3, dt, 3, 3)                                                                                    \
+    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
+    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
+    TILE_FN(p##_r1t3, dt, 1, 3)
+TILE_SET(h, ASW_DTYPE_F16)
+TILE_SET(b, ASW_DTYPE_BF16)
 
-TGT static void x_to_f32(int dtype, float *dst, const uint16_t *src, int64_t n) {
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8(ASW_DTYPE_F16, src + i));
-    else
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8(ASW_DTYPE_BF16, src + i));
-    for (; i < n; i++) dst[i] = asw_u16_to_f32(dtype, src[i]);
-}
-
-TGT static void x_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16) {
-        for (; i + 8 <= n; i += 8)
-            _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) dst[i] = asw_f32_to_f16(src[i]);
-    } else {
-        for (; i < n; i++) dst[i] = asw_f32_to_bf16(src[i]);
-    }
-}
-
-INL float x_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(ld8(ASW_DTYPE_F16, a + i), _mm256_loadu_ps(x + i), acc);
-    else
-        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(ld8(ASW_DTYPE_BF16, a + i), _mm256_loadu_ps(x + i), acc);
-    float s = hsum8(acc);
-    for (; i < n; i++) s += asw_u16_to_f32(dtype, a[i]) * x[i];
-    return s;
-}
-
-INL void x_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
-    __m256 vs = _mm256_set1_ps(s);
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, ld8(ASW_DTYPE_F16, a + i), _mm256_loadu_ps(y + i)));
-    else
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, ld8(ASW_DTYPE_BF16, a + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
-}
-
-ASW_ATTENTION_LOOPS(x, TGT) /* x_scores, x_weighted_sum: heads that are not whole 8-lane vectors */
+/* [dtype is f16][full R rows][tokens - 1] */
+static const tile_fn tiles[2][2][T] = {
+    {{b_r1t1, b_r1t2, b_r1t3}, {b_r3t1, b_r3t2, b_r3t3}},
+    {{h_r1t1, h_r1t2, h_r1t3}, {h_r3t1, h_r3t2, h_r3t3}},
+};
 
 /* Decode attention over heads of whole 8-lane vectors, without a horizontal sum or a load and store of the output
- * per key (x_dot and x_axpy above do both, each key one chain of dependent FMAs). Scores go 8 keys at a time, one
- * accumulator per key, and one transposing reduction sums the 8 keys into one vector. The weighted sum keeps up to
- * 64 dimensions of the output in registers across all keys, in slices of 64 (each slice reads its own cache lines of
- * every row, so a 128-dimension head reads nothing twice). */
+ * per key (set_dot and set_axpy of x86_loops.h do both, each key one chain of dependent FMAs). Scores go 8 keys at
+ * a time, one accumulator per key, and one transposing reduction sums the 8 keys into one vector. The weighted sum
+ * keeps up to 64 dimensions of the output in registers across all keys, in slices of 64 (each slice reads its own
+ * cache lines of every row, so a 128-dimension head reads nothing twice). */
 enum { ATT_KEYS = 8, ATT_SLICE = 64 };
 
 /* lane j = sum of v[j]'s lanes, for 8 vectors: each lane summed in the same tree, ((0+1)+(2+3)) + ((4+5)+(6+7)) */
@@ -258,7 +163,7 @@ INL void weighted_sum_regs(int dt, float *out, const float *w, const uint16_t *V
 TGT static void x_scores_tiled(int dtype, float *sc, const uint16_t *K, int64_t ldk, const float *q, int64_t d,
                                int64_t len, float scale) {
     if (d % 8)
-        x_scores(dtype, sc, K, ldk, q, d, len, scale);
+        set_scores(dtype, sc, K, ldk, q, d, len, scale);
     else if (dtype == ASW_DTYPE_F16)
         scores_tiled(ASW_DTYPE_F16, sc, K, ldk, q, d, len, scale);
     else
@@ -268,7 +173,7 @@ TGT static void x_scores_tiled(int dtype, float *sc, const uint16_t *K, int64_t 
 TGT static void x_weighted_sum_regs(int dtype, float *out, const float *w, const uint16_t *V, int64_t ldv, int64_t d,
                                     int64_t len) {
     if (d % 8)
-        x_weighted_sum(dtype, out, w, V, ldv, d, len);
+        set_weighted_sum(dtype, out, w, V, ldv, d, len);
     else if (dtype == ASW_DTYPE_F16)
         weighted_sum_regs(ASW_DTYPE_F16, out, w, V, ldv, d, len);
     else
@@ -349,7 +254,7 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
     }
 }
 
-const asw_kernels asw_kernels_avx2 = {"avx2", x_matmul, gemv_batch, x_to_f32, x_from_f32, x_scores_tiled,
+const asw_kernels asw_kernels_avx2 = {"avx2", set_matmul, gemv_batch, set_to_f32, set_from_f32, x_scores_tiled,
                                        x_weighted_sum_regs, x_outer, 1, exp_sum, silu_mul, softmax_block,
                                        NULL, NULL};
 

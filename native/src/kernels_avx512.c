@@ -1,8 +1,10 @@
 /* kernels_avx512.c — AVX-512 (F + BW + VL) kernel set (x86-64 only, picked at run time).
  *
- * Same structure as kernels_avx2.c (the decode GEMV of gemv_chains.h, a register-blocked GEMM) with 16-lane
- * accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension tails instead
- * of a scalar loop; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use.
+ * Same structure as kernels_avx2.c (the decode GEMV of gemv_chains.h, the register-blocked GEMM of x86_loops.h)
+ * with 16-lane accumulators, a larger register tile (32 zmm registers), and masked loads for the inner-dimension
+ * tails; plus the register-tiled outer-product kernel (`outer`) that prefill matmuls and attention use, the
+ * decode attention kernels that keep a head (or a tile of a KV group's heads) in registers, and the bf16-pair
+ * outer-product kernel for CPUs with AVX512_BF16.
  */
 #include "asw.h"
 #include "kernels.h"
@@ -36,64 +38,6 @@ INL __m512 ld16_tail(int dt, const uint16_t *p, __mmask16 m) {
     return bf16_widen(h);
 }
 
-/* Y[t*ldy + r] (+)= W[r, 0:k] . X[t, 0:k] for r < nr, t < nt; nr, nt are compile-time constants after inlining */
-INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,
-              const float *X, int64_t ldx) {
-    __m512 acc[R][T];
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        __m512 w[R];
-        for (int r = 0; r < nr; r++) w[r] = ld16(dt, W + r * ldw + i);
-        for (int t = 0; t < nt; t++) {
-            __m512 x = _mm512_loadu_ps(X + t * ldx + i);
-            for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
-        }
-    }
-    if (i < k) {
-        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
-        __m512 w[R];
-        for (int r = 0; r < nr; r++) w[r] = ld16_tail(dt, W + r * ldw + i, m);
-        for (int t = 0; t < nt; t++) {
-            __m512 x = _mm512_maskz_loadu_ps(m, X + t * ldx + i);
-            for (int r = 0; r < nr; r++) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
-        }
-    }
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) {
-            float s = _mm512_reduce_add_ps(acc[r][t]);
-            float *y = Y + t * ldy + r;
-            *y = add ? *y + s : s;
-        }
-}
-
-#define TILE_FN(name, dt, nr, nt)                                                                                  \
-    TGT static void name(int add, float *Y, int64_t ldy, const uint16_t *W, int64_t ldw, int64_t k,              \
-                         const float *X, int64_t ldx) {                                                           \
-        tile(dt, nr, nt, add, Y, ldy, W, ldw, k, X, ldx);                                                        \
-    }
-typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
-
-#define TILE_SET(p, dt)                                                                                            \
-    TILE_FN(p##_r4t1, dt, 4, 1)                                                                                    \
-    TILE_FN(p##_r4t2, dt, 4, 2)                                                                                    \
-    TILE_FN(p##_r4t3, dt, 4, 3)                                                                                    \
-    TILE_FN(p##_r4t4, dt, 4, 4)                                                                                    \
-    TILE_FN(p##_r4t5, dt, 4, 5)                                                                                    \
-    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
-    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
-    TILE_FN(p##_r1t3, dt, 1, 3)                                                                                    \
-    TILE_FN(p##_r1t4, dt, 1, 4)                                                                                    \
-    TILE_FN(p##_r1t5, dt, 1, 5)
-TILE_SET(h, ASW_DTYPE_F16)
-TILE_SET(b, ASW_DTYPE_BF16)
-
-/* [dtype is f16][full R rows][tokens - 1] */
-static const tile_fn tiles[2][2][T] = {
-    {{b_r1t1, b_r1t2, b_r1t3, b_r1t4, b_r1t5}, {b_r4t1, b_r4t2, b_r4t3, b_r4t4, b_r4t5}},
-    {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
-};
 
 /* The horizontal sum of a vector in one fixed tree — lanes j + (j + 8), then j + (j + 4), j + (j + 2), j + (j + 1) —
  * written out so that the lone step (hsum) and the batched step (hsum16, sixteen sums at once) add in exactly the
@@ -123,7 +67,7 @@ INL void hsum16(float *out, const __m512 *v) {
     _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD)));
 }
 
-/* the decode GEMV, lone and batched (gemv_chains.h), with 16-lane vectors */
+/* the vector operations of gemv_chains.h (the decode GEMV, lone and batched) and x86_loops.h, with 16-lane vectors */
 #define VEC __m512
 #define VL 16
 enum { BR = 8, BT = 8 }; /* the largest row and token tile: nr * nt <= 16 accumulators */
@@ -138,6 +82,11 @@ INL __m512 w_load(int dt, const uint16_t *p) { return ld16(dt, p); }
 INL __m512 w_tail(int dt, const uint16_t *p, int n) { return ld16_tail(dt, p, (__mmask16)((1u << n) - 1u)); }
 INL __m512 x_load(const float *p) { return _mm512_loadu_ps(p); }
 INL __m512 x_tail(const float *p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p); }
+INL __m512 v_set1(float s) { return _mm512_set1_ps(s); }
+INL void v_store(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+INL void f16_store(uint16_t *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
 INL void hsum_n(float *out, const __m512 *v, int n) {
     __m512 all[16];
     for (int p = 0; p < 16; p++) all[p] = p < n ? v[p] : _mm512_setzero_ps();
@@ -147,77 +96,28 @@ INL void hsum_n(float *out, const __m512 *v, int n) {
 }
 #include "gemv_chains.h"
 #include "vector_loops.h"
+#include "x86_loops.h" /* set_matmul .. set_weighted_sum; the last two for heads wider than ATT_CHUNKS * 16 */
 
-TGT static void z_matmul(int dtype, float *Y, int64_t ldy, const uint16_t *W, int64_t k, int64_t r0, int64_t r1,
-                         const float *X, int64_t ldx, int64_t nt) {
-    int f16 = dtype == ASW_DTYPE_F16;
-    if (nt == 1) {
-        gemv(dtype, ASW_GEMV_NEAR_L1, Y, W, k, r0, r1, X);
-        return;
-    }
-    int64_t kc = KC;
-    for (int64_t k0 = 0; k0 < k; k0 += kc) {
-        int64_t kn = k - k0 < kc ? k - k0 : kc;
-        int add = k0 > 0;
-        for (int64_t r = r0; r < r1;) {
-            int full = r + R <= r1;
-            for (int64_t t = 0; t < nt; t += T) {
-                int64_t tn = nt - t < T ? nt - t : T;
-                tiles[f16][full][tn - 1](add, Y + t * ldy + r, ldy, W + r * k + k0, k, kn, X + t * ldx + k0, ldx);
-            }
-            r += full ? R : 1;
-        }
-    }
-}
+/* the GEMM's tile shapes (x86_loops.h) */
+#define TILE_SET(p, dt)                                                                                            \
+    TILE_FN(p##_r4t1, dt, 4, 1)                                                                                    \
+    TILE_FN(p##_r4t2, dt, 4, 2)                                                                                    \
+    TILE_FN(p##_r4t3, dt, 4, 3)                                                                                    \
+    TILE_FN(p##_r4t4, dt, 4, 4)                                                                                    \
+    TILE_FN(p##_r4t5, dt, 4, 5)                                                                                    \
+    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
+    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
+    TILE_FN(p##_r1t3, dt, 1, 3)                                                                                    \
+    TILE_FN(p##_r1t4, dt, 1, 4)                                                                                    \
+    TILE_FN(p##_r1t5, dt, 1, 5)
+TILE_SET(h, ASW_DTYPE_F16)
+TILE_SET(b, ASW_DTYPE_BF16)
 
-TGT static void z_to_f32(int dtype, float *dst, const uint16_t *src, int64_t n) {
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld16(ASW_DTYPE_F16, src + i));
-    else
-        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld16(ASW_DTYPE_BF16, src + i));
-    for (; i < n; i++) dst[i] = asw_u16_to_f32(dtype, src[i]);
-}
-
-TGT static void z_from_f32(int dtype, uint16_t *dst, const float *src, int64_t n) {
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16) {
-        for (; i + 16 <= n; i += 16)
-            _mm256_storeu_si256((__m256i *)(dst + i),
-                                _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) dst[i] = asw_f32_to_f16(src[i]);
-    } else {
-        for (; i < n; i++) dst[i] = asw_f32_to_bf16(src[i]);
-    }
-}
-
-INL float z_dot(int dtype, const uint16_t *a, const float *x, int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(ld16(ASW_DTYPE_F16, a + i), _mm512_loadu_ps(x + i), acc);
-    else
-        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(ld16(ASW_DTYPE_BF16, a + i), _mm512_loadu_ps(x + i), acc);
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-        acc = _mm512_fmadd_ps(ld16_tail(dtype, a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-INL void z_axpy(int dtype, float *y, float s, const uint16_t *a, int64_t n) {
-    __m512 vs = _mm512_set1_ps(s);
-    int64_t i = 0;
-    if (dtype == ASW_DTYPE_F16)
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vs, ld16(ASW_DTYPE_F16, a + i), _mm512_loadu_ps(y + i)));
-    else
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vs, ld16(ASW_DTYPE_BF16, a + i), _mm512_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += s * asw_u16_to_f32(dtype, a[i]);
-}
-
-ASW_ATTENTION_LOOPS(z, TGT) /* z_scores, z_weighted_sum: heads wider than ATT_CHUNKS * 16 */
+/* [dtype is f16][full R rows][tokens - 1] */
+static const tile_fn tiles[2][2][T] = {
+    {{b_r1t1, b_r1t2, b_r1t3, b_r1t4, b_r1t5}, {b_r4t1, b_r4t2, b_r4t3, b_r4t4, b_r4t5}},
+    {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
+};
 
 /* Decode attention for heads of up to ATT_CHUNKS * 16 dims, with the head in registers. Scores go 16 keys at a
  * time: each key's 16-lane partial products, then hsum16 sums the 16 keys at once (one horizontal reduction per
@@ -319,7 +219,7 @@ TGT static void z_scores_regs(int dtype, float *sc, const uint16_t *K, int64_t l
                               int64_t len, float scale) {
 #define CALL(dt, dd) scores_regs(dt, sc, K, ldk, q, dd, len, scale)
     if (d > 16 * ATT_CHUNKS)
-        z_scores(dtype, sc, K, ldk, q, d, len, scale);
+        set_scores(dtype, sc, K, ldk, q, d, len, scale);
     else
         BY_DTYPE_AND_HEAD(dtype, d, CALL);
 #undef CALL
@@ -329,7 +229,7 @@ TGT static void z_weighted_sum_regs(int dtype, float *out, const float *w, const
                                     int64_t len) {
 #define CALL(dt, dd) weighted_sum_regs(dt, out, w, V, ldv, dd, len)
     if (d > 16 * ATT_CHUNKS)
-        z_weighted_sum(dtype, out, w, V, ldv, d, len);
+        set_weighted_sum(dtype, out, w, V, ldv, d, len);
     else
         BY_DTYPE_AND_HEAD(dtype, d, CALL);
 #undef CALL
@@ -500,20 +400,29 @@ static int64_t prefetch_step(int64_t rows, int64_t nv, int64_t kn, const void *n
     return lines == 0 || kn == 0 ? INT64_MAX : (kn * tiles + lines - 1) / lines;
 }
 
+/* TILE(r, v0, rn, vn, pf, step) for each tile of an outer-product call over `rows` rows and nv vectors, kn k steps
+ * each: rows r..r+rn-1 x vectors v0..v0+vn-1, prefetching a line of `next` every `step` k steps from pf */
+#define FOR_EACH_OUTER_TILE(rows, nv, kn, next, next_bytes, TILE)                                                    \
+    do {                                                                                                            \
+        const char *pf = (next);                                                                                    \
+        int64_t step = prefetch_step(rows, nv, kn, next, next_bytes);                                               \
+        for (int64_t v0 = 0; v0 < (nv); v0 += OV) {                                                                 \
+            int vn = (nv) - v0 < OV ? (int)((nv) - v0) : OV;                                                        \
+            int rt = otile_rows[vn - 1];                                                                            \
+            for (int64_t r = 0; r < (rows); r += rt) {                                                              \
+                int rn = (rows) - r < rt ? (int)((rows) - r) : rt;                                                  \
+                TILE(r, v0, rn, vn, pf, step);                                                                      \
+                pf += 64 * ((kn) / step);                                                                           \
+            }                                                                                                       \
+        }                                                                                                           \
+    } while (0)
+
 TGT static void z_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int64_t lak, int64_t kn, const float *B,
                         int64_t ldb, int64_t rows, int64_t nv, int add, const void *next, int64_t next_bytes) {
-    const char *pf = next;
-    int64_t step = prefetch_step(rows, nv, kn, next, next_bytes);
-    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
-        int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
-        int rt = otile_rows[vn - 1];
-        for (int64_t r = 0; r < rows; r += rt) {
-            int rn = rows - r < rt ? (int)(rows - r) : rt;
-            otiles[vn - 1][rn - 1](add, Z + r * ldz + 16 * v0, ldz, A + r * lar, lar, lak, kn, B + 16 * v0, ldb, pf,
-                                   step);
-            pf += 64 * (kn / step);
-        }
-    }
+#define TILE(r, v0, rn, vn, pf, step)                                                                                  \
+    otiles[vn - 1][rn - 1](add, Z + r * ldz + 16 * v0, ldz, A + r * lar, lar, lak, kn, B + 16 * v0, ldb, pf, step)
+    FOR_EACH_OUTER_TILE(rows, nv, kn, next, next_bytes, TILE);
+#undef TILE
 }
 
 /* ---- the bf16-pair outer-product kernel (kernels.h: asw_outer_bf16_fn), for CPUs with AVX512_BF16: the same
@@ -562,20 +471,13 @@ static const btile_fn btiles[OV][12] = OUTER_TABLE(btile); /* rows per tile as o
 TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, int64_t cols, const uint16_t *XP,
                                     int64_t ldp, int64_t rows, int64_t nv, const void *next, int64_t next_bytes) {
     int64_t kn = cols / 2; /* pair steps */
-    const char *pf = next;
-    int64_t step = prefetch_step(rows, nv, kn, next, next_bytes);
-    for (int64_t v0 = 0; v0 < nv; v0 += OV) {
-        int vn = nv - v0 < OV ? (int)(nv - v0) : OV;
-        int rt = otile_rows[vn - 1];
-        for (int64_t r = 0; r < rows; r += rt) {
-            int rn = rows - r < rt ? (int)(rows - r) : rt;
-            btiles[vn - 1][rn - 1](Z + r * ldz + 16 * v0, ldz, W + r * cols, cols, XP + 32 * v0, ldp, pf, step);
-            pf += 64 * (kn / step);
-        }
-    }
+#define TILE(r, v0, rn, vn, pf, step)                                                                                  \
+    btiles[vn - 1][rn - 1](Z + r * ldz + 16 * v0, ldz, W + r * cols, cols, XP + 32 * v0, ldp, pf, step)
+    FOR_EACH_OUTER_TILE(rows, nv, kn, next, next_bytes, TILE);
+#undef TILE
 }
 
-const asw_kernels asw_kernels_avx512 = {"avx512", z_matmul, gemv_batch, z_to_f32, z_from_f32, z_scores_regs,
+const asw_kernels asw_kernels_avx512 = {"avx512", set_matmul, gemv_batch, set_to_f32, set_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_sum, silu_mul, softmax_block,
                                        z_scores_group, z_weighted_sum_group};
 
@@ -586,11 +488,11 @@ TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_
     if (nt == 1)
         gemv(dtype, ASW_GEMV_NEAR_L2, Y, W, k, r0, r1, X);
     else
-        z_matmul(dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
+        set_matmul(dtype, Y, ldy, W, k, r0, r1, X, ldx, nt);
 }
 
-const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, z_to_f32,
-                                               z_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
+const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, set_to_f32,
+                                               set_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
                                                exp_sum, silu_mul, softmax_block, z_scores_group,
                                                z_weighted_sum_group};
 
