@@ -1,7 +1,7 @@
 """Writes one .asw file safely: a small state machine over a temporary file in the target folder.
 
-    writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<pid> next to OUT (and removes the
-                                                         # OUT.asw.tmp-<pid> files of processes that no longer exist)
+    writer = AswWriter(out_path, data_alignment)        # opens OUT.asw.tmp-<host>-<pid> next to OUT (and removes
+                                                         # this host's such files whose process no longer exists)
     writer.reserve_manifest(nbytes)                      # size of the final manifest (hashes are fixed-length)
     writer.begin_tensor(name, offset); writer.write(chunk)...; writer.end_tensor() -> Future of the xxh3 hex
                                                          # (in file order)
@@ -18,6 +18,7 @@ at OUT unless finish() succeeded. Byte layout comes from runtime/format.py.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -32,11 +33,17 @@ class WriterStateError(RuntimeError):
     """The writer was driven out of order (a bug in the caller)."""
 
 
-TMP_INFIX = ".tmp-"  # OUT.asw.tmp-<pid>: the file being written, renamed over OUT when complete
+TMP_INFIX = ".tmp-"  # OUT.asw.tmp-<host>-<pid>: the file being written, renamed over OUT when complete
+
+
+def host_tag() -> str:
+    """This machine's name as it goes into a temporary file's name: letters, digits, '.' and '_' only."""
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "._") else "_" for c in socket.gethostname())
+    return name or "localhost"
 
 
 def _temporary_name(out_path: Path, pid: int) -> Path:
-    return out_path.with_name(f"{out_path.name}{TMP_INFIX}{pid}")
+    return out_path.with_name(f"{out_path.name}{TMP_INFIX}{host_tag()}-{pid}")
 
 
 def _process_exists(pid: int) -> bool:
@@ -51,9 +58,22 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def _local_pid(suffix: str) -> int | None:
+    """The pid of a temporary file's suffix (what follows OUT.asw.tmp-) when the file is this host's: <host>-<pid>
+    with this host's name, or a bare <pid> (the names of earlier versions, which were always local); else None. An
+    output folder can be shared (NFS, a volume mounted into several containers): another host's pids say nothing
+    about its processes here, so its files are left alone."""
+    host, _, digits = suffix.rpartition("-")
+    if host and host != host_tag():
+        return None
+    if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
+        return None
+    return int(digits)
+
+
 def remove_stale_temporaries(out_path: Path) -> list[Path]:
-    """Remove the OUT.tmp-PID files that conversions to `out_path` left behind when killed outright (SIGKILL, a
-    crash, power loss): those whose process no longer exists on this machine. Returns what was removed."""
+    """Remove the OUT.tmp-HOST-PID files that conversions to `out_path` on this machine left behind when killed
+    outright (SIGKILL, a crash, power loss): those whose process no longer exists. Returns what was removed."""
     prefix = out_path.name + TMP_INFIX
     try:
         candidates = [entry for entry in out_path.parent.iterdir() if entry.name.startswith(prefix)]
@@ -61,10 +81,8 @@ def remove_stale_temporaries(out_path: Path) -> list[Path]:
         return []
     removed = []
     for entry in candidates:
-        digits = entry.name[len(prefix):]
-        if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0 or int(digits) == os.getpid():
-            continue
-        if _process_exists(int(digits)) or entry.is_symlink() or not entry.is_file():
+        pid = _local_pid(entry.name[len(prefix):])
+        if pid is None or pid == os.getpid() or _process_exists(pid) or entry.is_symlink() or not entry.is_file():
             continue
         entry.unlink(missing_ok=True)
         removed.append(entry)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import ascend_super
+from ascend_super.convert.writer import host_tag
 from ascend_super.runtime import format as fmt
 from ascend_super.runtime.generate import GenerationError, Sampling
 from conftest import script_code
@@ -204,14 +205,20 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path, checkpo
     out = tmp_path / "out.asw"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid belongs to no process now
-    stale = tmp_path / f"out.asw.tmp-{dead.pid}"
-    alive = tmp_path / f"out.asw.tmp-{os.getpid()}"  # a conversion still running (this process): kept
-    other = tmp_path / f"other.asw.tmp-{dead.pid}"  # another output's: not ours to touch
-    for path in (stale, alive, other):
+    host = host_tag()
+    stale = tmp_path / f"out.asw.tmp-{host}-{dead.pid}"
+    stale_old_name = tmp_path / f"out.asw.tmp-{dead.pid}"  # named by an earlier version: local too
+    alive = tmp_path / f"out.asw.tmp-{host}-{os.getpid()}"  # a conversion still running (this process): kept
+    elsewhere = tmp_path / f"out.asw.tmp-{host}x-{dead.pid}"  # another host's (a shared folder): kept
+    other = tmp_path / f"other.asw.tmp-{host}-{dead.pid}"  # another output's: not ours to touch
+    for path in (stale, stale_old_name, alive, elsewhere, other):
         path.write_bytes(b"partial")
     result = _run("ascend-convert", str(checkpoint_dir(MODEL)), "-o", str(out), "--align", "4096")
     assert result.returncode == 0, result.stderr
-    assert not stale.exists() and alive.exists() and other.exists() and out.is_file()
+    assert not stale.exists() and not stale_old_name.exists()
+    assert alive.exists() and elsewhere.exists() and other.exists() and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == sorted(
+        p.name for p in (alive, elsewhere, other))  # the conversion's own temporary is gone too
 
 
 def test_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
