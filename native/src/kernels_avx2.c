@@ -75,22 +75,7 @@ INL void hsum_n(float *out, const __m256 *v, int n) {
 #include "vector_loops.h"
 #include "x86_loops.h" /* set_matmul .. set_weighted_sum; the last two for heads not whole 8-lane vectors */
 
-/* the GEMM's tile shapes (x86_loops.h) */
-#define TILE_SET(p, dt)                                                                                            \
-    TILE_FN(p##_r3t1, dt, 3, 1)                                                                                    \
-    TILE_FN(p##_r3t2, dt, 3, 2)                                                                                    \
-    TILE_FN(p##_r3t3, dt, 3, 3)                                                                                    \
-    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
-    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
-    TILE_FN(p##_r1t3, dt, 1, 3)
-TILE_SET(h, ASW_DTYPE_F16)
-TILE_SET(b, ASW_DTYPE_BF16)
-
-/* [dtype is f16][full R rows][tokens - 1] */
-static const tile_fn tiles[2][2][T] = {
-    {{b_r1t1, b_r1t2, b_r1t3}, {b_r3t1, b_r3t2, b_r3t3}},
-    {{h_r1t1, h_r1t2, h_r1t3}, {h_r3t1, h_r3t2, h_r3t3}},
-};
+GEMM_TILES(3, 3) /* the GEMM's tile functions and their table (x86_loops.h) */
 
 /* Decode attention over heads of whole 8-lane vectors, without a horizontal sum or a load and store of the output
  * per key (set_dot and set_axpy of x86_loops.h do both, each key one chain of dependent FMAs). Scores go 8 keys at

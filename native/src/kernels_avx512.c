@@ -98,26 +98,7 @@ INL void hsum_n(float *out, const __m512 *v, int n) {
 #include "vector_loops.h"
 #include "x86_loops.h" /* set_matmul .. set_weighted_sum; the last two for heads wider than ATT_CHUNKS * 16 */
 
-/* the GEMM's tile shapes (x86_loops.h) */
-#define TILE_SET(p, dt)                                                                                            \
-    TILE_FN(p##_r4t1, dt, 4, 1)                                                                                    \
-    TILE_FN(p##_r4t2, dt, 4, 2)                                                                                    \
-    TILE_FN(p##_r4t3, dt, 4, 3)                                                                                    \
-    TILE_FN(p##_r4t4, dt, 4, 4)                                                                                    \
-    TILE_FN(p##_r4t5, dt, 4, 5)                                                                                    \
-    TILE_FN(p##_r1t1, dt, 1, 1)                                                                                    \
-    TILE_FN(p##_r1t2, dt, 1, 2)                                                                                    \
-    TILE_FN(p##_r1t3, dt, 1, 3)                                                                                    \
-    TILE_FN(p##_r1t4, dt, 1, 4)                                                                                    \
-    TILE_FN(p##_r1t5, dt, 1, 5)
-TILE_SET(h, ASW_DTYPE_F16)
-TILE_SET(b, ASW_DTYPE_BF16)
-
-/* [dtype is f16][full R rows][tokens - 1] */
-static const tile_fn tiles[2][2][T] = {
-    {{b_r1t1, b_r1t2, b_r1t3, b_r1t4, b_r1t5}, {b_r4t1, b_r4t2, b_r4t3, b_r4t4, b_r4t5}},
-    {{h_r1t1, h_r1t2, h_r1t3, h_r1t4, h_r1t5}, {h_r4t1, h_r4t2, h_r4t3, h_r4t4, h_r4t5}},
-};
+GEMM_TILES(5, 4) /* the GEMM's tile functions and their table (x86_loops.h) */
 
 /* Decode attention for heads of up to ATT_CHUNKS * 16 dims, with the head in registers. Scores go 16 keys at a
  * time: each key's 16-lane partial products, then hsum16 sums the 16 keys at once (one horizontal reduction per

@@ -9,7 +9,7 @@
  *   v_set1(s)            s in every lane
  *   v_store(p, v)        VL f32 to p
  *   f16_store(p, v)      v rounded to f16 (nearest even), VL u16 to p
- * and, after including this, `tiles`: the TILE_FN functions of the tile shapes it uses (R x 1..T tokens and 1 x 1..T).
+ * and, after including this, its tiles: GEMM_TILES(T, R).
  * Everything here is static to the including file; the set's table (kernels.h) points at the set_* functions.
  */
 #ifndef ASW_X86_LOOPS_H
@@ -57,8 +57,25 @@ INL void tile(int dt, int nr, int nt, int add, float *Y, int64_t ldy, const uint
         tile(dt, nr, nt, add, Y, ldy, W, ldw, k, X, ldx);                                                        \
     }
 typedef void (*tile_fn)(int, float *, int64_t, const uint16_t *, int64_t, int64_t, const float *, int64_t);
-/* [dtype is f16][full R rows][tokens - 1]: the including file defines it after this header, from TILE_FN */
+/* [dtype is f16][full R rows][tokens - 1]: the including file defines it after this header, with GEMM_TILES */
 static const tile_fn tiles[2][2][T];
+
+#define TILE_FNS_T3(p, dt, nr)                                                                                     \
+    TILE_FN(p##_r##nr##t1, dt, nr, 1) TILE_FN(p##_r##nr##t2, dt, nr, 2) TILE_FN(p##_r##nr##t3, dt, nr, 3)
+#define TILE_FNS_T5(p, dt, nr)                                                                                     \
+    TILE_FNS_T3(p, dt, nr) TILE_FN(p##_r##nr##t4, dt, nr, 4) TILE_FN(p##_r##nr##t5, dt, nr, 5)
+#define TILE_LIST_T3(p, nr) p##_r##nr##t1, p##_r##nr##t2, p##_r##nr##t3
+#define TILE_LIST_T5(p, nr) TILE_LIST_T3(p, nr), p##_r##nr##t4, p##_r##nr##t5
+/* The set's tiles, tn and nr its T and R as literals (3 or 5 tokens): a function per shape (nr or 1 rows x 1..tn
+ * tokens, fp16 and bf16) and the table `tiles` of them */
+#define GEMM_TILES(tn, nr)                                                                                         \
+    _Static_assert(T == tn && R == nr, "GEMM_TILES(T, R)");                                                      \
+    TILE_FNS_T##tn(h, ASW_DTYPE_F16, nr) TILE_FNS_T##tn(h, ASW_DTYPE_F16, 1)                                     \
+    TILE_FNS_T##tn(b, ASW_DTYPE_BF16, nr) TILE_FNS_T##tn(b, ASW_DTYPE_BF16, 1)                                   \
+    static const tile_fn tiles[2][2][T] = {                                                                      \
+        {{TILE_LIST_T##tn(b, 1)}, {TILE_LIST_T##tn(b, nr)}},                                                     \
+        {{TILE_LIST_T##tn(h, 1)}, {TILE_LIST_T##tn(h, nr)}},                                                     \
+    };
 
 /* Y[t, r0:r1] = W[r0:r1] . X[t] for t < nt: the lone GEMV of gemv_chains.h for one token (the decode step), else
  * the set's GEMM tiles over blocks of KC columns */
