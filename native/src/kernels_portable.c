@@ -55,8 +55,6 @@ uint16_t asw_f32_to_f16(float f) {
     return (uint16_t)(sign | (ax >> 13));
 }
 
-uint16_t asw_f32_to_bf16(float f) { return (uint16_t)(asw_bf16_round_bits(f) >> 16); }
-
 /* ---------------------------------------------------------------------------------------------------------
  * portable kernels
  */
