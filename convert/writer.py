@@ -58,13 +58,13 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _local_pid(suffix: str) -> int | None:
-    """The pid of a temporary file's suffix (what follows OUT.asw.tmp-) when the file is this host's: <host>-<pid>
-    with this host's name, or a bare <pid> (the names of earlier versions, which were always local); else None. An
+def _local_pid(suffix: str, host: str) -> int | None:
+    """The pid of a temporary file's suffix (what follows OUT.asw.tmp-) when the file is host `host`'s (this one's):
+    <host>-<pid>, or a bare <pid> (the names of earlier versions, which were always local); else None. An
     output folder can be shared (NFS, a volume mounted into several containers): another host's pids say nothing
     about its processes here, so its files are left alone."""
-    host, _, digits = suffix.rpartition("-")
-    if host and host != host_tag():
+    owner, _, digits = suffix.rpartition("-")
+    if owner and owner != host:
         return None
     if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
         return None
@@ -79,9 +79,9 @@ def remove_stale_temporaries(out_path: Path) -> list[Path]:
         candidates = [entry for entry in out_path.parent.iterdir() if entry.name.startswith(prefix)]
     except OSError:  # the folder does not exist yet, or cannot be listed: nothing to clean
         return []
-    removed = []
+    removed, host = [], host_tag()
     for entry in candidates:
-        pid = _local_pid(entry.name[len(prefix):])
+        pid = _local_pid(entry.name[len(prefix):], host)
         if pid is None or pid == os.getpid() or _process_exists(pid) or entry.is_symlink() or not entry.is_file():
             continue
         entry.unlink(missing_ok=True)
