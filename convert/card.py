@@ -8,10 +8,10 @@ the user uploads to; the snippet says so.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.tempfiles import replace_text
 
 SOURCE_KINDS = {"hf-hub": "Hugging Face", "ms-hub": "ModelScope", "hf-dir": "a local checkpoint folder",
                 "gguf": "a GGUF file"}
@@ -84,10 +84,5 @@ def write_card(out_path: Path) -> Path:
     target = card_path(out_path)
     with fmt.AswFile.open(out_path) as asw:
         text = render_card(asw, out_path.name)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_text(target, text)
     return target

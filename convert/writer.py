@@ -18,7 +18,6 @@ at OUT unless finish() succeeded. Byte layout comes from runtime/format.py.
 from __future__ import annotations
 
 import os
-import socket
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,66 +26,11 @@ from typing import Any, BinaryIO
 import xxhash
 
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.tempfiles import remove_stale_temporaries, temporary_name
 
 
 class WriterStateError(RuntimeError):
     """The writer was driven out of order (a bug in the caller)."""
-
-
-TMP_INFIX = ".tmp-"  # OUT.asw.tmp-<host>-<pid>: the file being written, renamed over OUT when complete
-
-
-def host_tag() -> str:
-    """This machine's name as it goes into a temporary file's name: letters, digits, '.' and '_' only."""
-    name = "".join(c if c.isascii() and (c.isalnum() or c in "._") else "_" for c in socket.gethostname())
-    return name or "localhost"
-
-
-def _temporary_name(out_path: Path, pid: int) -> Path:
-    return out_path.with_name(f"{out_path.name}{TMP_INFIX}{host_tag()}-{pid}")
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
-def _local_pid(suffix: str, host: str) -> int | None:
-    """The pid of a temporary file's suffix (what follows OUT.asw.tmp-) when the file is host `host`'s (this one's):
-    <host>-<pid>, or a bare <pid> (the names of earlier versions, which were always local); else None. An
-    output folder can be shared (NFS, a volume mounted into several containers): another host's pids say nothing
-    about its processes here, so its files are left alone."""
-    owner, _, digits = suffix.rpartition("-")
-    if owner and owner != host:
-        return None
-    if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
-        return None
-    return int(digits)
-
-
-def remove_stale_temporaries(out_path: Path) -> list[Path]:
-    """Remove the OUT.tmp-HOST-PID files that conversions to `out_path` on this machine left behind when killed
-    outright (SIGKILL, a crash, power loss): those whose process no longer exists. Returns what was removed."""
-    prefix = out_path.name + TMP_INFIX
-    try:
-        candidates = [entry for entry in out_path.parent.iterdir() if entry.name.startswith(prefix)]
-    except OSError:  # the folder does not exist yet, or cannot be listed: nothing to clean
-        return []
-    removed, host = [], host_tag()
-    for entry in candidates:
-        pid = _local_pid(entry.name[len(prefix):], host)
-        if pid is None or pid == os.getpid() or _process_exists(pid) or entry.is_symlink() or not entry.is_file():
-            continue
-        entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
 
 
 class AswWriter:
@@ -94,7 +38,7 @@ class AswWriter:
         fmt.check_data_alignment(data_alignment)
         self.out_path = out_path
         remove_stale_temporaries(out_path)
-        self.tmp_path = _temporary_name(out_path, os.getpid())
+        self.tmp_path = temporary_name(out_path)
         self.data_alignment = data_alignment
         self._file: BinaryIO | None = open(self.tmp_path, "wb")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asw-writer")

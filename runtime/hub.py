@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from . import format as fmt
+from .tempfiles import replace_text
 
 SCHEMES = {"hf": "Hugging Face", "ms": "ModelScope"}
 MS_DEFAULT_REVISION = "master"
@@ -305,12 +306,9 @@ def _remember(asw: fmt.AswFile, located: Located) -> Path | None:
     where = record_path(located.path)
     record = {"identity": _identity(asw), "tensors": len(asw.tensors), "verifier": f"ascend-super {__version__}",
               "origin": located.describe()}
-    tmp = where.with_name(f"{where.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        os.replace(tmp, where)
+        replace_text(where, json.dumps(record, indent=1))
     except OSError:
-        tmp.unlink(missing_ok=True)
         return None
     return where
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import ascend_super
-from ascend_super.convert.writer import host_tag
+from ascend_super.runtime.tempfiles import host_tag
 from ascend_super.runtime import format as fmt
 from ascend_super.runtime.generate import GenerationError, Sampling
 from conftest import script_code
@@ -211,14 +211,40 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path, checkpo
     alive = tmp_path / f"out.asw.tmp-{host}-{os.getpid()}"  # a conversion still running (this process): kept
     elsewhere = tmp_path / f"out.asw.tmp-{host}x-{dead.pid}"  # another host's (a shared folder): kept
     other = tmp_path / f"other.asw.tmp-{host}-{dead.pid}"  # another output's: not ours to touch
-    for path in (stale, stale_old_name, alive, elsewhere, other):
+    card = tmp_path / f"out.README.md.tmp-{host}-{dead.pid}"  # --card's file beside OUT is written the same way
+    for path in (stale, stale_old_name, alive, elsewhere, other, card):
         path.write_bytes(b"partial")
-    result = _run("ascend-convert", str(checkpoint_dir(MODEL)), "-o", str(out), "--align", "4096")
+    result = _run("ascend-convert", str(checkpoint_dir(MODEL)), "-o", str(out), "--align", "4096", "--card")
     assert result.returncode == 0, result.stderr
-    assert not stale.exists() and not stale_old_name.exists()
+    assert not stale.exists() and not stale_old_name.exists() and not card.exists()
     assert alive.exists() and elsewhere.exists() and other.exists() and out.is_file()
+    assert (tmp_path / "out.README.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == sorted(
         p.name for p in (alive, elsewhere, other))  # the conversion's own temporary is gone too
+
+
+def test_replace_text_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small files written by rename (a card, a verification record): a dead writer's temporary is removed, and
+    a failed write leaves neither a temporary nor a changed target."""
+    from ascend_super.runtime import tempfiles
+
+    target = tmp_path / "record.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"record.json.tmp-{host_tag()}-{dead.pid}"
+    stale.write_text("partial")
+    tempfiles.replace_text(target, "one")
+    assert target.read_text() == "one" and not stale.exists()
+
+    def full_disk(path: Path, text: str, encoding: str) -> None:
+        Path.write_bytes(path, text[:1].encode())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        tempfiles.replace_text(target, "two")
+    assert target.read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
 
 
 def test_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
