@@ -103,7 +103,8 @@ $(EMU_DIR)/libopapi.so: $(EMU_OP_LIBS:%=$(EMU_DIR)/obj/ops_%.o) $(EMU_DIR)/obj/o
 	$(EMU_LINK) -Wl,-soname,libopapi.so $(filter %.o,$^) -lnnopbase -lascendcl -o $@
 
 # the native library under AddressSanitizer + UndefinedBehaviorSanitizer: the C fuzzer (native/check/fuzz_open.c:
-# forged configs and tensor tables through asw_model_open and a session), the kernel-set check, and the native,
+# forged configs and tensor tables through asw_model_open and a session), the kernel-set check, the thread pool's
+# placement check (native/check/pool_placement.c), and the native,
 # seam, parity and bf16-activation tests with the sanitized library preloaded into Python (leak checks off: CPython keeps memory
 # at exit by design). Any sanitizer report aborts the run.
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -116,8 +117,11 @@ check-sanitize: $(TEST_STAMP)
 		native/check/fuzz_open.c native/src/*.c -o build/sanitize/fuzz_open -lm -ldl
 	gcc -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -pthread -Inative/include \
 		native/check/kernel_sets.c native/src/*.c -o build/sanitize/kernel_sets -lm -ldl
+	gcc -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -pthread -Inative/include \
+		native/check/pool_placement.c native/src/*.c -o build/sanitize/pool_placement -lm -ldl
 	build/sanitize/fuzz_open $(FUZZ_CASES)
 	build/sanitize/kernel_sets
+	build/sanitize/pool_placement
 	ASW_NATIVE_LIB=$(CURDIR)/build/sanitize/_asw.so ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_seam.py tests/test_parity.py \
