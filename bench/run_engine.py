@@ -2,6 +2,7 @@
 
     python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T [--paired-probe LIB --pairs P]
                                [--activations f32|bf16]
+    python bench/run_engine.py ENGINE MODEL --prompt-ids FILE.json --new N --threads T --alternate-with ENGINE2 MODEL2
 
 ENGINE is one of:
   ours          ascend_super.load(MODEL.asw, backend="cpu", threads=T, activations=--activations [f32]);
@@ -33,6 +34,14 @@ each between two reps of the memory-bandwidth probe (bench/bandwidth.c built as 
 process, the same thread count, _common.PROBE_MIB per rep): rep, step, rep, step, ..., rep. On a shared machine whose
 bandwidth moves by 2x within seconds, a step and the reps on either side of it (tens of milliseconds apart) see the
 same machine; a probe minutes away does not. Adds "pairs": {"step_s": [P], "probe_gbs": [P + 1]} to the JSON.
+
+Alternated (--alternate-with, two of ours and llama.cpp: instead of the timed generation): both engines loaded in
+this process, each warmed up and then fed the prompt, then N decode steps of each in the order A B B A A B ..., every
+step after GAP_S seconds idle (the worker threads of the engine that stepped last have gone to sleep, so they do not
+spin on the cores the other engine's step needs; both then wake their threads for every step alike). A step of one
+engine always has a step of the other next to it, so their ratio compares the same seconds of the machine, which runs
+in separate processes cannot. Prints one JSON object: engine, model, twin_engine, twin_model, "step_s" and "tokens"
+(one list per engine, in that order), "prefill_s" (the two prefills, one after the other: informational), "extra".
 """
 
 from __future__ import annotations
@@ -126,13 +135,28 @@ class Timed:
         return self
 
 
-def run_ours(model_path: Path, prompt: list[int], new: int, threads: int,
-             pairing: Pairing | None = None, activations: str = "f32") -> dict[str, Any]:
+class Opened:
+    """An engine loaded in this process: greedy prefill and decode steps on one session, and what to report."""
+
+    def __init__(self, load_s: float, prefill: Callable[[list[int]], int], step: Callable[[int], int],
+                 reset: Callable[[], None], extra: Callable[[], dict[str, Any]], close: Callable[[], None]) -> None:
+        self.load_s, self.prefill, self.step, self.reset, self.extra, self.close = \
+            load_s, prefill, step, reset, extra, close
+
+    def warm_up(self, prompt: list[int]) -> None:
+        """Untimed: every weight page touched, the thread pools up; then the session forgotten (KV cleared)."""
+        Timed().run(self.prefill, self.step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
+        self.reset()
+
+
+def open_ours(model_path: Path, context: int, threads: int, activations: str = "f32") -> Opened:
     import ascend_super
+    from ascend_super.runtime.hugepages import file_pmd_share
+    from ascend_super.runtime.native import kernel_name
 
     started = time.perf_counter()
     model = ascend_super.load(model_path, backend="cpu", threads=threads, activations=activations)
-    session = model.session(len(prompt) + new + (pairing.pairs if pairing else 0) + 8)
+    session = model.session(context)
     load_s = time.perf_counter() - started
 
     def prefill(ids: list[int]) -> int:
@@ -141,24 +165,18 @@ def run_ours(model_path: Path, prompt: list[int], new: int, threads: int,
     def step(token: int) -> int:
         return session.decode(token, logits="none")[1]
 
-    Timed().run(prefill, step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
-    session.reset()
-    timed = Timed().run(prefill, step, prompt, new)
-    from ascend_super.runtime.native import kernel_name
+    def extra() -> dict[str, Any]:
+        return {"kernels": kernel_name(), "describe": model.native.describe(),
+                "huge_page_share": file_pmd_share(model_path)}
 
-    from ascend_super.runtime.hugepages import file_pmd_share
+    def close() -> None:
+        session.close()
+        model.close()
 
-    extra = {"kernels": kernel_name(), "describe": model.native.describe(),
-             "huge_page_share": file_pmd_share(model_path)}
-    if pairing is not None:
-        extra["pairs"] = paired_steps(pairing, step, timed.tokens[-1])
-    session.close()
-    model.close()
-    return {"load_s": load_s, "timed": timed, "extra": extra}
+    return Opened(load_s, prefill, step, session.reset, extra, close)
 
 
-def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int,
-                  pairing: Pairing | None = None) -> dict[str, Any]:
+def open_llama_cpp(model_path: Path, context: int, threads: int) -> Opened:
     import ctypes
 
     import llama_cpp as L
@@ -175,7 +193,7 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int,
     if not model:
         raise SystemExit(f"llama.cpp could not load {model_path}")
     cparams = L.llama_context_default_params()
-    cparams.n_ctx = len(prompt) + new + (pairing.pairs if pairing else 0) + 16
+    cparams.n_ctx = context + 8
     cparams.n_batch = 2048
     cparams.n_ubatch = 512
     cparams.n_threads = threads
@@ -200,25 +218,44 @@ def run_llama_cpp(model_path: Path, prompt: list[int], new: int, threads: int,
     def step(token: int) -> int:
         return decode([token])
 
-    Timed().run(decode, step, prompt[:WARMUP_PROMPT], WARMUP_NEW)
-    L.llama_memory_clear(L.llama_get_memory(ctx), True)
-    L.llama_perf_context_reset(ctx)
-    timed = Timed().run(decode, step, prompt, new)
-    perf = L.llama_perf_context(ctx)
-    extra = {
-        "perf_prompt_ms": perf.t_p_eval_ms, "perf_prompt_tokens": perf.n_p_eval,
-        "perf_eval_ms": perf.t_eval_ms, "perf_eval_tokens": perf.n_eval,
-        "flash_attn_type": int(cparams.flash_attn_type), "n_vocab": int(n_vocab),
-        "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
-        "version": getattr(L, "__version__", "?"), "huge_page_share": file_pmd_share(model_path),
-    }
-    if pairing is not None:
-        extra["pairs"] = paired_steps(pairing, step, timed.tokens[-1])
-    L.llama_sampler_free(sampler)
-    L.llama_free(ctx)
-    L.llama_model_free(model)
-    del quiet
-    return {"load_s": load_s, "timed": timed, "extra": extra}
+    def reset() -> None:
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        L.llama_perf_context_reset(ctx)
+
+    def extra() -> dict[str, Any]:
+        perf = L.llama_perf_context(ctx)
+        return {
+            "perf_prompt_ms": perf.t_p_eval_ms, "perf_prompt_tokens": perf.n_p_eval,
+            "perf_eval_ms": perf.t_eval_ms, "perf_eval_tokens": perf.n_eval,
+            "flash_attn_type": int(cparams.flash_attn_type), "n_vocab": int(n_vocab),
+            "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
+            "version": getattr(L, "__version__", "?"), "huge_page_share": file_pmd_share(model_path),
+        }
+
+    def close() -> None:
+        nonlocal quiet
+        L.llama_sampler_free(sampler)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
+        del quiet
+
+    return Opened(load_s, decode, step, reset, extra, close)
+
+
+OPENERS: dict[str, Callable[..., Opened]] = {"ours": open_ours, "llama.cpp": open_llama_cpp}
+
+
+def run_opened(opened: Opened, prompt: list[int], new: int, pairing: Pairing | None = None) -> dict[str, Any]:
+    """Warm-up, then the timed generation (and the paired steps) on an engine opened for it; closes it."""
+    try:
+        opened.warm_up(prompt)
+        timed = Timed().run(opened.prefill, opened.step, prompt, new)
+        extra = opened.extra()  # llama.cpp's perf counters cover the timed generation only
+        if pairing is not None:
+            extra["pairs"] = paired_steps(pairing, opened.step, timed.tokens[-1])
+    finally:
+        opened.close()
+    return {"load_s": opened.load_s, "timed": timed, "extra": extra}
 
 
 def run_transformers(model_path: Path, prompt: list[int], new: int, threads: int) -> dict[str, Any]:
@@ -259,14 +296,54 @@ def run_transformers(model_path: Path, prompt: list[int], new: int, threads: int
     return {"load_s": load_s, "timed": timed, "extra": extra}
 
 
-ENGINES = {"ours": run_ours, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
-PAIRED = ("ours", "llama.cpp")  # the engines that take --paired-probe
+PAIRED = ("ours", "llama.cpp")  # the engines that take --paired-probe, and --alternate-with
 PAIRS = 24  # paired decode steps per run (side_by_side's default too)
+GAP_S = 0.01  # idle time before each alternated step: both engines' worker threads have stopped spinning by then
+
+
+def alternate(engines: list[Opened], prompt: list[int], new: int, gap_s: float = GAP_S,
+              clock: Callable[[], float] = time.perf_counter,
+              sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Two engines in one process, their decode steps alternated A B B A A B ... after each engine's prefill of the
+    same prompt: every step of one has a step of the other next to it, so both see the same machine (on a shared VM
+    whose bandwidth moves by 2x within seconds, runs in separate processes minutes apart do not). Every step starts
+    after `gap_s` idle, so that neither engine's worker threads still spin on the cores the other steps on. Returns
+    per engine its prefill seconds, each step's seconds and its tokens (the first is the prefill's)."""
+    for engine in engines:
+        engine.warm_up(prompt)
+    prefill_s, tokens = [], []
+    for engine in engines:
+        started = clock()
+        tokens.append([engine.prefill(prompt)])
+        prefill_s.append(clock() - started)
+    step_s: list[list[float]] = [[] for _ in engines]
+    for i in range(new):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            sleep(gap_s)
+            started = clock()
+            tokens[k].append(engines[k].step(tokens[k][-1]))
+            step_s[k].append(clock() - started)
+    return {"prefill_s": prefill_s, "step_s": step_s, "tokens": tokens, "gap_s": gap_s}
+
+
+def run_alternated(specs: list[tuple[str, Path]], prompt: list[int], new: int, threads: int) -> dict[str, Any]:
+    """`alternate` on the engines of `specs` ((ENGINE, MODEL) each), opened one after the other in this process."""
+    opened: list[Opened] = []
+    try:
+        for kind, model in specs:
+            opened.append(OPENERS[kind](model, len(prompt) + new + 8, threads))
+        result = alternate(opened, prompt, new)
+        result["extra"] = [engine.extra() for engine in opened]
+    finally:
+        for engine in opened:
+            engine.close()
+    return result
 
 
 def main() -> None:
+    engines = sorted([*OPENERS, "transformers"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("engine", choices=sorted(ENGINES))
+    parser.add_argument("engine", choices=engines)
     parser.add_argument("model", type=Path)
     parser.add_argument("--prompt-ids", type=Path, required=True)
     parser.add_argument("--new", type=int, required=True)
@@ -274,21 +351,37 @@ def main() -> None:
     parser.add_argument("--paired-probe", type=Path, metavar="LIB", help="bench/bandwidth.c built as a library")
     parser.add_argument("--pairs", type=int, default=PAIRS, help=f"decode steps between probe reps [{PAIRS}]")
     parser.add_argument("--activations", choices=["f32", "bf16"], default="f32", help="ours: matmul inputs [f32]")
+    parser.add_argument("--alternate-with", nargs=2, metavar=("ENGINE", "MODEL"),
+                        help="decode steps alternated with this engine's in this process instead of a timed run")
     args = parser.parse_args()
     if args.paired_probe and args.engine not in PAIRED:
         parser.error(f"--paired-probe works with {' and '.join(PAIRED)}")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
-    prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
     if args.activations != "f32" and args.engine != "ours":
         parser.error("--activations works with ours")
-    kw: dict[str, Any] = {"pairing": Pairing(args.paired_probe, args.threads, args.pairs)} if args.paired_probe else {}
-    if args.engine == "ours":
-        kw["activations"] = args.activations
-    result = ENGINES[args.engine](args.model, prompt, args.new, args.threads, **kw)
+    if args.alternate_with and (args.engine not in PAIRED or args.alternate_with[0] not in PAIRED
+                                or args.paired_probe or args.activations != "f32"):
+        parser.error(f"--alternate-with takes two of {', '.join(PAIRED)}, without --paired-probe or --activations")
+    prompt = [int(x) for x in json.loads(args.prompt_ids.read_text())]
+    header = {"engine": args.engine, "model": str(args.model), "threads": args.threads, "prompt_tokens": len(prompt)}
+    if args.alternate_with:
+        twin = (args.alternate_with[0], Path(args.alternate_with[1]))
+        result = run_alternated([(args.engine, args.model), twin], prompt, args.new, args.threads)
+        json.dump({**header, "twin_engine": twin[0], "twin_model": str(twin[1]), "new_tokens": args.new, **result},
+                  sys.stdout)
+        print()
+        return
+    pairing = Pairing(args.paired_probe, args.threads, args.pairs) if args.paired_probe else None
+    if args.engine == "transformers":
+        result = run_transformers(args.model, prompt, args.new, args.threads)
+    else:
+        context = len(prompt) + args.new + (pairing.pairs if pairing else 0) + 8
+        options = {"activations": args.activations} if args.engine == "ours" else {}
+        result = run_opened(OPENERS[args.engine](args.model, context, args.threads, **options), prompt, args.new,
+                            pairing)
     timed: Timed = result["timed"]
-    json.dump({"engine": args.engine, "model": str(args.model), "threads": args.threads,
-               "prompt_tokens": len(prompt), "new_tokens": len(timed.tokens) - 1,
+    json.dump({**header, "new_tokens": len(timed.tokens) - 1,
                "prefill_s": timed.prefill_s, "decode_s": timed.decode_s, "tokens": timed.tokens,
                "load_s": result["load_s"], **result["extra"]}, sys.stdout)
     print()
