@@ -64,7 +64,10 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         pid = _local_pid(entry.name[len(prefix):], host)
         if pid is None or pid == os.getpid() or _process_exists(pid) or entry.is_symlink() or not entry.is_file():
             continue
-        entry.unlink(missing_ok=True)
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError:  # another user's leftover in a sticky folder, say: not ours to remove, and no reason to fail
+            continue
         removed.append(entry)
     return removed
 

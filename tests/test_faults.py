@@ -236,6 +236,21 @@ def test_replace_text_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.Mo
     tempfiles.replace_text(target, "one")
     assert target.read_text() == "one" and not stale.exists()
 
+    # a dead writer's leftover that cannot be removed (another user's, in a sticky folder) is skipped, not fatal
+    stale.write_text("partial")
+    unlink = Path.unlink
+
+    def refuse_stale(path: Path, missing_ok: bool = False) -> None:
+        if path == stale:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_stale)
+    tempfiles.replace_text(target, "one")
+    assert target.read_text() == "one" and stale.exists()
+    monkeypatch.setattr(Path, "unlink", unlink)
+    stale.unlink()
+
     def full_disk(path: Path, text: str, encoding: str) -> None:
         Path.write_bytes(path, text[:1].encode())
         raise OSError(28, "No space left on device")

@@ -347,6 +347,8 @@ def test_pool_worker_steps_off_the_callers_core(tmp_path: Path) -> None:
     subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{native_dir / 'include'}",
                     str(native_dir / "check" / "pool_placement.c"), *map(str, sorted((native_dir / "src").glob("*.c"))),
                     "-o", str(exe), "-lm", "-ldl"], check=True, timeout=300)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "passed" in result.stdout or ("skipped" in result.stdout and len(os.sched_getaffinity(0)) < 2)
+    if "skipped" in result.stdout:  # not Linux, fewer than 2 usable cores, or affinity cannot be set here
+        pytest.skip(result.stdout.strip())
+    assert "passed" in result.stdout, result.stdout
