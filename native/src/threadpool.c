@@ -80,8 +80,8 @@ static inline void pause_or_yield(int spin) {
  * A sleeping worker is woken by the caller, and the scheduler then places it. On a KVM guest it places it on the
  * caller's own core when the idle core's vCPU looks preempted (the host descheduled it while it idled): both threads
  * then share one core until the load balancer parts them, milliseconds later. Measured on a 2-core EPYC guest, a
- * SmolLM2 decode step after 50 ms idle took 15-20 ms instead of 9-10 (38 % of its 4,344 jobs ran with the worker on
- * the caller's core; pinned threads: 9.8 ms). Nothing is pinned for good (two processes pinned to the same cores
+ * SmolLM2 decode step after 50 ms idle took 15-20 ms instead of 9-10 (in 38 % of the 4,344 jobs of 24 such steps
+ * the worker ran on the caller's core; pinned threads: 9.8 ms). Nothing is pinned for good (two processes pinned to the same cores
  * would share them while the others idle): a worker that finds itself on the caller's core at the start of a job
  * excludes that core from its affinity, which moves it at once, and takes its own affinity back before it next
  * sleeps. Workers sharing a core with each other are left to the scheduler. The cost is one sched_getcpu per job
