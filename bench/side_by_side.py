@@ -260,11 +260,11 @@ def avx2_everywhere(engines: list[str]) -> None:
         os.environ["LLAMA_CPP_LIB_PATH"] = str(_llama.ensure_avx2_library())
 
 
-def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, Any]:
+def run_engine(engine: Engine, case: Case, threads: int, *more: str) -> dict[str, Any]:
+    """One run_engine.py process for `engine` on `case` (with `more` arguments): its JSON, plus the load average
+    before it and the hypervisor steal during it. A failed run stops the benchmark with the tail of its output."""
     cmd = [sys.executable, str(BENCH / "run_engine.py"), engine.kind, str(engine.model), "--prompt-ids",
-           str(case.prompt_file), "--new", str(case.new), "--threads", str(threads), *engine.options]
-    if engine.kind in PAIRED and pairs > 0:
-        cmd += ["--paired-probe", str(bandwidth_build(library=True)), "--pairs", str(pairs)]
+           str(case.prompt_file), "--new", str(case.new), "--threads", str(threads), *more]
     load = load_average()
     with C.Steal() as steal:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -272,10 +272,18 @@ def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, A
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
         raise SystemExit(f"{engine.name} on {case.title} failed (exit {done.returncode}):\n{tail}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(steal_pct=steal.percent, loadavg=load)
+    return result
+
+
+def run_one(engine: Engine, case: Case, threads: int, pairs: int) -> dict[str, Any]:
+    more = [*engine.options]
+    if engine.kind in PAIRED and pairs > 0:
+        more += ["--paired-probe", str(bandwidth_build(library=True)), "--pairs", str(pairs)]
+    result = run_engine(engine, case, threads, *more)
     if result["prompt_tokens"] != case.prompt or result["new_tokens"] != case.new:
         raise SystemExit(f"{engine.name}: ran {result['prompt_tokens']} prompt / {result['new_tokens']} new tokens, "
                          f"asked {case.prompt} / {case.new}")
-    result.update(steal_pct=steal.percent, loadavg=load)
     return result
 
 
@@ -285,19 +293,7 @@ def alternation_label(first: str, second: str) -> str:
 
 def run_alternation(first: Engine, second: Engine, case: Case, threads: int) -> dict[str, Any]:
     """One process running both engines' decode steps alternated (run_engine.py --alternate-with)."""
-    cmd = [sys.executable, str(BENCH / "run_engine.py"), first.kind, str(first.model), "--prompt-ids",
-           str(case.prompt_file), "--new", str(case.new), "--threads", str(threads),
-           "--alternate-with", second.kind, str(second.model)]
-    load = load_average()
-    with C.Steal() as steal:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-        raise SystemExit(f"{alternation_label(first.name, second.name)} on {case.title} failed "
-                         f"(exit {done.returncode}):\n{tail}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result.update(steal_pct=steal.percent, loadavg=load)
-    return result
+    return run_engine(first, case, threads, "--alternate-with", second.kind, str(second.model))
 
 
 def alternated_ratio(result: dict[str, Any]) -> float:

@@ -339,9 +339,7 @@ def test_pool_worker_steps_off_the_callers_core(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("needs a C compiler")
+    cc = os.environ.get("CC") or shutil.which("gcc") or "cc"  # the library itself needs one to build
     native_dir = Path(__file__).resolve().parent.parent / "native"
     exe = tmp_path / "pool_placement"
     subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{native_dir / 'include'}",

@@ -75,21 +75,30 @@ static inline void pause_or_yield(int spin) {
         sched_yield();
 }
 
+/* The core this thread runs on (-1: unknown). */
+static int current_cpu(void) {
+#if defined(__linux__)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
 /* A worker that wakes on the core of the caller steps aside to another core it may use.
  *
  * A sleeping worker is woken by the caller, and the scheduler then places it. On a KVM guest it places it on the
  * caller's own core when the idle core's vCPU looks preempted (the host descheduled it while it idled): both threads
  * then share one core until the load balancer parts them, milliseconds later. Measured on a 2-core EPYC guest, a
  * SmolLM2 decode step after 50 ms idle took 15-20 ms instead of 9-10 (in 38 % of the 4,344 jobs of 24 such steps
- * the worker ran on the caller's core; pinned threads: 9.8 ms). Nothing is pinned for good (two processes pinned to the same cores
- * would share them while the others idle): a worker that finds itself on the caller's core at the start of a job
- * excludes that core from its affinity, which moves it at once, and takes its own affinity back before it next
- * sleeps. Workers sharing a core with each other are left to the scheduler. The cost is one sched_getcpu per job
- * on each side: tens of nanoseconds at most on x86 (vDSO, rseq), a system call on aarch64 with glibc before 2.35 or
- * with musl (~360 per decode step; not measured on Arm). */
+ * the worker ran on the caller's core; pinned threads: 9.8 ms). Nothing is pinned for good (two processes pinned to
+ * the same cores would share them while the others idle): a worker that finds itself on the caller's core at the
+ * start of a job excludes that core from its affinity, which moves it at once, and takes its own affinity back
+ * before it next sleeps. Workers sharing a core with each other are left to the scheduler. The cost is one
+ * sched_getcpu per job on each side: tens of nanoseconds at most on x86 (vDSO, rseq), a system call on aarch64 with
+ * glibc before 2.35 or with musl (~360 per decode step; not measured on Arm). */
 static void step_aside_from_caller(worker *w) {
 #if defined(__linux__)
-    int here = sched_getcpu();
+    int here = current_cpu();
     if (here < 0 || here != atomic_load_explicit(&w->pool->caller_cpu, memory_order_relaxed)) return;
     /* already aside (the caller moved onto this core since): from its own affinity again, not the narrowed one */
     if (!w->stepped_aside && sched_getaffinity(0, sizeof w->own, &w->own) != 0) return;
@@ -106,14 +115,6 @@ static void take_own_affinity_back(worker *w) {
     if (w->stepped_aside) (void)sched_setaffinity(0, sizeof w->own, &w->own);
 #endif
     w->stepped_aside = 0;
-}
-
-static int caller_cpu(void) {
-#if defined(__linux__)
-    return sched_getcpu();
-#else
-    return -1;
-#endif
 }
 
 static void *worker_main(void *v) {
@@ -248,7 +249,7 @@ void asw_pool_run(asw_pool *p, asw_task_fn fn, void *arg) {
     p->fn = fn;
     p->arg = arg;
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    atomic_store_explicit(&p->caller_cpu, caller_cpu(), memory_order_relaxed);
+    atomic_store_explicit(&p->caller_cpu, current_cpu(), memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->gen, 1u, memory_order_release);
     pthread_cond_broadcast(&p->wake);
