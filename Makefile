@@ -125,4 +125,4 @@ check-sanitize: $(TEST_STAMP)
 	ASW_NATIVE_LIB=$(CURDIR)/build/sanitize/_asw.so ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_seam.py tests/test_parity.py \
-		tests/test_bf16_activations.py
+		tests/test_bf16_activations.py tests/test_greedy_screen.py

@@ -107,6 +107,7 @@ class Model:
     vocab: int
     weight_bytes: int  # read per decode step
     kv_bytes_per_position: int
+    screened_weight_bytes: int = 0  # read per greedy decode step of ours: the lm_head as its int8 screen (0: as above)
 
 
 @dataclass
@@ -124,18 +125,23 @@ class Case:
 
 
 # --------------------------------------------------------------------------- models
-def bytes_per_step(asw: Path) -> tuple[int, int, int]:
-    """(weight bytes a decode step reads, KV bytes per cached position, vocab) from the .asw manifest."""
+def bytes_per_step(asw: Path) -> tuple[int, int, int, int]:
+    """(weight bytes a decode step reads, the same for a greedy step of ours, KV bytes per cached position, vocab)
+    from the .asw manifest. Ours reads the lm_head of a greedy step as its int8 screen (backend_cpu.c: a byte per
+    weight and 8 per row, plus the few rows it computes exactly, not counted), unless ASW_GREEDY_SCREEN=0."""
     from ascend_super.runtime.format import AswFile
 
     with AswFile.open(asw) as f:
         cfg = f.config
         total = sum(t.nbytes for t in f.tensors)
+        embd = f.by_name["token_embd.weight"]
         if not cfg["tie_word_embeddings"]:
-            embd = f.by_name["token_embd.weight"]
             total -= embd.nbytes - embd.nbytes // embd.shape[0]
+        head = embd if cfg["tie_word_embeddings"] else f.by_name["output.weight"]
+        vocab, hidden = int(cfg["vocab_size"]), int(cfg["hidden_size"])
+        screened = total if os.environ.get("ASW_GREEDY_SCREEN") == "0" else total - head.nbytes + vocab * (hidden + 8)
         kv = 2 * int(cfg["num_hidden_layers"]) * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 2
-        return total, kv, int(cfg["vocab_size"])
+        return total, screened, kv, vocab
 
 
 def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
@@ -161,8 +167,8 @@ def prepare_model(key: str, engines: list[str], regen: bool) -> Model:
             listed.append(Engine(name, "llama.cpp", gguf))
         else:
             listed.append(Engine(name, "transformers", source))
-    weight_bytes, kv, vocab = bytes_per_step(asw["fp16"])
-    return Model(key, MODEL_NAMES[key], listed, vocab, weight_bytes, kv)
+    weight_bytes, screened, kv, vocab = bytes_per_step(asw["fp16"])
+    return Model(key, MODEL_NAMES[key], listed, vocab, weight_bytes, kv, screened)
 
 
 # --------------------------------------------------------------------------- machine
@@ -312,15 +318,19 @@ def rates(runs: list[dict[str, Any]], case: Case, what: str) -> list[float]:
     return [count / r[f"{what}_s"] for r in runs]
 
 
-def step_bytes(case: Case, context: float | None = None) -> float:
-    """Bytes a decode step reads at `context` cached positions (default: the mean context of the timed steps)."""
+def step_bytes(case: Case, context: float | None = None, engine: str = "") -> float:
+    """Bytes a decode step of `engine` reads at `context` cached positions (default: the mean context of the timed
+    steps): the model's, or for ours (greedy here) those of its screened steps."""
     if context is None:
         context = case.prompt + 1 + (case.new - 1) / 2
-    return case.model.weight_bytes + case.model.kv_bytes_per_position * context
+    weights = case.model.weight_bytes
+    if engine.startswith("ours") and case.model.screened_weight_bytes:
+        weights = case.model.screened_weight_bytes
+    return weights + case.model.kv_bytes_per_position * context
 
 
-def roofline(case: Case, bandwidth: float, context: float | None = None) -> float:
-    return bandwidth * 1e9 / step_bytes(case, context)
+def roofline(case: Case, bandwidth: float, context: float | None = None, engine: str = "") -> float:
+    return bandwidth * 1e9 / step_bytes(case, context, engine)
 
 
 def ceiling_shares(ceiling: dict[str, Any]) -> list[float]:
@@ -333,7 +343,7 @@ def ceiling_share(ceiling: dict[str, Any]) -> float:
     return statistics.median(ceiling_shares(ceiling))
 
 
-def paired_share(case: Case, runs: list[dict[str, Any]]) -> float | None:
+def paired_share(case: Case, runs: list[dict[str, Any]], engine: str) -> float | None:
     """Median over runs of the median over a run's paired steps of tok/s / roofline at the reps around the step
     (None when the engine ran no paired steps). Step i attends over prompt + new + 1 + i positions."""
     per_run = []
@@ -343,7 +353,7 @@ def paired_share(case: Case, runs: list[dict[str, Any]]) -> float | None:
             continue
         probe = pairs["probe_gbs"]
         per_run.append(statistics.median(
-            (1.0 / s) / roofline(case, (probe[i] + probe[i + 1]) / 2, case.prompt + case.new + 1 + i)
+            (1.0 / s) / roofline(case, (probe[i] + probe[i + 1]) / 2, case.prompt + case.new + 1 + i, engine)
             for i, s in enumerate(pairs["step_s"])))
     return 100.0 * statistics.median(per_run) if per_run else None
 
@@ -355,8 +365,8 @@ def summarize(case: Case, bandwidth: float, typical: float) -> list[dict[str, An
     ref = case.runs.get(REFERENCE)
     ref_decode = statistics.median(rates(ref, case, "decode")) if ref else None
     ref_prefill = statistics.median(rates(ref, case, "prefill")) if ref else None
-    roof = roofline(case, bandwidth)
     for name, runs in case.runs.items():
+        roof = roofline(case, bandwidth, engine=name)
         decode, prefill = rates(runs, case, "decode"), rates(runs, case, "prefill")
         row = {"engine": name, "decode": statistics.median(decode), "decode_min": min(decode),
                "decode_max": max(decode), "prefill": statistics.median(prefill), "prefill_min": min(prefill),
@@ -364,8 +374,8 @@ def summarize(case: Case, bandwidth: float, typical: float) -> list[dict[str, An
         row["decode_vs_ref"] = row["decode"] / ref_decode if ref_decode else None
         row["prefill_vs_ref"] = row["prefill"] / ref_prefill if ref_prefill else None
         row["roofline_pct"] = 100.0 * row["decode"] / roof
-        row["roofline_pct_typical"] = 100.0 * row["decode"] / roofline(case, typical)
-        row["roofline_pct_paired"] = paired_share(case, runs)
+        row["roofline_pct_typical"] = 100.0 * row["decode"] / roofline(case, typical, engine=name)
+        row["roofline_pct_paired"] = paired_share(case, runs, name)
         rows.append(row)
     return rows
 
@@ -543,13 +553,19 @@ def markdown(meta: dict[str, Any], cases: list[Case], summaries: dict[str, list[
                   f"machine's state here): " + "; ".join(alternated) + "."]
     lines += ["", "Roofline (tok/s = bandwidth ÷ bytes read per decode step): " + "; ".join(
         f"{c.title}: {roofline(c, meta['bandwidth_gbs']):.1f} tok/s "
-        f"({step_bytes(c) / 1e6:.0f} MB/step)"
+        f"({step_bytes(c) / 1e6:.0f} MB/step"
+        + (f"; ours {roofline(c, meta['bandwidth_gbs'], engine='ours'):.1f} tok/s at "
+           f"{step_bytes(c, engine='ours') / 1e6:.0f} MB/step)" if c.model.screened_weight_bytes else ")")
         for c in cases) + f" at the best probe ({meta['bandwidth_gbs']:.1f} GB/s, the targets' basis); in brackets in "
         f"the table, the share at the median of all {len(meta['bandwidth_all'])} probes "
         f"({meta['bandwidth_median_gbs']:.1f} GB/s: what this machine usually streamed during the run)"
         + (f", and the paired share ({meta['pairs']} decode steps per run of ours and llama.cpp after the timed ones, "
            f"each between two probe reps in the same process: the median of step tok/s ÷ the roofline at the reps "
-           f"around it; informational, as is the median-probe share)" if meta.get("pairs") else "") + ".",
+           f"around it; informational, as is the median-probe share)" if meta.get("pairs") else "") + "."
+        + (" Ours' greedy steps read the lm_head as its int8 greedy screen (a byte per weight instead of two, and "
+           "exact rows only for the few candidates it leaves: the same token, bit for bit), so every share of ours "
+           "is against its own, smaller bytes; llama.cpp and transformers compute every logit."
+           if any(c.model.screened_weight_bytes for c in cases) else ""),
         ""]
     ceiling = meta.get("ceiling")
     if ceiling and ceiling["pairs"]:
@@ -636,6 +652,7 @@ def write_results(out_dir: Path, cases: list[Case], meta: dict[str, Any], bandwi
         "meta": meta,
         "cases": [{"model": c.model.key, "title": c.title, "prompt": c.prompt, "new": c.new,
                    "weight_bytes": c.model.weight_bytes, "kv_bytes_per_position": c.model.kv_bytes_per_position,
+                   "screened_weight_bytes": c.model.screened_weight_bytes,
                    "summary": summaries[c.title], "runs": c.runs, "alternations": c.alternations} for c in done],
         "targets": [{"text": t.text, "value": t.value, "goal": t.goal, "unit": t.unit, "met": t.met} for t in goals],
     }, indent=1), encoding="utf-8")
@@ -652,7 +669,8 @@ def render(out_dir: Path) -> str:
         meta["started"] = time.mktime(time.strptime(meta["when"].rsplit(" ", 1)[0], "%Y-%m-%d %H:%M"))
     cases = []
     for c in saved["cases"]:
-        model = Model(c["model"], MODEL_NAMES[c["model"]], [], 0, c["weight_bytes"], c["kv_bytes_per_position"])
+        model = Model(c["model"], MODEL_NAMES[c["model"]], [], 0, c["weight_bytes"], c["kv_bytes_per_position"],
+                      c.get("screened_weight_bytes", 0))
         cases.append(Case(model, c["prompt"], c["new"], Path(), c["runs"], c.get("alternations", {})))
     return write_results(out_dir, cases, meta, meta["bandwidth_all"])
 

@@ -10,7 +10,9 @@
  * And each set's decode attention loops must match the portable set's over head sizes the tiny model does not have
  * (tails of 16, wider than 128), and its exp-based loops (vector_loops.h, compiled for the set) the portable
  * set's over lengths with every vector tail. Where the CPU has AVX512_BF16, the bf16-pair prefill kernel is checked
- * against exact sums of its products.
+ * against exact sums of its products. Each set's gemv_i8 must stay within the rounding bound the greedy screen
+ * assumes, and greedy steps through the screen must pick the argmax of the whole lm_head's logits, having used the
+ * screen (its step counters, backend.h).
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -21,6 +23,7 @@
 
 #include "asw.h"
 #include "tiny_model.h"
+#include "../src/backend.h"
 #include "../src/kernels.h"
 
 enum { PROMPT = 70, STEPS = 4 };
@@ -50,6 +53,75 @@ static int run(const char *kernels, const uint8_t *region, const layout_t *l, co
     asw_session_free(s);
     asw_model_free(m);
     return rc;
+}
+
+/* One model of set `kernels`, two sessions fed the same tokens: each step of one returns the logits of the last
+ * position (the whole lm_head), the other only its argmax (the greedy screen). Every screened token must be the
+ * argmax the first session returned, and the backend's step counters (backend.h) must say that `screened` of the
+ * PROMPT + STEPS steps went through the screen and the rest computed the whole lm_head. Returns the failures. */
+static int screen_run(const char *kernels, const uint8_t *region, const layout_t *l, const asw_config *cfg,
+                      int screened, const char *what) {
+    if (setenv("ASW_KERNELS", kernels, 1) != 0) return 1;
+    asw_open_options open = {.abi_version = ASW_ABI_VERSION, .backend = "cpu"};
+    asw_model *m = asw_model_open(region, l->size, cfg, l->refs, l->count, &open);
+    asw_session_options so = {.abi_version = ASW_ABI_VERSION, .max_len = PROMPT + STEPS, .n_threads = 2};
+    asw_session *full = m == NULL ? NULL : asw_session_new(m, &so);
+    asw_session *fast = full == NULL ? NULL : asw_session_new(m, &so);
+    float *logits = malloc(sizeof(float) * VOCAB); /* [VOCAB] */
+    int bad = 0;
+    if (fast == NULL || logits == NULL) {
+        fprintf(stderr, "%s: screen: %s\n", kernels, logits == NULL ? "out of memory" : asw_last_error());
+        bad = 1;
+    }
+    long long before[2] = {asw_greedy_screen_steps[0], asw_greedy_screen_steps[1]};
+    int32_t tokens[PROMPT]; /* [PROMPT]: run()'s prompt */
+    for (int i = 0; i < PROMPT; i++) tokens[i] = (int32_t)((i * 37 + 11) % VOCAB);
+    int32_t want = -1, got = -1;
+    int rc = bad ? 0 : asw_prefill(full, tokens, PROMPT, ASW_LOGITS_LAST, logits, &want);
+    if (rc == 0 && !bad) rc = asw_prefill(fast, tokens, PROMPT, ASW_LOGITS_NONE, NULL, &got);
+    for (int t = 0; rc == 0 && !bad; t++) {
+        if (got != want && bad++ < 5)
+            printf("%-8s greedy screen (%s), step %d: token %d, argmax %d\n", kernels, what, t, (int)got, (int)want);
+        if (t == STEPS) break;
+        int32_t fed = want;
+        rc = asw_decode(full, fed, ASW_LOGITS_LAST, logits, &want);
+        if (rc == 0) rc = asw_decode(fast, fed, ASW_LOGITS_NONE, NULL, &got);
+    }
+    if (rc != 0) fprintf(stderr, "%s: screen: %s\n", kernels, asw_last_error()), bad++;
+    long long steps[2] = {asw_greedy_screen_steps[0] - before[0], asw_greedy_screen_steps[1] - before[1]};
+    if (!bad && (steps[0] != screened || steps[1] != STEPS + 1 - screened)) {
+        printf("%-8s greedy screen (%s): %lld of %d steps screened, %lld on the whole lm_head; expected %d screened\n",
+               kernels, what, steps[0], STEPS + 1, steps[1], screened);
+        bad++;
+    }
+    asw_session_free(fast);
+    asw_session_free(full);
+    asw_model_free(m);
+    free(logits);
+    return bad;
+}
+
+/* The greedy screen of set `kernels`: the tiny model's steps all screened; then with every lm_head row equal (every
+ * row a candidate) all on the whole lm_head, the same tokens either way. Returns the number of failures. */
+static int check_screen(const char *kernels, const uint8_t *region, const layout_t *l, const asw_config *cfg) {
+    int bad = screen_run(kernels, region, l, cfg, STEPS + 1, "random rows");
+    const asw_tensor_ref *out = NULL;
+    for (int i = 0; i < l->count; i++)
+        if (strcmp(l->refs[i].name, "output.weight") == 0) out = &l->refs[i];
+    uint8_t *same = malloc(l->size); /* [l->size] the region with every output row = row 0 */
+    if (out == NULL || same == NULL) {
+        fprintf(stderr, "%s: screen: %s\n", kernels, same == NULL ? "out of memory" : "no output.weight");
+        free(same);
+        return bad + 1;
+    }
+    memcpy(same, region, l->size);
+    size_t row = (size_t)HIDDEN * sizeof(uint16_t);
+    for (int r = 1; r < VOCAB; r++) memcpy(same + out->offset + (size_t)r * row, same + out->offset, row);
+    bad += screen_run(kernels, same, l, cfg, 0, "equal rows");
+    free(same);
+    printf("%-8s %s greedy steps through the screen pick the whole lm_head's argmax, and fall back to it: %s\n",
+           kernels, cfg->dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", bad ? "FAIL" : "ok");
+    return bad;
 }
 
 /* the next value of the checks' fixed pseudo-random sequence: an integer in [-1000, 1000] times `step` */
@@ -88,6 +160,14 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
                     k->gemv_batch(dtype, got, MAX_ROWS, W, K, 1, rows, X, K, nt); /* rows [1, rows): r0 > 0 too */
                     for (int64_t t = 0; t < nt; t++) {
                         k->matmul(dtype, want, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
+                        for (int64_t r = 1; t == 0 && r < rows; r++) { /* each row alone: the greedy screen's */
+                            float alone[MAX_ROWS];
+                            k->matmul(dtype, alone, MAX_ROWS, W, K, r, r + 1, X, K, 1);
+                            if (memcmp(&alone[r], &want[r], sizeof(float)) != 0 && bad++ < 5)
+                                printf("%-8s %s matmul k=%d: row %d alone differs from rows 1..%d%s\n", k->name,
+                                       dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)r, (int)rows - 1,
+                                       label);
+                        }
                         if (rows > 1 && memcmp(want + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))) {
                             if (bad++ < 5)
                                 printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone "
@@ -99,7 +179,49 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
                 }
         }
     free(W), free(X), free(got), free(want);
-    printf("%-8s gemv_batch equals the lone GEMV%s bit for bit: %s\n", k->name, label, bad ? "FAIL" : "ok");
+    printf("%-8s gemv_batch equals the lone GEMV%s bit for bit (and rows alone equal rows together): %s\n",
+           k->name, label, bad ? "FAIL" : "ok");
+    return bad;
+}
+
+/* gemv_i8 of set `k` within the rounding bound the greedy screen assumes (backend_cpu.c): |y - Q . x| <= g sum_i
+ * |Q_i x_i|, g = k u / (1 - k u), u = 2^-24, against a double sum; returns the number of rows outside it */
+static int check_gemv_i8(const asw_kernels *k) {
+    static const int64_t inner[] = {1, 15, 16, 17, 64, 77, 96, 200, 896, 903, 4877};
+    enum { ROWS = 9, MAX_K = 4877 };
+    int8_t *Q = malloc((size_t)ROWS * MAX_K); /* [ROWS, MAX_K] */
+    float *x = malloc(sizeof(float) * MAX_K); /* [MAX_K] */
+    if (Q == NULL || x == NULL) {
+        free(Q), free(x);
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    int bad = 0;
+    uint32_t seed = 777;
+    for (size_t ki = 0; ki < sizeof inner / sizeof inner[0]; ki++) {
+        int64_t K = inner[ki];
+        for (int64_t i = 0; i < ROWS * K; i++) Q[i] = (int8_t)(next_value(&seed, 1.0f) / 1000.0f * 127.0f);
+        Q[0] = 127, Q[1] = -127; /* the extremes */
+        for (int64_t i = 0; i < K; i++) x[i] = next_value(&seed, 1e-2f) * (i % 7 == 0 ? 1e3f : 1.0f);
+        float y[ROWS + 1];
+        y[ROWS] = 42.0f;
+        k->gemv_i8(y + 1, Q + K, K, 0, ROWS - 1, x); /* rows 1.. at r0 = 0 of a shifted matrix */
+        k->gemv_i8(y, Q, K, 0, 1, x);
+        double g = (double)K / 16777216.0 / (1.0 - (double)K / 16777216.0);
+        for (int r = 0; r < ROWS; r++) {
+            double exact = 0.0, mag = 0.0;
+            for (int64_t i = 0; i < K; i++) {
+                exact += (double)Q[r * K + i] * (double)x[i];
+                mag += fabs((double)Q[r * K + i] * (double)x[i]);
+            }
+            if (!(fabs((double)y[r] - exact) <= g * mag) && bad++ < 5)
+                printf("%-8s gemv_i8 k=%d row %d: %.9g, exact %.9g, bound %.3g\n", k->name, (int)K, r, (double)y[r],
+                       exact, g * mag);
+        }
+        if (y[ROWS] != 42.0f && bad++ < 5) printf("%-8s gemv_i8 k=%d wrote past its rows\n", k->name, (int)K);
+    }
+    free(Q), free(x);
+    printf("%-8s gemv_i8 within the greedy screen's rounding bound: %s\n", k->name, bad ? "FAIL" : "ok");
     return bad;
 }
 
@@ -315,6 +437,7 @@ int main(void) {
         fill_region(region, &layout, dtype);
         asw_config cfg = tiny_config(dtype);
         if (run("portable", region, &layout, &cfg, want) != 0) failures++;
+        failures += check_screen("portable", region, &layout, &cfg) != 0, checked++;
         float scale = 0.0f;
         for (int j = 0; j < (PROMPT + STEPS) * VOCAB; j++) scale = fmaxf(scale, fabsf(want[j]));
         for (int k = 0; k < 3; k++) {
@@ -323,6 +446,7 @@ int main(void) {
                 failures++;
                 continue;
             }
+            failures += check_screen(sets[k], region, &layout, &cfg) != 0, checked++;
             float worst = 0.0f;
             for (int j = 0; j < (PROMPT + STEPS) * VOCAB; j++) worst = fmaxf(worst, fabsf(got[j] - want[j]));
             int ok = worst <= 1e-4f * scale;
@@ -334,12 +458,15 @@ int main(void) {
         free(region), free(want), free(got);
     }
     failures += check_gemv_batch(&asw_kernels_portable, "") != 0;
-    checked++;
+    failures += check_gemv_i8(&asw_kernels_portable) != 0;
+    checked += 2;
 #if defined(__x86_64__)
     if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2, "") != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512, "") != 0, checked++;
     if (asw_cpu_features() & 2)
         failures += check_gemv_batch(&asw_kernels_avx512_near_l2, " (near-L2 prefetch)") != 0, checked++;
+    if (asw_cpu_features() & 1) failures += check_gemv_i8(&asw_kernels_avx2) != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_gemv_i8(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_attention(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_vector_loops(&asw_kernels_avx2) != 0, checked++;
@@ -354,6 +481,7 @@ int main(void) {
         printf("outer_bf16 (VDPBF16PS): not checked, this CPU or build has no AVX512_BF16\n");
 #if defined(__aarch64__)
     if (asw_cpu_features() & 4) failures += check_gemv_batch(&asw_kernels_neon, "") != 0, checked++;
+    if (asw_cpu_features() & 4) failures += check_gemv_i8(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_vector_loops(&asw_kernels_neon) != 0, checked++;
 #endif

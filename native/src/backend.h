@@ -112,6 +112,11 @@ typedef struct asw_host {
 typedef const asw_backend *(*asw_backend_entry_fn)(const asw_host *host);
 
 extern const asw_backend asw_backend_cpu;
+#ifndef __cplusplus /* the aclnn backend (C++) has no use for it */
+/* Greedy steps of the cpu backend that found their token through the greedy screen [0] and that computed the whole
+ * lm_head instead [1] (backend_cpu.c): read by native/check, not exported. */
+extern _Atomic long long asw_greedy_screen_steps[2];
+#endif
 
 /* printf-style: set the calling thread's asw_last_error() */
 void asw_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

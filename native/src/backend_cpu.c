@@ -13,6 +13,7 @@
 #define _DEFAULT_SOURCE /* madvise */
 #include <sys/mman.h>
 #endif
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -47,6 +48,11 @@ typedef struct cpu_model {
     float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
     float *norms;           /* [2 n_layers + 1, hidden] the RMSNorm weights in f32: attn_norm and ffn_norm of each
                              * layer, then output_norm (converted once here, not per element on every call) */
+    /* the greedy screen (see "the greedy screen" below; NULL: none) */
+    int8_t *screen_q;       /* [vocab, hidden] each output row as int8 multiples of its scale */
+    float *screen_scale;    /* [vocab] */
+    float *screen_slack;    /* [vocab] |logit - scale * screened dot| <= slack * ||x|| (+ SCREEN_ABS) */
+    double screen_dot_max;  /* the largest ||w_r|| and ||q_r||: with ||x||, a bound on every partial sum */
     char describe[64];
 } cpu_model;
 
@@ -81,7 +87,9 @@ typedef struct cpu_session {
     float *attn;     /* [n_threads, attn_floats] per-thread scratch of prefill attention (attend_block) */
     size_t panel_floats, attn_floats;
     int attn_tokens; /* tokens per work item of prefill attention */
-    float *logits;   /* [vocab] last-position logits when the caller wants only the argmax or the top-k */
+    float *logits;   /* [vocab] last-position logits when the caller wants only the argmax or the top-k; the
+                      * greedy screen's int8 dot products */
+    int32_t *candidates; /* [vocab] rows the greedy screen computes exactly (NULL: the model has no screen) */
     int32_t next_token;             /* argmax of the last step: the input of the next decode_enqueue */
     int32_t ring[ASW_MAX_PENDING];  /* tokens of queued decode steps (computed at enqueue), oldest at ring_head */
     int32_t ring_head, ring_count;
@@ -125,6 +133,7 @@ static int cpu_layouts_ok(const asw_config *cfg, const asw_weights *w) {
 }
 
 static void cpu_model_free(void *bm);
+static int build_screen(cpu_model *m);
 
 static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,
                             const asw_open_options *opt) {
@@ -160,6 +169,10 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
         k->to_f32(cfg->dtype, ffn_norm_f32(m, l), w->layers[l].ffn_norm.host, cfg->hidden);
     }
     k->to_f32(cfg->dtype, output_norm_f32(m), w->output_norm.host, cfg->hidden);
+    if (!build_screen(m)) {
+        cpu_model_free(m);
+        return NULL;
+    }
     snprintf(m->describe, sizeof m->describe, "cpu %s%s", k->name,
              !m->bf16_inputs ? "" : m->outer_bf16 ? " bf16 activations (vdpbf16ps)" : " bf16 activations");
     return m;
@@ -170,6 +183,9 @@ static void cpu_model_free(void *bm) {
     if (m == NULL) return;
     free(m->inv_freq);
     free(m->norms);
+    free(m->screen_q);
+    free(m->screen_scale);
+    free(m->screen_slack);
     free(m);
 }
 
@@ -197,6 +213,7 @@ static void cpu_session_free(void *bs) {
     free(s->panels);
     free(s->attn);
     free(s->logits);
+    free(s->candidates);
     free(s->batch_logits);
     free(s->partials);
     free(s->key_cache);
@@ -212,12 +229,12 @@ static void cpu_session_free(void *bs) {
  * and at 79-85 lined up (one core's FMA peak there: ~110). */
 static void *alloc_lines(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
 
-/* n bytes of KV cache (free() releases it). From 4 MiB up, on Linux, whole 2 MiB pages marked MADV_HUGEPAGE: a decode
- * step reaches each layer's cache after the weights have streamed through every cache level, so with 4 KiB pages
- * its reads also missed the TLB (attention 10.5-12 % of a decode step at a 2,048-token context with 4 KiB pages,
+/* n bytes of KV cache or of the greedy screen's int8 rows (free() releases it). From 4 MiB up, on Linux, whole 2 MiB
+ * pages marked MADV_HUGEPAGE: a decode step reaches each layer's cache after the weights have streamed through every
+ * cache level, so with 4 KiB pages its reads also missed the TLB (attention 10.5-12 % of a decode step at a 2,048-token context with 4 KiB pages,
  * 7-7.5 % with 2 MiB ones; Qwen2-0.5B shape, two pairs of profiles, when one head's rows were still d u16 every
  * kv_dim). Smaller caches keep malloc's granularity (many small sessions would each round up to 4 MiB). */
-static void *alloc_kv(size_t n) {
+static void *alloc_huge(size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t huge = (size_t)2 << 20;
     if (n >= 2 * huge) {
@@ -287,11 +304,12 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->panels = alloc_lines(nth * s->panel_floats * sizeof(float));
     s->attn = alloc_lines(nth * s->attn_floats * sizeof(float));
     s->logits = malloc((size_t)c->vocab * sizeof(float));
-    s->key_cache = alloc_kv(cache * sizeof(uint16_t));
-    s->value_cache = alloc_kv(cache * sizeof(uint16_t));
+    if (m->screen_q != NULL) s->candidates = malloc((size_t)c->vocab * sizeof(int32_t));
+    s->key_cache = alloc_huge(cache * sizeof(uint16_t));
+    s->value_cache = alloc_huge(cache * sizeof(uint16_t));
     if (!s->x || !s->xb || !s->xb2 || !s->qkv || !s->att || !s->hb || !s->act || !s->rope_cos || !s->rope_sin ||
         !s->scores || !s->partials || !s->xt || !s->panels || !s->attn || !s->logits || !s->key_cache ||
-        !s->value_cache) {
+        !s->value_cache || (m->screen_q != NULL && !s->candidates)) {
         asw_set_error("out of memory allocating a session of max_len %d (KV cache %zu bytes)", (int)max_len,
                       2 * cache * sizeof(uint16_t));
         cpu_session_free(s);
@@ -892,6 +910,224 @@ static int32_t finish_row(cpu_session *s, const float *logits, int32_t pos, cons
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * the greedy screen
+ *
+ * A greedy step needs the argmax of the logits, not the logits, and the lm_head is the largest matrix a step reads
+ * (Qwen2-0.5B: 272 of 990 MB). The screen finds the argmax reading half of it: an int8 copy of each output row r,
+ * w_r ~ scale_r q_r, made at open, bounds every logit, and only the rows whose upper bound reaches the largest lower
+ * bound are computed by the decode GEMV itself. The token is the one the full GEMV would pick, ties included:
+ *   the GEMV computes y_r = fl(w_r . x). With e_r = w_r - scale_r q_r and p_r = fl(q_r . x),
+ *     |y_r - scale_r p_r| <= scale_r |p_r - q_r . x| + |e_r . x| + |y_r - w_r . x|
+ *                         <= (||e_r|| + g (scale_r ||q_r|| + ||w_r||)) ||x||
+ *   by Cauchy-Schwarz, where g = k u / (1 - k u), u = 2^-24, bounds the rounding of a k-term f32 dot product in
+ *   any order relative to the sum of its terms' magnitudes (in the normal range: SCREEN_ABS adds the rest; nothing
+ *   may overflow: SCREEN_DOT_LIMIT). e_r is exact in double and the norms are double sums; slack_r is the factor
+ *   above with 1e-6 more on g and on the whole, rounded up to f32, which covers those sums and the double arithmetic
+ *   of the bounds many times over. With lo_r = scale_r p_r - slack_r ||x|| - SCREEN_ABS <= y_r <= hi_r (the same
+ *   with +), the first argmax a of y has y_a >= y_b >= lo_b for the row b with the largest lo, so hi_a >= max lo: a
+ *   is a candidate, and the candidates' y, computed by the same GEMV as the whole lm_head's, give a bit for bit.
+ * Where the bounds leave more than 1 / SCREEN_MAX_SHARE of the rows (and more than SCREEN_MIN_ROWS), the step
+ * computes the whole lm_head instead; so do activations that are not finite or so large that a dot product could
+ * overflow (which the whole lm_head then reports as it always did): with those excluded no logit is NaN or inf. The
+ * int8 rows take vocab x hidden bytes (half the fp16 lm_head) plus 8 bytes a row of memory; ASW_GREEDY_SCREEN=0
+ * turns the screen off. Steps that return logits or the top-k, and batched steps, compute the whole lm_head.
+ */
+enum { SCREEN_MAX_SHARE = 32, SCREEN_MIN_ROWS = 64 };
+/* Below f32's normal range a rounding loses up to 2^-126 whatever the value (2^-149 with subnormals, 2^-126 when a
+ * thread flushes them), which the relative bound above does not cover: every bound widens by this much for each of
+ * a k-term dot product's <= 2k roundings. Negligible for any real logit. */
+#define SCREEN_ABS(k) (2.0 * (double)(k) * 0x1p-126)
+/* The bound assumes nothing overflows: no partial sum of a dot product exceeds ||w_r|| ||x|| (or ||q_r|| ||x||), so
+ * above this the step computes the whole lm_head (which reports an overflow as it always did) */
+#define SCREEN_DOT_LIMIT 1e36
+_Atomic long long asw_greedy_screen_steps[2]; /* backend.h */
+
+typedef struct screen_build_job {
+    const cpu_model *m;
+    atomic_int nonfinite; /* 1: a weight of the lm_head is inf or NaN: no screen */
+    atomic_int nomem;     /* 1: a thread could not allocate its row buffer */
+    double *dot_max;      /* [nth] per thread: the largest ||w_r|| and ||q_r|| of its rows */
+} screen_build_job;
+
+/* Rows whose largest |w| is below this get no int8 copy (q = 0, scale = 0, the whole row in the slack): keeps 127 /
+ * max |w| finite and far from f32's subnormals. No trained lm_head has such rows; a zero row is one. */
+#define SCREEN_TINY_ROW 1e-30f
+
+/* rows of the lm_head split evenly over the threads: q, scale and slack of each */
+static void screen_build_task(void *arg, int ith, int nth) {
+    screen_build_job *j = arg;
+    const cpu_model *m = j->m;
+    int64_t vocab = m->cfg.vocab, k = m->cfg.hidden;
+    int64_t r0 = vocab * ith / nth, r1 = vocab * (ith + 1) / nth;
+    float *w = malloc((size_t)k * sizeof(float)); /* [k] one row in f32 */
+    if (w == NULL) {
+        atomic_store(&j->nomem, 1);
+        return;
+    }
+    const double u = 1.0 / 16777216.0, g = (double)k * u / (1.0 - (double)k * u);
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23: (x + it) - it is x rounded to an integer, |x| < 2^22 */
+    double dot_max = 0.0;
+    for (int64_t r = r0; r < r1; r++) {
+        m->k->to_f32(m->cfg.dtype, w, m->w.output.host + r * k, k);
+        float amax = 0.0f;
+        int finite = 1;
+        for (int64_t i = 0; i < k; i++) {
+            float a = fabsf(w[i]);
+            finite &= a <= FLT_MAX; /* 0 for inf and NaN */
+            amax = a > amax ? a : amax;
+        }
+        if (!finite) {
+            atomic_store(&j->nonfinite, 1);
+            break;
+        }
+        int tiny = amax < SCREEN_TINY_ROW;
+        float scale = tiny ? 0.0f : amax / 127.0f, inv = tiny ? 0.0f : 127.0f / amax;
+        int8_t *q = m->screen_q + r * k; /* [k] */
+        double e2 = 0.0, q2 = 0.0, w2 = 0.0; /* double: no underflow of the squares, rounding far below the slack's */
+        for (int64_t i = 0; i < k; i++) {
+            float n = (w[i] * inv + round_magic) - round_magic; /* |w[i] * inv| <= 127 up to rounding */
+            n = n > 127.0f ? 127.0f : n < -127.0f ? -127.0f : n;
+            q[i] = (int8_t)n;
+            double e = (double)w[i] - (double)scale * (double)n; /* exact: 24 x 8 significant bits */
+            e2 += e * e;
+            q2 += (double)n * (double)n;
+            w2 += (double)w[i] * (double)w[i];
+        }
+        double slack = (sqrt(e2) + (g + 1e-6) * ((double)scale * sqrt(q2) + sqrt(w2))) * (1.0 + 1e-6);
+        float up = (float)slack;
+        if ((double)up < slack) up = nextafterf(up, INFINITY);
+        m->screen_scale[r] = scale;
+        m->screen_slack[r] = up;
+        dot_max = fmax(dot_max, fmax(sqrt(w2), sqrt(q2)));
+    }
+    j->dot_max[ith] = dot_max;
+    free(w);
+}
+
+/* The screen of m's lm_head, unless ASW_GREEDY_SCREEN=0 or a weight is not finite (then the steps compute the whole
+ * lm_head, which reports what it finds). 0 (error set) when out of memory or out of threads. */
+static int build_screen(cpu_model *m) {
+    const char *env = getenv("ASW_GREEDY_SCREEN");
+    if (env != NULL && strcmp(env, "0") == 0) return 1;
+    size_t vocab = (size_t)m->cfg.vocab, k = (size_t)m->cfg.hidden;
+    m->screen_q = alloc_huge(vocab * k);
+    m->screen_scale = malloc(vocab * sizeof(float));
+    m->screen_slack = malloc(vocab * sizeof(float));
+    asw_pool *pool = asw_pool_new(0); /* every core this process may run on */
+    if (pool == NULL) return 0;       /* error set */
+    int nth = asw_pool_size(pool);
+    double *dot_max = calloc((size_t)nth, sizeof(double)); /* [nth] */
+    screen_build_job j = {m, 0, 0, dot_max};
+    int have = m->screen_q && m->screen_scale && m->screen_slack && dot_max;
+    if (have) asw_pool_run(pool, screen_build_task, &j);
+    asw_pool_free(pool);
+    if (!have || atomic_load(&j.nomem)) {
+        free(dot_max);
+        asw_set_error("out of memory building the greedy screen (%zu bytes; ASW_GREEDY_SCREEN=0 goes without)",
+                      vocab * (k + 2 * sizeof(float)));
+        return 0;
+    }
+    for (int t = 0; t < nth; t++) m->screen_dot_max = fmax(m->screen_dot_max, dot_max[t]);
+    free(dot_max);
+    if (atomic_load(&j.nonfinite)) {
+        free(m->screen_q);
+        free(m->screen_scale);
+        free(m->screen_slack);
+        m->screen_q = NULL;
+        m->screen_scale = m->screen_slack = NULL;
+    }
+    return 1;
+}
+
+typedef struct screen_job {
+    const cpu_model *m;
+    const float *x;   /* [hidden] the normed last row */
+    double norm;      /* ||x|| */
+    double margin;    /* SCREEN_ABS for this k */
+    float *p;         /* [vocab] q_r . x */
+    atomic_llong next; /* the next unclaimed piece after the first nth */
+    _Atomic uint64_t best_lo; /* the largest lower bound so far, as the bits of a double */
+} screen_job;
+
+static void raise_best_lo(_Atomic uint64_t *slot, double lo) {
+    uint64_t seen = atomic_load(slot), bits;
+    memcpy(&bits, &lo, sizeof bits);
+    for (;;) {
+        double cur;
+        memcpy(&cur, &seen, sizeof cur);
+        if (!(lo > cur) || atomic_compare_exchange_weak(slot, &seen, bits)) return;
+    }
+}
+
+/* p = Q . x over the rows in pieces as matmul_task's decode GEMV, each piece's largest lower bound merged */
+static void screen_task(void *arg, int ith, int nth) {
+    screen_job *j = arg;
+    const cpu_model *m = j->m;
+    int64_t rows = m->cfg.vocab, k = m->cfg.hidden;
+    int64_t per = piece_rows(rows, nth, 16);
+    for (int64_t piece = ith; piece * per < rows;
+         piece = nth + atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) {
+        int64_t p0 = piece * per, p1 = p0 + per < rows ? p0 + per : rows;
+        m->k->gemv_i8(j->p, m->screen_q, k, p0, p1, j->x);
+        double lo = -INFINITY;
+        for (int64_t r = p0; r < p1; r++) {
+            double v = (double)m->screen_scale[r] * j->p[r] - (double)m->screen_slack[r] * j->norm - j->margin;
+            lo = v > lo ? v : lo;
+        }
+        raise_best_lo(&j->best_lo, lo);
+    }
+}
+
+/* The argmax of row t's logits into s->next_token (and o->argmax): through the screen where it can, else the whole
+ * lm_head as finish_row does. */
+static int32_t screened_argmax(cpu_session *s, int t, int32_t pos, const asw_outputs *o) {
+    const cpu_model *m = s->m;
+    const asw_config *c = &m->cfg;
+    int H = c->hidden;
+    int32_t vocab = c->vocab;
+    float *x = s->xb + (size_t)t * H; /* [H] */
+    rmsnorm(x, s->x + (size_t)t * H, output_norm_f32(m), H, c->rms_eps);
+    if (m->bf16_inputs) round_to_bf16(x, H, H, 1); /* what matmul would multiply */
+    double ss = 0.0;
+    for (int i = 0; i < H; i++) ss += (double)x[i] * (double)x[i];
+    double norm = sqrt(ss), margin = SCREEN_ABS(H);
+    int32_t n = 0;
+    if (isfinite(norm) && m->screen_dot_max * norm < SCREEN_DOT_LIMIT) {
+        double none = -INFINITY;
+        screen_job j = {m, x, norm, margin, s->logits, 0, 0};
+        memcpy(&j.best_lo, &none, sizeof none);
+        asw_pool_run(s->pool, screen_task, &j);
+        uint64_t bits = atomic_load(&j.best_lo);
+        double lo;
+        memcpy(&lo, &bits, sizeof lo);
+        int32_t most = vocab / SCREEN_MAX_SHARE > SCREEN_MIN_ROWS ? vocab / SCREEN_MAX_SHARE : SCREEN_MIN_ROWS;
+        for (int32_t r = 0; r < vocab && n <= most; r++)
+            if ((double)m->screen_scale[r] * s->logits[r] + (double)m->screen_slack[r] * norm + margin >= lo)
+                s->candidates[n++] = r;
+        if (n > most) n = 0;
+    }
+    atomic_fetch_add_explicit(&asw_greedy_screen_steps[n == 0], 1, memory_order_relaxed);
+    if (n == 0) { /* the whole lm_head */
+        matmul(s, s->logits, vocab, m->w.output.host, vocab, H, x, H, 1,
+               c->n_layers > 0 ? &m->w.layers[0].attn_qkv : NULL);
+        return finish_row(s, s->logits, pos, o, 0);
+    }
+    int32_t best = -1;
+    for (int32_t i = 0; i < n; i++) { /* increasing ids: the first of equal logits wins, as in argmax() */
+        int32_t r = s->candidates[i];
+        m->k->matmul(c->dtype, s->logits, 1, m->w.output.host, H, r, r + 1, x, H, 1);
+        if (s->logits[r] != s->logits[r]) {
+            asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)", (int)pos);
+            return ASW_ERR_NUMERIC;
+        }
+        if (best < 0 || s->logits[r] > s->logits[best]) best = r;
+    }
+    if (o->argmax != NULL) o->argmax[0] = best;
+    s->next_token = best;
+    return 0;
+}
+
 static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *o) {
     cpu_session *s = bs;
     int32_t vocab = s->m->cfg.vocab;
@@ -905,6 +1141,10 @@ static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t p
             float *out = o->logits + (size_t)c0 * vocab; /* [nc, vocab] */
             rc = forward_chunk(s, tokens + c0, nc, pos + c0, out, 0);
             last = out + (size_t)(nc - 1) * vocab;
+        } else if (final && mode == ASW_LOGITS_NONE && s->candidates != NULL) {
+            rc = forward_chunk(s, tokens + c0, nc, pos + c0, NULL, 0);
+            if (rc != 0) return rc;
+            return screened_argmax(s, nc - 1, pos + n - 1, o);
         } else if (final) {
             last = mode == ASW_LOGITS_LAST ? o->logits : s->logits;
             rc = forward_chunk(s, tokens + c0, nc, pos + c0, last, nc - 1);

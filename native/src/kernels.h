@@ -63,6 +63,10 @@ typedef struct asw_kernels {
      * NULL: the caller runs `weighted_sum` once per head. */
     void (*weighted_sum_group)(int dtype, float *out, int64_t ldo, const float *w, int64_t ldw, const uint16_t *V,
                                int64_t ldv, int64_t g, int64_t d, int64_t len);
+    /* The greedy screen's GEMV (backend_cpu.c, screen_task): y[r] = sum_i Q[r*k + i] * x[i] for r in [r0, r1), Q
+     * int8 [rows, k]. In any summation order: the screen bounds this sum's rounding, it never compares it bit for
+     * bit with another kernel's. */
+    void (*gemv_i8)(float *y, const int8_t *Q, int64_t k, int64_t r0, int64_t r1, const float *x);
 } asw_kernels;
 
 /* scores_group and weighted_sum_group head by head on a set's one-head `scores` and `weighted_sum`: what the caller
@@ -144,6 +148,24 @@ static inline void asw_prefetch_l1(const void *p, int64_t bytes) {
         for (int64_t b0 = r0; b0 < r1; b0 += step) {                                                              \
             int64_t b1 = b0 + step < r1 ? b0 + step : r1;                                                         \
             for (int64_t t = 0; t < nt; t++) prefix##_matmul(dtype, Y + t * ldy, ldy, W, k, b0, b1, X + t * ldx, ldx, 1); \
+        }                                                                                                         \
+    }
+
+/* gemv_i8 in plain C (compiled with the set's target attribute): 16 independent lanes, which the compiler turns
+ * into vectors without reassociating a sum (the sets without their own: portable, NEON) */
+#define ASW_GEMV_I8_LOOPS(prefix, ATTR)                                                                            \
+    ATTR static void prefix##_gemv_i8(float *y, const int8_t *Q, int64_t k, int64_t r0, int64_t r1,              \
+                                      const float *x) {                                                           \
+        for (int64_t r = r0; r < r1; r++) {                                                                       \
+            const int8_t *q = Q + r * k; /* [k] */                                                                \
+            float lane[16] = {0.0f};                                                                              \
+            int64_t i = 0;                                                                                        \
+            for (; i + 16 <= k; i += 16)                                                                          \
+                for (int j = 0; j < 16; j++) lane[j] += (float)q[i + j] * x[i + j];                               \
+            float sum = 0.0f;                                                                                     \
+            for (; i < k; i++) sum += (float)q[i] * x[i];                                                         \
+            for (int j = 0; j < 16; j++) sum += lane[j];                                                          \
+            y[r] = sum;                                                                                           \
         }                                                                                                         \
     }
 

@@ -67,6 +67,14 @@ INL void v_store(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
 INL void f16_store(uint16_t *p, __m256 v) {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
+INL __m256 q_load(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+INL __m256 q_tail(const int8_t *p, int n) { /* through a zeroed copy, as w_tail */
+    int8_t part[8] = {0};
+    memcpy(part, p, (size_t)n);
+    return q_load(part);
+}
 INL float hsum(__m256 v) { return hsum8(v); }
 INL void hsum_n(float *out, const __m256 *v, int n) {
     for (int p = 0; p < n; p++) out[p] = hsum8(v[p]);
@@ -241,7 +249,7 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 
 const asw_kernels asw_kernels_avx2 = {"avx2", set_matmul, gemv_batch, set_to_f32, set_from_f32, x_scores_tiled,
                                        x_weighted_sum_regs, x_outer, 1, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL};
+                                       NULL, NULL, gemv_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -87,6 +87,12 @@ INL void v_store(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
 INL void f16_store(uint16_t *p, __m512 v) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
+INL __m512 q_load(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+INL __m512 q_tail(const int8_t *p, int n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1u), p)));
+}
 INL void hsum_n(float *out, const __m512 *v, int n) {
     __m512 all[16];
     for (int p = 0; p < 16; p++) all[p] = p < n ? v[p] : _mm512_setzero_ps();
@@ -460,7 +466,7 @@ TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, in
 
 const asw_kernels asw_kernels_avx512 = {"avx512", set_matmul, gemv_batch, set_to_f32, set_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_sum, silu_mul, softmax_block,
-                                       z_scores_group, z_weighted_sum_group};
+                                       z_scores_group, z_weighted_sum_group, gemv_i8};
 
 /* matmul and gemv_batch with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums); the batched
  * tiles of 2 or more tokens keep their own prefetch (not measured on AMD) */
@@ -475,7 +481,7 @@ TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_
 const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, set_to_f32,
                                                set_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
                                                exp_sum, silu_mul, softmax_block, z_scores_group,
-                                               z_weighted_sum_group};
+                                               z_weighted_sum_group, gemv_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

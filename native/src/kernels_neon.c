@@ -89,13 +89,14 @@ static inline void n_axpy(int dtype, float *y, float s, const uint16_t *a, int64
 ASW_ATTENTION_LOOPS(n, )
 ASW_GEMV_BATCH_BY_TOKEN(n, )
 ASW_OUTER_LOOPS(n, )
+ASW_GEMV_I8_LOOPS(n, )
 
 #define TGT /* no target attribute: the compiler's baseline */
 #include "vector_loops.h"
 
 const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_gemv_batch, n_to_f32, n_from_f32, n_scores,
                                        n_weighted_sum, n_outer, 0, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL};
+                                       NULL, NULL, n_gemv_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -97,13 +97,14 @@ static inline void p_axpy(int dtype, float *y, float s, const uint16_t *a, int64
 ASW_ATTENTION_LOOPS(p, )
 ASW_GEMV_BATCH_BY_TOKEN(p, )
 ASW_OUTER_LOOPS(p, )
+ASW_GEMV_I8_LOOPS(p, )
 
 #define TGT /* no target attribute: the compiler's baseline */
 #include "vector_loops.h"
 
 const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
                                        p_weighted_sum, p_outer, 0, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL};
+                                       NULL, NULL, p_gemv_i8};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice
