@@ -84,6 +84,22 @@ def test_screened_pipelined_decode_matches():
     assert got == want
 
 
+def test_a_batch_of_one_greedy_step_is_a_lone_step():
+    """forward_batch with one session and no logits (ascend-serve with one greedy stream) takes the lone step's
+    screened path; with two sessions, the batched whole lm_head: the same tokens either way"""
+    data, tensors, _ = build(TIED, "fp16", seed=11)
+    with open_model(data, tensors, TIED) as model:
+        sessions = [model.session(max_len=64) for _ in range(3)]
+        firsts = [s.prefill(PROMPT, logits="none")[1] for s in sessions]
+        alone = sessions[0].decode(firsts[0], logits="none")[1]
+        one, _, _ = model.forward_batch(sessions[1:2], firsts[1:2], logits="none")
+        two, _, _ = model.forward_batch(sessions[1:], firsts[1:], logits="none")
+        assert int(one[0]) == alone
+        for s in sessions:
+            s.close()
+    assert len(set(firsts)) == 1 and int(two[1]) == alone
+
+
 @pytest.mark.parametrize("nudge", [0, 1], ids=["equal", "one-ulp-apart"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_ties_and_near_ties_go_as_in_the_whole_lm_head(dtype, nudge):

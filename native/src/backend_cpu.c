@@ -1161,6 +1161,9 @@ static int32_t cpu_forward(void *bs, const int32_t *tokens, int32_t n, int32_t p
  * the session with the longest cache (its scores buffer fits every row) and its threads. */
 static int32_t cpu_forward_batch(void **bs, int32_t n, const int32_t *tokens, const int32_t *pos,
                                  const asw_outputs *o) {
+    if (n == 1 && o->logits_mode == ASW_LOGITS_NONE && ((cpu_session *)bs[0])->candidates != NULL)
+        return cpu_forward(bs[0], tokens, 1, pos[0], o); /* a lone greedy step (a server with one stream): the same
+                                                          * token, through the greedy screen */
     row_kv rows[CHUNK] = {{NULL, 0}}; /* [n] */
     cpu_session *lead = bs[0];
     for (int32_t i = 0; i < n; i++) {
