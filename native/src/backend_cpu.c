@@ -231,9 +231,10 @@ static void *alloc_lines(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_
 
 /* n bytes of KV cache or of the greedy screen's int8 rows (free() releases it). From 4 MiB up, on Linux, whole 2 MiB
  * pages marked MADV_HUGEPAGE: a decode step reaches each layer's cache after the weights have streamed through every
- * cache level, so with 4 KiB pages its reads also missed the TLB (attention 10.5-12 % of a decode step at a 2,048-token context with 4 KiB pages,
- * 7-7.5 % with 2 MiB ones; Qwen2-0.5B shape, two pairs of profiles, when one head's rows were still d u16 every
- * kv_dim). Smaller caches keep malloc's granularity (many small sessions would each round up to 4 MiB). */
+ * cache level, so with 4 KiB pages its reads also missed the TLB (attention 10.5-12 % of a decode step at a
+ * 2,048-token context with 4 KiB pages, 7-7.5 % with 2 MiB ones; Qwen2-0.5B shape, two pairs of profiles, when one
+ * head's rows were still d u16 every kv_dim). Smaller caches keep malloc's granularity (many small sessions would
+ * each round up to 4 MiB). */
 static void *alloc_huge(size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t huge = (size_t)2 << 20;
@@ -799,6 +800,23 @@ static int kv_fits(int dtype, const float *x, int n, int layer, int pos, const c
  * forward
  */
 
+/* xb rows first..n-1 = rmsnorm(x rows first..n-1) * output_norm, the lm_head's input; returns row `first` */
+static float *output_normed(cpu_session *s, int first, int n) {
+    const asw_config *c = &s->m->cfg;
+    int H = c->hidden;
+    for (int t = first; t < n; t++)
+        rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, output_norm_f32(s->m), H, c->rms_eps);
+    return s->xb + (size_t)first * H;
+}
+
+/* out [nt, vocab] = X [nt, hidden] . Woutput^T (the whole lm_head), then the next step's first weights */
+static void lm_head(cpu_session *s, float *out, float *X, int nt) {
+    const asw_config *c = &s->m->cfg;
+    const asw_weights *w = &s->m->w;
+    matmul(s, out, c->vocab, w->output.host, c->vocab, c->hidden, X, c->hidden, nt,
+           c->n_layers > 0 ? &w->layers[0].attn_qkv : NULL);
+}
+
 /* One pass over n <= CHUNK rows: tokens[t] at rows[t] (its session's KV cache and position), on the scratch
  * buffers and threads of `s`. If out != NULL, logits of rows first..n-1 go to out ([n - first, vocab]). */
 static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const row_kv *rows, float *out,
@@ -879,12 +897,7 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
         for (size_t i = 0; i < (size_t)n * H; i++) s->x[i] += s->xb2[i];
     }
 
-    if (out == NULL) return 0;
-    /* out [n - first, vocab] = rmsnorm(x[first..n)) * output_norm . Woutput^T */
-    for (int t = first; t < n; t++)
-        rmsnorm(s->xb + (size_t)t * H, s->x + (size_t)t * H, output_norm_f32(m), H, c->rms_eps);
-    matmul(s, out, c->vocab, w->output.host, c->vocab, H, s->xb + (size_t)first * H, H, n - first,
-           c->n_layers > 0 ? &w->layers[0].attn_qkv : NULL); /* then: the next step's first weights */
+    if (out != NULL) lm_head(s, out, output_normed(s, first, n), n - first); /* [n - first, vocab] */
     return 0;
 }
 
@@ -895,14 +908,17 @@ static int32_t forward_chunk(cpu_session *s, const int32_t *tokens, int n, int p
     return forward_rows(s, tokens, n, rows, out, first);
 }
 
+/* the error of a step whose logits at position pos hold a NaN */
+static int32_t nan_logits(int32_t pos) {
+    asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)", (int)pos);
+    return ASW_ERR_NUMERIC;
+}
+
 /* argmax, top-k and the kept next token of one row's logits [vocab] */
 static int32_t finish_row(cpu_session *s, const float *logits, int32_t pos, const asw_outputs *o, int32_t row) {
     int32_t vocab = s->m->cfg.vocab;
     int32_t best = argmax(logits, vocab);
-    if (best < 0) {
-        asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)", (int)pos);
-        return ASW_ERR_NUMERIC;
-    }
+    if (best < 0) return nan_logits(pos);
     if (o->logits_mode == ASW_LOGITS_TOPK)
         top_k(logits, vocab, o->k, o->logits + (size_t)row * o->k, o->topk_ids + (size_t)row * o->k);
     if (o->argmax != NULL) o->argmax[row] = best;
@@ -1086,8 +1102,7 @@ static int32_t screened_argmax(cpu_session *s, int t, int32_t pos, const asw_out
     const asw_config *c = &m->cfg;
     int H = c->hidden;
     int32_t vocab = c->vocab;
-    float *x = s->xb + (size_t)t * H; /* [H] */
-    rmsnorm(x, s->x + (size_t)t * H, output_norm_f32(m), H, c->rms_eps);
+    float *x = output_normed(s, t, t + 1); /* [H] */
     if (m->bf16_inputs) round_to_bf16(x, H, H, 1); /* what matmul would multiply */
     double ss = 0.0;
     for (int i = 0; i < H; i++) ss += (double)x[i] * (double)x[i];
@@ -1109,18 +1124,14 @@ static int32_t screened_argmax(cpu_session *s, int t, int32_t pos, const asw_out
     }
     atomic_fetch_add_explicit(&asw_greedy_screen_steps[n == 0], 1, memory_order_relaxed);
     if (n == 0) { /* the whole lm_head */
-        matmul(s, s->logits, vocab, m->w.output.host, vocab, H, x, H, 1,
-               c->n_layers > 0 ? &m->w.layers[0].attn_qkv : NULL);
+        lm_head(s, s->logits, x, 1);
         return finish_row(s, s->logits, pos, o, 0);
     }
     int32_t best = -1;
     for (int32_t i = 0; i < n; i++) { /* increasing ids: the first of equal logits wins, as in argmax() */
         int32_t r = s->candidates[i];
         m->k->matmul(c->dtype, s->logits, 1, m->w.output.host, H, r, r + 1, x, H, 1);
-        if (s->logits[r] != s->logits[r]) {
-            asw_set_error("the logits of position %d are NaN (the weights or the activations overflowed)", (int)pos);
-            return ASW_ERR_NUMERIC;
-        }
+        if (s->logits[r] != s->logits[r]) return nan_logits(pos);
         if (best < 0 || s->logits[r] > s->logits[best]) best = r;
     }
     if (o->argmax != NULL) o->argmax[0] = best;

@@ -151,8 +151,8 @@ static inline void asw_prefetch_l1(const void *p, int64_t bytes) {
         }                                                                                                         \
     }
 
-/* gemv_i8 in plain C (compiled with the set's target attribute): 16 independent lanes, which the compiler turns
- * into vectors without reassociating a sum (the sets without their own: portable, NEON) */
+/* gemv_i8 in plain C (compiled with the set's target attribute) for the sets without their own (portable, NEON): 16
+ * independent lanes, which a compiler may turn into vectors without reassociating a sum */
 #define ASW_GEMV_I8_LOOPS(prefix, ATTR)                                                                            \
     ATTR static void prefix##_gemv_i8(float *y, const int8_t *Q, int64_t k, int64_t r0, int64_t r1,              \
                                       const float *x) {                                                           \
