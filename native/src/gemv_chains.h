@@ -310,7 +310,7 @@ TGT static void gemv(int dtype, int plan, float *y, const uint16_t *W, int64_t k
 /* The greedy screen's GEMV (asw_kernels.gemv_i8): y[r] = Q[r] . x, int8 rows, four chains as in row_dot (any order
  * would do: the screen bounds the rounding). Rows stream one after another; each step fetches its line(s)
  * SCREEN_AHEAD bytes ahead into L2 (on the 2-core Zen 4 EPYC, 136 MB of rows over 2 threads: 8 KiB into L2 took
- * 0.47-0.50 of the fp16 GEMV's time over the same rows in fp16, 4 KiB 0.53-0.63, 1-2 KiB into L1 0.64-0.81). */
+ * 0.47-0.55 of the fp16 GEMV's time over the same rows in fp16, 4 KiB 0.53-0.63, 1-2 KiB into L1 0.64-0.81). */
 enum { SCREEN_AHEAD = 8192 };
 TGT static void gemv_i8(float *y, const int8_t *Q, int64_t k, int64_t r0, int64_t r1, const float *x) {
     for (int64_t r = r0; r < r1; r++) {
