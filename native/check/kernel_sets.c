@@ -141,7 +141,7 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
     uint16_t *W = malloc(sizeof(uint16_t) * MAX_ROWS * MAX_K); /* [MAX_ROWS, MAX_K] */
     float *X = malloc(sizeof(float) * MAX_NT * MAX_K);         /* [MAX_NT, MAX_K] */
     float *got = malloc(sizeof(float) * MAX_NT * MAX_ROWS);    /* [MAX_NT, MAX_ROWS] */
-    float *want = malloc(sizeof(float) * MAX_ROWS);            /* [MAX_ROWS] */
+    float *want = malloc(sizeof(float) * MAX_NT * MAX_ROWS);   /* [MAX_NT, MAX_ROWS]: each token's lone GEMV */
     if (W == NULL || X == NULL || got == NULL || want == NULL) {
         free(W), free(X), free(got), free(want);
         fprintf(stderr, "out of memory\n");
@@ -152,33 +152,32 @@ static int check_gemv_batch(const asw_kernels *k, const char *label) {
     for (int dtype = ASW_DTYPE_F16; dtype <= ASW_DTYPE_BF16; dtype++)
         for (size_t ki = 0; ki < sizeof inner / sizeof inner[0]; ki++) {
             int64_t K = inner[ki];
+            const char *dt = dtype == ASW_DTYPE_F16 ? "fp16" : "bf16";
             for (int64_t i = 0; i < MAX_ROWS * K; i++) {
                 float v = next_value(&seed, 1e-3f);
                 W[i] = dtype == ASW_DTYPE_F16 ? asw_f32_to_f16(v) : asw_f32_to_bf16(v);
             }
             for (int64_t i = 0; i < MAX_NT * K; i++) X[i] = next_value(&seed, 1e-2f);
-            for (int64_t rows = 1; rows <= MAX_ROWS; rows += 3)
-                for (int64_t nt = 1; nt <= MAX_NT; nt++) {
-                    k->gemv_batch(dtype, got, MAX_ROWS, W, K, 1, rows, X, K, nt); /* rows [1, rows): r0 > 0 too */
-                    for (int64_t t = 0; t < nt; t++) {
-                        k->matmul(dtype, want, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
-                        for (int64_t r = 1; t == 0 && r < rows; r++) { /* each row alone: the greedy screen's */
-                            float alone[MAX_ROWS];
-                            k->matmul(dtype, alone, MAX_ROWS, W, K, r, r + 1, X, K, 1);
-                            if (memcmp(&alone[r], &want[r], sizeof(float)) != 0 && bad++ < 5)
-                                printf("%-8s %s matmul k=%d: row %d alone differs from rows 1..%d%s\n", k->name,
-                                       dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)r, (int)rows - 1,
-                                       label);
-                        }
-                        if (rows > 1 && memcmp(want + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))) {
-                            if (bad++ < 5)
-                                printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone "
-                                       "GEMV%s\n",
-                                       k->name, dtype == ASW_DTYPE_F16 ? "fp16" : "bf16", (int)K, (int)rows, (int)nt,
-                                       (int)t, label);
-                        }
-                    }
+            for (int64_t rows = 1; rows <= MAX_ROWS; rows += 3) { /* rows [1, rows): r0 > 0 too */
+                for (int64_t t = 0; t < MAX_NT; t++)
+                    k->matmul(dtype, want + t * MAX_ROWS, MAX_ROWS, W, K, 1, rows, X + t * K, K, 1);
+                for (int64_t r = 1; r < rows; r++) { /* each row alone, as the greedy screen computes it */
+                    float alone[MAX_ROWS];
+                    k->matmul(dtype, alone, MAX_ROWS, W, K, r, r + 1, X, K, 1);
+                    if (memcmp(&alone[r], &want[r], sizeof(float)) != 0 && bad++ < 5)
+                        printf("%-8s %s matmul k=%d: row %d alone differs from rows 1..%d%s\n", k->name, dt, (int)K,
+                               (int)r, (int)rows - 1, label);
                 }
+                for (int64_t nt = 1; nt <= MAX_NT; nt++) {
+                    k->gemv_batch(dtype, got, MAX_ROWS, W, K, 1, rows, X, K, nt);
+                    for (int64_t t = 0; t < nt; t++)
+                        if (memcmp(want + t * MAX_ROWS + 1, got + t * MAX_ROWS + 1, sizeof(float) * (size_t)(rows - 1))
+                            && bad++ < 5)
+                            printf("%-8s %s gemv_batch k=%d rows=%d tokens=%d: token %d differs from its lone "
+                                   "GEMV%s\n",
+                                   k->name, dt, (int)K, (int)rows, (int)nt, (int)t, label);
+                }
+            }
         }
     free(W), free(X), free(got), free(want);
     printf("%-8s gemv_batch equals the lone GEMV%s bit for bit (and rows alone equal rows together): %s\n",
