@@ -26,6 +26,8 @@
 #include "threadpool.h"
 
 enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized for one chunk */
+/* rows per scheduling block of a decode matmul (see first_piece): whole cache lines of Y, whole kernel tiles */
+enum { SCHED_BLOCK = 16 };
 /* Prefill matmuls on the outer-product kernel: weight rows converted to f32 PANEL whole rows at a time (once per
  * chunk; a panel is one sequential stream of memory), for at least OUTER_TOKENS tokens (fewer leave too many
  * vector lanes empty). */
@@ -38,6 +40,7 @@ _Static_assert(ASW_MAX_BATCH <= CHUNK, "a batched decode step must fit one chunk
  * each (row, KV group, block) is one work item, whose softmax partial (max, sum, unnormalized output per query
  * head) takes PART_HEAD + head_dim floats, merged after the items (merge_partials). */
 enum { DECODE_SPLITS = 8, DECODE_BLOCK_MIN = 64, PART_HEAD = 16 };
+enum { ATT_BLOCK_PREFETCH_MAX = 128 * 1024 }; /* bytes of one decode block's keys and values fetched at its start */
 
 typedef struct cpu_model {
     asw_config cfg;
@@ -90,6 +93,7 @@ typedef struct cpu_session {
     float *logits;   /* [vocab] last-position logits when the caller wants only the argmax or the top-k; the
                       * greedy screen's int8 dot products */
     int32_t *candidates; /* [vocab] rows the greedy screen computes exactly (NULL: the model has no screen) */
+    double *block_hi;    /* [vocab / SCHED_BLOCK rounded up] the screen's largest upper bound of each block of rows */
     int32_t next_token;             /* argmax of the last step: the input of the next decode_enqueue */
     int32_t ring[ASW_MAX_PENDING];  /* tokens of queued decode steps (computed at enqueue), oldest at ring_head */
     int32_t ring_head, ring_count;
@@ -214,6 +218,7 @@ static void cpu_session_free(void *bs) {
     free(s->attn);
     free(s->logits);
     free(s->candidates);
+    free(s->block_hi);
     free(s->batch_logits);
     free(s->partials);
     free(s->key_cache);
@@ -305,12 +310,15 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->panels = alloc_lines(nth * s->panel_floats * sizeof(float));
     s->attn = alloc_lines(nth * s->attn_floats * sizeof(float));
     s->logits = malloc((size_t)c->vocab * sizeof(float));
-    if (m->screen_q != NULL) s->candidates = malloc((size_t)c->vocab * sizeof(int32_t));
+    if (m->screen_q != NULL) {
+        s->candidates = malloc((size_t)c->vocab * sizeof(int32_t));
+        s->block_hi = malloc(((size_t)c->vocab + SCHED_BLOCK - 1) / SCHED_BLOCK * sizeof(double));
+    }
     s->key_cache = alloc_huge(cache * sizeof(uint16_t));
     s->value_cache = alloc_huge(cache * sizeof(uint16_t));
     if (!s->x || !s->xb || !s->xb2 || !s->qkv || !s->att || !s->hb || !s->act || !s->rope_cos || !s->rope_sin ||
         !s->scores || !s->partials || !s->xt || !s->panels || !s->attn || !s->logits || !s->key_cache ||
-        !s->value_cache || (m->screen_q != NULL && !s->candidates)) {
+        !s->value_cache || (m->screen_q != NULL && (!s->candidates || !s->block_hi))) {
         asw_set_error("out of memory allocating a session of max_len %d (KV cache %zu bytes)", (int)max_len,
                       2 * cache * sizeof(uint16_t));
         cpu_session_free(s);
@@ -336,7 +344,7 @@ typedef struct matmul_job {
     int64_t ntp;        /* > 0: the outer-product path; X is then [cols, ntp] (tokens padded to whole vectors) */
     float *panels;      /* [nth, panel_floats] */
     size_t panel_floats;
-    atomic_llong next;  /* decode: the next unclaimed piece of rows after the first nth (see matmul_task) */
+    atomic_llong next;  /* decode: blocks claimed after the first pieces (see SCHED_BLOCK) */
     const asw_weight *then; /* decode: the weights of the step's next matmul (NULL: none) */
     atomic_int idle;    /* decode: threads that have run out of pieces */
     const uint16_t *xp; /* prefill with outer_bf16: X as [cols / 2, ntp, 2] bf16 pairs (NULL: X above) */
@@ -367,25 +375,63 @@ static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) 
     }
 }
 
-/* Decode matmuls go in DECODE_PIECES pieces per thread. A thread out of pieces fetches up to IDLE_PREFETCH_MAX bytes
- * of its first piece of the next matmul into L2 while it waits for the others (see matmul_task). Against the
- * previous scheme (4 pieces, all claimed in turn, no fetch while waiting), with the GEMV's near prefetch at 2 KiB
- * (kernels.h), a 2-thread decode step of the Qwen2-0.5B shape went from 72.5 % to 75 % of the memory bandwidth
- * measured around each step (bench/bandwidth.c reps alternated with steps in one process, 48 steps per run, six
- * interleaved rounds, 5 of 6 ahead; AVX2 kernels 70 % -> 72.5 %, 3 of 4 rounds ahead). 16 pieces, 128 KiB or 1 MiB
- * of idle prefetch measured the same. */
-enum { DECODE_PIECES = 8 };
+/* Decode matmuls split their rows into pieces of whole SCHED_BLOCKs by guided self-scheduling: thread ith starts on
+ * its own first piece, blocks [ith f, (ith + 1) f) with f = blocks / (2 nth) (so half the rows go in first pieces,
+ * and a thread knows which rows it starts on, and can have fetched them: see matmul_task), then claims in turn 1/nth
+ * of the blocks left (one at least), so pieces shrink as the matmul nears its end and threads reach the join within
+ * about one small piece of each other; a thread whose core was taken away for a while (a busy host, a VM) holds the
+ * others up by the piece it is on at most (a first piece: 1 / (2 nth) of the rows). Each row is still computed whole
+ * by one thread, so the result does not depend on who took which piece. Against the previous fixed pieces (8 per
+ * thread, the first own, the rest claimed in turn), where threads reached a join 5.2-5.4 us apart on average (0.63 ms
+ * of a 9.2 ms SmolLM2 step, 119 joins), steps alternated in one process were 2-3.7 % shorter on SmolLM2 and 1.7-2.8 %
+ * on the Qwen2-0.5B shape (2-core EPYC, 3-4 runs each; halving what is left instead: 0.7-1.2 %). A thread out of pieces fetches up to
+ * IDLE_PREFETCH_MAX bytes of its first piece of the next matmul into L2 while it waits for the others (see
+ * matmul_task): with the fixed pieces that took a 2-thread decode step of the Qwen2-0.5B shape from 72.5 % to 75 % of
+ * the memory bandwidth measured around each step (bench/bandwidth.c reps alternated with steps in one process, 48
+ * steps per run, six interleaved rounds, 5 of 6 ahead; AVX2 kernels 70 % -> 72.5 %, 3 of 4 rounds ahead); 128 KiB or
+ * 1 MiB of idle prefetch measured the same. */
 enum { IDLE_PREFETCH_MAX = 512 * 1024 };
 
-/* rows of each decode piece: DECODE_PIECES per thread, whole BLOCKs */
-static int64_t piece_rows(int64_t rows, int nth, int64_t block) {
-    int64_t blocks = (rows + block - 1) / block;
-    return (blocks + (int64_t)nth * DECODE_PIECES - 1) / ((int64_t)nth * DECODE_PIECES) * block;
+/* blocks in each thread's first piece */
+static int64_t first_piece_blocks(int64_t blocks, int nth) {
+    int64_t f = blocks / (2 * (int64_t)nth);
+    return f > 0 ? f : 1;
+}
+
+/* blocks in all the first pieces: where claiming starts */
+static int64_t first_pieces_end(int64_t blocks, int nth) {
+    int64_t end = first_piece_blocks(blocks, nth) * nth;
+    return end < blocks ? end : blocks;
+}
+
+/* thread ith's first piece of `blocks` blocks as [*b0, *b1); returns 0 if it is empty (ith has no first piece, when
+ * there are fewer blocks than threads) */
+static int first_piece(int64_t blocks, int ith, int nth, int64_t *b0, int64_t *b1) {
+    int64_t f = first_piece_blocks(blocks, nth), end = first_pieces_end(blocks, nth);
+    *b0 = (int64_t)ith * f < end ? (int64_t)ith * f : end;
+    *b1 = *b0 + f < end ? *b0 + f : end;
+    return *b0 < *b1;
+}
+
+/* claims the next piece after the first ones, 1/nth of the blocks left (one at least), as [*b0, *b1): `claimed` counts
+ * the blocks claimed so far (zero at the start); returns 0 when none is left */
+static int claim_piece(atomic_llong *claimed, int64_t blocks, int nth, int64_t *b0, int64_t *b1) {
+    int64_t start = first_pieces_end(blocks, nth);
+    long long cur = atomic_load_explicit(claimed, memory_order_relaxed), take;
+    do {
+        int64_t left = blocks - start - cur;
+        if (left <= 0) return 0;
+        take = left / nth > 0 ? left / nth : 1;
+    } while (!atomic_compare_exchange_weak_explicit(claimed, &cur, cur + take, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    *b0 = start + cur;
+    *b1 = *b0 + take;
+    return 1;
 }
 
 static void matmul_task(void *arg, int ith, int nth) {
     matmul_job *j = arg;
-    enum { BLOCK = 16 }; /* rows per scheduling block: whole cache lines of Y, whole kernel tiles */
+    enum { BLOCK = SCHED_BLOCK };
     int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
     int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
     if (r1 > j->rows) r1 = j->rows;
@@ -398,15 +444,11 @@ static void matmul_task(void *arg, int ith, int nth) {
         return;
     }
     /* decode: a GEMV (nt = 1), or a batched step whose weights are read once for every token, each token summed in
-     * the lone-step order. Rows go in DECODE_PIECES pieces per thread: piece ith first (so the thread knows which
-     * rows it starts on, and can have fetched them: below), then the rest claimed in turn, so a thread whose core
-     * was taken away for a while (a busy host, a VM) holds the others up by one piece at most, not by its share of
-     * the matmul; each row is still computed whole by one thread, so the result does not depend on who took which
-     * piece. */
-    int64_t per = piece_rows(j->rows, nth, BLOCK);
-    for (int64_t piece = ith; piece * per < j->rows;
-         piece = nth + atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) {
-        int64_t p0 = piece * per, p1 = p0 + per < j->rows ? p0 + per : j->rows;
+     * the lone-step order; rows in pieces (see SCHED_BLOCK) */
+    int64_t b0, b1;
+    for (int more = first_piece(blocks, ith, nth, &b0, &b1); more;
+         more = claim_piece(&j->next, blocks, nth, &b0, &b1)) {
+        int64_t p0 = b0 * BLOCK, p1 = b1 * BLOCK < j->rows ? b1 * BLOCK : j->rows;
         if (j->rowwise)
             j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, p0, p1, j->X, j->ldx, j->nt);
         else
@@ -417,9 +459,8 @@ static void matmul_task(void *arg, int ith, int nth) {
      * time waiting at the join, otherwise spent with this core's memory requests idle, starts the next matmul. */
     if (atomic_fetch_add_explicit(&j->idle, 1, memory_order_acq_rel) + 1 == nth || j->then == NULL) return;
     const asw_weight *then = j->then;
-    int64_t then_per = piece_rows(then->rows, nth, BLOCK), first = (int64_t)ith * then_per;
-    if (first >= then->rows) return;
-    int64_t own = then->rows - first < then_per ? then->rows - first : then_per;
+    if (!first_piece((then->rows + BLOCK - 1) / BLOCK, ith, nth, &b0, &b1)) return;
+    int64_t first = b0 * BLOCK, own = (b1 * BLOCK < then->rows ? b1 * BLOCK : then->rows) - first;
     const char *next = (const char *)(then->host + first * then->cols); /* [own, cols] u16 */
     size_t bytes = (size_t)own * (size_t)then->cols * sizeof(uint16_t);
     if (bytes > IDLE_PREFETCH_MAX) bytes = IDLE_PREFETCH_MAX;
@@ -588,6 +629,16 @@ static void attend_part(const attention_job *j, int t, int g, int b, float *sc) 
     float *part = partial(s, t, g * group, b);                           /* heads `stride` floats apart */
     int64_t stride = DECODE_SPLITS * (PART_HEAD + (int64_t)D);
     float scale = 1.0f / sqrtf((float)D);
+    /* The block's key rows, then its value rows, requested into L2 at once: the cache is in no cache level here (see
+     * ASW_ATT_AHEAD), and a short block (64-256 keys at a few hundred positions) ends before the kernels' own
+     * prefetch and the hardware's have got far ahead. SmolLM2 at 128-384 positions: attention 16-28 % shorter in
+     * steps alternated with steps without (six runs); at 2,000 positions the same as without. Blocks too big to stay
+     * in L2 beside the weights streaming through are left to the kernels. */
+    size_t block_bytes = (size_t)keys * D * sizeof(uint16_t);
+    if (2 * block_bytes <= ATT_BLOCK_PREFETCH_MAX) {
+        asw_prefetch_l2(kc, (int64_t)block_bytes);
+        asw_prefetch_l2(vc, (int64_t)block_bytes);
+    }
     if (k->scores_group != NULL)
         k->scores_group(dt, sc, ld, kc, D, q, D, group, D, keys, scale);
     else
@@ -1062,9 +1113,17 @@ typedef struct screen_job {
     double norm;      /* ||x|| */
     double margin;    /* SCREEN_ABS for this k */
     float *p;         /* [vocab] q_r . x */
-    atomic_llong next; /* the next unclaimed piece after the first nth */
+    double *block_hi; /* [vocab / SCHED_BLOCK rounded up] the largest upper bound of each block of rows */
+    atomic_llong next; /* blocks claimed after the first pieces (see SCHED_BLOCK) */
     _Atomic uint64_t best_lo; /* the largest lower bound so far, as the bits of a double */
 } screen_job;
+
+/* row r's upper bound given p_r (see the derivation above; the lower bound is the same with both terms subtracted);
+ * one function for the screen's pass and for the scan after it, so both compute the same double (no contraction
+ * into a fused multiply-add: ISO C, -std=c11) */
+static inline double screen_hi(const screen_job *j, int64_t r) {
+    return (double)j->m->screen_scale[r] * j->p[r] + (double)j->m->screen_slack[r] * j->norm + j->margin;
+}
 
 static void raise_best_lo(_Atomic uint64_t *slot, double lo) {
     uint64_t seen = atomic_load(slot), bits;
@@ -1076,20 +1135,26 @@ static void raise_best_lo(_Atomic uint64_t *slot, double lo) {
     }
 }
 
-/* p = Q . x over the rows in pieces as matmul_task's decode GEMV, each piece's largest lower bound merged */
+/* p = Q . x over the rows in pieces as matmul_task's decode GEMV, each piece's largest lower bound merged and each
+ * block's largest upper bound kept (so that the scan for candidates skips the blocks whose rows all fall short) */
 static void screen_task(void *arg, int ith, int nth) {
     screen_job *j = arg;
     const cpu_model *m = j->m;
-    int64_t rows = m->cfg.vocab, k = m->cfg.hidden;
-    int64_t per = piece_rows(rows, nth, 16);
-    for (int64_t piece = ith; piece * per < rows;
-         piece = nth + atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) {
-        int64_t p0 = piece * per, p1 = p0 + per < rows ? p0 + per : rows;
+    int64_t rows = m->cfg.vocab, k = m->cfg.hidden, blocks = (rows + SCHED_BLOCK - 1) / SCHED_BLOCK, b0, b1;
+    for (int more = first_piece(blocks, ith, nth, &b0, &b1); more;
+         more = claim_piece(&j->next, blocks, nth, &b0, &b1)) {
+        int64_t p0 = b0 * SCHED_BLOCK, p1 = b1 * SCHED_BLOCK < rows ? b1 * SCHED_BLOCK : rows;
         m->k->gemv_i8(j->p, m->screen_q, k, p0, p1, j->x);
         double lo = -INFINITY;
-        for (int64_t r = p0; r < p1; r++) {
-            double v = (double)m->screen_scale[r] * j->p[r] - (double)m->screen_slack[r] * j->norm - j->margin;
-            lo = v > lo ? v : lo;
+        for (int64_t b = b0; b < b1; b++) {
+            double hi = -INFINITY;
+            for (int64_t r = b * SCHED_BLOCK; r < (b + 1) * SCHED_BLOCK && r < rows; r++) {
+                double v = (double)m->screen_scale[r] * j->p[r] - (double)m->screen_slack[r] * j->norm - j->margin;
+                lo = v > lo ? v : lo;
+                double u = screen_hi(j, r);
+                hi = u > hi ? u : hi;
+            }
+            j->block_hi[b] = hi;
         }
         raise_best_lo(&j->best_lo, lo);
     }
@@ -1110,16 +1175,19 @@ static int32_t screened_argmax(cpu_session *s, int t, int32_t pos, const asw_out
     int32_t n = 0;
     if (isfinite(norm) && m->screen_dot_max * norm < SCREEN_DOT_LIMIT) {
         double none = -INFINITY;
-        screen_job j = {m, x, norm, margin, s->logits, 0, 0};
+        screen_job j = {m, x, norm, margin, s->logits, s->block_hi, 0, 0};
         memcpy(&j.best_lo, &none, sizeof none);
         asw_pool_run(s->pool, screen_task, &j);
         uint64_t bits = atomic_load(&j.best_lo);
         double lo;
         memcpy(&lo, &bits, sizeof lo);
         int32_t most = vocab / SCREEN_MAX_SHARE > SCREEN_MIN_ROWS ? vocab / SCREEN_MAX_SHARE : SCREEN_MIN_ROWS;
-        for (int32_t r = 0; r < vocab && n <= most; r++)
-            if ((double)m->screen_scale[r] * s->logits[r] + (double)m->screen_slack[r] * norm + margin >= lo)
-                s->candidates[n++] = r;
+        int32_t blocks = (vocab + SCHED_BLOCK - 1) / SCHED_BLOCK;
+        for (int32_t b = 0; b < blocks && n <= most; b++) {
+            if (!(j.block_hi[b] >= lo)) continue; /* no row of the block reaches lo */
+            for (int32_t r = b * SCHED_BLOCK; r < (b + 1) * SCHED_BLOCK && r < vocab && n <= most; r++)
+                if (screen_hi(&j, r) >= lo) s->candidates[n++] = r;
+        }
         if (n > most) n = 0;
     }
     atomic_fetch_add_explicit(&asw_greedy_screen_steps[n == 0], 1, memory_order_relaxed);

@@ -118,6 +118,9 @@ enum { ASW_GEMV_NEAR_L1 = 0, ASW_GEMV_NEAR_L2 = 1 };
 static inline void asw_prefetch_l1(const void *p, int64_t bytes) {
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)p + b, 0, 3); /* x86: prefetcht0 */
 }
+static inline void asw_prefetch_l2(const void *p, int64_t bytes) {
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)p + b, 0, 2); /* x86: prefetcht1 */
+}
 
 /* `outer` in plain C loops (compiled with the set's target attribute, so the j loop vectorizes): the sets without
  * a register-tiled version. */
