@@ -117,15 +117,15 @@ SAN_OBJS := $(patsubst native/src/%.c,$(SAN_DIR)/obj/%.o,$(wildcard native/src/*
 SAN_CHECKS := fuzz_open kernel_sets pool_placement
 SAN_BUILT := $(SAN_DIR)/_asw.so $(SAN_CHECKS:%=$(SAN_DIR)/%)
 
-$(SAN_DIR)/obj/%.o: native/src/%.c $(wildcard native/include/*.h native/src/*.h)
+$(SAN_DIR)/obj/%.o: native/src/%.c $(wildcard native/include/*.h native/src/*.h) Makefile
 	@mkdir -p $(@D)
 	gcc $(SAN_CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
 
 $(SAN_DIR)/_asw.so: $(SAN_OBJS)
 	gcc $(SANITIZE) -shared -pthread $^ -o $@ -lm -ldl
 
-$(SAN_DIR)/%: native/check/%.c $(SAN_OBJS)
-	gcc $(SAN_CFLAGS) $^ -o $@ -lm -ldl
+$(SAN_DIR)/%: native/check/%.c $(SAN_OBJS) $(wildcard native/check/*.h)
+	gcc $(SAN_CFLAGS) $(filter %.c %.o,$^) -o $@ -lm -ldl
 
 check-sanitize: $(TEST_STAMP)
 	$(MAKE) --no-print-directory -j$$(nproc) $(SAN_BUILT)

@@ -26,7 +26,8 @@
 #include "threadpool.h"
 
 enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized for one chunk */
-/* rows per scheduling block of a decode matmul (see first_piece): whole cache lines of Y, whole kernel tiles */
+/* rows per scheduling block of a decode matmul (see "guided self-scheduling" above first_piece_blocks): whole cache
+ * lines of Y, whole kernel tiles */
 enum { SCHED_BLOCK = 16 };
 /* Prefill matmuls on the outer-product kernel: weight rows converted to f32 PANEL whole rows at a time (once per
  * chunk; a panel is one sequential stream of memory), for at least OUTER_TOKENS tokens (fewer leave too many
@@ -344,7 +345,7 @@ typedef struct matmul_job {
     int64_t ntp;        /* > 0: the outer-product path; X is then [cols, ntp] (tokens padded to whole vectors) */
     float *panels;      /* [nth, panel_floats] */
     size_t panel_floats;
-    atomic_llong next;  /* decode: blocks claimed after the first pieces (see SCHED_BLOCK) */
+    atomic_llong next;  /* decode: blocks claimed after the first pieces (claim_piece) */
     const asw_weight *then; /* decode: the weights of the step's next matmul (NULL: none) */
     atomic_int idle;    /* decode: threads that have run out of pieces */
     const uint16_t *xp; /* prefill with outer_bf16: X as [cols / 2, ntp, 2] bf16 pairs (NULL: X above) */
@@ -444,7 +445,7 @@ static void matmul_task(void *arg, int ith, int nth) {
         return;
     }
     /* decode: a GEMV (nt = 1), or a batched step whose weights are read once for every token, each token summed in
-     * the lone-step order; rows in pieces (see SCHED_BLOCK) */
+     * the lone-step order; rows in pieces (first_piece, claim_piece) */
     int64_t b0, b1;
     for (int more = first_piece(blocks, ith, nth, &b0, &b1); more;
          more = claim_piece(&j->next, blocks, nth, &b0, &b1)) {
@@ -630,7 +631,7 @@ static void attend_part(const attention_job *j, int t, int g, int b, float *sc) 
     int64_t stride = DECODE_SPLITS * (PART_HEAD + (int64_t)D);
     float scale = 1.0f / sqrtf((float)D);
     /* The block's key rows, then its value rows, requested into L2 at once: the cache is in no cache level here (see
-     * ASW_ATT_AHEAD), and a short block (64-256 keys at a few hundred positions) ends before the kernels' own
+     * ASW_ATT_AHEAD), and a short block (at most 64 keys up to 512 positions) ends before the kernels' own
      * prefetch and the hardware's have got far ahead. SmolLM2 at 128-384 positions: attention 16-28 % shorter in
      * steps alternated with steps without (six runs); at 2,000 positions the same as without. Blocks too big to stay
      * in L2 beside the weights streaming through are left to the kernels. */
@@ -1114,7 +1115,7 @@ typedef struct screen_job {
     double margin;    /* SCREEN_ABS for this k */
     float *p;         /* [vocab] q_r . x */
     double *block_hi; /* [vocab / SCHED_BLOCK rounded up] the largest upper bound of each block of rows */
-    atomic_llong next; /* blocks claimed after the first pieces (see SCHED_BLOCK) */
+    atomic_llong next; /* blocks claimed after the first pieces (claim_piece) */
     _Atomic uint64_t best_lo; /* the largest lower bound so far, as the bits of a double */
 } screen_job;
 
