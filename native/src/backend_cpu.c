@@ -385,12 +385,12 @@ static void outer_rows(const matmul_job *j, int64_t r0, int64_t r1, float *buf) 
  * by one thread, so the result does not depend on who took which piece. Against the previous fixed pieces (8 per
  * thread, the first own, the rest claimed in turn), where threads reached a join 5.2-5.4 us apart on average (0.63 ms
  * of a 9.2 ms SmolLM2 step, 119 joins), steps alternated in one process were 2-3.7 % shorter on SmolLM2 and 1.7-2.8 %
- * on the Qwen2-0.5B shape (2-core EPYC, 3-4 runs each; halving what is left instead: 0.7-1.2 %). A thread out of pieces fetches up to
- * IDLE_PREFETCH_MAX bytes of its first piece of the next matmul into L2 while it waits for the others (see
- * matmul_task): with the fixed pieces that took a 2-thread decode step of the Qwen2-0.5B shape from 72.5 % to 75 % of
- * the memory bandwidth measured around each step (bench/bandwidth.c reps alternated with steps in one process, 48
- * steps per run, six interleaved rounds, 5 of 6 ahead; AVX2 kernels 70 % -> 72.5 %, 3 of 4 rounds ahead); 128 KiB or
- * 1 MiB of idle prefetch measured the same. */
+ * on the Qwen2-0.5B shape (2-core EPYC, 3-4 runs each; halving what is left instead: 0.7-1.2 %). A thread out of
+ * pieces fetches up to IDLE_PREFETCH_MAX bytes of its first piece of the next matmul into L2 while it waits for the
+ * others (see matmul_task): with the fixed pieces that took a 2-thread decode step of the Qwen2-0.5B shape from
+ * 72.5 % to 75 % of the memory bandwidth measured around each step (bench/bandwidth.c reps alternated with steps in
+ * one process, 48 steps per run, six interleaved rounds, 5 of 6 ahead; AVX2 kernels 70 % -> 72.5 %, 3 of 4 rounds
+ * ahead); 128 KiB or 1 MiB of idle prefetch measured the same. */
 enum { IDLE_PREFETCH_MAX = 512 * 1024 };
 
 /* blocks in each thread's first piece */
@@ -1119,9 +1119,12 @@ typedef struct screen_job {
     _Atomic uint64_t best_lo; /* the largest lower bound so far, as the bits of a double */
 } screen_job;
 
-/* row r's upper bound given p_r (see the derivation above; the lower bound is the same with both terms subtracted);
- * one function for the screen's pass and for the scan after it, so both compute the same double (no contraction
- * into a fused multiply-add: ISO C, -std=c11) */
+/* row r's bounds lo_r <= y_r <= hi_r given p_r (see the derivation above); screen_hi is one function for the
+ * screen's pass and for the scan after it, so both compute the same double (no contraction into a fused
+ * multiply-add: ISO C, -std=c11) */
+static inline double screen_lo(const screen_job *j, int64_t r) {
+    return (double)j->m->screen_scale[r] * j->p[r] - (double)j->m->screen_slack[r] * j->norm - j->margin;
+}
 static inline double screen_hi(const screen_job *j, int64_t r) {
     return (double)j->m->screen_scale[r] * j->p[r] + (double)j->m->screen_slack[r] * j->norm + j->margin;
 }
@@ -1150,9 +1153,8 @@ static void screen_task(void *arg, int ith, int nth) {
         for (int64_t b = b0; b < b1; b++) {
             double hi = -INFINITY;
             for (int64_t r = b * SCHED_BLOCK; r < (b + 1) * SCHED_BLOCK && r < rows; r++) {
-                double v = (double)m->screen_scale[r] * j->p[r] - (double)m->screen_slack[r] * j->norm - j->margin;
+                double v = screen_lo(j, r), u = screen_hi(j, r);
                 lo = v > lo ? v : lo;
-                double u = screen_hi(j, r);
                 hi = u > hi ? u : hi;
             }
             j->block_hi[b] = hi;

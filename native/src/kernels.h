@@ -97,7 +97,8 @@ static inline void asw_weighted_sum_by_head(void (*weighted_sum)(int, float *, c
  * and FMA uops would otherwise wait in the scheduler on a miss and stop the core from issuing loads further ahead.
  * A prefetch never faults, so running past the last row is harmless. */
 #define ASW_GEMV_PREFETCH_FAR 4096
-#define ASW_GEMV_PREFETCH_NEAR 1024 /* 512 (1 KiB) before: measured with backend_cpu.c's idle prefetch (then 8 pieces per thread) */
+/* 512 (1 KiB) before: measured with backend_cpu.c's idle prefetch (then 8 pieces per thread) */
+#define ASW_GEMV_PREFETCH_NEAR 1024
 #define ASW_GEMV_PREFETCH_FAR_HINT _MM_HINT_T1
 #define ASW_GEMV_PREFETCH_NEAR_HINT _MM_HINT_T0
 
