@@ -41,9 +41,14 @@ _DERIVED_TENSORS: dict[str, str] = {
 _RUNTIME_COMPUTES: dict[str, tuple[Any, ...]] = {
     "hidden_act": ("silu", "swish"),  # transformers' ACT2FN maps both to SiLU
 }
-# config.json keys that must be absent: the runtime has nothing that computes what they describe
+# config.json keys that must be absent (or null): the runtime has nothing that computes what they describe
 _MUST_BE_ABSENT: dict[str, str] = {
     "quantization_config": "quantized checkpoints",
+}
+# config.json list keys whose every entry must be one of these values
+_EVERY_ENTRY: dict[str, tuple[Any, ...]] = {
+    # transformers gives "sliding_attention" and "chunked_attention" layers a cache of the last positions only
+    "layer_types": ("full_attention",),
 }
 # keys of a rope dict (rope_parameters / rope_scaling) and the values the runtime implements
 ROPE_TYPES = ("default", "llama3")
@@ -62,12 +67,13 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 @dataclass(frozen=True)
 class ArchSpec:
     hf_architecture: str  # config.json "architectures"[0]
-    arch: str  # the manifest's "arch"
+    arch: str  # the manifest's "arch", and the config.json model_type transformers builds this architecture for
     hf_config_class: str  # the transformers config class whose defaults `hf_defaults` copies
     hf_defaults: dict[str, Any]  # value of every key the converter reads when config.json lacks it
     qkv_bias: bool  # whether q/k/v projections carry a bias (the manifest's attention_bias)
     runtime_computes: dict[str, tuple[Any, ...]]  # config key -> values the runtime implements
     must_be_absent: dict[str, str] = field(default_factory=lambda: dict(_MUST_BE_ABSENT))  # key -> what it means
+    every_entry: dict[str, tuple[Any, ...]] = field(default_factory=lambda: dict(_EVERY_ENTRY))  # list key -> values
     derived_tensors: dict[str, str] = field(default_factory=lambda: dict(_DERIVED_TENSORS))
     sources: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_DECODER_SOURCES))
 
@@ -96,13 +102,17 @@ ARCHS: dict[str, ArchSpec] = {
                  qkv_bias=True,
                  runtime_computes={**_RUNTIME_COMPUTES, "use_sliding_window": (False,)}),
         # LlamaAttention puts attention_bias on q, k, v AND o_proj; LlamaMLP puts mlp_bias on gate/up/down. The
-        # runtime has a q/k/v bias only, so both must be false.
+        # runtime has a q/k/v bias only, so both must be false. LlamaConfig has no sliding_window or
+        # attention_chunk_size, but keeps them from config.json, and transformers' cache then gives every layer a
+        # window of that many positions (Qwen2Config drops sliding_window unless use_sliding_window is true).
         ArchSpec("LlamaForCausalLM", "llama", "LlamaConfig",
                  hf_defaults={**_COMMON_DEFAULTS, "vocab_size": 32000, "intermediate_size": 11008,
                               "num_key_value_heads": None, "head_dim": None, "max_position_embeddings": 2048,
                               "bos_token_id": 1, "eos_token_id": 2, "attention_bias": False, "mlp_bias": False},
                  qkv_bias=False,
-                 runtime_computes={**_RUNTIME_COMPUTES, "attention_bias": (False,), "mlp_bias": (False,)}),
+                 runtime_computes={**_RUNTIME_COMPUTES, "attention_bias": (False,), "mlp_bias": (False,)},
+                 must_be_absent={**_MUST_BE_ABSENT, "sliding_window": "sliding-window attention layers",
+                                 "attention_chunk_size": "chunked attention layers"}),
     )
 }
 

@@ -123,6 +123,16 @@ def _check_runtime_computes(cfg: _Resolved) -> None:
         if not _same_value(value, allowed):
             raise cfg.refuse(f"{key} is {value!r}; the runtime computes only "
                              f"{' or '.join(repr(a) for a in allowed)} ({cfg.spec.hf_architecture})")
+    for key, allowed in cfg.spec.every_entry.items():
+        entries = cfg.hf.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise cfg.refuse(f"{key} is {entries!r}, not a list")
+        other = next((entry for entry in entries if not _same_value(entry, allowed)), None)
+        if other is not None:
+            raise cfg.refuse(f"{key} has {other!r}; the runtime computes only "
+                             f"{' or '.join(repr(a) for a in allowed)} layers")
 
 
 def _rope(cfg: _Resolved, head_dim: int, max_positions: int) -> tuple[float, dict[str, Any] | None]:
@@ -151,8 +161,11 @@ def _rope(cfg: _Resolved, head_dim: int, max_positions: int) -> tuple[float, dic
         raise cfg.refuse(f"rope type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
     if kind == "default":
         return theta, None
-    original = rope.get("original_max_position_embeddings", max_positions)  # transformers' setdefault
-    if "original_max_position_embeddings" not in rope:
+    # transformers' standardize_rope_params, as the model's rotary embedding runs it (once every config.json key is
+    # an attribute): a top-level original_max_position_embeddings replaces the dict's, else the dict's, else
+    # max_position_embeddings
+    original = hf.get("original_max_position_embeddings", rope.get("original_max_position_embeddings", max_positions))
+    if "original_max_position_embeddings" not in rope and "original_max_position_embeddings" not in hf:
         cfg.defaulted.append("rope_scaling.original_max_position_embeddings")
     try:
         scaling = {"rope_type": "llama3", "factor": cfg.number(rope["factor"], "rope factor"),
@@ -174,6 +187,10 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
     if spec is None:
         raise SourceError(f"{where}: architecture {name!r} is not supported (supported: {supported()})")
     cfg = _Resolved(spec, hf, where, meta.config_origin)
+    model_type = hf.get("model_type")
+    if model_type is not None and model_type != spec.arch:  # AutoModelForCausalLM builds what model_type names
+        raise cfg.refuse(f"model_type is {model_type!r} but architectures[0] is {name!r} (model_type "
+                         f"{spec.arch!r}): transformers would build a {model_type!r} model; refusing the conflict")
     _check_runtime_computes(cfg)
     generation = meta.generation_config
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -54,8 +55,10 @@ HID, LAYERS, HEADS, KV, HD, FFN = 64, 2, 4, 2, 16, 96
 
 def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = (), rope_freqs: np.ndarray | None = None,
                pre: str = "qwen2", tied: bool = True, chat_template: str = "{{ messages[0]['content'] }}",
-               merges: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Write a 2-layer model; return the HF-named reference tensors (as the reader should give them back)."""
+               merges: list[str] | None = None,
+               extra: Callable[[gguf.GGUFWriter], None] | None = None) -> dict[str, np.ndarray]:
+    """Write a 2-layer model (`extra` adds metadata keys); return the HF-named reference tensors (as the reader
+    should give them back)."""
     rng = np.random.default_rng(0)
     tokens, types, tiny_merges = _tiny_vocab()
     merges = tiny_merges if merges is None else merges
@@ -84,6 +87,8 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
     for name, add in keys.items():
         if name not in skip_keys:
             add()
+    if extra is not None:
+        extra(w)
 
     ref: dict[str, np.ndarray] = {}
 
@@ -233,6 +238,27 @@ def test_llama3_rope_freqs(tmp_path):
         rs = src.meta.config["rope_scaling"]
         assert rs["rope_type"] == "llama3" and rs["factor"] == 8.0
         assert not any("rope" in n for n in src.tensors())
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["scaling.factor", "scale_linear"])
+@pytest.mark.parametrize("factor", [4.0, 1.0])
+def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, legacy):
+    """llama.cpp takes a file that names no rope.scaling.type as "linear" and scales positions by 1/factor
+    (rope.scaling.factor, else rope.scale_linear): a factor other than 1 is linear scaling, which the runtime
+    does not compute, so the conversion is refused; a factor of 1 is no scaling."""
+    from ascend_super.convert.pipeline import convert
+
+    p = tmp_path / "factor.gguf"
+    write_gguf(p, "qwen2", extra=lambda w: w.add_float32("qwen2.rope.scale_linear", factor) if legacy
+               else w.add_rope_scaling_factor(factor))
+    with GGUFSource(p) as src:
+        if factor == 1.0:
+            assert src.meta.config["rope_scaling"] is None
+            return
+        with pytest.raises(SourceError) as e:
+            convert(src, tmp_path / "out.asw", data_alignment=4096)
+    _one_line_error(e, p, "rope type 'linear' is not supported")
+    assert not (tmp_path / "out.asw").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------

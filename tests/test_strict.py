@@ -92,6 +92,46 @@ def test_sliding_window_refused(tmp_path: Path) -> None:
     _refused(directory, tmp_path, "config.json use_sliding_window is True; the runtime computes only False")
 
 
+def test_llama_sliding_window_refused(tmp_path: Path) -> None:
+    """LlamaConfig keeps an unknown sliding_window, and transformers' cache then keeps only the last that many
+    positions of every layer (cache_utils' layer types); the runtime attends over all of them."""
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(sliding_window=16))
+    _refused(directory, tmp_path, "config.json has sliding_window: sliding-window attention layers are not supported")
+
+
+def test_llama_chunked_attention_refused(tmp_path: Path) -> None:
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(attention_chunk_size=16))
+    _refused(directory, tmp_path, "config.json has attention_chunk_size: chunked attention layers are not supported")
+
+
+def test_qwen2_sliding_window_size_without_use_sliding_window_converts(tmp_path: Path) -> None:
+    """Released Qwen2 configs carry sliding_window beside use_sliding_window: false, which Qwen2Config ignores."""
+    directory = _checkpoint(tmp_path, QWEN2, config=lambda c: c.update(use_sliding_window=False,
+                                                                      sliding_window=131072))
+    _convert(directory, tmp_path / "out.asw")
+
+
+@pytest.mark.parametrize("spec", [QWEN2, LLAMA], ids=["qwen2", "llama"])
+def test_layer_types_other_than_full_attention_refused(tmp_path: Path, spec: Spec) -> None:
+    """transformers builds a sliding-window cache for such layers (Qwen2 with use_sliding_window false raises)."""
+    directory = _checkpoint(tmp_path, spec, config=lambda c: c.update(
+        layer_types=["full_attention", "sliding_attention"]))
+    _refused(directory, tmp_path, "config.json layer_types has 'sliding_attention'; the runtime computes only "
+                                  "'full_attention' layers")
+
+
+def test_layer_types_all_full_attention_converts(tmp_path: Path) -> None:
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(layer_types=["full_attention"] * 2))
+    _convert(directory, tmp_path / "out.asw")
+
+
+def test_model_type_conflicting_with_architectures_refused(tmp_path: Path) -> None:
+    """AutoModelForCausalLM builds the model model_type names: a qwen2 architecture under model_type llama would
+    lose its q/k/v biases there."""
+    directory = _checkpoint(tmp_path, QWEN2, config=lambda c: c.update(model_type="llama"))
+    _refused(directory, tmp_path, "config.json model_type is 'llama' but architectures[0] is 'Qwen2ForCausalLM'")
+
+
 @pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn", "longrope"])
 def test_rope_types_other_than_default_and_llama3_refused(tmp_path: Path, kind: str) -> None:
     directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(
@@ -182,6 +222,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                         "rope_parameters": {**LLAMA3, "rope_theta": 5e5}},
     "top-level original_max_position_embeddings": {"original_max_position_embeddings": 32, "rope_parameters": {
         **LLAMA3, "rope_theta": 5e5, "original_max_position_embeddings": 64}},
+    "top-level original_max_position_embeddings only": {"max_position_embeddings": 1024,
+                                                        "original_max_position_embeddings": 32,
+                                                        "rope_parameters": {**LLAMA3, "rope_theta": 5e5}},
 }
 
 
@@ -200,6 +243,9 @@ def test_config_resolution_matches_transformers(arch: str, variant: str) -> None
         assert config[key] == getattr(reference, key), key
     head_dim = getattr(reference, "head_dim", None) or reference.hidden_size // reference.num_attention_heads
     assert config["head_dim"] == head_dim
+    # what the model computes with: its rotary embedding standardizes the rope parameters again once every
+    # config.json key is an attribute (a top-level original_max_position_embeddings then replaces the dict's)
+    reference.standardize_rope_params()
     rope = reference.rope_parameters
     assert config["rope_theta"] == rope["rope_theta"]
     if rope["rope_type"] == "default":

@@ -293,10 +293,11 @@ class GGUFSource:
         kind = self._get(R.SCALING_TYPE)
         factor = self._float(R.SCALING_FACTOR)
         orig = self._int(R.SCALING_ORIG_CTX_LEN)
-        if kind is None:
+        if kind is None:  # llama.cpp's default type is "linear", its factor rope.scaling.factor, else scale_linear
             legacy = self._float("{arch}.rope.scale_linear")
-            if legacy is not None and legacy != 1.0:
-                return {"rope_type": "linear", "factor": legacy}
+            scale = factor if factor is not None else legacy
+            if scale is not None and scale not in (0.0, 1.0):  # llama.cpp: 0 means no scaling, as 1 does
+                return {"rope_type": "linear", "factor": scale}
             return None
         if kind == "none":
             return None
