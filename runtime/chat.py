@@ -1,6 +1,8 @@
 """Chat templates rendered the way transformers renders them: a sandboxed Jinja environment with trim_blocks and
 lstrip_blocks, loop controls, transformers' `tojson`, `raise_exception`, `strftime_now`, a `{% generation %}` tag,
-and the tokenizer's special-token strings (bos_token, eos_token, …) as variables."""
+and the variables transformers' apply_chat_template passes: the tokenizer's special-token strings that are set
+(bos_token, eos_token, …; an unset one is no variable, not "None"), `tools` and `documents` (None), and messages
+whose reasoning is also under `reasoning_content` and `thinking`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Message = dict[str, Any]
+
+# transformers' SPECIAL_TOKENS_ATTRIBUTES: the names its special_tokens_map passes to a template (those set)
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# names a message's reasoning may come under, the standard one first (transformers' _REASONING_FIELDS)
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
 class ChatTemplateError(ValueError):
@@ -54,13 +61,28 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
+def _alias_reasoning(messages: list[Message]) -> list[Message]:
+    """transformers' _alias_reasoning_fields: a message's reasoning (under any of its names) is also its
+    `reasoning_content` and, unless it has one, its `thinking`."""
+    aliased = []
+    for message in messages:
+        if isinstance(message, dict):
+            reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
+            if reasoning is not None:
+                message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        aliased.append(message)
+    return aliased
+
+
 def render(template: str, messages: list[Message], special_tokens: dict[str, Any],
            add_generation_prompt: bool = True, **extra: Any) -> str:
-    """The prompt text for `messages` (a list of {"role", "content"} maps)."""
-    variables = {key: value for key, value in special_tokens.items() if key.endswith("_token")}
+    """The prompt text for `messages` (a list of {"role", "content"} maps), with transformers' variables."""
+    variables = {"tools": None, "documents": None,
+                 **{key: str(value) for key, value in special_tokens.items()
+                    if key in SPECIAL_TOKEN_NAMES and value is not None}, **extra}
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **variables, **extra)
+        return _compile(template).render(messages=_alias_reasoning(messages),
+                                         add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template: {exc}") from None
     except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError) as exc:

@@ -13,7 +13,7 @@ from . import hub
 from .chat import ChatTemplateError
 from .busguard import exit_on_bus_error
 from .cliutil import activations_option, fail, literal, note, open_model, stderr, version_option
-from .generate import GenerationError, Sampling, Stats
+from .generate import GenerationError, Sampling, Stats, unapplied_generation_config
 from .model import BACKENDS, BackendUnavailable
 from .native import NativeError
 
@@ -78,6 +78,10 @@ def run(
         try:
             prompt_ids = loaded.prompt_ids(prompt, raw, system)
             sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+            sampling.check()
+            unapplied = unapplied_generation_config(loaded.generation_config, sampling)
+            if unapplied is not None:
+                note(f"note: {unapplied}")
             tokens = loaded.generate_tokens(prompt_ids, sampling, context, stats)
             for piece in loaded.text_pieces(tokens):  # ids are taken from stats afterwards
                 if as_json:

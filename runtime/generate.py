@@ -65,6 +65,43 @@ class Sampling:
         return self.temperature == 0
 
 
+# generation_config.json keys that change which tokens transformers' generate() picks (its logits processors, beam
+# search, stop strings), each with its value that changes nothing: this runtime implements none of them
+UNAPPLIED_GENERATION_KEYS: dict[str, object] = {
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "min_length": 0, "min_new_tokens": None, "exponential_decay_length_penalty": None, "min_p": None,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None, "num_beams": 1, "penalty_alpha": None,
+    "guidance_scale": None, "stop_strings": None, "renormalize_logits": False,
+}
+_FILE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")
+
+
+def _neutral(value: object, neutral: object) -> bool:
+    return value is None or value == neutral or (isinstance(value, (list, dict, str)) and not value)
+
+
+def unapplied_generation_config(generation: dict[str, object], sampling: Sampling) -> str | None:
+    """One line saying what the model file's generation_config asks of decoding that this generation does not do
+    (transformers' generate() would do it, and pick other tokens), or None when there is nothing: sampling asked for
+    by the file where this run is greedy, and any key of UNAPPLIED_GENERATION_KEYS with an effective value."""
+    parts = []
+    if generation.get("do_sample") is True and sampling.greedy:
+        asked = [f"{key}={generation[key]!r}" for key in _FILE_SAMPLING_KEYS if generation.get(key) is not None]
+        flags = " ".join(f"--{key.replace('_', '-')} {generation[key]}" for key in _FILE_SAMPLING_KEYS
+                         if generation.get(key) is not None)
+        parts.append(f"sampling ({', '.join(['do_sample=True', *asked])}) where this run is greedy"
+                     + (f" (sample as it asks with {flags})" if flags else ""))
+    unapplied = [f"{key}={generation[key]!r}" for key, neutral in UNAPPLIED_GENERATION_KEYS.items()
+                 if not _neutral(generation.get(key), neutral)]
+    if unapplied:
+        parts.append(f"{', '.join(unapplied)}, which this runtime does not implement")
+    if not parts:
+        return None
+    return ("the model file's generation_config asks for " + "; and ".join(parts)
+            + ": transformers' generate() would pick other tokens")
+
+
 @dataclass
 class Stats:
     load_s: float = 0.0

@@ -78,6 +78,8 @@ class Model:
                 raise fmt.ManifestInvalid(f"{self.asw.path}: manifest {exc}") from None
             self.chat_template: str | None = manifest["chat_template"]
             self.special_tokens: dict[str, Any] = manifest["special_tokens"]
+            # the source's generation_config.json, as stored (see generate.unapplied_generation_config)
+            self.generation_config: dict[str, Any] = manifest["generation_config"]
             self.eos_ids: list[int] = list(self.config["eos_token_id"])
             # the cpu backend reads the weights in place, every one of them per decode step: 2 MiB pages make that
             # stream faster (runtime/hugepages.py); a device backend copies them once and gains nothing

@@ -33,6 +33,71 @@ def test_chat_template_matches_transformers(checkpoint_dir, converted) -> None:
         assert model.prompt_ids("plain text", raw=True) == reference("plain text")["input_ids"]
 
 
+# a template that sees what transformers passes it and what it does not: an unset bos_token, tools and documents,
+# a message's reasoning under another name, and the tokenizer's add_bos_token flag (no template variable)
+VARIABLES_TEMPLATE = (
+    "[{{ bos_token }}][{{ eos_token }}][{{ pad_token }}]{% if tools is not none %}TOOLS{% endif %}"
+    "{% if documents is defined %}DOCS{% endif %}{% if add_bos_token is defined %}FLAG{% endif %}"
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% if m.reasoning_content %}"
+    "(think {{ m.reasoning_content }}|{{ m.thinking }}){% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_chat_template_variables_match_transformers(checkpoint_dir, converted) -> None:
+    import transformers
+
+    from ascend_super.runtime.chat import render
+
+    reference = transformers.AutoTokenizer.from_pretrained(checkpoint_dir(MODEL))
+    assert reference.bos_token is None  # the case where a template saw "None"
+    messages = [{"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "reasoning": "add them"},
+                {"role": "user", "content": "and 3+3?"}]
+    expected = reference.apply_chat_template(messages, chat_template=VARIABLES_TEMPLATE,
+                                             add_generation_prompt=True, tokenize=False)
+    with ascend_super.load(converted(MODEL)) as model:
+        got = render(VARIABLES_TEMPLATE, messages, model.special_tokens, add_generation_prompt=True)
+    assert got == expected
+    assert "None" not in got and "think add them|add them" in got
+
+
+def test_generation_config_not_followed_is_named() -> None:
+    from ascend_super.runtime.generate import unapplied_generation_config
+
+    assert unapplied_generation_config({"bos_token_id": 1, "eos_token_id": [2], "repetition_penalty": 1.0,
+                                        "suppress_tokens": [], "do_sample": False}, Sampling()) is None
+    r1 = {"do_sample": True, "temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1-Distill's
+    line = unapplied_generation_config(r1, Sampling())
+    assert "where this run is greedy" in line and "--temperature 0.6 --top-p 0.95" in line and "\n" not in line
+    assert unapplied_generation_config(r1, Sampling(temperature=0.6, top_p=0.95)) is None
+    line = unapplied_generation_config({**r1, "repetition_penalty": 1.05}, Sampling(temperature=0.6))
+    assert "repetition_penalty=1.05, which this runtime does not implement" in line and "greedy" not in line
+
+
+def test_cli_names_the_generation_config_it_does_not_follow(tmp_path: Path) -> None:
+    """A file whose generation_config samples and penalizes repetition: ascend-run says so on stderr (greedy by
+    default, no repetition penalty), once, before the text."""
+    from ascend_super.convert.pipeline import convert
+    from ascend_super.convert.sources.hub import open_source
+    from checkpoints import make_checkpoint
+    from conftest import SPECS
+
+    directory = make_checkpoint(tmp_path / "src", SPECS[MODEL])
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": [2], "do_sample": True, "temperature": 0.7, "top_p": 0.8,
+         "repetition_penalty": 1.05}))
+    with open_source(str(directory)) as source:
+        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    result = run_cli("ascend-run", str(tmp_path / "m.asw"), "--prompt", "Hello", "-n", "2", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "--temperature 0.7 --top-p 0.8" in notes[0] and "repetition_penalty=1.05" in notes[0]
+    result = run_cli("ascend-run", str(tmp_path / "m.asw"), "--prompt", "Hello", "-n", "2", "--temperature", "0.7",
+                     "--top-p", "0.8", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "greedy" not in result.stderr and "repetition_penalty=1.05" in result.stderr
+
+
 def test_stream_decodes_multibyte_utf8() -> None:
     tokenizer = TextTokenizer(tokenizer_json(320))
     text = "你好，世界。今天天气很好。Ünïcödé ✓ 🚀 done"
