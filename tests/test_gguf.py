@@ -56,14 +56,16 @@ HID, LAYERS, HEADS, KV, HD, FFN = 64, 2, 4, 2, 16, 96
 def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = (), rope_freqs: np.ndarray | None = None,
                pre: str = "qwen2", tied: bool = True, chat_template: str = "{{ messages[0]['content'] }}",
                merges: list[str] | None = None,
-               extra: Callable[[gguf.GGUFWriter], None] | None = None) -> dict[str, np.ndarray]:
-    """Write a 2-layer model (`extra` adds metadata keys); return the HF-named reference tensors (as the reader
-    should give them back)."""
+               extra: Callable[[gguf.GGUFWriter], None] | None = None, big_endian: bool = False,
+               extra_rows: int = 0) -> dict[str, np.ndarray]:
+    """Write a 2-layer model (`extra` adds metadata keys; `extra_rows`: token_embd rows beyond the tokens); return
+    the HF-named reference tensors (as the reader should give them back)."""
     rng = np.random.default_rng(0)
     tokens, types, tiny_merges = _tiny_vocab()
     merges = tiny_merges if merges is None else merges
     vocab = len(tokens)
-    w = gguf.GGUFWriter(str(path), arch=arch)
+    w = gguf.GGUFWriter(str(path), arch=arch,
+                        endianess=gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE)
     keys = {
         "block_count": lambda: w.add_block_count(LAYERS),
         "context_length": lambda: w.add_context_length(256),
@@ -106,7 +108,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
             deq = gguf.quants.dequantize(gguf.quants.quantize(x.astype(np.float32), Q.Q8_0), Q.Q8_0)
             ref[hf_name] = deq.reshape(x.shape)
 
-    put("token_embd.weight", "model.embed_tokens.weight", rng.standard_normal((vocab, HID)), "q8_0")
+    put("token_embd.weight", "model.embed_tokens.weight", rng.standard_normal((vocab + extra_rows, HID)), "q8_0")
     for i in range(LAYERS):
         p, h = f"blk.{i}.", f"model.layers.{i}."
         llama = arch == "llama"
@@ -259,6 +261,40 @@ def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, l
             convert(src, tmp_path / "out.asw", data_alignment=4096)
     _one_line_error(e, p, "rope type 'linear' is not supported")
     assert not (tmp_path / "out.asw").exists()
+
+
+@pytest.mark.parametrize("case", ["big-endian", "attn_factor", "non-causal", "qwen2 rope_freqs", "rows beyond tokens"])
+def test_gguf_that_llama_cpp_runs_otherwise_refused(tmp_path, case):
+    """Metadata and tensors llama.cpp acts on that we would otherwise have ignored: the byte order, rope's attention
+    factor (it scales cos and sin for every scaling type), non-causal attention, a rope_freqs tensor of an arch whose
+    graph takes none, and embedding rows without a token."""
+    p = tmp_path / "odd.gguf"
+    kw = {"big-endian": {"big_endian": True},
+          "attn_factor": {"extra": lambda w: w.add_rope_scaling_attn_factors(0.5)},
+          "non-causal": {"extra": lambda w: w.add_causal_attention(False)},
+          "qwen2 rope_freqs": {"rope_freqs": _llama3_factors(1_000_000.0, HD, 8.0, 1.0, 4.0, 8192)},
+          "rows beyond tokens": {"extra_rows": 3}}[case]
+    write_gguf(p, "qwen2", **kw)
+    want = {"big-endian": "big-endian GGUF file", "attn_factor": "qwen2.rope.scaling.attn_factor=0.5",
+            "non-causal": "qwen2.attention.causal=False: only causal attention is supported",
+            "qwen2 rope_freqs": "unexpected tensor rope_freqs.weight", "rows beyond tokens": "(one per token expected)"}
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, want[case])
+
+
+def test_gguf_neutral_rope_and_causal_keys_accepted(tmp_path):
+    """A causal flag of true, an attention factor of 1 and linear scaling by 1 change nothing in llama.cpp."""
+    p = tmp_path / "neutral.gguf"
+
+    def neutral(w: gguf.GGUFWriter) -> None:
+        w.add_causal_attention(True)
+        w.add_rope_scaling_attn_factors(1.0)
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(1.0)
+    write_gguf(p, "qwen2", extra=neutral)
+    with GGUFSource(p) as src:
+        assert src.meta.config["rope_scaling"] is None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 from .gguf_tokenizer import TokenizerBuildError, build_tokenizer, eos_ids
 
-from gguf import GGMLQuantizationType, GGUFReader, Keys, MODEL_TENSOR, TENSOR_NAMES
+from gguf import GGMLQuantizationType, GGUFEndian, GGUFReader, Keys, MODEL_TENSOR, TENSOR_NAMES
 from gguf.quants import dequantize as _dequantize
 
 GGUF_MAGIC = b"GGUF"
@@ -39,12 +39,14 @@ class _Arch:
     hf_class: str
     model_type: str
     permuted_qk: bool  # llama.cpp's converter permuted Q/K rows for interleaved rope
+    rope_freqs: bool  # llama.cpp reads a rope_freqs tensor (per-dimension rope factors) for this arch
 
 
 # general.architecture -> how to present it
 ARCHS: dict[str, _Arch] = {
-    "llama": _Arch("LlamaForCausalLM", "llama", permuted_qk=True),
-    "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", permuted_qk=False),
+    "llama": _Arch("LlamaForCausalLM", "llama", permuted_qk=True, rope_freqs=True),
+    # llama.cpp's qwen2 graph takes no rope factors, and its loader refuses a file with a tensor it does not use
+    "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", permuted_qk=False, rope_freqs=False),
 }
 
 # HF float dtypes by GGUF type name; any other type is reported under its GGUF name (e.g. "Q4_1")
@@ -194,6 +196,9 @@ class GGUFSource:
             detail = (str(exc).splitlines() or [""])[0][:200]
             raise self._err(f"truncated or corrupt GGUF file ({size} bytes; gguf reader: "
                             f"{type(exc).__name__}: {detail})") from None
+        if reader.endianess != GGUFEndian.LITTLE:  # gguf's tensor views would read its numbers in the wrong order
+            raise self._err("big-endian GGUF file: only little-endian files are supported (llama.cpp refuses one "
+                            "on a little-endian host too)")
         for t in reader.tensors:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size or int(t.data.nbytes) != int(t.n_bytes):
@@ -272,6 +277,9 @@ class GGUFSource:
         rot = self._int(Keys.Rope.DIMENSION_COUNT)
         if rot is not None and rot != head_dim:
             raise self._err(f"partial rotary embedding ({rot} of {head_dim} dims) is not supported")
+        causal = self._get(A.CAUSAL)
+        if causal is not None and causal is not True:  # llama.cpp builds non-causal masks from it, for any arch
+            raise self._err(f"{self._key(A.CAUSAL)}={causal!r}: only causal attention is supported")
         return {
             "architectures": [self._arch.hf_class],
             "model_type": self._arch.model_type,
@@ -293,6 +301,10 @@ class GGUFSource:
         kind = self._get(R.SCALING_TYPE)
         factor = self._float(R.SCALING_FACTOR)
         orig = self._int(R.SCALING_ORIG_CTX_LEN)
+        attn_factor = self._float(R.SCALING_ATTN_FACTOR)
+        if kind != "yarn" and attn_factor is not None and attn_factor != 1.0:  # yarn's is refused with yarn
+            raise self._err(f"{self._key(R.SCALING_ATTN_FACTOR)}={attn_factor!r}: llama.cpp scales rope's cos and "
+                            "sin by it (for every scaling type), which is not supported")
         if kind is None:  # llama.cpp's default type is "linear", its factor rope.scaling.factor, else scale_linear
             legacy = self._float("{arch}.rope.scale_linear")
             scale = factor if factor is not None else legacy
@@ -303,8 +315,8 @@ class GGUFSource:
             return None
         if factor is None:
             raise self._err(f"{self._key(R.SCALING_TYPE)}={kind!r} without {self._key(R.SCALING_FACTOR)}")
-        if kind == "linear":
-            return {"rope_type": "linear", "factor": factor}
+        if kind == "linear":  # llama.cpp: a factor of 0 or 1 scales nothing
+            return None if factor in (0.0, 1.0) else {"rope_type": "linear", "factor": factor}
         if kind == "yarn":
             out: dict[str, Any] = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig or ctx}
             for key, name in ((R.SCALING_YARN_BETA_FAST, "beta_fast"), (R.SCALING_YARN_BETA_SLOW, "beta_slow"),
@@ -325,7 +337,7 @@ class GGUFSource:
         heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
         for t in self._reader.tensors:
             name = t.name
-            if name == rope_freqs:
+            if name == rope_freqs and self._arch.rope_freqs:
                 self._rope_freqs = t
                 continue
             hf = glob.get(name)
@@ -361,8 +373,8 @@ class GGUFSource:
         if hidden != config["hidden_size"]:
             raise self._err(f"token_embd.weight has shape {emb.shape}, expected [vocab, {config['hidden_size']}]")
         tokens = self._values.get(Keys.Tokenizer.LIST)
-        if isinstance(tokens, list) and len(tokens) > vocab:
-            raise self._err(f"{len(tokens)} tokens but token_embd.weight has only {vocab} rows")
+        if isinstance(tokens, list) and len(tokens) != vocab:  # llama.cpp requires one row per token
+            raise self._err(f"{len(tokens)} tokens but token_embd.weight has {vocab} rows (one per token expected)")
         config["vocab_size"] = vocab
         config["tie_word_embeddings"] = "lm_head.weight" not in self._entries
 
