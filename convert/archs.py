@@ -47,8 +47,9 @@ _MUST_BE_ABSENT: dict[str, str] = {
 }
 # config.json list keys whose every entry must be one of these values
 _EVERY_ENTRY: dict[str, tuple[Any, ...]] = {
-    # transformers gives "sliding_attention" and "chunked_attention" layers a cache of the last positions only
-    "layer_types": ("full_attention",),
+    # transformers gives "sliding_attention" and "chunked_attention" layers a cache of the last positions only;
+    # it reads the legacy "attention" as "full_attention"
+    "layer_types": ("full_attention", "attention"),
 }
 # keys of a rope dict (rope_parameters / rope_scaling) and the values the runtime implements
 ROPE_TYPES = ("default", "llama3")

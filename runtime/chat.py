@@ -1,8 +1,9 @@
 """Chat templates rendered the way transformers renders them: a sandboxed Jinja environment with trim_blocks and
 lstrip_blocks, loop controls, transformers' `tojson`, `raise_exception`, `strftime_now`, a `{% generation %}` tag,
 and the variables transformers' apply_chat_template passes: the tokenizer's special-token strings that are set
-(bos_token, eos_token, …; an unset one is no variable, not "None"), `tools` and `documents` (None), and messages
-whose reasoning is also under `reasoning_content` and `thinking`."""
+(those the file stores: bos_token, eos_token, unk_token, pad_token; an unset one is no variable, not "None"),
+`tools` and `documents` (None), and messages without their None-valued keys, their reasoning also under
+`reasoning_content` and `thinking`."""
 
 from __future__ import annotations
 
@@ -61,12 +62,14 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
-def _alias_reasoning(messages: list[Message]) -> list[Message]:
-    """transformers' _alias_reasoning_fields: a message's reasoning (under any of its names) is also its
+def _normalize_messages(messages: list[Message]) -> list[Message]:
+    """transformers' _normalize_chat_messages and _alias_reasoning_fields: a message's keys whose value is None are
+    dropped (a template then sees no `content`, not "None"), and its reasoning (under any of its names) is also its
     `reasoning_content` and, unless it has one, its `thinking`."""
     aliased = []
     for message in messages:
         if isinstance(message, dict):
+            message = {key: value for key, value in message.items() if value is not None}
             reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
             if reasoning is not None:
                 message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
@@ -81,7 +84,7 @@ def render(template: str, messages: list[Message], special_tokens: dict[str, Any
                  **{key: str(value) for key, value in special_tokens.items()
                     if key in SPECIAL_TOKEN_NAMES and value is not None}, **extra}
     try:
-        return _compile(template).render(messages=_alias_reasoning(messages),
+        return _compile(template).render(messages=_normalize_messages(messages),
                                          add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template: {exc}") from None

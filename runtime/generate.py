@@ -15,7 +15,7 @@ import math
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -65,35 +65,56 @@ class Sampling:
         return self.temperature == 0
 
 
-# generation_config.json keys that change which tokens transformers' generate() picks (its logits processors, beam
-# search, stop strings), each with its value that changes nothing: this runtime implements none of them
-UNAPPLIED_GENERATION_KEYS: dict[str, object] = {
-    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
-    "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
-    "min_length": 0, "min_new_tokens": None, "exponential_decay_length_penalty": None, "min_p": None,
-    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None, "num_beams": 1, "penalty_alpha": None,
-    "guidance_scale": None, "stop_strings": None, "renormalize_logits": False,
+# generation_config.json keys that change which tokens transformers 5.24's generate() picks (its logits processors,
+# beams, contrastive search, stop strings, ...), none of which this runtime implements: key -> (whether a value has an
+# effect, whether generate() applies it only when sampling)
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _other_than(neutral: float) -> Callable[[object], bool]:
+    return lambda value: value is not None and value != neutral
+
+
+def _given(value: object) -> bool:
+    return value is not None and value is not False and value != [] and value != {}
+
+
+UNAPPLIED_GENERATION_KEYS: dict[str, tuple[Callable[[object], bool], bool]] = {
+    "repetition_penalty": (_other_than(1.0), False), "encoder_repetition_penalty": (_other_than(1.0), False),
+    "no_repeat_ngram_size": (_positive, False), "encoder_no_repeat_ngram_size": (_positive, False),
+    "bad_words_ids": (_given, False), "sequence_bias": (_given, False), "suppress_tokens": (_given, False),
+    "begin_suppress_tokens": (_given, False), "forced_bos_token_id": (_given, False),
+    "forced_eos_token_id": (_given, False), "min_length": (_positive, False), "min_new_tokens": (_positive, False),
+    "exponential_decay_length_penalty": (_given, False), "num_beams": (_other_than(1), False),
+    "penalty_alpha": (_positive, False), "guidance_scale": (_other_than(1.0), False), "stop_strings": (_given, False),
+    "watermarking_config": (_given, False), "dola_layers": (_given, False), "token_healing": (_given, False),
+    "constraints": (_given, False), "force_words_ids": (_given, False),
+    "min_p": (_positive, True), "typical_p": (_other_than(1.0), True), "epsilon_cutoff": (_positive, True),
+    "eta_cutoff": (_positive, True), "top_h": (_given, True),
 }
-_FILE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")
-
-
-def _neutral(value: object, neutral: object) -> bool:
-    return value is None or value == neutral or (isinstance(value, (list, dict, str)) and not value)
+# what generate() samples with when do_sample is set and the file leaves a key out (GenerationConfig's defaults)
+_SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 
 def unapplied_generation_config(generation: dict[str, object], sampling: Sampling) -> str | None:
     """One line saying what the model file's generation_config asks of decoding that this generation does not do
     (transformers' generate() would do it, and pick other tokens), or None when there is nothing: sampling asked for
-    by the file where this run is greedy, and any key of UNAPPLIED_GENERATION_KEYS with an effective value."""
+    by the file where this run is greedy (with the ascend-run flags that sample as generate() would), and any key of
+    UNAPPLIED_GENERATION_KEYS with an effect here (the sampling-only ones where either samples)."""
     parts = []
-    if generation.get("do_sample") is True and sampling.greedy:
-        asked = [f"{key}={generation[key]!r}" for key in _FILE_SAMPLING_KEYS if generation.get(key) is not None]
-        flags = " ".join(f"--{key.replace('_', '-')} {generation[key]}" for key in _FILE_SAMPLING_KEYS
-                         if generation.get(key) is not None)
-        parts.append(f"sampling ({', '.join(['do_sample=True', *asked])}) where this run is greedy"
-                     + (f" (sample as it asks with {flags})" if flags else ""))
-    unapplied = [f"{key}={generation[key]!r}" for key, neutral in UNAPPLIED_GENERATION_KEYS.items()
-                 if not _neutral(generation.get(key), neutral)]
+    file_samples = generation.get("do_sample") is True
+    if file_samples and sampling.greedy:
+        asked = {key: default if generation.get(key) is None else generation[key]
+                 for key, default in _SAMPLING_DEFAULTS.items()}
+        off = {"top_k": 0, "top_p": 1.0}  # the flags' values that turn their cut off
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in asked.items()
+                         if key not in off or value != off[key])
+        parts.append(f"sampling (do_sample=True, {', '.join(f'{k}={v!r}' for k, v in asked.items())}) where this run "
+                     f"is greedy (sample as it asks with {flags})")
+    samples = file_samples or not sampling.greedy
+    unapplied = [f"{key}={generation[key]!r}" for key, (effective, sampling_only) in UNAPPLIED_GENERATION_KEYS.items()
+                 if key in generation and effective(generation[key]) and (samples or not sampling_only)]
     if unapplied:
         parts.append(f"{', '.join(unapplied)}, which this runtime does not implement")
     if not parts:

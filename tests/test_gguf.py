@@ -264,7 +264,7 @@ def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, l
 
 
 @pytest.mark.parametrize("case", ["big-endian", "attn_factor", "non-causal", "qwen2 rope_freqs", "rows beyond tokens"])
-def test_gguf_that_llama_cpp_runs_otherwise_refused(tmp_path, case):
+def test_gguf_refused_where_llama_cpp_computes_otherwise_or_refuses(tmp_path, case):
     """Metadata and tensors llama.cpp acts on that we would otherwise have ignored: the byte order, rope's attention
     factor (it scales cos and sin for every scaling type), non-causal attention, a rope_freqs tensor of an arch whose
     graph takes none, and embedding rows without a token."""
@@ -283,15 +283,18 @@ def test_gguf_that_llama_cpp_runs_otherwise_refused(tmp_path, case):
     _one_line_error(e, p, want[case])
 
 
-def test_gguf_neutral_rope_and_causal_keys_accepted(tmp_path):
-    """A causal flag of true, an attention factor of 1 and linear scaling by 1 change nothing in llama.cpp."""
+@pytest.mark.parametrize("factor", [1.0, None], ids=["factor 1", "no factor"])
+def test_gguf_neutral_rope_and_causal_keys_accepted(tmp_path, factor):
+    """A causal flag of true, an attention factor of 1 and linear scaling by 1 (or with no factor: 0 in llama.cpp)
+    change nothing in llama.cpp."""
     p = tmp_path / "neutral.gguf"
 
     def neutral(w: gguf.GGUFWriter) -> None:
         w.add_causal_attention(True)
         w.add_rope_scaling_attn_factors(1.0)
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(1.0)
+        if factor is not None:
+            w.add_rope_scaling_factor(factor)
     write_gguf(p, "qwen2", extra=neutral)
     with GGUFSource(p) as src:
         assert src.meta.config["rope_scaling"] is None

@@ -52,6 +52,7 @@ def test_chat_template_variables_match_transformers(checkpoint_dir, converted) -
     assert reference.bos_token is None  # the case where a template saw "None"
     messages = [{"role": "user", "content": "2+2?"},
                 {"role": "assistant", "content": "4", "reasoning": "add them"},
+                {"role": "tool", "content": None},  # transformers drops None-valued keys: no "None" either
                 {"role": "user", "content": "and 3+3?"}]
     expected = reference.apply_chat_template(messages, chat_template=VARIABLES_TEMPLATE,
                                              add_generation_prompt=True, tokenize=False)
@@ -68,10 +69,21 @@ def test_generation_config_not_followed_is_named() -> None:
                                         "suppress_tokens": [], "do_sample": False}, Sampling()) is None
     r1 = {"do_sample": True, "temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1-Distill's
     line = unapplied_generation_config(r1, Sampling())
-    assert "where this run is greedy" in line and "--temperature 0.6 --top-p 0.95" in line and "\n" not in line
-    assert unapplied_generation_config(r1, Sampling(temperature=0.6, top_p=0.95)) is None
+    # generate() samples with GenerationConfig's top_k of 50 where the file gives none
+    assert "where this run is greedy" in line and "--temperature 0.6 --top-k 50 --top-p 0.95" in line
+    assert "\n" not in line
+    assert unapplied_generation_config(r1, Sampling(temperature=0.6, top_k=50, top_p=0.95)) is None
+    # a temperature is always suggested: --top-p alone would be refused as greedy
+    assert "with --temperature 1.0 --top-k 50 --top-p 0.9)" in unapplied_generation_config(
+        {"do_sample": True, "top_p": 0.9}, Sampling())
     line = unapplied_generation_config({**r1, "repetition_penalty": 1.05}, Sampling(temperature=0.6))
     assert "repetition_penalty=1.05, which this runtime does not implement" in line and "greedy" not in line
+    # values that change nothing in generate(), and sampling warpers on a run where nothing samples
+    neutral = {"min_new_tokens": 0, "guidance_scale": 1.0, "min_p": 0.0, "num_beams": 1, "typical_p": 0.9}
+    assert unapplied_generation_config(neutral, Sampling()) is None
+    assert "typical_p=0.9" in unapplied_generation_config(neutral, Sampling(temperature=1.0))
+    assert "encoder_repetition_penalty=1.2" in unapplied_generation_config({"encoder_repetition_penalty": 1.2},
+                                                                           Sampling())
 
 
 def test_cli_names_the_generation_config_it_does_not_follow(tmp_path: Path) -> None:
@@ -91,9 +103,10 @@ def test_cli_names_the_generation_config_it_does_not_follow(tmp_path: Path) -> N
     result = run_cli("ascend-run", str(tmp_path / "m.asw"), "--prompt", "Hello", "-n", "2", "--threads", "2")
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 1 and "--temperature 0.7 --top-p 0.8" in notes[0] and "repetition_penalty=1.05" in notes[0]
+    assert len(notes) == 1 and "--temperature 0.7 --top-k 50 --top-p 0.8" in notes[0]
+    assert "repetition_penalty=1.05" in notes[0]
     result = run_cli("ascend-run", str(tmp_path / "m.asw"), "--prompt", "Hello", "-n", "2", "--temperature", "0.7",
-                     "--top-p", "0.8", "--seed", "1")
+                     "--top-k", "50", "--top-p", "0.8", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "greedy" not in result.stderr and "repetition_penalty=1.05" in result.stderr
 

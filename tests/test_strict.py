@@ -117,11 +117,12 @@ def test_layer_types_other_than_full_attention_refused(tmp_path: Path, spec: Spe
     directory = _checkpoint(tmp_path, spec, config=lambda c: c.update(
         layer_types=["full_attention", "sliding_attention"]))
     _refused(directory, tmp_path, "config.json layer_types has 'sliding_attention'; the runtime computes only "
-                                  "'full_attention' layers")
+                                  "'full_attention' or 'attention' layers")
 
 
 def test_layer_types_all_full_attention_converts(tmp_path: Path) -> None:
-    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(layer_types=["full_attention"] * 2))
+    """"attention" is the legacy name transformers reads as "full_attention"."""
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(layer_types=["full_attention", "attention"]))
     _convert(directory, tmp_path / "out.asw")
 
 

@@ -313,10 +313,10 @@ class GGUFSource:
             return None
         if kind == "none":
             return None
+        if kind == "linear":  # llama.cpp: a factor of 0 or 1 (or none: 0) scales nothing
+            return None if factor in (None, 0.0, 1.0) else {"rope_type": "linear", "factor": factor}
         if factor is None:
             raise self._err(f"{self._key(R.SCALING_TYPE)}={kind!r} without {self._key(R.SCALING_FACTOR)}")
-        if kind == "linear":  # llama.cpp: a factor of 0 or 1 scales nothing
-            return None if factor in (0.0, 1.0) else {"rope_type": "linear", "factor": factor}
         if kind == "yarn":
             out: dict[str, Any] = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig or ctx}
             for key, name in ((R.SCALING_YARN_BETA_FAST, "beta_fast"), (R.SCALING_YARN_BETA_SLOW, "beta_slow"),
