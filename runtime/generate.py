@@ -97,6 +97,13 @@ UNAPPLIED_GENERATION_KEYS: dict[str, tuple[Callable[[object], bool], bool]] = {
 _SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 
+def unimplemented_generation_keys(generation: dict[str, object], samples: bool) -> list[str]:
+    """`key=value` for each key of UNAPPLIED_GENERATION_KEYS the file sets to a value with an effect (the
+    sampling-only ones only where `samples`)."""
+    return [f"{key}={generation[key]!r}" for key, (effective, sampling_only) in UNAPPLIED_GENERATION_KEYS.items()
+            if key in generation and effective(generation[key]) and (samples or not sampling_only)]
+
+
 def unapplied_generation_config(generation: dict[str, object], sampling: Sampling) -> str | None:
     """One line saying what the model file's generation_config asks of decoding that this generation does not do
     (transformers' generate() would do it, and pick other tokens), or None when there is nothing: sampling asked for
@@ -112,9 +119,7 @@ def unapplied_generation_config(generation: dict[str, object], sampling: Samplin
                          if key not in off or value != off[key])
         parts.append(f"sampling (do_sample=True, {', '.join(f'{k}={v!r}' for k, v in asked.items())}) where this run "
                      f"is greedy (sample as it asks with {flags})")
-    samples = file_samples or not sampling.greedy
-    unapplied = [f"{key}={generation[key]!r}" for key, (effective, sampling_only) in UNAPPLIED_GENERATION_KEYS.items()
-                 if key in generation and effective(generation[key]) and (samples or not sampling_only)]
+    unapplied = unimplemented_generation_keys(generation, samples=file_samples or not sampling.greedy)
     if unapplied:
         parts.append(f"{', '.join(unapplied)}, which this runtime does not implement")
     if not parts:

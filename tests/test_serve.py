@@ -198,6 +198,26 @@ def test_bf16_activations_reach_the_model(tmp_path: Path, converted) -> None:
     assert max(abs(g - other[i, t]) for i, (g, t) in enumerate(zip(got, tokens))) > 4e-3
 
 
+def test_generation_config_it_does_not_implement_is_named_at_start(tmp_path: Path) -> None:
+    """A file whose generation_config sets a repetition penalty: the server says once, at start, that it does not
+    apply it (requests bring their own sampling settings)."""
+    from ascend_super.convert.pipeline import convert
+    from ascend_super.convert.sources.hub import open_source
+    from checkpoints import make_checkpoint
+    from conftest import SPECS
+
+    directory = make_checkpoint(tmp_path / "src", SPECS["qwen2-gqa-hd64"])
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": [2], "do_sample": True, "temperature": 0.7, "repetition_penalty": 1.05}))
+    with open_source(str(directory)) as source:
+        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    with serve(tmp_path / "m.asw", "--threads", "1", log_dir=tmp_path) as running:
+        log = running.log.read_text()
+    notes = [line for line in log.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: the model file's generation_config asks for repetition_penalty=1.05, which this server "
+                     "does not implement: transformers' generate() would pick other tokens"], log
+
+
 def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
     def once(seed: int) -> str:
         return client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=20, temperature=0.9, top_p=0.95,
