@@ -65,9 +65,6 @@ class Sampling:
         return self.temperature == 0
 
 
-# generation_config.json keys that change which tokens transformers 5.24's generate() picks (its logits processors,
-# beams, contrastive search, stop strings, ...), none of which this runtime implements: key -> (whether a value has an
-# effect, whether generate() applies it only when sampling)
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
@@ -76,56 +73,80 @@ def _other_than(neutral: float) -> Callable[[object], bool]:
     return lambda value: value is not None and value != neutral
 
 
+def _below_one(value: object) -> bool:
+    return _positive(value) and value < 1  # type: ignore[operator]
+
+
+def _set(value: object) -> bool:  # a generation mode or processor switched on by any value but None
+    return value is not None
+
+
 def _given(value: object) -> bool:
     return value is not None and value is not False and value != [] and value != {}
 
 
-UNAPPLIED_GENERATION_KEYS: dict[str, tuple[Callable[[object], bool], bool]] = {
-    "repetition_penalty": (_other_than(1.0), False), "encoder_repetition_penalty": (_other_than(1.0), False),
-    "no_repeat_ngram_size": (_positive, False), "encoder_no_repeat_ngram_size": (_positive, False),
-    "bad_words_ids": (_given, False), "sequence_bias": (_given, False), "suppress_tokens": (_given, False),
-    "begin_suppress_tokens": (_given, False), "forced_bos_token_id": (_given, False),
-    "forced_eos_token_id": (_given, False), "min_length": (_positive, False), "min_new_tokens": (_positive, False),
-    "exponential_decay_length_penalty": (_given, False), "num_beams": (_other_than(1), False),
-    "penalty_alpha": (_positive, False), "guidance_scale": (_other_than(1.0), False), "stop_strings": (_given, False),
-    "watermarking_config": (_given, False), "dola_layers": (_given, False), "token_healing": (_given, False),
-    "constraints": (_given, False), "force_words_ids": (_given, False),
-    "min_p": (_positive, True), "typical_p": (_other_than(1.0), True), "epsilon_cutoff": (_positive, True),
-    "eta_cutoff": (_positive, True), "top_h": (_given, True),
+# When generate() applies a key of UNAPPLIED_GENERATION_KEYS: always, only when it samples (the warpers), or only
+# when it does not (contrastive search).
+ALWAYS, SAMPLING, GREEDY = "always", "sampling", "greedy"
+# generation_config.json keys that change which tokens transformers 5.24's generate() picks (its logits processors,
+# beams, contrastive search, stop strings, ...), none of which this runtime implements: key -> (whether a value has an
+# effect there, when generate() applies it)
+UNAPPLIED_GENERATION_KEYS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "repetition_penalty": (_other_than(1.0), ALWAYS), "encoder_repetition_penalty": (_other_than(1.0), ALWAYS),
+    "no_repeat_ngram_size": (_positive, ALWAYS), "encoder_no_repeat_ngram_size": (_positive, ALWAYS),
+    "bad_words_ids": (_given, ALWAYS), "sequence_bias": (_given, ALWAYS), "suppress_tokens": (_given, ALWAYS),
+    "begin_suppress_tokens": (_given, ALWAYS), "forced_bos_token_id": (_set, ALWAYS),
+    "forced_eos_token_id": (_set, ALWAYS), "min_length": (_positive, ALWAYS), "min_new_tokens": (_positive, ALWAYS),
+    "exponential_decay_length_penalty": (_set, ALWAYS), "num_beams": (_other_than(1), ALWAYS),
+    "guidance_scale": (_other_than(1.0), ALWAYS), "stop_strings": (_given, ALWAYS),
+    "watermarking_config": (_set, ALWAYS), "dola_layers": (_set, ALWAYS), "token_healing": (bool, ALWAYS),
+    "constraints": (_set, ALWAYS), "force_words_ids": (_set, ALWAYS),
+    "penalty_alpha": (_positive, GREEDY),
+    "min_p": (_positive, SAMPLING), "typical_p": (_below_one, SAMPLING), "epsilon_cutoff": (_below_one, SAMPLING),
+    "eta_cutoff": (_below_one, SAMPLING), "top_h": (_set, SAMPLING),
 }
 # what generate() samples with when do_sample is set and the file leaves a key out (GenerationConfig's defaults)
 _SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+_FLAG_OFF: dict[str, float] = {"top_k": 0, "top_p": 1.0}  # ascend-run's values that turn a cut off
 
 
 def unimplemented_generation_keys(generation: dict[str, object], samples: bool) -> list[str]:
-    """`key=value` for each key of UNAPPLIED_GENERATION_KEYS the file sets to a value with an effect (the
-    sampling-only ones only where `samples`)."""
-    return [f"{key}={generation[key]!r}" for key, (effective, sampling_only) in UNAPPLIED_GENERATION_KEYS.items()
-            if key in generation and effective(generation[key]) and (samples or not sampling_only)]
+    """`key=value` for each key of UNAPPLIED_GENERATION_KEYS the file sets to a value with an effect in a
+    generate() that samples or not (`samples`)."""
+    return [f"{key}={generation[key]!r}" for key, (effective, when) in UNAPPLIED_GENERATION_KEYS.items()
+            if key in generation and effective(generation[key]) and when != (GREEDY if samples else SAMPLING)]
+
+
+def _generation_note(what: list[str]) -> str | None:
+    return None if not what else (f"the model file's generation_config asks for {'; and '.join(what)}: "
+                                  "transformers' generate() would pick other tokens")
 
 
 def unapplied_generation_config(generation: dict[str, object], sampling: Sampling) -> str | None:
-    """One line saying what the model file's generation_config asks of decoding that this generation does not do
-    (transformers' generate() would do it, and pick other tokens), or None when there is nothing: sampling asked for
-    by the file where this run is greedy (with the ascend-run flags that sample as generate() would), and any key of
-    UNAPPLIED_GENERATION_KEYS with an effect here (the sampling-only ones where either samples)."""
+    """One line saying what the model file's generation_config asks of decoding that this run does not do, against
+    generate() with the file's settings and this run's choice of sampling or not (where the file samples and this
+    run is greedy: the ascend-run flags that sample as generate() would), or None when there is nothing."""
     parts = []
     file_samples = generation.get("do_sample") is True
     if file_samples and sampling.greedy:
         asked = {key: default if generation.get(key) is None else generation[key]
                  for key, default in _SAMPLING_DEFAULTS.items()}
-        off = {"top_k": 0, "top_p": 1.0}  # the flags' values that turn their cut off
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in asked.items()
-                         if key not in off or value != off[key])
-        parts.append(f"sampling (do_sample=True, {', '.join(f'{k}={v!r}' for k, v in asked.items())}) where this run "
-                     f"is greedy (sample as it asks with {flags})")
+                         if key not in _FLAG_OFF or value != _FLAG_OFF[key])
+        parts.append(f"sampling (do_sample=True; generate() then samples with "
+                     f"{', '.join(f'{k}={v!r}' for k, v in asked.items())}) where this run is greedy (sample as it "
+                     f"asks with {flags})")
     unapplied = unimplemented_generation_keys(generation, samples=file_samples or not sampling.greedy)
     if unapplied:
         parts.append(f"{', '.join(unapplied)}, which this runtime does not implement")
-    if not parts:
-        return None
-    return ("the model file's generation_config asks for " + "; and ".join(parts)
-            + ": transformers' generate() would pick other tokens")
+    return _generation_note(parts)
+
+
+def server_generation_note(generation: dict[str, object]) -> str | None:
+    """ascend-serve's line: the keys of UNAPPLIED_GENERATION_KEYS the file sets with an effect on sampled requests
+    (each request brings its own temperature, top_p and seed), or None."""
+    unapplied = unimplemented_generation_keys(generation, samples=True)
+    return _generation_note([f"{', '.join(unapplied)}, which this server does not implement"] if unapplied else [])
 
 
 @dataclass

@@ -242,17 +242,24 @@ def test_llama3_rope_freqs(tmp_path):
         assert not any("rope" in n for n in src.tensors())
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["no type", "type linear"])
 @pytest.mark.parametrize("legacy", [False, True], ids=["scaling.factor", "scale_linear"])
 @pytest.mark.parametrize("factor", [4.0, 1.0])
-def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, legacy):
+def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, legacy, typed):
     """llama.cpp takes a file that names no rope.scaling.type as "linear" and scales positions by 1/factor
-    (rope.scaling.factor, else rope.scale_linear): a factor other than 1 is linear scaling, which the runtime
-    does not compute, so the conversion is refused; a factor of 1 is no scaling."""
+    (rope.scaling.factor, else rope.scale_linear, whatever the type): a factor other than 1 is linear scaling, which
+    the runtime does not compute, so the conversion is refused; a factor of 1 is no scaling."""
     from ascend_super.convert.pipeline import convert
 
+    def keys(w: gguf.GGUFWriter) -> None:
+        if typed:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        if legacy:
+            w.add_float32("qwen2.rope.scale_linear", factor)
+        else:
+            w.add_rope_scaling_factor(factor)
     p = tmp_path / "factor.gguf"
-    write_gguf(p, "qwen2", extra=lambda w: w.add_float32("qwen2.rope.scale_linear", factor) if legacy
-               else w.add_rope_scaling_factor(factor))
+    write_gguf(p, "qwen2", extra=keys)
     with GGUFSource(p) as src:
         if factor == 1.0:
             assert src.meta.config["rope_scaling"] is None

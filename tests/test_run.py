@@ -84,6 +84,14 @@ def test_generation_config_not_followed_is_named() -> None:
     assert "typical_p=0.9" in unapplied_generation_config(neutral, Sampling(temperature=1.0))
     assert "encoder_repetition_penalty=1.2" in unapplied_generation_config({"encoder_repetition_penalty": 1.2},
                                                                            Sampling())
+    # any watermarking config switches the watermark on, even an empty one; out-of-range warpers do nothing
+    assert "watermarking_config={}" in unapplied_generation_config({"watermarking_config": {}}, Sampling())
+    assert unapplied_generation_config({"typical_p": 1.5, "epsilon_cutoff": 1.0, "token_healing": 0},
+                                       Sampling(temperature=1.0)) is None
+    # contrastive search (penalty_alpha) runs only where generate() does not sample
+    assert "penalty_alpha=0.6" in unapplied_generation_config({"penalty_alpha": 0.6}, Sampling())
+    assert "penalty_alpha" not in unapplied_generation_config({"do_sample": True, "penalty_alpha": 0.6}, Sampling())
+    assert unapplied_generation_config({"penalty_alpha": 0.6}, Sampling(temperature=1.0)) is None
 
 
 def test_cli_names_the_generation_config_it_does_not_follow(tmp_path: Path) -> None:

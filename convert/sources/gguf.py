@@ -305,16 +305,16 @@ class GGUFSource:
         if kind != "yarn" and attn_factor is not None and attn_factor != 1.0:  # yarn's is refused with yarn
             raise self._err(f"{self._key(R.SCALING_ATTN_FACTOR)}={attn_factor!r}: llama.cpp scales rope's cos and "
                             "sin by it (for every scaling type), which is not supported")
-        if kind is None:  # llama.cpp's default type is "linear", its factor rope.scaling.factor, else scale_linear
+        if kind is None or kind == "linear":
+            # llama.cpp: the type defaults to "linear"; its factor is rope.scaling.factor, else scale_linear, and 0
+            # (also when neither is there) or 1 scales nothing
             legacy = self._float("{arch}.rope.scale_linear")
             scale = factor if factor is not None else legacy
-            if scale is not None and scale not in (0.0, 1.0):  # llama.cpp: 0 means no scaling, as 1 does
+            if scale is not None and scale not in (0.0, 1.0):
                 return {"rope_type": "linear", "factor": scale}
             return None
         if kind == "none":
             return None
-        if kind == "linear":  # llama.cpp: a factor of 0 or 1 (or none: 0) scales nothing
-            return None if factor in (None, 0.0, 1.0) else {"rope_type": "linear", "factor": factor}
         if factor is None:
             raise self._err(f"{self._key(R.SCALING_TYPE)}={kind!r} without {self._key(R.SCALING_FACTOR)}")
         if kind == "yarn":

@@ -292,7 +292,9 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def eos_ids(meta: Mapping[str, Any]) -> list[int]:
-    """Every id that ends a turn: eos, then eot / eom when the file names them (llama.cpp stops on all)."""
+    """Every id that ends a turn: eos, then eot / eom when the file names them. llama.cpp stops on these and also on
+    vocabulary tokens it recognizes by their text (<|endoftext|>, <|im_end|>, <|eot_id|>, ...: llama-vocab.cpp's
+    end-of-generation set), which transformers' GGUF loading does not, nor we."""
     out: list[int] = []
     for key in (KEY_EOS, KEY_EOT, KEY_EOM):
         v = meta.get(key)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..cliutil import activations_option, fail, note, open_model
-from ..generate import GenerationError, unimplemented_generation_keys
+from ..generate import GenerationError, server_generation_note
 from ..model import BACKENDS
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -51,10 +51,9 @@ def serve(
     if api_key is not None and (not api_key or any(c.isspace() for c in api_key)):
         fail("--api-key must be a non-empty string without spaces")
     loaded = open_model(model, backend, threads, device, eager, activations)
-    unimplemented = unimplemented_generation_keys(loaded.generation_config, samples=True)
-    if unimplemented:  # each request brings its own temperature, top_p and seed; these it cannot ask for
-        note(f"note: the model file's generation_config asks for {', '.join(unimplemented)}, which this server does "
-             "not implement: transformers' generate() would pick other tokens")
+    unapplied = server_generation_note(loaded.generation_config)
+    if unapplied is not None:
+        note(f"note: {unapplied}")
     with loaded:
         try:
             engine = Engine(loaded, max_batch, context)
