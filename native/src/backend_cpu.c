@@ -29,6 +29,12 @@ enum { CHUNK = 64 }; /* prefill positions per pass; scratch buffers are sized fo
 /* rows per scheduling block of a decode matmul (see "guided self-scheduling" above first_piece_blocks): whole cache
  * lines of Y, whole kernel tiles */
 enum { SCHED_BLOCK = 16 };
+
+/* blocks of SCHED_BLOCK rows (the last one short) in `rows` rows */
+static inline int64_t sched_blocks(int64_t rows) { return (rows + SCHED_BLOCK - 1) / SCHED_BLOCK; }
+/* the first row of block b of `rows` rows, or `rows` past the last block: block b is rows
+ * [block_row(b), block_row(b + 1)) */
+static inline int64_t block_row(int64_t b, int64_t rows) { return b * SCHED_BLOCK < rows ? b * SCHED_BLOCK : rows; }
 /* Prefill matmuls on the outer-product kernel: weight rows converted to f32 PANEL whole rows at a time (once per
  * chunk; a panel is one sequential stream of memory), for at least OUTER_TOKENS tokens (fewer leave too many
  * vector lanes empty). */
@@ -313,7 +319,7 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     s->logits = malloc((size_t)c->vocab * sizeof(float));
     if (m->screen_q != NULL) {
         s->candidates = malloc((size_t)c->vocab * sizeof(int32_t));
-        s->block_hi = malloc(((size_t)c->vocab + SCHED_BLOCK - 1) / SCHED_BLOCK * sizeof(double));
+        s->block_hi = malloc((size_t)sched_blocks(c->vocab) * sizeof(double));
     }
     s->key_cache = alloc_huge(cache * sizeof(uint16_t));
     s->value_cache = alloc_huge(cache * sizeof(uint16_t));
@@ -432,10 +438,8 @@ static int claim_piece(atomic_llong *claimed, int64_t blocks, int nth, int64_t *
 
 static void matmul_task(void *arg, int ith, int nth) {
     matmul_job *j = arg;
-    enum { BLOCK = SCHED_BLOCK };
-    int64_t blocks = (j->rows + BLOCK - 1) / BLOCK;
-    int64_t r0 = blocks * ith / nth * BLOCK, r1 = blocks * (ith + 1) / nth * BLOCK;
-    if (r1 > j->rows) r1 = j->rows;
+    int64_t blocks = sched_blocks(j->rows);
+    int64_t r0 = block_row(blocks * ith / nth, j->rows), r1 = block_row(blocks * (ith + 1) / nth, j->rows);
     if (j->ntp > 0) {
         if (r0 < r1) outer_rows(j, r0, r1, j->panels + (size_t)ith * j->panel_floats);
         return;
@@ -449,7 +453,7 @@ static void matmul_task(void *arg, int ith, int nth) {
     int64_t b0, b1;
     for (int more = first_piece(blocks, ith, nth, &b0, &b1); more;
          more = claim_piece(&j->next, blocks, nth, &b0, &b1)) {
-        int64_t p0 = b0 * BLOCK, p1 = b1 * BLOCK < j->rows ? b1 * BLOCK : j->rows;
+        int64_t p0 = block_row(b0, j->rows), p1 = block_row(b1, j->rows);
         if (j->rowwise)
             j->k->gemv_batch(j->dtype, j->Y, j->ldy, j->W, j->cols, p0, p1, j->X, j->ldx, j->nt);
         else
@@ -460,8 +464,8 @@ static void matmul_task(void *arg, int ith, int nth) {
      * time waiting at the join, otherwise spent with this core's memory requests idle, starts the next matmul. */
     if (atomic_fetch_add_explicit(&j->idle, 1, memory_order_acq_rel) + 1 == nth || j->then == NULL) return;
     const asw_weight *then = j->then;
-    if (!first_piece((then->rows + BLOCK - 1) / BLOCK, ith, nth, &b0, &b1)) return;
-    int64_t first = b0 * BLOCK, own = (b1 * BLOCK < then->rows ? b1 * BLOCK : then->rows) - first;
+    if (!first_piece(sched_blocks(then->rows), ith, nth, &b0, &b1)) return;
+    int64_t first = block_row(b0, then->rows), own = block_row(b1, then->rows) - first;
     const char *next = (const char *)(then->host + first * then->cols); /* [own, cols] u16 */
     size_t bytes = (size_t)own * (size_t)then->cols * sizeof(uint16_t);
     if (bytes > IDLE_PREFETCH_MAX) bytes = IDLE_PREFETCH_MAX;
@@ -1144,15 +1148,15 @@ static void raise_best_lo(_Atomic uint64_t *slot, double lo) {
 static void screen_task(void *arg, int ith, int nth) {
     screen_job *j = arg;
     const cpu_model *m = j->m;
-    int64_t rows = m->cfg.vocab, k = m->cfg.hidden, blocks = (rows + SCHED_BLOCK - 1) / SCHED_BLOCK, b0, b1;
+    int64_t rows = m->cfg.vocab, k = m->cfg.hidden, blocks = sched_blocks(rows), b0, b1;
     for (int more = first_piece(blocks, ith, nth, &b0, &b1); more;
          more = claim_piece(&j->next, blocks, nth, &b0, &b1)) {
-        int64_t p0 = b0 * SCHED_BLOCK, p1 = b1 * SCHED_BLOCK < rows ? b1 * SCHED_BLOCK : rows;
+        int64_t p0 = block_row(b0, rows), p1 = block_row(b1, rows);
         m->k->gemv_i8(j->p, m->screen_q, k, p0, p1, j->x);
         double lo = -INFINITY;
         for (int64_t b = b0; b < b1; b++) {
             double hi = -INFINITY;
-            for (int64_t r = b * SCHED_BLOCK; r < (b + 1) * SCHED_BLOCK && r < rows; r++) {
+            for (int64_t r = block_row(b, rows); r < block_row(b + 1, rows); r++) {
                 double v = screen_lo(j, r), u = screen_hi(j, r);
                 lo = v > lo ? v : lo;
                 hi = u > hi ? u : hi;
@@ -1185,11 +1189,11 @@ static int32_t screened_argmax(cpu_session *s, int t, int32_t pos, const asw_out
         double lo;
         memcpy(&lo, &bits, sizeof lo);
         int32_t most = vocab / SCREEN_MAX_SHARE > SCREEN_MIN_ROWS ? vocab / SCREEN_MAX_SHARE : SCREEN_MIN_ROWS;
-        int32_t blocks = (vocab + SCHED_BLOCK - 1) / SCHED_BLOCK;
-        for (int32_t b = 0; b < blocks && n <= most; b++) {
+        int64_t blocks = sched_blocks(vocab);
+        for (int64_t b = 0; b < blocks && n <= most; b++) {
             if (!(j.block_hi[b] >= lo)) continue; /* no row of the block reaches lo */
-            for (int32_t r = b * SCHED_BLOCK; r < (b + 1) * SCHED_BLOCK && r < vocab && n <= most; r++)
-                if (screen_hi(&j, r) >= lo) s->candidates[n++] = r;
+            for (int64_t r = block_row(b, vocab); r < block_row(b + 1, vocab) && n <= most; r++)
+                if (screen_hi(&j, r) >= lo) s->candidates[n++] = (int32_t)r;
         }
         if (n > most) n = 0;
     }
