@@ -78,7 +78,7 @@ def run(
         try:
             prompt_ids = loaded.prompt_ids(prompt, raw, system)
             sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
-            sampling.check()
+            sampling.check()  # a bad flag is its own error, before any note about the file (generate checks again)
             unapplied = unapplied_generation_config(loaded.generation_config, sampling)
             if unapplied is not None:
                 note(f"note: {unapplied}")
