@@ -11,7 +11,6 @@ import typer
 from . import format as fmt
 from . import hub
 from .chat import ChatTemplateError
-from .busguard import exit_on_bus_error
 from .cliutil import activations_option, fail, literal, note, open_model, stderr, version_option
 from .generate import GenerationError, Sampling, Stats, unapplied_generation_config
 from .model import BACKENDS, BackendUnavailable
@@ -65,7 +64,6 @@ def run(
         fail(str(exc))
     except KeyboardInterrupt:
         fail("nothing was generated", 130, "interrupted")
-    exit_on_bus_error(loaded.asw)  # the file truncated under us: one line naming it, not "Bus error"
     trained = int(loaded.config["max_position_embeddings"])
     if context is not None and context > trained:
         stderr.print(literal(f"warning: --context {context} is beyond the {trained} positions the model was "

@@ -75,9 +75,12 @@ def activations_option() -> Any:
 
 def open_model(spec: str, backend: str, threads: int | None, device: int, eager: bool,
                activations: str = "f32") -> "Model":
-    """The Model of a .asw path or hf:// / ms:// URI (downloaded once, reported on stderr), or a one-line exit."""
+    """The Model of a .asw path or hf:// / ms:// URI (downloaded once, reported on stderr), or a one-line exit.
+    The file's mapping is guarded from the start: a bus error in it (the file truncated or rewritten under us,
+    while the weights load or later) exits with one line naming the file."""
     from . import format as fmt
     from . import hub
+    from .busguard import exit_on_bus_error
     from .generate import GenerationError
     from .model import BackendUnavailable, Model
     from .native import NativeError
@@ -87,6 +90,6 @@ def open_model(spec: str, backend: str, threads: int | None, device: int, eager:
     except hub.HubError as exc:
         fail(str(exc))
     try:
-        return Model(located, backend, threads, device, eager, activations)
+        return Model(located, backend, threads, device, eager, activations, on_mapped=exit_on_bus_error)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))

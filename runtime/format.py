@@ -76,6 +76,12 @@ CONFIG_INT_LIMITS = {
 MAX_ATTENTION_WIDTH = 1 << 20  # num_attention_heads * head_dim
 MAX_EOS_IDS = 1024
 CONFIG_FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
+# config keys whose value may be null but must be there (FORMAT.md: every config key is required)
+CONFIG_NULLABLE_KEYS = ("rope_scaling", "bos_token_id", "pad_token_id")
+# the manifest's special_tokens: the spelled tokens (str or null) and the flags (bool)
+SPECIAL_TOKEN_TEXT_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+SPECIAL_TOKEN_FLAG_KEYS = ("add_bos_token", "add_eos_token")
+HASH_HEX_DIGITS = frozenset("0123456789abcdef")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 CONFIG_BOOL_KEYS = ("tie_word_embeddings", "attention_bias")
 TENSOR_KEYS = ("name", "dtype", "shape", "layout", "offset", "nbytes", "xxh3_64")
@@ -116,6 +122,7 @@ class TensorGap(FormatError): ...
 class TensorSizeMismatch(FormatError): ...
 class TensorMissing(FormatError): ...
 class TensorUnexpected(FormatError): ...
+class TensorOrder(FormatError): ...
 class TrailingBytes(FormatError): ...
 class HashMismatch(FormatError): ...
 class NonZeroPadding(FormatError): ...
@@ -488,6 +495,9 @@ def _parse_manifest(path: Path, mapping: mmap.mmap, preamble: Preamble) -> dict[
     if missing:
         raise ManifestInvalid(f"{path}: manifest is missing key(s): {', '.join(missing)}")
     check_manifest_values(path, manifest)
+    if "requires" not in manifest and (preamble.version_major, preamble.version_minor) >= (1, 1):
+        raise ManifestInvalid(f"{path}: manifest has no \"requires\" map, which format {preamble.version_major}."
+                              f"{preamble.version_minor} files must have (only 1.0 files may lack it)")
     return manifest
 
 
@@ -512,6 +522,8 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
              "chat_template is neither null nor a string")
     for key in ("generation_config", "special_tokens", "source"):
         _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
+        _check_json_value(path, key, manifest[key])
+    _check_special_tokens(path, manifest["special_tokens"])
     check_config(path, manifest["config"])
     defaulted = manifest.get("defaulted_config", [])
     _require(isinstance(defaulted, list) and all(isinstance(k, str) for k in defaulted), path,
@@ -522,12 +534,39 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
         check_requires(path, manifest["requires"], manifest["layout"])
 
 
+def _check_json_value(path: Path, where: str, value: Any) -> None:
+    """`value` holds only what a JSON file can (the maps copied from the source's JSON files): str keys, and
+    strings, finite numbers, booleans, nulls, lists and maps (a msgpack bin or ext value is not one)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _require(isinstance(key, str), path, f"{where} has the key {key!r}, not a string")
+            _check_json_value(path, f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(path, f"{where}[{index}]", item)
+    else:
+        _require(value is None or isinstance(value, (str, bool, int)) or isinstance(value, float)
+                 and math.isfinite(value), path, f"{where} is {value!r}, not a JSON value")
+
+
+def _check_special_tokens(path: Path, special: dict[str, Any]) -> None:
+    """The spelled special tokens are strings or null and the add_* flags booleans (other keys, which older
+    converters copied from a GGUF's tokenizer settings, are not read)."""
+    for key in SPECIAL_TOKEN_TEXT_KEYS:
+        value = special.get(key)
+        _require(value is None or isinstance(value, str), path,
+                 f"special_tokens.{key} is {value!r}, not a string or null")
+    for key in SPECIAL_TOKEN_FLAG_KEYS:
+        _require(isinstance(special.get(key, False), bool), path,
+                 f"special_tokens.{key} is {special.get(key)!r}, not a boolean")
+
+
 def check_requires(path: Path, requires: Any, layout: str) -> None:
     """The "requires" map: its keys, a format major this reader knows, the file's own layout, and backends that
     can run that layout (names a later minor version adds are allowed; the ones the layout rules out are not)."""
     _require(isinstance(requires, dict) and all(key in requires for key in REQUIRES_KEYS), path,
              f"requires is not a map with the keys {', '.join(REQUIRES_KEYS)}")
-    _require(requires["format_major"] == VERSION_MAJOR, path,
+    _require(_is_int(requires["format_major"]) and requires["format_major"] == VERSION_MAJOR, path,
              f"requires.format_major {requires['format_major']!r} is not {VERSION_MAJOR}")
     _require(requires["layout"] == layout, path, f"requires.layout {requires['layout']!r} is not the file's {layout!r}")
     backends = requires["backends"]
@@ -539,6 +578,7 @@ def check_requires(path: Path, requires: Any, layout: str) -> None:
     soc = requires["soc"]
     _require(soc is None or isinstance(soc, str) and soc != "", path, f"requires.soc {soc!r} is not null or a name")
     _require(layout != "nz" or soc is not None, path, "requires.soc is null in an nz file (FRACTAL_NZ is per SoC)")
+    _require(layout != "nd" or soc is None, path, f"requires.soc is {soc!r} in an nd file (only nz is per SoC)")
 
 
 def _is_int(value: Any) -> bool:
@@ -547,6 +587,15 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive_f32(value: Any) -> bool:
+    """A finite number that stays positive and finite as the 32-bit float the native library computes with."""
+    if not _is_number(value) or value <= 0:
+        return False
+    with np.errstate(over="ignore", under="ignore"):
+        as_f32 = np.float32(value)
+    return bool(np.isfinite(as_f32) and as_f32 > 0)
 
 
 def check_config(path: Path, config: Any) -> None:
@@ -559,7 +608,10 @@ def check_config(path: Path, config: Any) -> None:
                  f"config.{key} is {value!r}, not an integer from 1 to {limit}")
     for key in CONFIG_FLOAT_KEYS:
         value = config.get(key)
-        _require(_is_number(value) and value > 0, path, f"config.{key} is {value!r}, not a positive finite number")
+        _require(_is_positive_f32(value), path, f"config.{key} is {value!r}, not a positive finite number "
+                 "(as a 32-bit float, which the runtime computes in)")
+    for key in CONFIG_NULLABLE_KEYS:
+        _require(key in config, path, f"config has no key {key!r} (null when unset)")
     for key in CONFIG_BOOL_KEYS:
         _require(isinstance(config.get(key), bool), path, f"config.{key} is {config.get(key)!r}, not a boolean")
     _require(config["num_attention_heads"] % config["num_key_value_heads"] == 0, path,
@@ -588,9 +640,9 @@ def _check_rope_scaling(path: Path, scaling: Any) -> None:
              f"config.rope_scaling {scaling!r} is not null or one of: {', '.join(ROPE_SCALING_TYPES)}")
     for key in LLAMA3_ROPE_KEYS[:3]:
         value = scaling.get(key)
-        _require(_is_number(value) and value > 0, path,
-                 f"config.rope_scaling.{key} is {value!r}, not a positive finite number")
-    _require(scaling["high_freq_factor"] > scaling["low_freq_factor"], path,
+        _require(_is_positive_f32(value), path,
+                 f"config.rope_scaling.{key} is {value!r}, not a positive finite number (as a 32-bit float)")
+    _require(np.float32(scaling["high_freq_factor"]) > np.float32(scaling["low_freq_factor"]), path,
              f"config.rope_scaling.high_freq_factor {scaling['high_freq_factor']} is not above low_freq_factor "
              f"{scaling['low_freq_factor']}")
     original = scaling.get("original_max_position_embeddings")
@@ -600,8 +652,9 @@ def _check_rope_scaling(path: Path, scaling: Any) -> None:
 
 
 def tokenizer_max_id(tokenizer_json: str) -> int | None:
-    """The highest token id a tokenizer.json can produce (its model's vocabulary and its added tokens), or None
-    when the text is not a tokenizer.json this can read (the tokenizer loader reports that)."""
+    """The highest token id a tokenizer.json can produce (its model's vocabulary, its added tokens and the ids its
+    post-processor inserts), or None when the text is not a tokenizer.json this can read (the tokenizer loader
+    reports that)."""
     try:
         data = json.loads(tokenizer_json)
     except ValueError:
@@ -618,7 +671,29 @@ def tokenizer_max_id(tokenizer_json: str) -> int | None:
     added = data.get("added_tokens")
     if isinstance(added, list):
         ids += [t["id"] for t in added if isinstance(t, dict) and _is_int(t.get("id"))]
+    ids += _post_processor_ids(data.get("post_processor"))
     return max(ids, default=None)
+
+
+def _post_processor_ids(processor: Any) -> list[int]:
+    """The token ids a tokenizer.json post-processor inserts: TemplateProcessing's special_tokens, Bert/Roberta's
+    cls and sep pairs, and those of a Sequence's processors."""
+    if not isinstance(processor, dict):
+        return []
+    ids: list[int] = []
+    specials = processor.get("special_tokens")
+    if isinstance(specials, dict):  # TemplateProcessing: {name: {"id", "ids": [...], "tokens"}}
+        for special in specials.values():
+            if isinstance(special, dict) and isinstance(special.get("ids"), list):
+                ids += [i for i in special["ids"] if _is_int(i)]
+    for key in ("cls", "sep"):  # BertProcessing, RobertaProcessing: [token, id]
+        pair = processor.get(key)
+        if isinstance(pair, list) and len(pair) == 2 and _is_int(pair[1]):
+            ids.append(pair[1])
+    inner = processor.get("processors")
+    for step in inner if isinstance(inner, list) else []:  # Sequence
+        ids += _post_processor_ids(step)
+    return ids
 
 
 def _check_tokenizer_ids(path: Path, tokenizer_json: str, vocab: int) -> None:
@@ -640,7 +715,8 @@ def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) 
                 or not all(isinstance(d, int) and d > 0 for d in shape)
                 or not isinstance(raw["offset"], int) or not isinstance(raw["nbytes"], int)
                 or raw["offset"] < 0 or raw["nbytes"] < 0
-                or not isinstance(raw["xxh3_64"], str) or len(raw["xxh3_64"]) != HASH_HEX_LEN):
+                or not isinstance(raw["xxh3_64"], str) or len(raw["xxh3_64"]) != HASH_HEX_LEN
+                or not set(raw["xxh3_64"]) <= HASH_HEX_DIGITS):
             raise ManifestInvalid(f"{where}: malformed entry {raw!r}")
         if raw["dtype"] != manifest["dtype"]:
             raise ManifestInvalid(f"{where}: dtype {raw['dtype']!r} differs from the file dtype {manifest['dtype']!r}")
@@ -701,4 +777,16 @@ def _validate_tensors(path: Path, manifest: dict[str, Any], preamble: Preamble) 
     if unexpected:
         raise TensorUnexpected(f"{path}: tensor {unexpected[0]!r} is not part of a {manifest['arch']} model with "
                                "this config")
+    # The table lists the tensors in the order of §3 at the offsets packing them in that order gives, so that a
+    # table whose entries were swapped (names, or offsets and hashes, between tensors of one shape) is refused
+    # rather than run on the wrong weights: the hashes cover bytes, not which tensor they belong to.
+    planned, _ = plan_offsets([entry.nbytes for entry in entries])
+    for index, (entry, name, offset) in enumerate(zip(entries, expected, planned)):
+        if entry.name != name:
+            raise TensorOrder(f"{path}: tensors[{index}] is {entry.name!r}, but the table's order (execution "
+                              f"order) puts {name!r} there")
+        if entry.offset != offset:
+            raise TensorOrder(f"{path}: tensor {entry.name!r} (tensors[{index}]) is at byte {base + entry.offset}, "
+                              f"but the data region holds the tensors in table order, which puts it at byte "
+                              f"{base + offset}")
     return entries

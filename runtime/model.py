@@ -15,13 +15,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import format as fmt
 from . import hub
 from .chat import Message, render
 from .generate import GenerationError, Sampling, Stats, generate_ids
-from .native import NativeModel, NativeSession
+from .native import NativeError, NativeModel, NativeSession
 from .tokenizer import TextTokenizer, TokenizerError
 
 BACKENDS = ("auto", "cpu", "aclnn")
@@ -60,7 +60,10 @@ def usable_cores() -> int:
 
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
-                 device: int = 0, eager: bool = False, activations: str = "f32") -> None:
+                 device: int = 0, eager: bool = False, activations: str = "f32",
+                 on_mapped: Callable[[fmt.AswFile], object] | None = None) -> None:
+        """`on_mapped`: called with the validated file as soon as it is mapped, before any weight is read (the
+        console scripts install their bus-error guard there: runtime/busguard.py)."""
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
         cores = usable_cores()
@@ -70,6 +73,8 @@ class Model:
         self.threads = threads
         self.asw = hub.open_model_file(path, self.backend)  # a local path, or hf:// / ms:// (see hub.py)
         try:
+            if on_mapped is not None:
+                on_mapped(self.asw)
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
             try:
@@ -84,11 +89,13 @@ class Model:
             # the cpu backend reads the weights in place, every one of them per decode step: 2 MiB pages make that
             # stream faster (runtime/hugepages.py); a device backend copies them once and gains nothing
             self.huge_pages = self.asw.map_weights_huge() if self.backend == "cpu" else None
-            self.native: NativeModel | None = NativeModel(self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
-                                                            [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors],
-                                                            self.backend, device_id=device, eager=eager,
-                                                            soc_families=self.asw.requires["soc"],
-                                                            activations=activations)
+            try:
+                self.native: NativeModel | None = NativeModel(
+                    self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
+                    [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors], self.backend,
+                    device_id=device, eager=eager, soc_families=self.asw.requires["soc"], activations=activations)
+            except NativeError as exc:  # the library's refusals (a weight, a config value) name the file too
+                raise NativeError(f"{self.asw.path}: {exc}") from None
         except BaseException:
             self.asw.close()
             raise

@@ -124,6 +124,20 @@ def _missing_tensor_file(path: Path) -> None:
     rebuild(path, manifest, data[:last_end])
 
 
+def _swap(m: dict[str, Any], first: str, second: str, keys: tuple[str, ...]) -> None:
+    """Exchange `keys` between two tensor entries (of one shape: every other check still passes)."""
+    a, b = tensor(m, first), tensor(m, second)
+    for key in keys:
+        a[key], b[key] = b[key], a[key]
+
+
+def _post_processor_beyond_vocab(m: dict[str, Any]) -> None:
+    data = json.loads(m["tokenizer"])
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [], "pair": [], "special_tokens": {
+        "<x>": {"id": "<x>", "ids": [100_000], "tokens": ["<x>"]}}}
+    m["tokenizer"] = json.dumps(data)
+
+
 CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
     "bad magic": (_patch_preamble(0, "8s", 0) if False else (lambda p: p.write_bytes(b"GGUF" + p.read_bytes()[4:])),
                   fmt.BadMagic, "not a .asw file (bytes 0-7"),
@@ -144,6 +158,35 @@ CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
                                 "'blk.1.ffn_down.weight' (tensors[14]): nbytes 51200 != 50944"),
     "required tensor missing": (_missing_tensor_file, fmt.TensorMissing, "required tensor 'output.weight' is missing"),
     "trailing bytes": (_trailing, fmt.TrailingBytes, "7 bytes after the data region"),
+    "tensor names swapped": (_manifest_edit(lambda m: _swap(m, "token_embd.weight", "output.weight", ("name",))),
+                             fmt.TensorOrder, "tensors[0] is 'output.weight', but the table's order"),
+    "tensor bytes swapped": (_manifest_edit(lambda m: _swap(m, "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight",
+                                                            ("offset", "xxh3_64"))),
+                             fmt.TensorOrder, "tensor 'blk.0.attn_norm.weight' (tensors[1]) is at byte"),
+    "hash not lowercase hex": (_manifest_edit(lambda m: m["tensors"][0].update(xxh3_64="ABCDEF0123456789")),
+                               fmt.ManifestInvalid, "malformed entry"),
+    "bytes in a JSON map": (_manifest_edit(lambda m: m["generation_config"].update(temperature=b"\x01")),
+                            fmt.ManifestInvalid, "generation_config.temperature is b'\\x01', not a JSON value"),
+    "NaN in a JSON map": (_manifest_edit(lambda m: m["source"].update(extra=[float("nan")])), fmt.ManifestInvalid,
+                          "source.extra[0] is nan, not a JSON value"),
+    "non-string key": (_manifest_edit(lambda m: m["special_tokens"].update({b"k": 1})), fmt.ManifestInvalid,
+                       "special_tokens has the key b'k', not a string"),
+    "special token not text": (_manifest_edit(lambda m: m["special_tokens"].update(eos_token=2)), fmt.ManifestInvalid,
+                               "special_tokens.eos_token is 2, not a string or null"),
+    "special flag not bool": (_manifest_edit(lambda m: m["special_tokens"].update(add_bos_token=1)),
+                              fmt.ManifestInvalid, "special_tokens.add_bos_token is 1, not a boolean"),
+    "eps zero as float32": (_manifest_edit(lambda m: m["config"].update(rms_norm_eps=1e-300)), fmt.ManifestInvalid,
+                            "config.rms_norm_eps is 1e-300, not a positive finite number (as a 32-bit float"),
+    "theta infinite as float32": (_manifest_edit(lambda m: m["config"].update(rope_theta=1e39)), fmt.ManifestInvalid,
+                                  "config.rope_theta is 1e+39, not a positive finite number"),
+    "config key absent": (_manifest_edit(lambda m: m["config"].pop("pad_token_id")), fmt.ManifestInvalid,
+                          "config has no key 'pad_token_id' (null when unset)"),
+    "1.1 file without requires": (_manifest_edit(lambda m: m.pop("requires")), fmt.ManifestInvalid,
+                                  'manifest has no "requires" map, which format 1.1 files must have'),
+    "SoC in an nd file": (_manifest_edit(lambda m: m["requires"].update(soc="ascend910b")), fmt.ManifestInvalid,
+                          "requires.soc is 'ascend910b' in an nd file"),
+    "post-processor id past the vocabulary": (_manifest_edit(_post_processor_beyond_vocab), fmt.ManifestInvalid,
+                                              "tokenizer has token id 100000, outside the model's vocab_size"),
 }
 
 
@@ -262,3 +305,14 @@ def test_forged_manifest_with_valid_checksum(good_file: Path) -> None:
         rebuild(good_file, forged, data)
         with pytest.raises(fmt.FormatError, match=re.escape(message)):
             fmt.AswFile.open(good_file).close()
+
+
+def test_llama3_factors_compare_as_float32(good_file: Path) -> None:
+    """high_freq_factor above low_freq_factor in f64 but equal in the native library's f32 (its smoothing divides by
+    their difference) is refused."""
+    with fmt.AswFile.open(good_file) as asw:
+        config = dict(asw.manifest["config"])
+    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 1.0000000001, "original_max_position_embeddings": 64}
+    with pytest.raises(fmt.ManifestInvalid, match="high_freq_factor 1.0000000001 is not above low_freq_factor"):
+        fmt.check_config(good_file, config)

@@ -5,7 +5,9 @@ request runs alone or in a batch with others."""
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
+from http import client as http_client
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +338,28 @@ def test_sixteen_concurrent_clients_get_their_own_tokens(server: Server, client:
     assert delta("ascend_decode_batch_size_sum") == delta("ascend_inter_token_latency_seconds_count")
     assert after["ascend_queue_length"] == 0 and after["ascend_batch_occupancy"] == 0
     assert np.isfinite(after["ascend_time_to_first_token_seconds_sum"])
+
+
+def test_model_file_truncated_under_the_server_exits_with_one_line(tmp_path: Path) -> None:
+    """The weights vanish under a running server: it exits with status 2 and one line naming the file (the bus-error
+    guard runtime/busguard.py), not with a bare SIGBUS."""
+    from ascend_super.runtime import format as fmt
+
+    path = tmp_path / "shrinking.asw"
+    path.write_bytes(GOLDEN.read_bytes())
+    with fmt.AswFile.open(path) as asw:
+        data_offset = asw.preamble.data_offset
+    with serve(path, "--threads", "1", log_dir=tmp_path) as running:
+        os.truncate(path, data_offset)
+        try:
+            http("POST", f"{running.base}/v1/completions", json.dumps(
+                {"model": path.stem, "prompt": PROMPTS[0], "max_tokens": 8}).encode(),
+                {"Content-Type": "application/json"})
+        except (OSError, http_client.HTTPException):  # the server died mid-request
+            pass
+        returncode = running.process.wait(timeout=60)
+        log = running.log.read_text()
+    assert returncode == 2, log
+    assert f"error: {path}: the file was truncated or overwritten while in use" in log
+    assert "Traceback" not in log
+
