@@ -195,7 +195,8 @@ def sample(values: np.ndarray, ids: np.ndarray, sampling: Sampling, rng: np.rand
     (nucleus) filtering."""
     if not np.all(np.isfinite(values)):
         raise GenerationError("the model produced non-finite logits")
-    scaled = values.astype(np.float64) / sampling.temperature
+    with np.errstate(over="ignore"):  # a tiny temperature sends every logit but the largest to -inf: greedy
+        scaled = (values.astype(np.float64) - np.max(values)) / sampling.temperature
     order = np.argsort(-scaled, kind="stable")  # already descending from the backend; stable keeps ties by id
     if sampling.top_k:
         order = order[: sampling.top_k]

@@ -58,6 +58,17 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _unicode_text(text: str) -> str:
+    """`text`, if every character of it is Unicode text (a lone surrogate, which JSON's \\ud800 escapes and
+    surrogateescape can put in a str, is not: the tokenizer cannot take it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(f"the prompt is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} at "
+                              f"character {exc.start}") from None
+    return text
+
+
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
                  device: int = 0, eager: bool = False, activations: str = "f32",
@@ -112,14 +123,14 @@ class Model:
         if raw:
             if not isinstance(prompt, str):
                 raise GenerationError("a raw prompt must be text, not a message list")
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
+            return self.tokenizer.encode(_unicode_text(prompt), add_special_tokens=True)
         if self.chat_template is None:
             raise GenerationError("this model has no chat template; pass raw=True (--raw) to send the text as is")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
         text = render(self.chat_template, messages, self.special_tokens, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(_unicode_text(text), add_special_tokens=False)
 
     # --- sessions
     def context_length(self, context: int | None) -> int:
@@ -184,12 +195,16 @@ class Model:
                                                          stats))
 
     def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
-        """The text each generated token completes (DecodeStream: partial UTF-8 is held back), empty ones skipped."""
+        """The text each generated token completes (DecodeStream: partial UTF-8 is held back), empty ones skipped,
+        and at the end whatever is still held back (an unfinished character as U+FFFD, as tokenizer.decode gives)."""
         stream = self.tokenizer.stream()
         for token in tokens:
             piece = stream.step(token)
             if piece:
                 yield piece
+        rest = stream.flush()
+        if rest:
+            yield rest
 
     def close(self) -> None:
         """Free the native model and its sessions, then unmap the file and release its descriptor (at once, unless

@@ -19,7 +19,7 @@ import gguf
 from tokenizers import Tokenizer
 
 from ascend_super.convert.sources.base import SourceError  # noqa: E402
-from ascend_super.convert.sources.gguf_tokenizer import _bytes_to_unicode
+from ascend_super.runtime.tokenizer import bytes_to_unicode
 from ascend_super.convert.sources.gguf import GGUFSource, _fit_llama3, _llama3_factors  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _tiny_vocab() -> tuple[list[str], list[int], list[str]]:
     """A byte-level BPE vocabulary: 3 control tokens, the 256 byte symbols, and the merges of ' hello world'."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    byte_syms = list(_bytes_to_unicode().values())
+    byte_syms = list(bytes_to_unicode().values())
     merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "Ġ hello"]
     merged = ["he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld", "Ġworld", "Ġhello"]
     tokens = specials + byte_syms + merged
@@ -176,6 +176,7 @@ def test_synthetic_qwen2_reads_back(qwen2_file):
         assert src.meta.chat_template == "{{ messages[0]['content'] }}"
         assert src.meta.generation_config["eos_token_id"] == 2
         tc = src.meta.tokenizer_config
+        assert list(tc) == ["bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token"]
         assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["add_bos_token"]) == (
             "<|im_start|>", "<|im_end|>", "<|endoftext|>", False)
         prov = src.meta.provenance

@@ -62,6 +62,32 @@ def test_chat_template_variables_match_transformers(checkpoint_dir, converted) -
     assert "None" not in got and "think add them|add them" in got
 
 
+def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_path: Path) -> None:
+    """A checkpoint whose tokenizer_config.json has no added_tokens_decoder: transformers reads
+    special_tokens_map.json too, and its tokens win; the chat template sees the same bos_token."""
+    import shutil
+
+    import transformers
+
+    from ascend_super.convert.pipeline import convert
+    from ascend_super.convert.sources.hub import open_source
+    from ascend_super.runtime.chat import render
+
+    directory = tmp_path / "src"
+    shutil.copytree(checkpoint_dir(MODEL), directory)
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": {"content": "<|im_start|>", "lstrip": False}, "eos_token": "<|im_end|>"}))
+    reference = transformers.AutoTokenizer.from_pretrained(directory)
+    messages = [{"role": "user", "content": "2+2?"}]
+    expected = reference.apply_chat_template(messages, chat_template=VARIABLES_TEMPLATE,
+                                             add_generation_prompt=True, tokenize=False)
+    assert expected.startswith("[<|im_start|>]")
+    with open_source(str(directory)) as source:
+        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    with ascend_super.load(tmp_path / "m.asw") as model:
+        assert render(VARIABLES_TEMPLATE, messages, model.special_tokens, add_generation_prompt=True) == expected
+
+
 def test_generation_config_not_followed_is_named() -> None:
     from ascend_super.runtime.generate import unapplied_generation_config
 
@@ -130,6 +156,26 @@ def test_stream_decodes_multibyte_utf8() -> None:
     assert all("\ufffd" not in piece for piece in pieces)  # a partial character is held back, never mangled
 
 
+def test_stream_pieces_and_flush_add_up_to_the_decode() -> None:
+    """Whatever ids generation stops after (max tokens, eos), the streamed pieces and the final flush are the decode
+    of all of them: a token held back as the start of a character, with any whole character decoded alongside it,
+    is not lost (an unfinished character ends as U+FFFD, as tokenizer.decode gives it)."""
+    tokenizer = TextTokenizer(tokenizer_json(320))
+    ids = tokenizer.encode("你好 ✓ 🚀", add_special_tokens=False)
+    rng = np.random.default_rng(0)
+    cases = [ids[:n] for n in range(1, len(ids) + 1)] + [list(rng.integers(0, 320, rng.integers(1, 30)))
+                                                          for _ in range(500)]
+    held = 0
+    for case in cases:
+        stream = tokenizer.stream()
+        streamed = "".join(stream.step(int(i)) for i in case)
+        rest = stream.flush()
+        held += rest != ""
+        assert streamed + rest == tokenizer.decode([int(i) for i in case]), case
+        assert stream.flush() == ""
+    assert held > 50  # the cases do end inside characters
+
+
 def test_cli_streams_and_reports_stats(converted) -> None:
     result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", "-n", "8", "--threads", "2")
     assert result.returncode == 0, result.stderr
@@ -160,8 +206,7 @@ def test_cli_json_matches_api(converted) -> None:
         assert out["prompt_token_ids"] == prompt_ids
         assert out["generated_token_ids"] == expected
         streamed = "".join(model.generate("Hello", max_new_tokens=12))
-        assert out["text"] == streamed  # the streamed text: a character cut by the limit is left out, not U+FFFD
-        assert model.tokenizer.decode(expected).startswith(streamed) and not streamed.endswith("\ufffd")
+        assert out["text"] == streamed == model.tokenizer.decode(expected)  # a character cut by the limit: U+FFFD
     assert out["stop_reason"] in ("length", "eos")
     assert set(out["stats"]) >= {"load_s", "prompt_tokens", "ttft_s", "prefill_tok_s", "decode_tok_s",
                                  "generated_tokens", "stop_reason"}
@@ -198,6 +243,8 @@ def test_sample_filters() -> None:
     assert draws == {40, 10}
     draws = {sample(values, ids, Sampling(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
     assert draws == {40}  # the first candidate alone holds > 50 % of the mass
+    for tiny in (1e-310, 5e-324):  # logits / temperature overflow: the largest logit takes all the mass
+        assert sample(values, ids, Sampling(temperature=tiny), rng) == 40
     with pytest.raises(GenerationError, match="non-finite logits"):
         sample(np.array([np.nan, 1.0]), ids[:2], Sampling(temperature=1.0), rng)
     with pytest.raises(GenerationError, match="top_p"):

@@ -125,6 +125,22 @@ def test_completions_match_generation_alone(client: openai.OpenAI, ref: Referenc
     assert by_ids.choices[0].text == expected
 
 
+def test_output_cut_inside_a_character_keeps_its_text(client: openai.OpenAI, ref: Reference) -> None:
+    """max_tokens ending on a token the streaming detokenizer holds back (the start of a character, maybe with a
+    whole character decoded alongside it): the reply still ends with that text, as the decode of its tokens."""
+    ids = ref.raw_ids(PROMPTS[0])
+    tokens = ref.tokens(ids, 48)
+    decode = ref.model.tokenizer.decode
+    held = [n for n in range(1, len(tokens) + 1) if "".join(ref.pieces(tokens[:n])) != decode(tokens[:n])]
+    assert held, "no cut inside a character in this output: pick another prompt"
+    n = held[0]
+    reply = client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=n, temperature=0)
+    assert reply.choices[0].text == decode(tokens[:n]) and reply.choices[0].finish_reason == "length"
+    streamed = list(client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=n, temperature=0,
+                                              stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == decode(tokens[:n])
+
+
 def test_stop_strings_across_token_boundaries_are_cut(client: openai.OpenAI, ref: Reference) -> None:
     ids = ref.raw_ids(PROMPTS[1])
     tokens = ref.tokens(ids, 40)
@@ -159,7 +175,10 @@ def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Referen
         assert tops == sorted(tops, reverse=True)
         assert tops == pytest.approx(sorted(want[step])[::-1][:5], abs=2e-3)
         assert entry.logprob == pytest.approx(tops[0], abs=1e-6)  # greedy: the chosen token is the most likely
-        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        assert entry.token == bytes(entry.bytes).decode("utf-8", "replace") or \
+            entry.token == "bytes:" + "".join(f"\\x{b:02x}" for b in entry.bytes)
+    assert bytes(b for entry in content for b in entry.bytes).decode("utf-8", "replace") == \
+        reply.choices[0].message.content
     streamed = list(client.chat.completions.create(
         model=NAME, messages=[{"role": "user", "content": PROMPTS[4]}], max_tokens=8, temperature=0, logprobs=True,
         stream=True))
@@ -173,8 +192,25 @@ def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Referen
     completion = client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=6, temperature=0, logprobs=3)
     lp = completion.choices[0].logprobs
     assert lp.token_logprobs == pytest.approx([raw_want[i, t] for i, t in enumerate(raw_tokens)], abs=2e-3)
-    assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)  # tokens with the same text share a key
+    assert all(len(top) == 3 for top in lp.top_logprobs)
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+
+    # a longer reply, with tokens that carry parts of characters: each keeps its own spelling and its own value,
+    # and a token's text_offset is where its text starts in the reply, streamed or not
+    long_ids = ref.raw_ids(PROMPTS[0])
+    long_tokens = ref.tokens(long_ids, 40)
+    assert any(ref.model.tokenizer.token_bytes(t).decode("utf-8", "replace") != ref.model.tokenizer.token_bytes(t)
+               .decode("utf-8", "ignore") for t in long_tokens)  # some token is part of a character
+    whole = client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=40, temperature=0, logprobs=5)
+    lp = whole.choices[0].logprobs
+    assert all(len(top) == 5 for top in lp.top_logprobs)
+    assert all(top[token] == pytest.approx(value, abs=1e-6) and value == max(top.values())
+               for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs))
+    assert lp.text_offset[-1] <= len(whole.choices[0].text)
+    streamed = [c.choices[0] for c in client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=40,
+                                                                temperature=0, logprobs=5, stream=True)
+                if c.choices and c.choices[0].logprobs]
+    assert [o for c in streamed for o in c.logprobs.text_offset] == lp.text_offset
 
 
 def test_bf16_activations_reach_the_model(tmp_path: Path, converted) -> None:
@@ -272,6 +308,12 @@ def test_bad_bodies_and_routes(server: Server) -> None:
              "temperature": None, "logprobs": None, "echo": None, "stop": None}  # what some clients send: defaults
     status, body = http("POST", f"{server.base}/v1/completions", json.dumps(nulls).encode(), headers)
     assert status == 200 and body["usage"]["completion_tokens"] <= 2, body
+    lone = "a\ud800b"  # JSON's \ud800 escape (json.dumps writes it so) decodes to a lone surrogate
+    for path, fields in (("completions", {"prompt": lone}),
+                         ("chat/completions", {"messages": [{"role": "user", "content": lone}]})):
+        status, body = http("POST", f"{server.base}/v1/{path}",
+                            json.dumps({"model": NAME, "max_tokens": 2, **fields}).encode(), headers)
+        assert status == 400 and "lone surrogate U+D800 at character" in body["error"]["message"], body
     status, body = http("GET", f"{server.base}/v1/nothing", headers=server.auth)
     assert status == 404 and "error" in body
     status, body = http("GET", f"{server.base}/v1/chat/completions", headers=server.auth)
@@ -363,3 +405,49 @@ def test_model_file_truncated_under_the_server_exits_with_one_line(tmp_path: Pat
     assert f"error: {path}: the file was truncated or overwritten while in use" in log
     assert "Traceback" not in log
 
+
+def test_prompts_sharing_a_step_get_the_logits_they_get_alone() -> None:
+    """Two prompts queued together while another request decodes share each step's prefill budget: the second is cut
+    only at multiples of PREFILL_CHUNK, so the backend sees the blocks of tokens it sees alone, and its logprobs are
+    bit for bit those of the prompt alone (a 4-token first piece took another kernel: ~1e-6 apart)."""
+    import asyncio
+
+    import ascend_super
+    from ascend_super.runtime.generate import Sampling
+    from ascend_super.runtime.serve.engine import Engine, Params
+
+    with ascend_super.load(GOLDEN, backend="cpu", threads=1) as model:
+        def last_logits(ids: list[int], pieces: list[int]) -> np.ndarray:
+            with model.session(512) as session:
+                start = 0
+                for piece in pieces:
+                    logits, _ = session.prefill(ids[start:start + piece], logits="last")
+                    start += piece
+            return logits
+
+        rng = np.random.default_rng(11)
+        first = [int(x) for x in rng.integers(3, 320, PREFILL_CHUNK - 4)]
+        # a prompt whose logits move when it is cut after 4 tokens (as the shared budget used to cut it)
+        second = next(ids for ids in ([int(x) for x in rng.integers(3, 320, 150)] for _ in range(200))
+                      if not np.array_equal(last_logits(ids, [150]), last_logits(ids, [4, 64, 64, 18])))
+
+        async def scenario() -> tuple[list, list]:
+            engine = Engine(model, max_batch=4, context=512)
+            engine.start()
+            try:
+                async def entries(handle) -> list:
+                    return [e for out in [o async for o in handle] for e in out.logprobs]
+
+                alone = await entries(engine.submit(second, Params(Sampling(8), (), 0)))
+                decoding = engine.submit(model.prompt_ids("hello", raw=True), Params(Sampling(200)))
+                await decoding.__aiter__().__anext__()  # it decodes now: the prefill budget is PREFILL_CHUNK
+                queued = engine.submit(first, Params(Sampling(4)))
+                batched = await entries(engine.submit(second, Params(Sampling(8), (), 0)))
+                await entries(queued)
+                decoding.cancel()
+                return alone, batched
+            finally:
+                engine.stop()
+
+        alone, batched = asyncio.run(scenario())
+    assert [(e.token, e.logprob) for e in batched] == [(e.token, e.logprob) for e in alone]

@@ -414,8 +414,6 @@ class GGUFSource:
         template = self._values.get(T.CHAT_TEMPLATE)
         if template is not None and not isinstance(template, str):
             raise self._err(f"{T.CHAT_TEMPLATE} is not a string")
-        if template is not None:
-            tokenizer_config["chat_template"] = template
         return SourceMeta(
             config=config,
             tokenizer_json=tokenizer_json,

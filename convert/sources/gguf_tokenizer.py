@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ascend_super.runtime.tokenizer import bytes_to_unicode
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 try:  # the gguf package's constants; the numbers are part of the GGUF format and never change
@@ -96,19 +97,6 @@ TOKENIZER_MODELS = ("gpt2", "llama")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the alphabet byte-level BPE vocabularies are spelled in)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _require(meta: Mapping[str, Any], key: str) -> Any:
@@ -218,7 +206,8 @@ def _sentencepiece(meta: Mapping[str, Any], tokens: Sequence[str], types: Sequen
 
 
 def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(tokenizer.json text, tokenizer_config dict)`` from a GGUF's metadata (key -> Python value)."""
+    """``(tokenizer.json text, special tokens)`` from a GGUF's metadata (key -> Python value): the special tokens
+    as the manifest keeps them (spelled bos, eos, pad, unk tokens; add_bos_token, add_eos_token)."""
     model = _require(meta, KEY_MODEL)
     tokens = list(_require(meta, KEY_TOKENS))
     if not tokens:
@@ -279,14 +268,12 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
 
     config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": names["bos"],
         "eos_token": names["eos"],
         "pad_token": names["pad"],
         "unk_token": names["unk"],
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
-        "clean_up_tokenization_spaces": False,
     }
     return tok.to_str(), config
 

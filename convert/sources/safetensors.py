@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from ascend_super.runtime import format as fmt
 from ascend_super.runtime.native import BF16_BITS
 
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
@@ -59,10 +60,8 @@ def load_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str
 
 
 def normalize_tokenizer_config(tokenizer_config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {key: _token_string(tokenizer_config.get(key))
-                           for key in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    out["add_bos_token"] = bool(tokenizer_config.get("add_bos_token", False))
-    out["add_eos_token"] = bool(tokenizer_config.get("add_eos_token", False))
+    out: dict[str, Any] = {key: _token_string(tokenizer_config.get(key)) for key in fmt.SPECIAL_TOKEN_TEXT_KEYS}
+    out.update({key: bool(tokenizer_config.get(key, False)) for key in fmt.SPECIAL_TOKEN_FLAG_KEYS})
     return out
 
 
@@ -82,6 +81,12 @@ class SafetensorsSource:
                               "checkpoints are not supported)")
         tokenizer_config_path = directory / "tokenizer_config.json"
         tokenizer_config = read_json(tokenizer_config_path) if tokenizer_config_path.is_file() else {}
+        special_map_path = directory / "special_tokens_map.json"
+        if "added_tokens_decoder" not in tokenizer_config and special_map_path.is_file():
+            # transformers' legacy rule (tokenization_utils_base.from_pretrained): without added_tokens_decoder in
+            # tokenizer_config.json, special_tokens_map.json's tokens are read and take precedence
+            tokenizer_config = {**tokenizer_config, **{key: value for key, value in read_json(special_map_path).items()
+                                                       if key in fmt.SPECIAL_TOKEN_TEXT_KEYS}}
         generation_path = directory / "generation_config.json"
         self.meta = SourceMeta(
             config=read_json(config_path),

@@ -156,6 +156,10 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
             message = f"invalid value for '{'.'.join(loc)}': {first['msg']}" if loc else first["msg"]
         return ApiError(400, message, param).response()
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: still an OpenAI error body
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error").response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: f"no route {request.method} {request.url.path}",
@@ -165,8 +169,14 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
     # --- helpers
     @lru_cache(maxsize=1 << 16)
-    def token_text(token: int) -> str:
-        return model.tokenizer.decode([token], skip_special_tokens=False)
+    def token_entry(token: int) -> tuple[str, list[int]]:
+        """A token's text and bytes for logprobs: its bytes as UTF-8 text, or, for a token that carries part of a
+        character, OpenAI's "bytes:\\xNN" spelling of them (so that distinct tokens stay distinct)."""
+        raw = model.tokenizer.token_bytes(token)
+        try:
+            return raw.decode("utf-8"), list(raw)
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), list(raw)
 
     def known_model(name: str) -> None:
         if name != served_name:
@@ -235,35 +245,41 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         return outputs
 
     async def respond(call: _Call, request: Request, stream: Callable[[_Call], AsyncIterator[str]] | None,
-                      whole: Callable[[str, list[TokenLogprob], Output], BaseModel]) -> Response:
+                      whole: Callable[[str, list[TokenLogprob], list[int], Output], BaseModel]) -> Response:
         """The SSE stream of the request, or (not streamed) its whole response built by `whole` from the text,
-        the logprob entries and the last Output."""
+        the logprob entries, where in the text each entry's token starts, and the last Output."""
         if stream is not None:
             return _Stream(stream(call), call, done)
         outputs = await collect(call, request)
         if outputs is None:  # the client is gone: nobody reads this
             return Response(status_code=499)
-        text = "".join(out.text for out in outputs)
-        return JSONResponse(whole(text, [e for out in outputs for e in out.logprobs], outputs[-1]).model_dump())
+        entries, offsets, sent = [], [], 0
+        for out in outputs:  # a step's token starts where the text sent before it ends
+            entries += out.logprobs
+            offsets += [sent] * len(out.logprobs)
+            sent += len(out.text)
+        return JSONResponse(whole("".join(out.text for out in outputs), entries, offsets, outputs[-1]).model_dump())
 
     def chat_logprobs(entries: Sequence[TokenLogprob]) -> ChatLogprobs:
         def top(token: int, logprob: float) -> TopLogprob:
-            text = token_text(token)
-            return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+            text, raw = token_entry(token)
+            return TopLogprob(token=text, logprob=logprob, bytes=raw)
 
         return ChatLogprobs(content=[ChatTokenLogprob(**top(e.token, e.logprob).model_dump(),
                                                       top_logprobs=[top(t, lp) for t, lp in e.top])
                                      for e in entries])
 
-    def completion_logprobs(entries: Sequence[TokenLogprob], offset: int) -> CompletionLogprobs:
-        tokens = [token_text(e.token) for e in entries]
-        offsets = []
-        for text in tokens:
-            offsets.append(offset)
-            offset += len(text)
-        return CompletionLogprobs(tokens=tokens, token_logprobs=[e.logprob for e in entries],
-                                  top_logprobs=[{token_text(t): lp for t, lp in e.top} for e in entries],
-                                  text_offset=offsets)
+    def completion_logprobs(entries: Sequence[TokenLogprob], offsets: Sequence[int]) -> CompletionLogprobs:
+        """`offsets`: where in the reply's text each entry's token starts (the text sent before its step)."""
+        def top(alternatives: Sequence[tuple[int, float]]) -> dict[str, float]:
+            spelled: dict[str, float] = {}
+            for token, logprob in alternatives:  # most likely first: a repeated spelling keeps its best
+                spelled.setdefault(token_entry(token)[0], logprob)
+            return spelled
+
+        return CompletionLogprobs(tokens=[token_entry(e.token)[0] for e in entries],
+                                  token_logprobs=[e.logprob for e in entries],
+                                  top_logprobs=[top(e.top) for e in entries], text_offset=list(offsets))
 
     # --- streams
     def sse_chunk(call: _Call, kind: type[ChatCompletionChunk] | type[Completion], choices: list[Any],
@@ -311,7 +327,8 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
         def choices_of(out: Output) -> list[list[Any]]:
             nonlocal offset
-            lp = completion_logprobs(out.logprobs, offset) if call.logprobs is not None else None
+            lp = completion_logprobs(out.logprobs, [offset] * len(out.logprobs)) if call.logprobs is not None \
+                else None
             offset += len(out.text)
             if out.text or lp or out.finish_reason:
                 return [[CompletionChoice(text=out.text, logprobs=lp, finish_reason=out.finish_reason)]]
@@ -332,7 +349,7 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         call = submit("chat", body, prompt_ids, body.max_completion_tokens or body.max_tokens, logprobs, "messages")
 
-        def whole(text: str, entries: list[TokenLogprob], last: Output) -> ChatCompletion:
+        def whole(text: str, entries: list[TokenLogprob], offsets: list[int], last: Output) -> ChatCompletion:
             return ChatCompletion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
                                   choices=[ChatChoice(message=ResponseMessage(content=text),
                                                       logprobs=chat_logprobs(entries) if logprobs is not None
@@ -353,9 +370,9 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
             prompt_ids = list(prompt)
         call = submit("completions", body, prompt_ids, body.max_tokens, body.logprobs, "prompt")
 
-        def whole(text: str, entries: list[TokenLogprob], last: Output) -> Completion:
+        def whole(text: str, entries: list[TokenLogprob], offsets: list[int], last: Output) -> Completion:
             return Completion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
-                              choices=[CompletionChoice(text=text, logprobs=completion_logprobs(entries, 0)
+                              choices=[CompletionChoice(text=text, logprobs=completion_logprobs(entries, offsets)
                                                         if body.logprobs is not None else None,
                                                         finish_reason=last.finish_reason)])
 

@@ -33,7 +33,9 @@ from ..native import MAX_BATCH, NativeSession
 from ..tokenizer import TextStream
 from .metrics import Metrics
 
-PREFILL_CHUNK = 64  # prompt tokens per step (over all prefilling requests) while other requests are decoding
+# prompt tokens per step (over all prefilling requests) while other requests are decoding: the cpu backend's own
+# block of prefill tokens (native/src/backend_cpu.c CHUNK), which PREFILL_SLICE is a multiple of
+PREFILL_CHUNK = 64
 MAX_LOGPROBS = 20  # top logprobs a request may ask for
 
 log = logging.getLogger("ascend_serve.engine")
@@ -311,7 +313,12 @@ class Engine:
         for request in prefilling:
             if budget <= 0:
                 break
-            chunk = min(budget, len(request.prompt_ids) - request.prefilled)
+            # a prompt is cut only at multiples of PREFILL_CHUNK from its start (the rest of it may be shorter), so
+            # the backend sees the blocks of tokens a lone prefill gives it: the same kernels, the same logits
+            left = len(request.prompt_ids) - request.prefilled
+            chunk = left if left <= budget else budget // PREFILL_CHUNK * PREFILL_CHUNK
+            if chunk == 0:
+                continue  # this step's budget left is below one block: the next step's starts with this request
             budget -= chunk
             try:
                 self._prefill(request, chunk)
@@ -377,7 +384,7 @@ class Engine:
             self.metrics.itl.observe(now - request.last_emit)
         request.last_emit = now
         if token in self._eos:
-            self._finish(request, request.matcher.flush(), (), (), "stop")
+            self._finish(request, self._drain(request)[0], (), (), "stop")
             return
         logprob = () if request.params.logprobs is None else \
             (token_logprob(logits, token, request.params.logprobs),)  # type: ignore[arg-type]
@@ -388,9 +395,17 @@ class Engine:
         if stopped:
             self._finish(request, text, (token,), logprob, "stop")
         elif request.generated >= sampling.max_new_tokens:
-            self._finish(request, text + request.matcher.flush(), (token,), logprob, "length")
+            rest, stopped = self._drain(request)
+            self._finish(request, text + rest, (token,), logprob, "stop" if stopped else "length")
         else:
             request.handle._put(Output(text, (token,), logprob, None, len(request.prompt_ids), request.generated))
+
+    @staticmethod
+    def _drain(request: _Request) -> tuple[str, bool]:
+        """At the end of generation: the text the detokenizer still holds, through the stop matcher, then what the
+        matcher holds; and whether a stop string was found in it."""
+        text, stopped = request.matcher.feed(request.stream.flush())
+        return (text, True) if stopped else (text + request.matcher.flush(), False)
 
     def _finish(self, request: _Request, text: str, tokens: tuple[int, ...], logprobs: tuple[TokenLogprob, ...],
                 reason: str) -> None:
