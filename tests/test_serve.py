@@ -256,6 +256,32 @@ def test_generation_config_it_does_not_implement_is_named_at_start(tmp_path: Pat
                      "does not implement: transformers' generate() would pick other tokens"], log
 
 
+def test_a_messages_name_reaches_the_chat_template(tmp_path: Path) -> None:
+    """`name` of a chat message is passed to the template, as transformers passes the whole message."""
+    from ascend_super.convert.pipeline import convert
+    from ascend_super.convert.sources.hub import open_source
+    from checkpoints import make_checkpoint
+    from conftest import SPECS
+
+    directory = make_checkpoint(tmp_path / "src", SPECS["qwen2-gqa-hd64"])
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    settings["chat_template"] = "{% for m in messages %}{{ m.name | default('') }}: {{ m.content }}\n{% endfor %}"
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    with open_source(str(directory)) as source:
+        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    named = [{"role": "user", "content": "hi", "name": "a much longer speaker name"}]
+    reference = Reference(tmp_path / "m.asw")
+    try:
+        want = len(reference.model.prompt_ids(named))
+        assert want > len(reference.model.prompt_ids([{"role": "user", "content": "hi"}]))
+    finally:
+        reference.close()
+    with serve(tmp_path / "m.asw", "--threads", "1", log_dir=tmp_path) as running:
+        status, reply = http("POST", f"{running.base}/v1/chat/completions", json.dumps(
+            {"model": "m", "messages": named, "max_tokens": 1}).encode(), {"Content-Type": "application/json"})
+    assert status == 200 and reply["usage"]["prompt_tokens"] == want, reply
+
+
 def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
     def once(seed: int) -> str:
         return client.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=20, temperature=0.9, top_p=0.95,

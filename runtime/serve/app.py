@@ -340,8 +340,8 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         check(body)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), "name": m.name}
+                    for m in body.messages]  # an unset name is dropped before rendering, as transformers does
         try:
             prompt_ids = model.prompt_ids(messages)
         except (GenerationError, ChatTemplateError) as exc:
