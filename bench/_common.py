@@ -124,7 +124,7 @@ def ensure_gguf(checkpoint: Path) -> Path:
     import ml_dtypes  # noqa: F401  (numpy's bfloat16, for safetensors' numpy frontend)
     from safetensors import safe_open
 
-    from ascend_super.convert.sources.gguf_tokenizer import _bytes_to_unicode
+    from ascend_super.runtime.tokenizer import bytes_to_unicode
 
     out = checkpoint.with_name(checkpoint.name + "-Q8_0.gguf")
     if out.is_file():
@@ -142,7 +142,7 @@ def ensure_gguf(checkpoint: Path) -> Path:
     w.add_head_count_kv(c["num_key_value_heads"])
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_rope_freq_base(c["rope_theta"])
-    tokens = SPECIAL_TOKENS + list(_bytes_to_unicode().values()) + ["Ġt"]
+    tokens = SPECIAL_TOKENS + list(bytes_to_unicode().values()) + ["Ġt"]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)

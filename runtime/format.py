@@ -522,7 +522,10 @@ def check_manifest_values(path: Path, manifest: dict[str, Any]) -> None:
              "chat_template is neither null nor a string")
     for key in ("generation_config", "special_tokens", "source"):
         _require(isinstance(manifest[key], dict), path, f"{key} is not a map")
-        _check_json_value(path, key, manifest[key])
+        try:
+            _check_json_value(path, key, manifest[key])
+        except RecursionError:
+            raise ManifestInvalid(f"{path}: manifest {key} is nested too deeply") from None
     _check_special_tokens(path, manifest["special_tokens"])
     check_config(path, manifest["config"])
     defaulted = manifest.get("defaulted_config", [])

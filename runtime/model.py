@@ -105,7 +105,9 @@ class Model:
                     self.asw.data_region(), self.config, self.asw.dtype, self.asw.layout,
                     [(t.name, t.offset, t.nbytes, t.layout, t.shape) for t in self.asw.tensors], self.backend,
                     device_id=device, eager=eager, soc_families=self.asw.requires["soc"], activations=activations)
-            except NativeError as exc:  # the library's refusals (a weight, a config value) name the file too
+            except NativeError as exc:  # the library's refusals of the file (a weight, a config value) name it
+                if not str(exc).startswith("cannot open model"):
+                    raise
                 raise NativeError(f"{self.asw.path}: {exc}") from None
         except BaseException:
             self.asw.close()

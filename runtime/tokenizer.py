@@ -6,10 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import re
+from typing import Any, Callable
 
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
+METASPACE = "\u2581"  # SentencePiece's word-start mark
+FLUSH_CONTEXT = 8  # ids before the held-back ones that TextStream.flush decodes them after
 BYTE_FALLBACK_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback tokens
 
 
@@ -33,12 +36,22 @@ def unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-def _uses_byte_level(decoder: object) -> bool:
-    """Whether a tokenizer.json decoder (or a step of its Sequence) is ByteLevel: pieces spelled in GPT-2's table."""
+def _decoder_has(decoder: object, step: Callable[[dict[str, Any]], bool]) -> bool:
+    """Whether a tokenizer.json decoder, or a step of its Sequence, is one `step` recognizes."""
     if not isinstance(decoder, dict):
         return False
     steps = decoder.get("decoders")
-    return decoder.get("type") == "ByteLevel" or isinstance(steps, list) and any(map(_uses_byte_level, steps))
+    return step(decoder) or isinstance(steps, list) and any(_decoder_has(inner, step) for inner in steps)
+
+
+def _is_byte_level(step: dict[str, Any]) -> bool:  # pieces spelled in GPT-2's table
+    return step.get("type") == "ByteLevel"
+
+
+def _is_metaspace(step: dict[str, Any]) -> bool:  # SentencePiece's "▁" for a space
+    pattern = step.get("pattern")
+    return step.get("type") == "Metaspace" or step.get("type") == "Replace" and isinstance(pattern, dict) and \
+        pattern.get("String") == METASPACE and step.get("content") == " "
 
 
 class TokenizerError(ValueError):
@@ -51,12 +64,15 @@ class TextTokenizer:
             self._tokenizer = Tokenizer.from_str(tokenizer_json)
         except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON or models
             raise TokenizerError(f"tokenizer.json cannot be loaded by tokenizers: {exc}") from None
-        self._byte_level = _uses_byte_level(json.loads(tokenizer_json).get("decoder"))
+        decoder = json.loads(tokenizer_json).get("decoder")
+        self._byte_level = _decoder_has(decoder, _is_byte_level)
+        self._metaspace = _decoder_has(decoder, _is_metaspace)
         self._added = {i: t.content for i, t in self._tokenizer.get_added_tokens_decoder().items()}
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for in decoded text: an added token's text; a byte-level BPE piece mapped
-        back through GPT-2's table; a byte-fallback piece <0xNN> as that byte; else the UTF-8 of its decode.
+        back through GPT-2's table; a byte-fallback piece <0xNN> as that byte; a SentencePiece piece with its "▁"
+        as a space; else the UTF-8 of its decode.
         Tokens that carry part of a character give their own bytes, which their decode alone turns into U+FFFD."""
         if token_id in self._added:
             return self._added[token_id].encode("utf-8")
@@ -67,6 +83,8 @@ class TextTokenizer:
                 return bytes(table[c] for c in piece)
         if piece is not None and (match := BYTE_FALLBACK_PIECE.fullmatch(piece)):
             return bytes([int(match.group(1), 16)])
+        if piece is not None and self._metaspace:  # "▁a" is " a" (its decode alone loses the space to Strip)
+            return piece.replace(METASPACE, " ").encode("utf-8")
         return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
@@ -85,26 +103,55 @@ class TextTokenizer:
 
 class TextStream:
     """Feed generated ids one at a time; each step returns the text that became complete ('' if none yet). When
-    generation ends, `flush` returns what is still held back, so that the pieces add up to the decode of all the ids
-    (as transformers' tokenizer.decode gives it: an unfinished UTF-8 sequence as U+FFFD)."""
+    generation ends, `flush` returns what is still held back, so that no text is lost (an unfinished UTF-8
+    sequence ends as U+FFFD; with byte-level BPE the pieces then add up to tokenizer.decode of all the ids)."""
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool) -> None:
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
-        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._stream = _decode_stream([], skip_special_tokens)
         self._ids: list[int] = []
-        self._sent = 0  # characters returned so far
+        self._emitted_upto = 0  # ids fed up to the last step that returned text
+        self.sent = 0  # characters returned so far: where the next token's text starts
 
     def step(self, token_id: int) -> str:
         self._ids.append(token_id)
-        piece = self._stream.step(self._tokenizer, token_id) or ""
-        self._sent += len(piece)
+        try:
+            piece = self._stream.step(self._tokenizer, token_id) or ""
+        except Exception:  # tokenizers raises a bare Exception ("Invalid prefix encountered while decoding stream")
+            # on some byte-fallback runs: send what is held as flush decodes it, and go on from here afresh
+            piece = self.flush()
+            self._stream = _decode_stream(self._ids[-FLUSH_CONTEXT:], self._skip_special_tokens)
+            return piece
+        if piece:
+            self._emitted_upto = len(self._ids)
+            self.sent += len(piece)
         return piece
 
     def flush(self) -> str:
-        """The text of the ids fed so far that no step has returned: a token DecodeStream still holds back (the
-        start of a multi-byte character, and any whole character decoded with it) would otherwise be lost."""
-        whole = self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special_tokens)
-        rest = whole[self._sent:] if len(whole) > self._sent else ""
-        self._sent += len(rest)
+        """The text of the ids fed since the last step that returned text (DecodeStream holds a token back while
+        it ends inside a character, with any whole character decoded alongside it), decoded after a few of the ids
+        before them as DecodeStream decodes, so that what follows a word keeps its spacing."""
+        held = self._ids[self._emitted_upto:]
+        if not held:
+            return ""
+        context = self._ids[max(0, self._emitted_upto - FLUSH_CONTEXT):self._emitted_upto]
+        before = self._decode(context)
+        after = self._decode(context + held)
+        rest = after[len(before):] if after.startswith(before) else self._decode(held)
+        self._emitted_upto = len(self._ids)
+        self.sent += len(rest)
         return rest
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens) if ids else ""
+
+
+def _decode_stream(prefix: list[int], skip_special_tokens: bool) -> DecodeStream:
+    """A DecodeStream whose text starts after `prefix` (ids already sent), where tokenizers can take one."""
+    if prefix:
+        try:
+            return DecodeStream(ids=prefix, skip_special_tokens=skip_special_tokens)
+        except TypeError:  # tokenizers before DecodeStream(ids=...): no context
+            pass
+    return DecodeStream(skip_special_tokens=skip_special_tokens)

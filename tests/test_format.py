@@ -316,3 +316,14 @@ def test_llama3_factors_compare_as_float32(good_file: Path) -> None:
                               "high_freq_factor": 1.0000000001, "original_max_position_embeddings": 64}
     with pytest.raises(fmt.ManifestInvalid, match="high_freq_factor 1.0000000001 is not above low_freq_factor"):
         fmt.check_config(good_file, config)
+
+
+def test_deeply_nested_json_map_is_one_error(good_file: Path) -> None:
+    """A manifest map nested deeper than Python's recursion (msgpack unpacks it) is refused as invalid."""
+    _, manifest, data = read_parts(good_file)
+    manifest["source"]["x"] = "PLACEHOLDER"
+    packed = fmt.pack_manifest(manifest)
+    nested = packed.replace(msgpack.packb("PLACEHOLDER"), b"\x91" * 990 + b"\xc0")  # [[[...[nil]...]]]
+    good_file.write_bytes(assemble(None, data, raw_manifest=nested))
+    with pytest.raises(fmt.ManifestInvalid, match="manifest source is nested too deeply"):
+        fmt.AswFile.open(good_file)

@@ -176,6 +176,39 @@ def test_stream_pieces_and_flush_add_up_to_the_decode() -> None:
     assert held > 50  # the cases do end inside characters
 
 
+def _sentencepiece_tokenizer() -> TextTokenizer:
+    """A SentencePiece-style BPE with byte fallback, decoded as GGUF imports and Llama-2 tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models
+
+    pieces = ["<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581", "\u2581a", "a", "\u2581\u4f60", "\u4f60"]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return TextTokenizer(tok.to_str())
+
+
+def test_stream_flush_with_byte_fallback_pieces() -> None:
+    """Byte-fallback decoding turns a whole run of byte pieces with an unfinished character into one U+FFFD per
+    byte, so the flush decodes the held pieces after those already sent: what was sent stays as sent, the rest
+    follows (U+FFFD for the unfinished character), and complete texts come out as tokenizer.decode gives them."""
+    tokenizer = _sentencepiece_tokenizer()
+    ids = [tokenizer.token_id(f"<0x{b:02X}>") for b in "\u4f60".encode()] + [tokenizer.token_id("<0xE4>")]
+    stream = tokenizer.stream()
+    assert "".join(stream.step(i) for i in ids) == "\u4f60" and stream.flush() == "\ufffd"
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        case = [int(i) for i in rng.integers(1, 262, rng.integers(1, 12))]
+        stream = tokenizer.stream()
+        text = "".join(stream.step(i) for i in case) + stream.flush()
+        whole = tokenizer.decode(case)
+        if "\ufffd" not in whole:
+            assert text == whole, case
+    assert tokenizer.token_bytes(tokenizer.token_id("\u2581a")) == b" a"  # not merged with "a"
+    assert tokenizer.token_bytes(tokenizer.token_id("a")) == b"a"
+    assert tokenizer.token_bytes(tokenizer.token_id("<0xE4>")) == b"\xe4"
+
+
 def test_cli_streams_and_reports_stats(converted) -> None:
     result = run_cli("ascend-run", str(converted(MODEL)), "--prompt", "Hello", "-n", "8", "--threads", "2")
     assert result.returncode == 0, result.stderr

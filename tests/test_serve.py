@@ -211,6 +211,12 @@ def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Referen
                                                                 temperature=0, logprobs=5, stream=True)
                 if c.choices and c.choices[0].logprobs]
     assert [o for c in streamed for o in c.logprobs.text_offset] == lp.text_offset
+    # a stop string the text never completes holds text back at its first character: the offsets stay the same
+    pieces = ref.pieces(long_tokens)
+    ending = next(p[-1] for p in pieces[1:-1] if p)  # the last character of a step's text, held back there
+    held = client.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=40, temperature=0, logprobs=5,
+                                     stop=[ending + "\x00"])
+    assert held.choices[0].text == whole.choices[0].text and held.choices[0].logprobs.text_offset == lp.text_offset
 
 
 def test_bf16_activations_reach_the_model(tmp_path: Path, converted) -> None:

@@ -245,20 +245,16 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         return outputs
 
     async def respond(call: _Call, request: Request, stream: Callable[[_Call], AsyncIterator[str]] | None,
-                      whole: Callable[[str, list[TokenLogprob], list[int], Output], BaseModel]) -> Response:
+                      whole: Callable[[str, list[TokenLogprob], Output], BaseModel]) -> Response:
         """The SSE stream of the request, or (not streamed) its whole response built by `whole` from the text,
-        the logprob entries, where in the text each entry's token starts, and the last Output."""
+        the logprob entries and the last Output."""
         if stream is not None:
             return _Stream(stream(call), call, done)
         outputs = await collect(call, request)
         if outputs is None:  # the client is gone: nobody reads this
             return Response(status_code=499)
-        entries, offsets, sent = [], [], 0
-        for out in outputs:  # a step's token starts where the text sent before it ends
-            entries += out.logprobs
-            offsets += [sent] * len(out.logprobs)
-            sent += len(out.text)
-        return JSONResponse(whole("".join(out.text for out in outputs), entries, offsets, outputs[-1]).model_dump())
+        text = "".join(out.text for out in outputs)
+        return JSONResponse(whole(text, [e for out in outputs for e in out.logprobs], outputs[-1]).model_dump())
 
     def chat_logprobs(entries: Sequence[TokenLogprob]) -> ChatLogprobs:
         def top(token: int, logprob: float) -> TopLogprob:
@@ -269,8 +265,7 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
                                                       top_logprobs=[top(t, lp) for t, lp in e.top])
                                      for e in entries])
 
-    def completion_logprobs(entries: Sequence[TokenLogprob], offsets: Sequence[int]) -> CompletionLogprobs:
-        """`offsets`: where in the reply's text each entry's token starts (the text sent before its step)."""
+    def completion_logprobs(entries: Sequence[TokenLogprob]) -> CompletionLogprobs:
         def top(alternatives: Sequence[tuple[int, float]]) -> dict[str, float]:
             spelled: dict[str, float] = {}
             for token, logprob in alternatives:  # most likely first: a repeated spelling keeps its best
@@ -279,7 +274,8 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
         return CompletionLogprobs(tokens=[token_entry(e.token)[0] for e in entries],
                                   token_logprobs=[e.logprob for e in entries],
-                                  top_logprobs=[top(e.top) for e in entries], text_offset=list(offsets))
+                                  top_logprobs=[top(e.top) for e in entries],
+                                  text_offset=[e.text_offset for e in entries])
 
     # --- streams
     def sse_chunk(call: _Call, kind: type[ChatCompletionChunk] | type[Completion], choices: list[Any],
@@ -323,13 +319,8 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
                           choices_of)
 
     def completion_stream(call: _Call) -> AsyncIterator[str]:
-        offset = 0
-
         def choices_of(out: Output) -> list[list[Any]]:
-            nonlocal offset
-            lp = completion_logprobs(out.logprobs, [offset] * len(out.logprobs)) if call.logprobs is not None \
-                else None
-            offset += len(out.text)
+            lp = completion_logprobs(out.logprobs) if call.logprobs is not None else None
             if out.text or lp or out.finish_reason:
                 return [[CompletionChoice(text=out.text, logprobs=lp, finish_reason=out.finish_reason)]]
             return []
@@ -349,7 +340,7 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         call = submit("chat", body, prompt_ids, body.max_completion_tokens or body.max_tokens, logprobs, "messages")
 
-        def whole(text: str, entries: list[TokenLogprob], offsets: list[int], last: Output) -> ChatCompletion:
+        def whole(text: str, entries: list[TokenLogprob], last: Output) -> ChatCompletion:
             return ChatCompletion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
                                   choices=[ChatChoice(message=ResponseMessage(content=text),
                                                       logprobs=chat_logprobs(entries) if logprobs is not None
@@ -370,9 +361,9 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
             prompt_ids = list(prompt)
         call = submit("completions", body, prompt_ids, body.max_tokens, body.logprobs, "prompt")
 
-        def whole(text: str, entries: list[TokenLogprob], offsets: list[int], last: Output) -> Completion:
+        def whole(text: str, entries: list[TokenLogprob], last: Output) -> Completion:
             return Completion(id=call.id, created=call.created, model=served_name, usage=_usage(last),
-                              choices=[CompletionChoice(text=text, logprobs=completion_logprobs(entries, offsets)
+                              choices=[CompletionChoice(text=text, logprobs=completion_logprobs(entries)
                                                         if body.logprobs is not None else None,
                                                         finish_reason=last.finish_reason)])
 

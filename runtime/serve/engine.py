@@ -5,7 +5,8 @@ running batch between two steps. Each step
   1. drops cancelled requests (their slot is free for the next step),
   2. prefills up to PREFILL_CHUNK prompt tokens of new requests, each on its own session (oldest first: several
      short prompts share one step's budget, a long one takes it in chunks, so the others' next token is not held up
-     by a long prompt; PREFILL_SLICE tokens of one request when nobody is decoding),
+     by a long prompt; PREFILL_SLICE tokens, shared alike, when nobody is decoding; a prompt is cut only at
+     multiples of PREFILL_CHUNK from its start),
   3. decodes one token for every request past its prompt in ONE native call (NativeModel.forward_batch), so each
      weight row is read once per step for the whole batch.
 Finished requests leave at once. Greedy requests produce the tokens they would produce alone; sampled ones draw
@@ -67,6 +68,7 @@ class TokenLogprob:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
+    text_offset: int = 0  # where the token's text starts in the request's text (the characters decoded before it)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return logits[ids], ids.astype(np.int32)
 
 
-def token_logprob(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
+def token_logprob(logits: np.ndarray, token: int, n: int, text_offset: int = 0) -> TokenLogprob:
     """log-softmax of the model's logits (before temperature) at `token`, and the n most likely tokens."""
     wide = logits.astype(np.float64)
     peak = wide.max()
@@ -129,7 +131,7 @@ def token_logprob(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
     if n:
         values, ids = top_candidates(logits, n)
         top = tuple((int(i), float(v - lse)) for v, i in zip(values.astype(np.float64), ids))
-    return TokenLogprob(token, float(wide[token] - lse), top)
+    return TokenLogprob(token, float(wide[token] - lse), top, text_offset)
 
 
 class Handle:
@@ -387,7 +389,7 @@ class Engine:
             self._finish(request, self._drain(request)[0], (), (), "stop")
             return
         logprob = () if request.params.logprobs is None else \
-            (token_logprob(logits, token, request.params.logprobs),)  # type: ignore[arg-type]
+            (token_logprob(logits, token, request.params.logprobs, request.stream.sent),)  # type: ignore[arg-type]
         request.generated += 1
         request.token = token
         self.metrics.generation_tokens.inc()
