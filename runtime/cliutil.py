@@ -76,9 +76,9 @@ def activations_option() -> Any:
 def open_model(spec: str, backend: str, threads: int | None, device: int, eager: bool,
                activations: str = "f32") -> "Model":
     """The Model of a .asw path or hf:// / ms:// URI (downloaded once, reported on stderr), or a one-line exit.
-    The file's mapping is guarded from the moment it is validated (after a first hub download's hash check): a bus
-    error in it (the file truncated or rewritten under us, while the weights load or later) exits with one line
-    naming the file."""
+    The file's mapping is guarded from the moment it is validated (before a first hub download's hash check): a
+    bus error in it (the file truncated or rewritten under us, while it is checked, loaded or run) exits with one
+    line naming the file."""
     from . import format as fmt
     from . import hub
     from .busguard import exit_on_bus_error

@@ -234,9 +234,11 @@ def _snapshot_revision(path: Path, filename: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------- check on arrival
 def open_model_file(spec: str | os.PathLike[str] | Located, backend: str | None = None, report: Report | None = None,
-                    verify_once: bool = True) -> fmt.AswFile:
+                    verify_once: bool = True, on_open: Callable[[fmt.AswFile], object] | None = None) -> fmt.AswFile:
     """Open a local or hub .asw file: locate it, read its manifest, refuse a file `backend` cannot run (before any
-    weight is read), and for a hub file check every tensor hash once (remembered beside the cached file)."""
+    weight is read), and for a hub file check every tensor hash once (remembered beside the cached file).
+    `on_open` is called with the validated file before any of that reads a weight (the console scripts' bus-error
+    guard: runtime/busguard.py)."""
     located = locate(spec, report)
     report = report or located.report
     try:
@@ -244,6 +246,8 @@ def open_model_file(spec: str | os.PathLike[str] | Located, backend: str | None 
     except fmt.FormatError as exc:
         raise _as_corrupt(exc, located) from None
     try:
+        if on_open is not None:
+            on_open(asw)
         if backend is not None:
             asw.check_runnable(backend)
         if verify_once and located.origin is not None and not is_remembered(asw, located):

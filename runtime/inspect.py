@@ -108,12 +108,12 @@ def run(
     """Show a .asw file's architecture, requirements, hyper-parameters and tensors; optionally verify every hash."""
     try:
         located = hub.locate(model, report=note)
-        asw = hub.open_model_file(located, verify_once=not verify)  # --verify checks below, every time
+        # --verify checks below, every time; a file truncated under us: one line naming it, not "Bus error"
+        asw = hub.open_model_file(located, verify_once=not verify, on_open=exit_on_bus_error)
     except hub.HubError as exc:
         fail(str(exc))
     except fmt.FormatError as exc:
         fail(str(exc), 1 if isinstance(exc, (fmt.HashMismatch, fmt.NonZeroPadding)) else 2)
-    exit_on_bus_error(asw)  # the file truncated under us: one line naming it, not "Bus error"
     with asw:
         info = describe(asw)
         info["origin"] = located.describe()

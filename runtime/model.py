@@ -82,10 +82,9 @@ class Model:
             raise GenerationError(f"threads must be between 1 and the {cores} cores this process may use, "
                                   f"got {threads}")
         self.threads = threads
-        self.asw = hub.open_model_file(path, self.backend)  # a local path, or hf:// / ms:// (see hub.py)
+        # a local path, or hf:// / ms:// (see hub.py)
+        self.asw = hub.open_model_file(path, self.backend, on_open=on_mapped)
         try:
-            if on_mapped is not None:
-                on_mapped(self.asw)
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
             try:

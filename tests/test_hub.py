@@ -191,6 +191,22 @@ def test_python_api_loads_hub_uri(tmp_path: Path, converted) -> None:
     assert f"snapshots/{COMMIT_A}/tiny.asw" in path and int(count) >= 1
 
 
+def test_bus_error_guard_covers_the_first_hash_check(tmp_path: Path, converted) -> None:
+    """The console scripts guard a hub file's mapping before its first check reads every byte (a file truncated
+    under that check is one line naming it, not a bare SIGBUS)."""
+    env = offline_env(tmp_path)
+    hf_cache_file(tmp_path / "hf", "ascend/tiny", COMMIT_A, "tiny.asw", converted(MODEL))
+    code = ("from ascend_super.runtime import busguard, cliutil, hub\n"
+            "real_verify, real_guard = hub.verify, busguard.exit_on_bus_error\n"
+            "hub.verify = lambda *a, **k: (print('verify', flush=True), real_verify(*a, **k))\n"
+            "busguard.exit_on_bus_error = lambda asw: (print('guard', flush=True), real_guard(asw))\n"
+            "cliutil.open_model('hf://ascend/tiny/tiny.asw', 'cpu', 1, 0, False).close()\n"
+            "print('loaded')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["guard", "verify", "loaded"]
+
+
 # ------------------------------------------------------------------------------------------------ modelscope
 def test_ms_resolution_pins_offline_and_corruption(tmp_path: Path, converted) -> None:
     pytest.importorskip("modelscope_hub")

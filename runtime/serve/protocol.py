@@ -2,7 +2,9 @@
 
 Requests are validated strictly: a wrong type is not coerced ("5" is not a number), a field the server does not
 implement is refused by name instead of silently ignored, and ranges follow the OpenAI API (temperature 0..2,
-top_p in (0, 1], up to 4 stop strings, up to 20 top logprobs). `top_k` is an extension (0 or -1: off), as in vLLM.
+top_p in (0, 1], up to 4 stop strings, up to 20 top logprobs). `top_k` is an extension, as in vLLM; 0 or -1 (off)
+samples, as an unset top_k does, from the 256 most likely tokens (generate.SAMPLE_CANDIDATES, as ascend-run without
+--top-k), not from the whole vocabulary.
 """
 
 from __future__ import annotations
