@@ -1,5 +1,6 @@
-"""Text <-> token ids with the tokenizer.json embedded in the .asw (HF `tokenizers`), and streaming detokenization
-through tokenizers' DecodeStream, which holds back partial UTF-8 sequences (multi-byte CJK, emoji) until whole."""
+"""Text <-> token ids with the tokenizer.json embedded in the .asw (HF `tokenizers`); streaming detokenization
+through tokenizers' DecodeStream, which holds back partial UTF-8 sequences (multi-byte CJK, emoji) until whole, and
+writes out what it holds when generation ends; and the bytes each token stands for (for logprobs)."""
 
 from __future__ import annotations
 
