@@ -292,6 +292,9 @@ def test_matmul_weight_nz(emu, rng, dtype, transposed):
     ad, out = DevArray(emu, a, dtype), DevArray(emu, np.zeros((m, n)), dtype)
     emu.run("MatmulWeightNz", P(ad.t), P(wd.t), P(out.t), ctypes.c_int8(0))
     close(out.read(), mm_ref(a, w.T, dtype), dtype, atol=1e-3)
+    if transposed:  # ops-nn rewrites a transposed mat2's view to [N, K]: the descriptor cannot be passed again
+        refused(emu, "MatmulWeightNz", P(ad.t), P(wd.t), P(out.t), ctypes.c_int8(0), match="mat2 view strides")
+        wd = DevArray(emu, nz, dtype, shape=[k, n], strides=strides, fmt=FORMAT_NZ, storage=list(nz.shape))
     bias = rand(rng, (n,), dtype)
     bd, out2 = DevArray(emu, bias, dtype), DevArray(emu, np.zeros((m, n)), dtype)
     emu.run(

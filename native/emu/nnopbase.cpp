@@ -636,9 +636,18 @@ static int live_executor(aclOpExecutor *ex, const char *api) {
     return 0;
 }
 
+/* Ops whose executor cannot be made repeatable: aclSetAclOpExecutorRepeatable.md rules out an op that runs a ViewCopy
+ * with equal source and destination, which the in-place index copy does (ops-nn aclnn_index_copy.cpp: ScatterUpdate
+ * on selfRef, then ViewCopy onto selfRef); opbase's op_executor.cpp then returns ACLNN_ERR_INNER. */
+static const char *const k_unrepeatable_ops[] = {"aclnnInplaceIndexCopy"};
+
 EMU_EXPORT aclnnStatus aclSetAclOpExecutorRepeatable(aclOpExecutor *executor) {
     int rc = live_executor(executor, "aclSetAclOpExecutorRepeatable");
     if (rc) return rc;
+    for (const char *op : k_unrepeatable_ops)
+        if (executor->op == op)
+            return fail(NN_ERR_INNER, "aclSetAclOpExecutorRepeatable: %s runs a ViewCopy onto its own input, so its "
+                                      "executor cannot be made repeatable", op);
     executor->repeatable = true;
     return 0;
 }

@@ -236,8 +236,15 @@ EMU_PHASE2(Addmm)
 EMU_EXPORT aclnnStatus aclnnMatmulWeightNzGetWorkspaceSize(const aclTensor *self, const aclTensor *mat2, aclTensor *out,
                                                            int8_t cubeMathType, uint64_t *workspaceSize,
                                                            aclOpExecutor **executor) {
-    return matmul_phase1("aclnnMatmulWeightNz", nullptr, self, mat2, nullptr, nullptr, out, cubeMathType, true,
-                         workspaceSize, executor);
+    aclnnStatus rc = matmul_phase1("aclnnMatmulWeightNz", nullptr, self, mat2, nullptr, nullptr, out, cubeMathType,
+                                   true, workspaceSize, executor);
+    /* As ops-nn's aclnn_matmul.cpp does (SetViewShape(SwapLastTwoDimValue(...)) through a const_cast): a transposed
+     * mat2 view [K, N] (strides {1, K}) leaves this call as [N, K], so a caller that passes the same descriptor
+     * again is refused (K differs) unless the matrix is square. The executor keeps its own frozen copy. */
+    TensorDesc &w = const_cast<TensorDesc &>(D(mat2));
+    if (rc == 0 && w.view.size() == 2 && w.strides.size() == 2 && w.strides[0] == 1 && w.strides[1] == w.view[0])
+        std::swap(w.view[0], w.view[1]);
+    return rc;
 }
 EMU_PHASE2(MatmulWeightNz)
 

@@ -164,6 +164,15 @@ struct tensors {
         for (aclTensorList *l : lists) A->aclDestroyTensorList(l); /* destroys its member too */
         for (aclTensor *t : owned) A->aclDestroyTensor(t);
     }
+    aclTensor *own(aclTensor *t) { /* destroyed with the others */
+        try {
+            owned.push_back(t);
+        } catch (...) {
+            A->aclDestroyTensor(t);
+            throw;
+        }
+        return t;
+    }
     aclTensor *nd(void *base, aclDataType dt, const std::vector<int64_t> &dims, std::vector<int64_t> strides = {},
                   int64_t offset = 0) {
         owned.reserve(owned.size() + 1);
@@ -189,9 +198,10 @@ struct tensors {
 /* a matmul weight: the transposed view [K, N] (strides [1, K]) of the row-major [N, K] = [out, in] tensor, ND or
  * FRACTAL_NZ (storage [ceil(K/16), ceil(N/16), 16, 16], docs/FORMAT.md §4) */
 struct matrix {
-    aclTensor *t = nullptr;
+    aclTensor *t = nullptr; /* the [K, N] view of an ND weight, made once; NULL for NZ (weight_nz: one per call) */
     bool nz = false;
     int64_t n = 0, k = 0; /* out, in */
+    void *at = nullptr;   /* the weight's first byte on the device */
 };
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -252,22 +262,27 @@ aclTensor *vector_view(const aclnn_model &m, const asw_weight &w, const char *wh
     return make_nd(m.region, m.dt, {w.rows}, {}, (int64_t)(w.offset / 2));
 }
 
+/* The descriptor of an NZ weight: FRACTAL_NZ storage of the physical row-major [N, K] matrix, viewed as its transpose
+ * [K, N]. Made for each call and destroyed after it: aclnnMatmulWeightNz rewrites the view of the mat2 it is given
+ * to [N, K] (ops-nn aclnn_matmul.cpp, SetViewShape through a const_cast), so a descriptor kept for the next call
+ * would be refused there (K differs) unless the matrix is square. */
+aclTensor *weight_nz(const matrix &w, aclDataType dt) {
+    int64_t dims[2] = {w.k, w.n}, strides[2] = {1, w.k};
+    int64_t storage[4] = {(w.k + 15) / 16, (w.n + 15) / 16, 16, 16};
+    aclTensor *t = A->aclCreateTensor(dims, 2, dt, strides, 0, ACL_FORMAT_FRACTAL_NZ, storage, 4, w.at);
+    if (t == nullptr) fail(ASW_ERR_BACKEND, "aclnn backend: aclCreateTensor failed for a weight");
+    return t;
+}
+
 matrix matrix_view(const aclnn_model &m, const asw_weight &w) {
     matrix r;
     r.n = w.rows;
     r.k = w.cols;
     r.nz = w.layout == ASW_LAYOUT_NZ;
-    int64_t dims[2] = {r.k, r.n}, strides[2] = {1, r.k};
-    if (r.nz) {
-        /* FRACTAL_NZ storage of the physical row-major [N, K] matrix; the view is its transpose [K, N] */
-        int64_t storage[4] = {(r.k + 15) / 16, (r.n + 15) / 16, 16, 16};
-        void *at = static_cast<char *>(m.region) + w.offset; /* 512-aligned: the storage starts at the tensor */
-        r.t = A->aclCreateTensor(dims, 2, m.dt, strides, 0, ACL_FORMAT_FRACTAL_NZ, storage, 4, at);
-    } else {
-        int64_t storage[2] = {r.n, r.k};
-        void *at = static_cast<char *>(m.region) + w.offset;
-        r.t = A->aclCreateTensor(dims, 2, m.dt, strides, 0, ACL_FORMAT_ND, storage, 2, at);
-    }
+    r.at = static_cast<char *>(m.region) + w.offset; /* 512-aligned: the storage starts at the tensor */
+    if (r.nz) return r;
+    int64_t dims[2] = {r.k, r.n}, strides[2] = {1, r.k}, storage[2] = {r.n, r.k};
+    r.t = A->aclCreateTensor(dims, 2, m.dt, strides, 0, ACL_FORMAT_ND, storage, 2, r.at);
     if (r.t == nullptr) fail(ASW_ERR_BACKEND, "aclnn backend: aclCreateTensor failed for a weight");
     return r;
 }
@@ -456,10 +471,11 @@ void launch(aclnn_session &s, const char *name, P1 phase1, P2 phase2, Args... ar
     if (rc != 0) acl_check(rc, format("aclnn%sGetWorkspaceSize", name).c_str());
     if (s.how == mode::size) {
         s.ws_needed = std::max(s.ws_needed, need);
-        if (ex != nullptr) { /* never run: make it destroyable, then destroy it */
-            ACL_CHECK(aclSetAclOpExecutorRepeatable, ex);
-            ACL_CHECK(aclDestroyAclOpExecutor, ex);
-        }
+        /* Never run: make it repeatable, which hands it to the caller, then destroy it. An op whose executor cannot be
+         * made repeatable (aclSetAclOpExecutorRepeatable.md: an internal copy or a ViewCopy onto its own input, as in
+         * the in-place index copy) has no documented way to be freed without phase 2: its host memory is left (a few
+         * executors per session start; phase 1 allocates no device memory). */
+        if (ex != nullptr && A->aclSetAclOpExecutorRepeatable(ex) == 0) ACL_CHECK(aclDestroyAclOpExecutor, ex);
         return;
     }
     if (need > s.ws_size)
@@ -479,12 +495,13 @@ void matmul(aclnn_session &s, tensors &T, void *out, void *x, int64_t rows, cons
     aclTensor *Y = T.nd(out, dt, {rows, W.n});
     const int8_t keep_dtype = 0; /* cubeMathType KEEP_DTYPE: fp16/bf16 inputs, fp32 accumulation */
     aclScalar *one = s.m->one_f;
+    aclTensor *Wt = W.nz ? T.own(weight_nz(W, dt)) : W.t; /* [K, N] */
     if (bias != nullptr) {
-        if (W.nz) OP(s, AddmmWeightNz, bias, X, W.t, one, one, Y, keep_dtype);
-        else OP(s, Addmm, bias, X, W.t, one, one, Y, keep_dtype);
+        if (W.nz) OP(s, AddmmWeightNz, bias, X, Wt, one, one, Y, keep_dtype);
+        else OP(s, Addmm, bias, X, Wt, one, one, Y, keep_dtype);
     } else {
-        if (W.nz) OP(s, MatmulWeightNz, X, W.t, Y, keep_dtype);
-        else OP(s, Mm, X, W.t, Y, keep_dtype);
+        if (W.nz) OP(s, MatmulWeightNz, X, Wt, Y, keep_dtype);
+        else OP(s, Mm, X, Wt, Y, keep_dtype);
     }
 }
 
@@ -998,7 +1015,8 @@ void op_check(int32_t device, const std::string &op, asw_op_arg *args, int32_t n
         run([&] { OP(s, AddRmsNorm, t[0], t[1], t[2], attrs[0], t[3], t[4], t[5]); });
     } else if (op == "Mm") {
         need(3, 0);
-        if (args[1].kind == ARG_WEIGHT_NZ) run([&] { OP(s, MatmulWeightNz, t[0], t[1], t[2], keep); });
+        if (args[1].kind == ARG_WEIGHT_NZ) /* a fresh weight descriptor per call, as in matmul() (see weight_nz) */
+            run([&] { OP(s, MatmulWeightNz, t[0], arg_tensor(T, args[1], dev[1]), t[2], keep); });
         else run([&] { OP(s, Mm, t[0], t[1], t[2], keep); });
     } else if (op == "Addmm") {
         float one = 1.0f;
