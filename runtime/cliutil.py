@@ -91,6 +91,6 @@ def open_model(spec: str, backend: str, threads: int | None, device: int, eager:
     except hub.HubError as exc:
         fail(str(exc))
     try:
-        return Model(located, backend, threads, device, eager, activations, on_mapped=exit_on_bus_error)
+        return Model(located, backend, threads, device, eager, activations, on_open=exit_on_bus_error)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))

@@ -72,8 +72,8 @@ def _unicode_text(text: str) -> str:
 class Model:
     def __init__(self, path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
                  device: int = 0, eager: bool = False, activations: str = "f32",
-                 on_mapped: Callable[[fmt.AswFile], object] | None = None) -> None:
-        """`on_mapped`: called with the validated file as soon as it is mapped, before any weight is read (the
+                 on_open: Callable[[fmt.AswFile], object] | None = None) -> None:
+        """`on_open`: called with the validated file as soon as it is open, before any weight is read (the
         console scripts install their bus-error guard there: runtime/busguard.py)."""
         started = time.perf_counter()
         self.backend = resolve_backend(backend)
@@ -83,7 +83,7 @@ class Model:
                                   f"got {threads}")
         self.threads = threads
         # a local path, or hf:// / ms:// (see hub.py)
-        self.asw = hub.open_model_file(path, self.backend, on_open=on_mapped)
+        self.asw = hub.open_model_file(path, self.backend, on_open=on_open)
         try:
             manifest = self.asw.manifest
             self.config: dict[str, Any] = manifest["config"]
