@@ -106,3 +106,13 @@ def make_checkpoint(directory: Path, spec: Spec) -> Path:
     (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2]}),
                                                       encoding="utf-8")
     return directory
+
+
+def convert_checkpoint(directory: Path, out: Path) -> Path:
+    """`out`: the .asw of the checkpoint folder `directory` (4 KiB data alignment keeps test files small)."""
+    from ascend_super.convert.pipeline import convert
+    from ascend_super.convert.sources.hub import open_source
+
+    with open_source(str(directory)) as source:
+        convert(source, out, data_alignment=4096)
+    return out

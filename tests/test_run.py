@@ -69,9 +69,8 @@ def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_
 
     import transformers
 
-    from ascend_super.convert.pipeline import convert
-    from ascend_super.convert.sources.hub import open_source
     from ascend_super.runtime.chat import render
+    from checkpoints import convert_checkpoint
 
     directory = tmp_path / "src"
     shutil.copytree(checkpoint_dir(MODEL), directory)
@@ -82,9 +81,7 @@ def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_
     expected = reference.apply_chat_template(messages, chat_template=VARIABLES_TEMPLATE,
                                              add_generation_prompt=True, tokenize=False)
     assert expected.startswith("[<|im_start|>]")
-    with open_source(str(directory)) as source:
-        convert(source, tmp_path / "m.asw", data_alignment=4096)
-    with ascend_super.load(tmp_path / "m.asw") as model:
+    with ascend_super.load(convert_checkpoint(directory, tmp_path / "m.asw")) as model:
         assert render(VARIABLES_TEMPLATE, messages, model.special_tokens, add_generation_prompt=True) == expected
 
 
@@ -123,17 +120,14 @@ def test_generation_config_not_followed_is_named() -> None:
 def test_cli_names_the_generation_config_it_does_not_follow(tmp_path: Path) -> None:
     """A file whose generation_config samples and penalizes repetition: ascend-run says so on stderr (greedy by
     default, no repetition penalty), once, before the text."""
-    from ascend_super.convert.pipeline import convert
-    from ascend_super.convert.sources.hub import open_source
-    from checkpoints import make_checkpoint
+    from checkpoints import convert_checkpoint, make_checkpoint
     from conftest import SPECS
 
     directory = make_checkpoint(tmp_path / "src", SPECS[MODEL])
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 1, "eos_token_id": [2], "do_sample": True, "temperature": 0.7, "top_p": 0.8,
          "repetition_penalty": 1.05}))
-    with open_source(str(directory)) as source:
-        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    convert_checkpoint(directory, tmp_path / "m.asw")
     result = run_cli("ascend-run", str(tmp_path / "m.asw"), "--prompt", "Hello", "-n", "2", "--threads", "2")
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]

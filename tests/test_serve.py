@@ -245,16 +245,13 @@ def test_bf16_activations_reach_the_model(tmp_path: Path, converted) -> None:
 def test_generation_config_it_does_not_implement_is_named_at_start(tmp_path: Path) -> None:
     """A file whose generation_config sets a repetition penalty: the server says once, at start, that it does not
     apply it (requests bring their own sampling settings)."""
-    from ascend_super.convert.pipeline import convert
-    from ascend_super.convert.sources.hub import open_source
-    from checkpoints import make_checkpoint
+    from checkpoints import convert_checkpoint, make_checkpoint
     from conftest import SPECS
 
     directory = make_checkpoint(tmp_path / "src", SPECS["qwen2-gqa-hd64"])
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 1, "eos_token_id": [2], "do_sample": True, "temperature": 0.7, "repetition_penalty": 1.05}))
-    with open_source(str(directory)) as source:
-        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    convert_checkpoint(directory, tmp_path / "m.asw")
     with serve(tmp_path / "m.asw", "--threads", "1", log_dir=tmp_path) as running:
         log = running.log.read_text()
     notes = [line for line in log.splitlines() if line.startswith("note: ")]
@@ -264,17 +261,14 @@ def test_generation_config_it_does_not_implement_is_named_at_start(tmp_path: Pat
 
 def test_a_messages_name_reaches_the_chat_template(tmp_path: Path) -> None:
     """`name` of a chat message is passed to the template, as transformers passes the whole message."""
-    from ascend_super.convert.pipeline import convert
-    from ascend_super.convert.sources.hub import open_source
-    from checkpoints import make_checkpoint
+    from checkpoints import convert_checkpoint, make_checkpoint
     from conftest import SPECS
 
     directory = make_checkpoint(tmp_path / "src", SPECS["qwen2-gqa-hd64"])
     settings = json.loads((directory / "tokenizer_config.json").read_text())
     settings["chat_template"] = "{% for m in messages %}{{ m.name | default('') }}: {{ m.content }}\n{% endfor %}"
     (directory / "tokenizer_config.json").write_text(json.dumps(settings))
-    with open_source(str(directory)) as source:
-        convert(source, tmp_path / "m.asw", data_alignment=4096)
+    convert_checkpoint(directory, tmp_path / "m.asw")
     named = [{"role": "user", "content": "hi", "name": "a much longer speaker name"}]
     reference = Reference(tmp_path / "m.asw")
     try:

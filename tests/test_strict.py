@@ -19,12 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ascend_super.convert.archs import ARCHS
-from ascend_super.convert.pipeline import convert
 from ascend_super.convert.plan import manifest_config
 from ascend_super.convert.sources.base import SourceError, SourceMeta
-from ascend_super.convert.sources.hub import open_source
 from ascend_super.runtime import format as fmt
-from checkpoints import Spec, make_checkpoint
+from checkpoints import Spec, convert_checkpoint, make_checkpoint
 from conftest import run_cli
 from test_format import read_parts, rebuild
 
@@ -43,16 +41,10 @@ def _checkpoint(tmp_path: Path, spec: Spec, config: Callable[[dict], None] | Non
     return directory
 
 
-def _convert(directory: Path, out: Path) -> Path:
-    with open_source(str(directory)) as source:
-        convert(source, out, data_alignment=4096)
-    return out
-
-
 def _refused(directory: Path, tmp_path: Path, message: str) -> None:
     out = tmp_path / "out.asw"
     with pytest.raises(SourceError) as exc:
-        _convert(directory, out)
+        convert_checkpoint(directory, out)
     text = str(exc.value)
     assert message in text and "\n" not in text, text
     assert not out.exists()
@@ -108,7 +100,7 @@ def test_qwen2_sliding_window_size_without_use_sliding_window_converts(tmp_path:
     """Released Qwen2 configs carry sliding_window beside use_sliding_window: false, which Qwen2Config ignores."""
     directory = _checkpoint(tmp_path, QWEN2, config=lambda c: c.update(use_sliding_window=False,
                                                                       sliding_window=131072))
-    _convert(directory, tmp_path / "out.asw")
+    convert_checkpoint(directory, tmp_path / "out.asw")
 
 
 @pytest.mark.parametrize("spec", [QWEN2, LLAMA], ids=["qwen2", "llama"])
@@ -123,7 +115,7 @@ def test_layer_types_other_than_full_attention_refused(tmp_path: Path, spec: Spe
 def test_layer_types_all_full_attention_converts(tmp_path: Path) -> None:
     """"attention" is the legacy name transformers reads as "full_attention"."""
     directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(layer_types=["full_attention", "attention"]))
-    _convert(directory, tmp_path / "out.asw")
+    convert_checkpoint(directory, tmp_path / "out.asw")
 
 
 def test_model_type_conflicting_with_architectures_refused(tmp_path: Path) -> None:
@@ -167,10 +159,10 @@ def test_layers_beyond_num_hidden_layers_refused(tmp_path: Path) -> None:
 def test_rotary_inv_freq_skipped_as_derived_data(tmp_path: Path) -> None:
     """Old checkpoints carry rotary inv_freq buffers; transformers recomputes them and ignores the stored copy
     (the arch table's derived_tensors rule), so the file is the same as without them."""
-    plain = _convert(_checkpoint(tmp_path, LLAMA), tmp_path / "plain.asw")
+    plain = convert_checkpoint(_checkpoint(tmp_path, LLAMA), tmp_path / "plain.asw")
     (tmp_path / "src").rename(tmp_path / "plain-src")
     inv_freq = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.rand(8) for i in range(2)}
-    with_buffers = _convert(_checkpoint(tmp_path, LLAMA, state=lambda s: s.update(inv_freq)), tmp_path / "b.asw")
+    with_buffers = convert_checkpoint(_checkpoint(tmp_path, LLAMA, state=lambda s: s.update(inv_freq)), tmp_path / "b.asw")
     with fmt.AswFile.open(plain) as a, fmt.AswFile.open(with_buffers) as b:
         assert a.tensors == b.tensors
 
@@ -182,7 +174,7 @@ def test_tied_config_with_distinct_lm_head_keeps_lm_head_like_transformers(tmp_p
 
     directory = _checkpoint(tmp_path, dataclasses.replace(QWEN2, tied=False),
                             config=lambda c: c.update(tie_word_embeddings=True))
-    out = _convert(directory, tmp_path / "out.asw")
+    out = convert_checkpoint(directory, tmp_path / "out.asw")
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     with fmt.AswFile.open(out) as asw:
@@ -196,7 +188,7 @@ def test_tied_config_with_identical_lm_head_stays_tied(tmp_path: Path) -> None:
     def copy_embedding(state: dict) -> None:
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     directory = _checkpoint(tmp_path, dataclasses.replace(QWEN2, tied=True), state=copy_embedding)
-    with fmt.AswFile.open(_convert(directory, tmp_path / "out.asw")) as asw:
+    with fmt.AswFile.open(convert_checkpoint(directory, tmp_path / "out.asw")) as asw:
         assert asw.config["tie_word_embeddings"] is True and "output.weight" not in asw.by_name
 
 
@@ -276,13 +268,13 @@ def test_default_table_matches_transformers_config_classes(arch: str) -> None:
 
 def test_defaulted_config_keys_recorded_in_manifest(tmp_path: Path) -> None:
     directory = _checkpoint(tmp_path, QWEN2, config=lambda c: c.pop("max_position_embeddings"))
-    with fmt.AswFile.open(_convert(directory, tmp_path / "out.asw")) as asw:
+    with fmt.AswFile.open(convert_checkpoint(directory, tmp_path / "out.asw")) as asw:
         assert asw.config["max_position_embeddings"] == 32768  # Qwen2Config's default, not a guess
         assert "max_position_embeddings" in asw.manifest["defaulted_config"]
         assert asw.preamble.version_minor == fmt.VERSION_MINOR == 1
 
 
-def test_broken_chat_template_refused_at_convert(tmp_path: Path) -> None:
+def test_broken_chat_template_refused_atconvert_checkpoint(tmp_path: Path) -> None:
     def break_template(directory: Path) -> None:
         config = json.loads((directory / "tokenizer_config.json").read_text())
         config["chat_template"] = "{% for m in messages %}{{ m['content'] }"
