@@ -21,8 +21,15 @@ import numpy as np
 
 from .hugepages import HugePages
 
-PREFILL_SLICE = 256  # prompt tokens per native call (the backend batches them in its own chunks)
+PREFILL_SLICE = 256  # prompt tokens per native call, at least (the backend batches them in its own blocks)
 SAMPLE_CANDIDATES = 256  # logits the backend returns for sampling when top_k is not set
+
+
+def prefill_slice(block: int) -> int:
+    """Prompt tokens per native prefill call: PREFILL_SLICE rounded up to a multiple of the backend's prefill block
+    (NativeModel.prefill_block), so that cutting a prompt into slices leaves the backend's passes, and so its
+    logits, as they are for the whole prompt."""
+    return -(-PREFILL_SLICE // block) * block
 
 
 class GenerationError(ValueError):
@@ -216,9 +223,10 @@ def candidates(sampling: Sampling, vocab: int) -> int:
 
 
 def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling, eos_ids: Sequence[int],
-                 stats: Stats, vocab: int, lookahead: int = 0) -> Iterator[int]:
+                 stats: Stats, vocab: int, lookahead: int = 0, slice_tokens: int = PREFILL_SLICE) -> Iterator[int]:
     """Yield generated token ids (the eos token that stops generation is not yielded). Fills `stats`.
-    `lookahead`: greedy steps queued ahead of the one being read (the backend's NativeModel.lookahead)."""
+    `lookahead`: greedy steps queued ahead of the one being read (the backend's NativeModel.lookahead);
+    `slice_tokens`: prompt tokens per prefill call, a multiple of the backend's prefill block (prefill_slice)."""
     sampling.check()
     if not prompt_ids:
         raise GenerationError("the prompt is empty (no tokens)")
@@ -237,9 +245,9 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
 
     started = time.perf_counter()
     ids = list(prompt_ids)
-    last_slice = (len(ids) - 1) // PREFILL_SLICE * PREFILL_SLICE
-    for start in range(0, last_slice, PREFILL_SLICE):  # Python sees Ctrl-C between slices
-        session.prefill(ids[start:start + PREFILL_SLICE], logits="none")
+    last_slice = (len(ids) - 1) // slice_tokens * slice_tokens
+    for start in range(0, last_slice, slice_tokens):  # Python sees Ctrl-C between slices
+        session.prefill(ids[start:start + slice_tokens], logits="none")
     if sampling.greedy:
         _, token = session.prefill(ids[last_slice:], logits="none")
     else:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import format as fmt
 from . import hub
 from .chat import Message, render
-from .generate import GenerationError, Sampling, Stats, generate_ids
+from .generate import GenerationError, Sampling, Stats, generate_ids, prefill_slice
 from .native import NativeError, NativeModel, NativeSession
 from .tokenizer import TextTokenizer, TokenizerError
 
@@ -185,7 +185,7 @@ class Model:
         stats.huge_pages = self.huge_pages
         with self._pooled_session(context) as session:
             yield from generate_ids(session, prompt_ids, sampling, self.eos_ids, stats, self.native.vocab,
-                                    self.native.lookahead)
+                                    self.native.lookahead, prefill_slice(self.native.prefill_block))
 
     def generate(self, prompt: str | list[Message], *, raw: bool = False, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

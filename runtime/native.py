@@ -152,6 +152,7 @@ def _load() -> ctypes.CDLL:
             "asw_model_free": (None, [c_model]),
             "asw_model_describe": (ctypes.c_char_p, [c_model]),
             "asw_model_lookahead": (ctypes.c_int32, [c_model]),
+            "asw_model_prefill_block": (ctypes.c_int32, [c_model]),
             "asw_session_new": (c_session, [c_model, ctypes.POINTER(_SessionOptions)]),
             "asw_session_free": (None, [c_session]),
             "asw_session_reset": (ctypes.c_int32, [c_session]),
@@ -342,6 +343,12 @@ class NativeModel(_Owned):
     def lookahead(self) -> int:
         """Greedy steps worth queuing before reading one: 0 on cpu (a step runs inside enqueue), 1 on aclnn."""
         return int(_load().asw_model_lookahead(self._check()))
+
+    @property
+    def prefill_block(self) -> int:
+        """Prompt positions per prefill pass (cpu 64, aclnn 256): prefill calls whose lengths are multiples of it,
+        the last excepted, give the logits of one call over the whole prompt, bit for bit."""
+        return int(_load().asw_model_prefill_block(self._check()))
 
     def _check(self) -> int:
         if self._handle is None:

@@ -2,7 +2,8 @@
 
 A process of its own because CANN is opened once per process and the plugin stays loaded: other test files check
 what happens when it is missing. Usage: python aclnn_worker.py REQUEST.json OUT.npz; the request says which
-.asw file, eager or graph, the prompt, host-fed decode tokens, how many pipelined greedy tokens, top-k; every
+.asw file, eager or graph, the prompt, host-fed decode tokens, pieces to prefill the prompt in, how many pipelined
+greedy tokens, top-k; every
 result goes into OUT.npz.
 """
 
@@ -50,6 +51,7 @@ def main() -> None:
         if mark is not None:
             mark()  # steps[0]: opening the model
         out["describe"] = np.array(model.native.describe())
+        out["prefill_block"] = np.array(model.native.prefill_block)
         context = request.get("context", 256)
         prompt = request["prompt"]
         session = model.session(context)
@@ -63,6 +65,13 @@ def main() -> None:
                 steps.append(step)
             if steps:
                 out["decode_logits"] = np.stack(steps)
+            session.reset()
+        if request.get("pieces"):  # the prompt fed in pieces of these lengths: the last position's logits
+            start = 0
+            for piece in request["pieces"]:
+                logits, _ = session.prefill(prompt[start:start + piece], logits="last")
+                start += piece
+            out["pieces_logits"] = logits
             session.reset()
         if request.get("topk"):
             values, ids = session.forward_topk(prompt, request["topk"])

@@ -159,11 +159,16 @@ def test_graph_and_eager_are_bit_identical(name: str, emulator, tmp_path, conver
 
 
 def test_long_prompt_and_several_kv_buckets_match_the_cpu_backend(emulator, tmp_path, converted) -> None:
-    """A prompt longer than one prefill chunk (256 positions); decode steps across the 256 -> 512 bucket edge."""
+    """A prompt longer than one prefill block (256 positions); decode steps across the 256 -> 512 bucket edge. The
+    prompt fed in pieces cut at the block the backend reports (as ascend-serve cuts it) gives the last position
+    the logits of the whole prompt, bit for bit."""
     name = "qwen2-gqa7"
     ids = prompt(SPECS[name].vocab, 300, seed=1)
     path = converted(name)
-    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids, "context": 600, "greedy": 8})
+    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids, "context": 600, "greedy": 8,
+                                            "pieces": [256, 44]})
+    assert int(got["prefill_block"]) == 256
+    np.testing.assert_array_equal(got["pieces_logits"], got["prefill_logits"][-1])
     edge, _ = run_aclnn(emulator, tmp_path, {"asw": str(path), "prompt": ids[:250], "context": 600, "greedy": 12,
                                              "logits": False})
     with ascend_super.load(path, backend="cpu", threads=2) as model:

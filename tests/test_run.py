@@ -421,3 +421,12 @@ def test_cli_rejects_bad_files(tmp_path: Path, converted) -> None:
     assert "Traceback" not in result.stderr
     nz = run_cli("ascend-run", str(converted(MODEL, "fp16", "nz")), "--prompt", "Hello")
     assert nz.returncode == 2 and "FRACTAL_NZ" in nz.stderr and "Traceback" not in nz.stderr
+
+
+def test_prefill_slices_are_whole_backend_blocks() -> None:
+    """generate_ids slices a long prompt at multiples of the backend's prefill block (256 tokens at least), so the
+    backend runs the passes it runs on the whole prompt."""
+    from ascend_super.runtime.generate import PREFILL_SLICE, prefill_slice
+
+    assert prefill_slice(64) == PREFILL_SLICE == prefill_slice(256) == 256
+    assert prefill_slice(100) == 300 and prefill_slice(512) == 512

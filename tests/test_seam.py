@@ -45,6 +45,7 @@ def test_cpu_describes_itself_and_computes_steps_synchronously(packed):
     with open_model(data, tensors) as model:
         assert model.describe() == f"cpu {native.kernel_name()}"
         assert model.lookahead == 0
+        assert model.prefill_block == 64
 
 
 def test_pipelined_decode_matches_host_fed_decode(packed):

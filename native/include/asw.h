@@ -123,6 +123,9 @@ ASW_API const char *asw_model_describe(const asw_model *model);
 /* Decode steps worth queuing before reading the oldest: 1 when the backend runs steps asynchronously
  * (aclnn), 0 when asw_decode_enqueue computes the step itself (cpu). */
 ASW_API int32_t asw_model_lookahead(const asw_model *model);
+/* Prompt positions the backend runs per prefill pass (cpu 64, aclnn 256). Prefill calls whose lengths are
+ * multiples of it (the last one excepted) give the logits one call over the whole prompt gives, bit for bit. */
+ASW_API int32_t asw_model_prefill_block(const asw_model *model);
 
 ASW_API asw_session *asw_session_new(asw_model *model, const asw_session_options *opt);
 ASW_API void asw_session_free(asw_session *s);

@@ -28,7 +28,7 @@ enum {
     ASW_ERR_STATE = -7,    /* call out of order (decode_read with nothing queued, enqueue before a forward) */
 };
 
-#define ASW_BACKEND_ABI 1
+#define ASW_BACKEND_ABI 2
 
 /* One tensor of the data region. `host` points into the caller's mapping; `offset` is its byte offset from the
  * region start (a device backend addresses the same bytes inside its one device copy of the region). */
@@ -73,6 +73,10 @@ typedef struct asw_backend {
     /* Decode steps worth queuing ahead of the one being read: 0 for a backend that computes a step inside
      * decode_enqueue (cpu), 1 for one that only launches it (aclnn). */
     int32_t lookahead;
+    /* Prompt positions per pass of a prefill (cpu: CHUNK; aclnn: its prefill block, or max_len when that is
+     * shorter). A prompt fed in pieces whose lengths are multiples of it (the last piece excepted) runs the same
+     * passes as the prompt fed whole: the same kernels on the same shapes, so the same logits bit for bit. */
+    int32_t prefill_block;
     /* Prepare the weights (cpu: choose kernels; aclnn: one device copy of the region). Refuse layouts it cannot
      * run here. NULL + error on failure. `data` is the mapped region; it stays mapped until model_free. */
     void *(*model_init)(const asw_config *cfg, const asw_weights *w, const void *data, uint64_t data_nbytes,

@@ -1315,7 +1315,19 @@ static int32_t cpu_decode_read(void *bs, int32_t *token) {
 static int32_t cpu_decode_discard(void *bs) { return cpu_session_reset(bs); }
 
 const asw_backend asw_backend_cpu = {
-    ASW_BACKEND_ABI,    "cpu",    0,     cpu_model_init,     cpu_model_free,  cpu_describe,
-    cpu_session_init,   cpu_session_free, cpu_session_reset, cpu_forward,     cpu_decode_enqueue,
-    cpu_decode_read,    cpu_decode_discard, cpu_forward_batch,
+    .abi = ASW_BACKEND_ABI,
+    .name = "cpu",
+    .lookahead = 0, /* decode_enqueue computes the step */
+    .prefill_block = CHUNK,
+    .model_init = cpu_model_init,
+    .model_free = cpu_model_free,
+    .describe = cpu_describe,
+    .session_init = cpu_session_init,
+    .session_free = cpu_session_free,
+    .session_reset = cpu_session_reset,
+    .forward = cpu_forward,
+    .decode_enqueue = cpu_decode_enqueue,
+    .decode_read = cpu_decode_read,
+    .decode_discard = cpu_decode_discard,
+    .forward_batch = cpu_forward_batch,
 };

@@ -478,6 +478,7 @@ void asw_model_free(asw_model *m) {
 const char *asw_model_describe(const asw_model *m) { return m == NULL ? "" : m->describe; }
 
 int32_t asw_model_lookahead(const asw_model *m) { return m == NULL ? 0 : m->backend->lookahead; }
+int32_t asw_model_prefill_block(const asw_model *m) { return m == NULL ? 0 : m->backend->prefill_block; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * sessions

@@ -3,10 +3,11 @@
 Requests wait in a queue until one of `max_batch` slots (a native session, i.e. a KV cache) is free, then join the
 running batch between two steps. Each step
   1. drops cancelled requests (their slot is free for the next step),
-  2. prefills up to PREFILL_CHUNK prompt tokens of new requests, each on its own session (oldest first: several
-     short prompts share one step's budget, a long one takes it in chunks, so the others' next token is not held up
-     by a long prompt; PREFILL_SLICE tokens, shared alike, when nobody is decoding; a prompt is cut only at
-     multiples of PREFILL_CHUNK from its start),
+  2. prefills up to one prefill block (the backend's NativeModel.prefill_block: 64 tokens on cpu, 256 on aclnn)
+     of new requests' prompt tokens, each on its own session (oldest first: several short prompts share one step's
+     budget, a long one takes it in pieces, so the others' next token is not held up by a long prompt;
+     generate.prefill_slice tokens, shared alike, when nobody is decoding; a prompt is cut only at multiples of
+     the block from its start, so it gets the logits it gets alone),
   3. decodes one token for every request past its prompt in ONE native call (NativeModel.forward_batch), so each
      weight row is read once per step for the whole batch.
 Finished requests leave at once. Greedy requests produce the tokens they would produce alone; sampled ones draw
@@ -28,15 +29,12 @@ from typing import AsyncIterator, Sequence
 
 import numpy as np
 
-from ..generate import PREFILL_SLICE, GenerationError, Sampling, candidates, sample
+from ..generate import GenerationError, Sampling, candidates, prefill_slice, sample
 from ..model import Model
 from ..native import MAX_BATCH, NativeSession
 from ..tokenizer import TextStream
 from .metrics import Metrics
 
-# prompt tokens per step (over all prefilling requests) while other requests are decoding: the cpu backend's own
-# block of prefill tokens (native/src/backend_cpu.c CHUNK), which PREFILL_SLICE is a multiple of
-PREFILL_CHUNK = 64
 MAX_LOGPROBS = 20  # top logprobs a request may ask for
 
 log = logging.getLogger("ascend_serve.engine")
@@ -209,6 +207,9 @@ class Engine:
         self.metrics = metrics or Metrics()
         self._eos = frozenset(model.eos_ids)
         self._vocab = model.native.vocab
+        # prompt tokens per step over all prefilling requests: one backend block while others decode, else a slice
+        self._block = model.native.prefill_block
+        self._slice = prefill_slice(self._block)
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
@@ -311,14 +312,14 @@ class Engine:
             self._release(request)
         decoding = [r for r in self._running if r.decoding]
         prefilling = [r for r in self._running if not r.decoding]
-        budget = PREFILL_CHUNK if decoding else PREFILL_SLICE
+        budget = self._block if decoding else self._slice
         for request in prefilling:
             if budget <= 0:
                 break
-            # a prompt is cut only at multiples of PREFILL_CHUNK from its start (the rest of it may be shorter), so
-            # the backend sees the blocks of tokens a lone prefill gives it: the same kernels, the same logits
+            # a prompt is cut only at multiples of the backend's block from its start (the rest of it may be
+            # shorter), so the backend runs the passes a lone prefill gives it: the same kernels, the same logits
             left = len(request.prompt_ids) - request.prefilled
-            chunk = left if left <= budget else budget // PREFILL_CHUNK * PREFILL_CHUNK
+            chunk = left if left <= budget else budget // self._block * self._block
             if chunk == 0:
                 continue  # this step's budget left is below one block: the next step's starts with this request
             budget -= chunk

@@ -1099,6 +1099,7 @@ asw_backend make_table() {
     t.abi = ASW_BACKEND_ABI;
     t.name = "aclnn";
     t.lookahead = 1; /* decode_enqueue only launches a step: keep one queued ahead of the one being read */
+    t.prefill_block = PREFILL_CHUNK; /* a session shorter than it prefills in one pass of at most max_len */
     t.model_init = model_init;
     t.model_free = model_free;
     t.describe = model_describe;
