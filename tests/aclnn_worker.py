@@ -3,7 +3,7 @@
 A process of its own because CANN is opened once per process and the plugin stays loaded: other test files check
 what happens when it is missing. Usage: python aclnn_worker.py REQUEST.json OUT.npz; the request says which
 .asw file, eager or graph, the prompt, host-fed decode tokens, pieces to prefill the prompt in, how many pipelined
-greedy tokens, top-k; every
+greedy tokens, top-k, a generation that must fail before the prompt's; every
 result goes into OUT.npz.
 """
 
@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 import ascend_super
-from ascend_super.runtime.native import NativeSession
+from ascend_super.runtime.native import NativeError, NativeSession
 
 
 def pipelined_greedy(session: NativeSession, prompt: list[int], count: int, mark_step=None) -> list[int]:
@@ -66,6 +66,17 @@ def main() -> None:
             if steps:
                 out["decode_logits"] = np.stack(steps)
             session.reset()
+        if request.get("failing_prompt"):  # a generation that must fail, then `prompt` on the same (reset) session
+            try:
+                list(model.generate_tokens(request["failing_prompt"], ascend_super.Sampling(max_new_tokens=4),
+                                           context=context))
+            except NativeError as exc:
+                out["failure"] = np.array(str(exc))
+            else:
+                raise SystemExit("failing_prompt: the generation did not fail")
+            out["after_failure"] = np.array(list(model.generate_tokens(
+                prompt, ascend_super.Sampling(max_new_tokens=request["after_failure"]), context=context)),
+                dtype=np.int64)
         if request.get("pieces"):  # the prompt fed in pieces of these lengths: the last position's logits
             start = 0
             for piece in request["pieces"]:

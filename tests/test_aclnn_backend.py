@@ -286,14 +286,12 @@ def failing_aclnn_runs(emulator: Path, path: Path, text: str) -> list[str]:
     return errors
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, emulator, converted, tmp_path) -> None:
-    """NaN logits must never become a token. The embedding row of the first generated token is made NaN, so the
-    prompt runs clean and the first decode step (fed that token, on the device for aclnn) produces NaN logits."""
+def nan_row_file(source: Path, tmp_path: Path) -> tuple[Path, str, list[int], int]:
+    """A copy of `source` whose embedding row of the first token generated after some short prompt is NaN: (the
+    copy, the prompt's text, its ids, that token). The prompt runs clean; the first decode step, fed that token,
+    writes NaN keys and values at position len(ids) and produces NaN logits."""
     from ascend_super.runtime import format as fmt
-    from ascend_super.runtime.native import NativeError
 
-    source = converted("qwen2-gqa7", dtype, "nd")
     with ascend_super.load(source, backend="cpu") as model:
         for text in ("Hello there", "a b c", "xyz 123", "The sky"):
             ids = model.prompt_ids(text, raw=True)
@@ -307,16 +305,46 @@ def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, e
         entry = next(t for t in asw.tensors if t.name == "token_embd.weight")
         row_bytes = entry.shape[1] * 2
         start = asw.preamble.data_offset + entry.offset + first * row_bytes
-    nan_bits = (0x7E00 if dtype == "fp16" else 0x7FC0).to_bytes(2, "little")
+    nan_bits = (0x7E00 if entry.dtype == "fp16" else 0x7FC0).to_bytes(2, "little")
     with open(broken, "r+b") as f:
         f.seek(start)
         f.write(nan_bits * (row_bytes // 2))
+    return broken, text, ids, first
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nan_logits_in_a_decode_step_are_an_error_on_both_backends(dtype: str, emulator, converted, tmp_path) -> None:
+    """NaN logits must never become a token (see nan_row_file)."""
+    from ascend_super.runtime.native import NativeError
+
+    broken, text, ids, _ = nan_row_file(converted("qwen2-gqa7", dtype, "nd"), tmp_path)
     expected = f"the logits of position {len(ids)} are NaN"
     with ascend_super.load(broken, backend="cpu") as model:  # fp16: the KV check sees the NaN first
         with pytest.raises(NativeError, match=rf"(position {len(ids)}: a key value is NaN|{expected})"):
             list(model.generate_tokens(ids, Sampling(max_new_tokens=4)))
     for stderr in failing_aclnn_runs(emulator, broken, text):
         assert expected in stderr, stderr
+
+
+def test_a_failed_step_leaves_no_nan_for_the_next_conversation(emulator, converted, tmp_path) -> None:
+    """A generation that fails on NaN keys and values (nan_row_file) leaves them in its KV rows. The next
+    conversation on the same (reset) session is shorter, so those rows lie past its position: masked, but inside
+    the KV bucket its decode steps attend over, and the device multiplies masked values by their zero weights
+    (the emulator too). Reset zeroes the cache after a failed step, so the next conversation gets its tokens."""
+    source = converted("qwen2-gqa7", "fp16", "nd")
+    broken, _, ids, first = nan_row_file(source, tmp_path)
+    with ascend_super.load(source, backend="cpu") as model:
+        for n in range(1, len(ids)):  # a shorter prompt with a decode step or more before it would feed `first`
+            short = ids[:n]
+            want = list(model.generate_tokens(short, Sampling(max_new_tokens=len(ids) - n)))
+            want = want[:want.index(first) + 1] if first in want else want
+            if len(want) >= 2:
+                break
+        assert len(want) >= 2, "no prefix of the prompt decodes before it feeds the NaN token: pick another model"
+    got, _ = run_aclnn(emulator, tmp_path, {"asw": str(broken), "prompt": short, "logits": False,
+                                            "failing_prompt": ids, "after_failure": len(want)})
+    assert f"the logits of position {len(ids)} are NaN" in str(got["failure"])
+    assert got["after_failure"].tolist() == want
 
 
 def test_an_overflowing_fp16_logit_is_an_error_not_a_token(emulator, converted, tmp_path) -> None:

@@ -329,12 +329,15 @@ EMU_EXPORT aclnnStatus aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
                         if (mx != ninf && valid_q)
                             for (int64_t j = 0; j < S2; j++)
                                 sum += (row[j] = row[j] == ninf ? 0.0f : std::exp(row[j] - mx));
+                        /* Every value row inside the KV length is multiplied by its weight, masked rows by 0, as the
+                         * device's tiled P.V matmul does: a NaN or inf value in a masked row (stale rows past the
+                         * position) makes the output NaN there too. Rows past an actual length are not read. */
+                        const int64_t rows_read = std::min<int64_t>(S2, kvlen[b]);
                         for (int64_t d = 0; d < Dh; d++) {
                             float acc = 0.0f;
                             if (sum > 0.0f)
-                                for (int64_t j = 0; j < S2; j++)
-                                    if (row[j] != 0.0f)
-                                        acc += row[j] * v.getf(v.elem(at(kl, kb, g, j, d, S2, sh.Nkv, Dh)));
+                                for (int64_t j = 0; j < rows_read; j++)
+                                    acc += row[j] * v.getf(v.elem(at(kl, kb, g, j, d, S2, sh.Nkv, Dh)));
                             /* a fully masked (or padded) query row gives zeros */
                             out.setf(out.elem(at(ol, b, n, i, d, S1, N, Dh)), sum > 0.0f ? acc / sum : 0.0f);
                         }

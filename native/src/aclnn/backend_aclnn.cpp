@@ -25,6 +25,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 extern "C" {
@@ -427,6 +428,12 @@ struct aclnn_session {
     aclrtStream stream = nullptr;
     /* device memory */
     void *kv = nullptr;    /* [n_layers, 2, max_len, kv_dim] weight dtype */
+    size_t kv_bytes = 0;
+    /* A step of this session failed: KV rows it wrote may hold NaN or inf (an fp16 overflow, a NaN weight). Decode
+     * attends over a whole KV bucket with the rows past the position masked, and the device multiplies masked rows'
+     * values by their zero weights (0 * inf = NaN), so the next reset zeroes the cache before those rows, now past
+     * the position, could turn a later conversation's logits into NaN. */
+    bool kv_suspect = false;
     void *arena = nullptr; /* activations and tables, carved below */
     void *ws = nullptr;    /* the one workspace */
     uint64_t ws_size = 0;
@@ -703,10 +710,10 @@ void *session_init(void *bm, const asw_session_options *opt) {
         ACL_CHECK(aclrtCreateStream, &s->stream);
 
         const size_t kv_dim = (size_t)c.n_kv_heads * (size_t)c.head_dim;
-        const size_t kv_bytes = (size_t)c.n_layers * 2 * (size_t)s->max_len * kv_dim * 2;
-        ACL_CHECK(aclrtMalloc, &s->kv, kv_bytes, ACL_MEM_MALLOC_HUGE_FIRST);
-        /* zeros, so the masked rows beyond the position are finite numbers */
-        ACL_CHECK(aclrtMemset, s->kv, kv_bytes, 0, kv_bytes);
+        s->kv_bytes = (size_t)c.n_layers * 2 * (size_t)s->max_len * kv_dim * 2;
+        ACL_CHECK(aclrtMalloc, &s->kv, s->kv_bytes, ACL_MEM_MALLOC_HUGE_FIRST);
+        /* zeros, so the masked rows beyond the position are finite numbers (see kv_suspect) */
+        ACL_CHECK(aclrtMemset, s->kv, s->kv_bytes, 0, s->kv_bytes);
         size_t arena_bytes = 0;
         carve_arena(*s, &arena_bytes);
         ACL_CHECK(aclrtMalloc, &s->arena, arena_bytes, ACL_MEM_MALLOC_HUGE_FIRST);
@@ -747,7 +754,8 @@ void *session_init(void *bm, const asw_session_options *opt) {
     return result;
 }
 
-/* wait for the stream and forget the queued steps and the device-held token/position */
+/* wait for the stream and forget the queued steps and the device-held token/position; zero the KV cache after a
+ * failed step (kv_suspect) */
 int32_t session_reset(void *bs) {
     return guarded([&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
@@ -755,8 +763,20 @@ int32_t session_reset(void *bs) {
         ACL_CHECK(aclrtSynchronizeStream, s.stream);
         s.head = s.pending = 0;
         s.dev_pos = -1;
+        if (s.kv_suspect) {
+            ACL_CHECK(aclrtMemset, s.kv, s.kv_bytes, 0, s.kv_bytes);
+            s.kv_suspect = false;
+        }
         return 0;
     });
+}
+
+/* guarded() for a call that runs steps of session `bs`: a failure marks its KV cache suspect */
+template <typename F>
+int32_t guarded_step(void *bs, F &&f) {
+    const int32_t rc = guarded(std::forward<F>(f));
+    if (rc < 0) static_cast<aclnn_session *>(bs)->kv_suspect = true;
+    return rc;
 }
 
 /* device u16 -> host f32 (`n` values) */
@@ -791,7 +811,7 @@ void check_token(const aclnn_session &s, const token_slot &slot, int32_t pos) {
 }
 
 int32_t forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const asw_outputs *out) {
-    return guarded([&]() -> int32_t {
+    return guarded_step(bs, [&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
         aclnn_model &m = *s.m;
         m.make_current();
@@ -862,7 +882,7 @@ aclmdlRI capture(aclnn_session &s, int32_t b) {
 }
 
 int32_t decode_enqueue(void *bs, int32_t pos) {
-    return guarded([&]() -> int32_t {
+    return guarded_step(bs, [&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
         s.m->make_current();
         if (pos != s.dev_pos)
@@ -890,7 +910,7 @@ int32_t decode_enqueue(void *bs, int32_t pos) {
 }
 
 int32_t decode_read(void *bs, int32_t *token) {
-    return guarded([&]() -> int32_t {
+    return guarded_step(bs, [&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
         s.m->make_current();
         if (s.pending == 0) fail(ASW_ERR_STATE, "aclnn backend: no decode step is queued");
