@@ -481,3 +481,55 @@ def test_prompts_sharing_a_step_get_the_logits_they_get_alone() -> None:
 
         alone, batched = asyncio.run(scenario())
     assert [(e.token, e.logprob) for e in batched] == [(e.token, e.logprob) for e in alone]
+
+
+def test_an_unexpected_failure_is_an_openai_error_and_counted() -> None:
+    """A failure no handler expects (here the engine's submit raising a RuntimeError) answers 500 with the OpenAI
+    error JSON, not Starlette's plain-text page, and /metrics counts the request as an error."""
+    import asyncio
+
+    import ascend_super
+    from ascend_super.runtime.serve.app import create_app
+    from ascend_super.runtime.serve.metrics import Metrics
+
+    class BrokenEngine:
+        metrics, context, alive = Metrics(), CONTEXT, True
+
+        def submit(self, *_: object) -> None:
+            raise RuntimeError("boom")
+
+    async def call(app, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        sent: list[dict] = []
+        received = False
+
+        async def receive() -> dict:
+            nonlocal received
+            if received:
+                await asyncio.sleep(3600)
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        try:
+            await app(scope, receive, send)
+        except RuntimeError as exc:  # Starlette re-raises after the handler answered, for the server to log
+            assert str(exc) == "boom"
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+    with ascend_super.load(GOLDEN, backend="cpu", threads=1) as model:
+        app = create_app(model, BrokenEngine(), NAME)  # type: ignore[arg-type]
+        status, body = asyncio.run(call(app, "POST", "/v1/completions",
+                                        json.dumps({"model": NAME, "prompt": "hi", "max_tokens": 2}).encode()))
+        assert status == 500
+        assert json.loads(body)["error"] == {"message": "internal error: RuntimeError: boom", "type": "server_error",
+                                             "param": None, "code": None}
+        status, text = asyncio.run(call(app, "GET", "/metrics"))
+    assert status == 200
+    assert 'ascend_requests_total{endpoint="completions",outcome="error"} 1.0' in text.decode()

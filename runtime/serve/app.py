@@ -129,10 +129,13 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         app.add_middleware(BearerAuth, api_key=api_key)
 
     # --- errors
-    def rejected(request: Request) -> None:
+    def count(request: Request, outcome: str) -> None:
         endpoint = ENDPOINTS.get(request.url.path)
         if endpoint:
-            metrics.requests.labels(endpoint, "rejected").inc()
+            metrics.requests.labels(endpoint, outcome).inc()
+
+    def rejected(request: Request) -> None:
+        count(request, "rejected")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -158,6 +161,9 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: still an OpenAI error body
+        # counted here when raised before the engine had the request (after it finished, the request was counted by
+        # its finish reason as well)
+        count(request, "error")
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error").response()
 
     @app.exception_handler(StarletteHTTPException)
