@@ -126,11 +126,15 @@ def run_selftest(model: Optional[str], backend: str, device: int) -> None:
 
     if backend != "aclnn":
         fail("--selftest checks the aclnn backend: run it with --backend aclnn")
+    from .busguard import exit_on_bus_error
+
     try:
         located = hub.locate(model, report=note) if model is not None else None
     except hub.HubError as exc:
         fail(str(exc))
     try:
+        if located is not None:  # a hub download's first-use hash check, as a run does, before the checks load it
+            hub.open_model_file(located, "aclnn", on_open=exit_on_bus_error).close()
         ok = checks.run(located.path if located is not None else None, device, typer.echo)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))

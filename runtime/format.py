@@ -266,8 +266,9 @@ class AswFile:
     """A validated, read-only mapping of a .asw file. Use `AswFile.open(path)`; close() or `with` releases it."""
 
     def __init__(self, path: Path, mapping: mmap.mmap, preamble: Preamble, manifest: dict[str, Any],
-                 tensors: list[TensorEntry]) -> None:
+                 tensors: list[TensorEntry], opened: os.stat_result) -> None:
         self.path = path
+        self.opened = opened  # the status of the file that was mapped (fstat of its descriptor), whatever `path` is now
         self._mmap = mapping
         self.preamble = preamble
         self.manifest = manifest
@@ -304,7 +305,7 @@ class AswFile:
         except BaseException:
             mapping.close()
             raise
-        return cls(path, mapping, preamble, manifest, tensors)
+        return cls(path, mapping, preamble, manifest, tensors, info)
 
     def close(self) -> None:
         """Unmap now, or, while numpy views of the mapping are still alive, when the last of them goes."""

@@ -13,8 +13,8 @@ tokens, HF_HUB_OFFLINE; the converter's hub snapshots come through here too) and
   off the network as well (modelscope has no offline switch of its own).
 
 The first time a downloaded file is opened every tensor hash is checked; a record of that check is written beside
-the cached file (`.<name>.ascend-verified`, JSON), keyed on the file's identity (device, inode, size, mtime, ctime),
-so later opens start at once and any change to the file invalidates it. A file that fails (corrupt, truncated) is
+the cached file (`.<name>.ascend-verified`, JSON), keyed on the identity (device, inode, size, mtime, ctime) of the
+file that was opened, so later opens start at once and any change to the file invalidates it. A file that fails (corrupt, truncated) is
 never used: the error names the problem and the cached path to delete. Local paths pass through untouched.
 """
 
@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
@@ -37,6 +38,9 @@ RECORD_SUFFIX = ".ascend-verified"
 MODELSCOPE_MISSING = "ModelScope needs its client library: pip install 'ascend-super[modelscope]'"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+# a branch, tag or commit (Hugging Face's may hold '/', e.g. refs/pr/1): no spaces or control characters, no '\',
+# and no '.' or '..' part that would lead a cache path out of its snapshot folder
+_REVISION = re.compile(r"^[^\s\\\x00-\x1f\x7f]+$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 Report = Callable[[str], None]
@@ -112,7 +116,16 @@ def parse(spec: str) -> HubFile | None:
         raise HubError(f"{spec}: {filename!r} is not a .asw file ({usage})")
     if revision is not None and not revision.strip():
         raise HubError(f"{spec}: empty revision after '@'")
+    check_revision(spec, revision)
     return HubFile(scheme, f"{owner}/{repo}", filename, revision)
+
+
+def check_revision(what: str, revision: str | None) -> None:
+    """Refuse a revision that is no branch, tag or commit name; the hubs' libraries build cache paths from it."""
+    if revision is not None and (not _REVISION.match(revision) or revision.startswith("/")
+                                 or any(p in ("", ".", "..") for p in revision.split("/"))):
+        raise HubError(f"{what}: {revision!r} is not a revision (a branch, tag or commit: no spaces, '\\' or "
+                       "control characters, no empty, '.' or '..' part between '/')")
 
 
 # ---------------------------------------------------------------------------------------------------- downloads
@@ -123,12 +136,52 @@ def locate(spec: str | os.PathLike[str] | Located, report: Report | None = None)
     hub_file = parse(spec) if isinstance(spec, str) else None
     if hub_file is None:
         return Located(Path(spec).expanduser())
+    asked = time.time()
     path = _download_hf(hub_file) if hub_file.scheme == "hf" else _download_ms(hub_file)
-    resolved = _snapshot_revision(path, hub_file.filename) or hub_file.revision
+    if hub_file.scheme == "ms":
+        resolved, note = _ms_revision(hub_file, path, asked)
+    else:  # huggingface_hub: the snapshot folder is the commit the revision resolved to
+        resolved, note = _snapshot_revision(path, hub_file.filename) or hub_file.revision, ""
     located = Located(path, hub_file, resolved, report)
     if report is not None:
-        report(f"{hub_file.uri}: revision {resolved or 'unknown'}, cached at {path}")
+        report(f"{hub_file.uri}: revision {resolved or 'unknown'}, cached at {path}{note}")
     return located
+
+
+def _ms_revision(hub_file: HubFile, path: Path, asked: float) -> tuple[str | None, str]:
+    """The revision of the file modelscope returned (see _ms_copy_of), and a note for the report line: a cached copy
+    of a branch is returned without asking the hub whether the branch moved on."""
+    inner = PurePosixPath(hub_file.filename).parts
+    revision = _ms_copy_of(hub_file.uri, path, hub_file.revision, inner)
+    if revision is None:
+        return None, " (modelscope's older cache layout: which revision this copy is, is not recorded)"
+    note = ""
+    if revision == MS_DEFAULT_REVISION:
+        with contextlib.suppress(OSError):
+            written = path.stat().st_mtime
+            if written < asked - 1:  # not written by this call: a copy from earlier
+                since = time.strftime("%Y-%m-%d %H:%M", time.localtime(written))
+                note = (f" (a copy from {since}: modelscope reuses a cached copy of a branch without asking the hub "
+                        "whether it moved on; pin a tag or commit, or delete the copy to download the branch anew)")
+    return revision, note
+
+
+def _ms_copy_of(what: str, path: Path, revision: str | None, inner: tuple[str, ...]) -> str | None:
+    """The revision `path` (a file or snapshot folder modelscope returned; `inner`: its parts below the snapshot
+    folder) is a copy of: the one asked, since modelscope caches by revision name (`.../snapshots/<revision>/`).
+    modelscope also returns a file of its older flat cache layout (<= 1.37; no revision kept) for any revision
+    asked, if that cache exists: None when no revision was pinned, refused when one was."""
+    wanted = revision or MS_DEFAULT_REVISION
+    tail = ("snapshots", *wanted.split("/"), *inner)
+    if path.parts[-len(tail):] == tail:
+        return wanted
+    legacy = "snapshots" not in path.parts
+    if legacy and revision is None:
+        return None
+    why = ("from its older cache layout, which keeps no revision; move that repository's folder out of the "
+           "modelscope cache and run again to download the pinned revision") if legacy else \
+        f"not its cached copy of revision {wanted!r} (.../snapshots/{wanted}/)"
+    raise HubError(f"{what}: modelscope returned {path}, {why}")
 
 
 def _download_hf(hub_file: HubFile) -> Path:
@@ -165,19 +218,24 @@ def _download_ms(hub_file: HubFile) -> Path:
                                         local_files_only=offline()))
 
 
-def download_snapshot(scheme: str, repo_id: str, revision: str | None, patterns: list[str]) -> Path:
-    """The local snapshot folder of a whole hub repository (only files matching `patterns`), for the converter."""
+def download_snapshot(scheme: str, repo_id: str, revision: str | None,
+                      patterns: list[str]) -> tuple[Path, str | None]:
+    """The local snapshot folder of a whole hub repository (only files matching `patterns`), for the converter, and
+    the revision it is a copy of (hf: the commit; ms: the revision name, None from modelscope's older cache)."""
     what = f"{repo_id} ({SCHEMES[scheme]})"
+    check_revision(what, revision)
     if scheme == "hf":
         from huggingface_hub import snapshot_download
 
         with _hf_errors(what, revision, None):
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                          local_files_only=offline()))
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                            local_files_only=offline()))
+        return folder, snapshot_revision(folder) or revision
     _, ms_snapshot_download = _modelscope()
     with _ms_errors(what):
-        return Path(ms_snapshot_download(repo_id, revision=revision or MS_DEFAULT_REVISION,
-                                         allow_patterns=patterns, local_files_only=offline()))
+        folder = Path(ms_snapshot_download(repo_id, revision=revision or MS_DEFAULT_REVISION,
+                                           allow_patterns=patterns, local_files_only=offline()))
+    return folder, _ms_copy_of(what, folder, revision, ())
 
 
 @contextlib.contextmanager
@@ -268,6 +326,9 @@ def verify(asw: fmt.AswFile, located: Located | None = None, report: Report | No
     progress = Progress(TextColumn("[bold]verifying"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
     task = progress.add_task("verify", total=asw.preamble.data_nbytes)
+    if progress.disable and report is not None and located is not None and located.origin is not None:
+        report(f"{located.origin.uri}: checking every tensor hash ({asw.preamble.data_nbytes / 1e9:.2f} GB), once, "
+               "before its first use")
     try:
         with progress:
             asw.verify(lambda entry: progress.advance(task, entry.nbytes))
@@ -290,7 +351,9 @@ def record_path(path: Path) -> Path:
 
 
 def _identity(asw: fmt.AswFile) -> dict[str, int]:
-    stat = os.stat(asw.path)
+    """The identity of the file `asw` mapped, from the status taken when it was opened: the record describes the
+    file that was checked even when another one has replaced it at that path since."""
+    stat = asw.opened
     return {"dev": stat.st_dev, "ino": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "ctime_ns": stat.st_ctime_ns, "manifest_xxh3_64": asw.preamble.manifest_xxh3_64}
 

@@ -367,3 +367,18 @@ def test_an_overflowing_fp16_logit_is_an_error_not_a_token(emulator, converted, 
             f.write(np.full(count, value, dtype=np.float16).tobytes())
     for stderr in failing_aclnn_runs(emulator, broken, "Hello there"):
         assert re.search(r"logits of position \d+ are infinite|an infinite value in the .* logits", stderr), stderr
+
+
+def test_selftest_checks_a_hub_file_before_it_runs(emulator, converted, tmp_path) -> None:
+    """`--selftest` on a hub file runs the first-use hash check as a run does: a corrupt download is refused in one
+    line, not compared between backends that would both read the same wrong weights."""
+    from test_hub import COMMIT_A, flip_tensor_byte, hf_cache_file, offline_env
+
+    blob = hf_cache_file(tmp_path / "hf", "ascend/tiny", COMMIT_A, "tiny.asw", converted("qwen2-gqa7"))
+    flip_tensor_byte(blob, "output_norm.weight")
+    env = {**emu_env(emulator), **{k: v for k, v in offline_env(tmp_path).items() if k.startswith(("HF_", "MODELS"))}}
+    result = run_cli("ascend-run", f"hf://ascend/tiny/tiny.asw@{COMMIT_A}", "--backend", "aclnn", "--selftest",
+                     env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "output_norm.weight" in result.stderr and "is corrupt or incomplete and was not used" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -94,6 +94,10 @@ def test_parse_uris(spec: str, expected: tuple) -> None:
     ("ms://o/r/../m.asw", "expected ms://OWNER/REPO/FILE.asw"),
     ("hf://o/r/m.asw@", "empty revision"),
     ("hf://o w/r/m.asw", "OWNER and REPO"),
+    ("ms://o/r/m.asw@../../../elsewhere", "'../../../elsewhere' is not a revision"),  # out of the cache
+    ("ms://o/r/m.asw@ v1", "' v1' is not a revision"),
+    ("hf://o/r/m.asw@/abs", "'/abs' is not a revision"),
+    ("hf://o/r/m.asw@a\\b", "is not a revision"),
 ])
 def test_bad_uris(spec: str, message: str) -> None:
     with pytest.raises(hub.HubError, match=re.escape(message)):
@@ -238,6 +242,65 @@ def test_ms_resolution_pins_offline_and_corruption(tmp_path: Path, converted) ->
     no_traceback(bad)
 
 
+def test_ms_older_cache_layout_is_no_pinned_revision(tmp_path: Path, converted) -> None:
+    """modelscope returns a file of its older flat cache (models/OWNER/REPO/FILE, no revision kept) for any revision
+    asked, if that cache exists: a pinned revision is refused in one line (it was shown as that revision), an
+    unpinned one is shown with no revision; a branch's cached copy is reported as such."""
+    pytest.importorskip("modelscope_hub")
+    env = offline_env(tmp_path)
+    legacy = tmp_path / "ms" / "models" / "ascend" / "tiny" / "tiny.asw"
+    legacy.parent.mkdir(parents=True)
+    shutil.copyfile(converted(MODEL), legacy)
+    ms_cache_file(tmp_path / "ms", "ascend/tiny", "v1", "tiny.asw", converted(MODEL, "bf16"))
+
+    pinned = run_cli("ascend-inspect", "ms://ascend/tiny/tiny.asw@v1", "--json", env=env)
+    assert pinned.returncode == 2, pinned.stdout
+    assert f"modelscope returned {legacy}, from its older cache layout, which keeps no revision" in pinned.stderr
+    no_traceback(pinned)
+    unpinned = run_cli("ascend-inspect", "ms://ascend/tiny/tiny.asw", "--json", env=env)
+    assert unpinned.returncode == 0, unpinned.stderr
+    assert json.loads(unpinned.stdout)["origin"]["revision"] is None
+    assert "revision unknown" in unpinned.stderr and "older cache layout" in unpinned.stderr
+
+    shutil.rmtree(legacy.parent.parent)
+    master = ms_cache_file(tmp_path / "ms", "ascend/tiny", "master", "tiny.asw", converted(MODEL))
+    os.utime(master, (1e9, 1e9))  # downloaded long ago
+    branch = run_cli("ascend-inspect", "ms://ascend/tiny/tiny.asw", "--json", env=env)
+    assert branch.returncode == 0 and json.loads(branch.stdout)["origin"]["revision"] == "master"
+    assert "reuses a cached copy of a branch without asking the hub" in branch.stderr
+
+
+def test_the_record_describes_the_file_that_was_checked(tmp_path: Path, converted, monkeypatch) -> None:
+    """A hub file replaced at its path while its first check runs: the record names the file that was checked
+    (its status when opened), so the replacement is checked on its next open instead of being taken as checked."""
+    blob = hf_cache_file(tmp_path / "hf", "ascend/tiny", COMMIT_A, "tiny.asw", converted(MODEL))
+    link = tmp_path / "hf" / "hub" / "models--ascend--tiny" / "snapshots" / COMMIT_A / "tiny.asw"
+    located = hub.Located(link, hub.HubFile("hf", "ascend/tiny", "tiny.asw", COMMIT_A), COMMIT_A)
+    corrupt = tmp_path / "corrupt.asw"
+    shutil.copyfile(blob, corrupt)
+    flip_tensor_byte(corrupt, "output_norm.weight")
+    real_verify = fmt.AswFile.verify
+
+    def verify_while_replaced(self: fmt.AswFile, *args: object, **kwargs: object) -> None:
+        real_verify(self, *args, **kwargs)
+        os.replace(corrupt, blob)  # another process rewrote the cached file meanwhile
+
+    monkeypatch.setattr(fmt.AswFile, "verify", verify_while_replaced)
+    hub.open_model_file(located, "cpu").close()  # the check passes, on the file that was opened
+    monkeypatch.setattr(fmt.AswFile, "verify", real_verify)
+    with pytest.raises(fmt.HashMismatch, match="output_norm.weight"):
+        hub.open_model_file(located, "cpu")  # the replacement is not taken for checked
+
+    def verify_while_removed(self: fmt.AswFile, *args: object, **kwargs: object) -> None:
+        real_verify(self, *args, **kwargs)
+        blob.unlink()  # `hf cache delete` meanwhile: the open file is still whole, and no stat of the path fails
+
+    shutil.copyfile(converted(MODEL), blob)
+    monkeypatch.setattr(fmt.AswFile, "verify", verify_while_removed)
+    with hub.open_model_file(located, "cpu") as asw:
+        assert len(asw.tensors) > 0
+
+
 def inspect_with_modules_hidden(spec: str, hidden: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """ascend-inspect in a child process where importing each module in `hidden` fails (as if not installed)."""
     code = (f"import sys; sys.modules.update(dict.fromkeys({hidden!r}))\n"
@@ -352,3 +415,11 @@ def test_card_of_an_nz_file_says_how_to_run_it(converted) -> None:
     assert "| layout | nz |" in card and "aclnn (SoC ascend910b/ascend910_93)" in card
     assert 'ascend-run hf://OWNER/REPO/m.asw --backend aclnn --prompt "Hello"' in card
     assert "base_model" not in card  # only hub sources name a base model
+
+
+def test_convert_refuses_a_revision_that_leaves_the_cache(tmp_path: Path) -> None:
+    result = run_cli("ascend-convert", "someone/model", "--revision", "../../elsewhere", "-o", str(tmp_path / "m.asw"),
+                     env=offline_env(tmp_path))
+    assert result.returncode == 2 and "'../../elsewhere' is not a revision" in result.stderr, result.stderr
+    no_traceback(result)
+    assert not (tmp_path / "m.asw").exists()

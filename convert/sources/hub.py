@@ -40,8 +40,9 @@ def default_hub() -> str:
     return "modelscope" if flag in ("1", "ON", "YES", "TRUE") else "huggingface"
 
 
-def download_snapshot(repo_id: str, revision: str | None, hub_name: str = "huggingface") -> Path:
-    """Local snapshot folder of a hub repo (from the hub's cache when offline); only what conversion needs."""
+def download_snapshot(repo_id: str, revision: str | None, hub_name: str = "huggingface") -> tuple[Path, str | None]:
+    """Local snapshot folder of a hub repo (from the hub's cache when offline; only what conversion needs) and the
+    revision it is a copy of (runtime/hub.download_snapshot)."""
     try:
         return hub.download_snapshot(HUBS[hub_name], repo_id, revision, HUB_PATTERNS)
     except hub.HubError as exc:
@@ -76,7 +77,6 @@ def open_source(spec: str, revision: str | None = None, hub_name: str | None = N
     hub_name = hub_name or default_hub()
     if hub_name not in HUBS:
         raise SourceError(f"--hub must be one of {', '.join(HUBS)}, got {hub_name!r}")
-    snapshot = download_snapshot(repo_id, revision, hub_name)
-    provenance = {"kind": f"{HUBS[hub_name]}-hub", "id": repo_id,
-                  "revision": hub.snapshot_revision(snapshot) or revision or hub.MS_DEFAULT_REVISION}
+    snapshot, resolved = download_snapshot(repo_id, revision, hub_name)
+    provenance = {"kind": f"{HUBS[hub_name]}-hub", "id": repo_id, "revision": resolved}
     return SafetensorsSource(snapshot, provenance)
