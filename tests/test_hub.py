@@ -223,6 +223,7 @@ def test_ms_resolution_pins_offline_and_corruption(tmp_path: Path, converted) ->
     info = json.loads(first.stdout)
     assert info["origin"]["revision"] == "master" and info["origin"]["hub"] == "ModelScope"
     assert info["dtype"] == "fp16" and "tensor hashes match (remembered in" in first.stderr
+    assert "checking every tensor hash" in first.stderr and "before its first use" in first.stderr  # off-terminal
     assert hub.record_path(master).parent == master.parent
 
     pinned = run_cli("ascend-inspect", "ms://ascend/tiny/fp16/tiny.asw@v1", "--json", env=env)
