@@ -67,12 +67,14 @@ def _normalize_messages(messages: list[Message]) -> list[Message]:
     dropped (a template then sees no `content`, not "None"), and its reasoning (under any of its names) is also its
     `reasoning_content` and, unless it has one, its `thinking`."""
     aliased = []
-    for message in messages:
-        if isinstance(message, dict):
-            message = {key: value for key, value in message.items() if value is not None}
-            reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
-            if reasoning is not None:
-                message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):  # transformers refuses these too (a template would skip them silently)
+            raise ChatTemplateError(f"chat message {index} is {type(message).__name__} {message!r:.60}, not a map "
+                                    "such as {\"role\": \"user\", \"content\": \"...\"}")
+        message = {key: value for key, value in message.items() if value is not None}
+        reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
         aliased.append(message)
     return aliased
 
@@ -83,12 +85,13 @@ def render(template: str, messages: list[Message], special_tokens: dict[str, Any
     variables = {"tools": None, "documents": None,
                  **{key: str(value) for key, value in special_tokens.items()
                     if key in SPECIAL_TOKEN_NAMES and value is not None}, **extra}
+    messages = _normalize_messages(messages)
     try:
-        return _compile(template).render(messages=_normalize_messages(messages),
-                                         add_generation_prompt=add_generation_prompt, **variables)
+        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template: {exc}") from None
-    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the template is the template's
         # the template is code from the model file: the sandbox's own limits (a range beyond MAX_RANGE raises
-        # OverflowError) and the template's runtime errors are its failures, not ours
+        # OverflowError), its filters' assertions (truncate), a MemoryError, and its runtime errors are its
+        # failures, not ours
         raise ChatTemplateError(f"chat template: {type(exc).__name__}: {exc}") from None

@@ -119,6 +119,9 @@ class Model:
     # --- prompts
     def prompt_ids(self, prompt: str | list[Message], raw: bool = False, system: str | None = None) -> list[int]:
         """Token ids for a prompt: the chat template applied to a user message (or a message list) unless `raw`."""
+        if not isinstance(prompt, (str, list, tuple)):
+            raise GenerationError(f"a prompt is text or a list of messages ({{\"role\": ..., \"content\": ...}} "
+                                  f"maps), not {type(prompt).__name__}")
         if not prompt or isinstance(prompt, str) and not prompt.strip():
             raise GenerationError("the prompt is empty")
         if raw:

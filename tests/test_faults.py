@@ -305,6 +305,20 @@ def test_chat_template_sandbox_limit_is_one_line(tmp_path: Path, converted) -> N
     _one_line_error(_run("ascend-run", str(path), "--prompt", "hi"), 2, "chat template")
 
 
+def test_a_failing_filter_in_the_chat_template_is_one_line(tmp_path: Path, converted) -> None:
+    """A template failure that is no Jinja error (truncate's assertion here, on the system message only, so the
+    converter's probe does not see it) is one line, not a traceback."""
+    from test_format import read_parts, rebuild
+
+    path = tmp_path / "truncating.asw"
+    _, manifest, data = read_parts(converted(MODEL))
+    manifest["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] | truncate(2) }}"
+                                 "{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    rebuild(path, manifest, data)
+    _one_line_error(_run("ascend-run", str(path), "--prompt", "hi", "--system", "be brief please"), 2,
+                    "chat template: AssertionError")
+
+
 def test_ctrl_c_while_importing_is_one_line(converted) -> None:
     patch = """
 import builtins, os, signal

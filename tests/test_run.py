@@ -430,3 +430,16 @@ def test_prefill_slices_are_whole_backend_blocks() -> None:
 
     assert prefill_slice(64) == PREFILL_SLICE == prefill_slice(256) == 256
     assert prefill_slice(100) == 300 and prefill_slice(512) == 512
+
+
+def test_a_prompt_that_is_no_message_list_is_refused(converted) -> None:
+    """A message dict instead of a list, or bare strings in the list: transformers refuses them, and many templates
+    would render a prompt without the user's text."""
+    import ascend_super
+    from ascend_super.runtime.chat import ChatTemplateError
+
+    with ascend_super.load(converted("qwen2-gqa-hd64"), backend="cpu", threads=1) as model:
+        with pytest.raises(GenerationError, match="a prompt is text or a list of messages"):
+            model.prompt_ids({"role": "user", "content": "What is 2+2?"})  # type: ignore[arg-type]
+        with pytest.raises(ChatTemplateError, match="chat message 0 is str 'What is 2\\+2\\?', not a map"):
+            model.prompt_ids(["What is 2+2?"])  # type: ignore[list-item]

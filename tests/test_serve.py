@@ -45,6 +45,13 @@ def ref():
     reference.close()
 
 
+def test_text_parts_of_a_message_are_joined_by_newlines() -> None:
+    from ascend_super.runtime.serve.protocol import ChatMessage
+
+    message = ChatMessage(role="user", content=[{"type": "text", "text": "Hello"}, {"type": "text", "text": "world"}])
+    assert message.text() == "Hello\nworld"  # as vLLM joins them ("Helloworld" before)
+
+
 def test_stop_matcher_holds_back_partial_matches_and_cuts_the_earliest() -> None:
     matcher = StopMatcher(["END", "xy"])
     assert matcher.feed("abcE") == ("abc", False)  # "E" may start "END"

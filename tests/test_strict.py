@@ -274,7 +274,7 @@ def test_defaulted_config_keys_recorded_in_manifest(tmp_path: Path) -> None:
         assert asw.preamble.version_minor == fmt.VERSION_MINOR == 1
 
 
-def test_broken_chat_template_refused_atconvert_checkpoint(tmp_path: Path) -> None:
+def test_broken_chat_template_refused_at_convert(tmp_path: Path) -> None:
     def break_template(directory: Path) -> None:
         config = json.loads((directory / "tokenizer_config.json").read_text())
         config["chat_template"] = "{% for m in messages %}{{ m['content'] }"
@@ -282,6 +282,20 @@ def test_broken_chat_template_refused_atconvert_checkpoint(tmp_path: Path) -> No
     directory = make_checkpoint(tmp_path / "src", QWEN2)
     break_template(directory)
     _refused(directory, tmp_path, "chat template: ")
+
+
+def test_named_chat_templates_without_a_default_are_refused(tmp_path: Path) -> None:
+    """Several named templates and none named "default": transformers' apply_chat_template refuses to choose, and so
+    does the converter (it took the first one)."""
+    directory = make_checkpoint(tmp_path / "src", QWEN2)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "tool_use", "template": "{{ messages[0]['content'] }}"},
+                               {"name": "rag", "template": "{{ messages[-1]['content'] }}"}]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    _refused(directory, tmp_path, "several named chat templates (rag, tool_use) and none is named 'default'")
+    (directory / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")  # the way out the error names
+    with fmt.AswFile.open(convert_checkpoint(directory, tmp_path / "ok.asw")) as asw:
+        assert asw.manifest["chat_template"] == "{{ messages[0]['content'] }}"
 
 
 # ------------------------------------------------------------------------------------------ §2 one validator

@@ -37,7 +37,8 @@ class ChatMessage(_Strict):
     name: str | None = None
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        # text parts joined by newlines, as vLLM joins them
+        return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
 
 
 class _Common(_Strict):
