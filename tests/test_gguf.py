@@ -212,6 +212,17 @@ def test_synthetic_llama_unpermutes_qk(tmp_path):
         assert tok["model"]["ignore_merges"] is True
 
 
+@pytest.mark.parametrize("pre, ignore_merges", [("llama-bpe", True), ("gpt-4o", False), ("llama4", False),
+                                                ("qwen2", False)])
+def test_ignore_merges_follows_llama_cpp(tmp_path, pre: str, ignore_merges: bool):
+    """llama.cpp's llama_vocab::load sets ignore_merges for the llama3 family only, not for gpt-4o / llama4 (a word
+    that is itself a token is then still built by merges, e.g. 'Cửa Việt' in three tokens, not whole)."""
+    path = tmp_path / f"{pre}.gguf"
+    write_gguf(path, "llama", pre=pre, tied=False)
+    with GGUFSource(path) as src:
+        assert json.loads(src.meta.tokenizer_json)["model"]["ignore_merges"] is ignore_merges
+
+
 def test_row_blocks_equal_whole_tensor(tmp_path):
     """The converter streams GGUF tensors in row blocks (dequantizing only those rows, whole heads for the Q/K
     rows llama.cpp permuted): any blocking gives back exactly the whole tensor."""

@@ -90,7 +90,7 @@ _PRE_FAMILIES: dict[tuple[str, ...], _Pre] = {
     ("dbrx", "smaug-bpe"): _Pre((_LLAMA3,)),
     ("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"): _Pre((_QWEN2,), nfc=True),
     ("falcon",): _Pre(tuple(_FALCON)),
-    ("gpt-4o", "llama4", "minimax-m2"): _Pre((_GPT4O,), ignore_merges=True),
+    ("gpt-4o", "llama4", "minimax-m2"): _Pre((_GPT4O,)),  # llama.cpp merges these words (no ignore_merges)
 }
 PRE_TOKENIZERS: dict[str, _Pre] = {name: pre for names, pre in _PRE_FAMILIES.items() for name in names}
 TOKENIZER_MODELS = ("gpt2", "llama")
