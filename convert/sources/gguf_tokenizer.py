@@ -127,7 +127,9 @@ def _added_tokens(tokens: Sequence[str], types: Sequence[int]) -> list[tuple[int
 def _vocab(tokens: Sequence[str]) -> dict[str, int]:
     vocab: dict[str, int] = {}
     for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)  # a repeated spelling keeps its first id, as llama.cpp's text->token map does
+        # a repeated spelling keeps its first id (llama.cpp's text->token map keeps the last, then asserts on such
+        # a vocabulary)
+        vocab.setdefault(tok, i)
     return vocab
 
 
