@@ -14,8 +14,9 @@ tokens, HF_HUB_OFFLINE; the converter's hub snapshots come through here too) and
 
 The first time a downloaded file is opened every tensor hash is checked; a record of that check is written beside
 the cached file (`.<name>.ascend-verified`, JSON), keyed on the identity (device, inode, size, mtime, ctime) of the
-file that was opened, so later opens start at once and any change to the file invalidates it. A file that fails (corrupt, truncated) is
-never used: the error names the problem and the cached path to delete. Local paths pass through untouched.
+file that was opened, so later opens start at once and any change to the file invalidates it. A file that fails
+(corrupt, truncated) is never used: the error names the problem and the cached path to delete. Local paths pass
+through untouched.
 """
 
 from __future__ import annotations
