@@ -117,18 +117,26 @@ def run(
     with asw:
         info = describe(asw)
         info["origin"] = located.describe()
-        if as_json:
+        if as_json:  # --verify first: the JSON on stdout is only ever a checked file's ("verified": true)
+            if verify:
+                _verify(asw, located)
+                info["verified"] = True
             typer.echo(json.dumps(info, indent=1))
         else:
             _print_human(info)
-        if verify:
-            try:
-                hub.verify(asw, located)
-            except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
-                fail(str(exc), 1, "verify failed")
-            except KeyboardInterrupt:
-                fail("the file was not fully verified", 130, "interrupted")
-            err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
+            if verify:
+                _verify(asw, located)
+
+
+def _verify(asw: fmt.AswFile, located: hub.Located) -> None:
+    """--verify: every tensor hash and the padding, or exit 1 (130 when interrupted) with one line."""
+    try:
+        hub.verify(asw, located)
+    except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
+        fail(str(exc), 1, "verify failed")
+    except KeyboardInterrupt:
+        fail("the file was not fully verified", 130, "interrupted")
+    err_console.print(f"verified: {len(asw.tensors)} tensors, all hashes match")
 
 
 def main() -> None:

@@ -224,6 +224,8 @@ def test_verify_names_bad_tensor(good_file: Path) -> None:
     result = run_cli("ascend-inspect", str(good_file), "--verify")
     assert result.returncode == 1
     assert "verify failed" in result.stderr and "'blk.1.attn_output.weight'" in result.stderr
+    as_json = run_cli("ascend-inspect", str(good_file), "--verify", "--json")
+    assert as_json.returncode == 1 and as_json.stdout == ""  # no JSON for a file that failed its check
 
 
 def test_verify_checks_padding(good_file: Path) -> None:
@@ -244,7 +246,7 @@ def test_inspect_json_and_verify(good_file: Path) -> None:
     result = run_cli("ascend-inspect", str(good_file), "--json", "--verify")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["arch"] == "qwen2" and info["config"]["head_dim"] == 64
+    assert info["arch"] == "qwen2" and info["config"]["head_dim"] == 64 and info["verified"] is True
     assert info["tensors"][0]["name"] == "token_embd.weight" and info["tensors"][0]["offset"] == info["data_offset"]
     assert "all hashes match" in result.stderr
     human = run_cli("ascend-inspect", str(good_file))
