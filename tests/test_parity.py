@@ -50,12 +50,18 @@ def assert_close(ours: np.ndarray, theirs: np.ndarray, dtype: str, what: str) ->
 
 
 def hf_greedy(reference: torch.nn.Module, ids: list[int], count: int) -> tuple[list[int], list[float]]:
-    """transformers' greedy continuation (eos ignored) and its top-2 logit gap at each step."""
+    """transformers' greedy continuation (eos does not stop it, and may be chosen: generate's min_new_tokens would
+    mask it, feeding the runner-up while the gap reported came from the raw logits) and its top-2 logit gap at each
+    step: the model's forward with its KV cache, the argmax fed back."""
+    tokens, gaps = [], []
     with torch.no_grad():
-        out = reference.generate(torch.tensor([ids]), max_new_tokens=count, min_new_tokens=count, do_sample=False,
-                                 pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    gaps = [float(torch.topk(step[0].float(), 2).values.diff().abs()) for step in out.logits]
-    return out.sequences[0, len(ids):].tolist(), gaps
+        out = reference(torch.tensor([ids]), use_cache=True)
+        for _ in range(count):
+            top = torch.topk(out.logits[0, -1].float(), 2)
+            tokens.append(int(top.indices[0]))
+            gaps.append(float(top.values[0] - top.values[1]))
+            out = reference(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens, gaps
 
 
 def check_greedy(ours: list[int], theirs: list[int], gaps: list[float], tie_gap: float, what: str) -> int | None:
