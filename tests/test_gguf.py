@@ -553,3 +553,12 @@ def test_plan_refusals_name_the_gguf_metadata_not_config_json(tmp_path):
     message = str(e.value)
     assert "GGUF metadata" in message and "config.json" not in message, message
     assert not (tmp_path / "out.asw").exists()
+
+
+def test_an_unknown_rope_scaling_type_is_named_as_unsupported(tmp_path):
+    """longrope without a factor key was refused as "without ...scaling.factor", as if a factor would make it run."""
+    p = tmp_path / "longrope.gguf"
+    write_gguf(p, "qwen2", extra=lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE))
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p).close()
+    _one_line_error(e, p, "unsupported rope scaling qwen2.rope.scaling.type='longrope'")

@@ -315,17 +315,17 @@ class GGUFSource:
             return None
         if kind == "none":
             return None
+        if kind != "yarn":
+            raise self._err(f"unsupported rope scaling {self._key(R.SCALING_TYPE)}={kind!r} (supported: none, linear, "
+                            "yarn, and llama3 via a rope_freqs tensor)")
         if factor is None:
             raise self._err(f"{self._key(R.SCALING_TYPE)}={kind!r} without {self._key(R.SCALING_FACTOR)}")
-        if kind == "yarn":
-            out: dict[str, Any] = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig or ctx}
-            for key, name in ((R.SCALING_YARN_BETA_FAST, "beta_fast"), (R.SCALING_YARN_BETA_SLOW, "beta_slow"),
-                              (R.SCALING_ATTN_FACTOR, "attention_factor")):
-                if (v := self._float(key)) is not None:
-                    out[name] = v
-            return out
-        raise self._err(f"unsupported rope scaling {self._key(R.SCALING_TYPE)}={kind!r} (supported: none, linear, yarn, "
-                        "and llama3 via a rope_freqs tensor)")
+        out: dict[str, Any] = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig or ctx}
+        for key, name in ((R.SCALING_YARN_BETA_FAST, "beta_fast"), (R.SCALING_YARN_BETA_SLOW, "beta_slow"),
+                          (R.SCALING_ATTN_FACTOR, "attention_factor")):
+            if (v := self._float(key)) is not None:
+                out[name] = v
+        return out
 
     # -- tensors ---------------------------------------------------------------------------------------------
 
