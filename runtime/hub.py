@@ -41,7 +41,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 # a branch, tag or commit (Hugging Face's may hold '/', e.g. refs/pr/1): no spaces or control characters, no '\',
 # and no '.' or '..' part that would lead a cache path out of its snapshot folder
-_REVISION = re.compile(r"^[^\s\\\x00-\x1f\x7f]+$")
+_REVISION = re.compile(r"[^\s\\\x00-\x1f\x7f]+")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 Report = Callable[[str], None]
@@ -123,7 +123,7 @@ def parse(spec: str) -> HubFile | None:
 
 def check_revision(what: str, revision: str | None) -> None:
     """Refuse a revision that is no branch, tag or commit name; the hubs' libraries build cache paths from it."""
-    if revision is not None and (not _REVISION.match(revision) or revision.startswith("/")
+    if revision is not None and (not _REVISION.fullmatch(revision) or revision.startswith("/")
                                  or any(p in ("", ".", "..") for p in revision.split("/"))):
         raise HubError(f"{what}: {revision!r} is not a revision (a branch, tag or commit: no spaces, '\\' or "
                        "control characters, no empty, '.' or '..' part between '/')")
@@ -171,12 +171,14 @@ def _ms_copy_of(what: str, path: Path, revision: str | None, inner: tuple[str, .
     """The revision `path` (a file or snapshot folder modelscope returned; `inner`: its parts below the snapshot
     folder) is a copy of: the one asked, since modelscope caches by revision name (`.../snapshots/<revision>/`).
     modelscope also returns a file of its older flat cache layout (<= 1.37; no revision kept) for any revision
-    asked, if that cache exists: None when no revision was pinned, refused when one was."""
+    asked, if that cache exists (no `snapshots` folder above it): None when no revision was pinned, refused when one
+    was."""
     wanted = revision or MS_DEFAULT_REVISION
     tail = ("snapshots", *wanted.split("/"), *inner)
     if path.parts[-len(tail):] == tail:
         return wanted
-    legacy = "snapshots" not in path.parts
+    above = path.parts[:len(path.parts) - len(inner)]  # the folder modelscope keeps the repository's files in
+    legacy = "snapshots" not in above[-3:]  # not .../snapshots/<revision> (revisions of up to two parts)
     if legacy and revision is None:
         return None
     why = ("from its older cache layout, which keeps no revision; move that repository's folder out of the "

@@ -346,8 +346,8 @@ class NativeModel(_Owned):
 
     @property
     def prefill_block(self) -> int:
-        """Prompt positions per prefill pass (cpu 64, aclnn 256): prefill calls whose lengths are multiples of it,
-        the last excepted, give the logits of one call over the whole prompt, bit for bit."""
+        """Prompt positions per prefill pass (asw_model_prefill_block): prefill calls whose lengths are multiples of
+        it, the last excepted, run the passes of one call over the whole prompt."""
         return int(_load().asw_model_prefill_block(self._check()))
 
     def _check(self) -> int:

@@ -3,7 +3,8 @@
 A process of its own because CANN is opened once per process and the plugin stays loaded: other test files check
 what happens when it is missing. Usage: python aclnn_worker.py REQUEST.json OUT.npz; the request says which
 .asw file, eager or graph, the prompt, host-fed decode tokens, pieces to prefill the prompt in, how many pipelined
-greedy tokens, top-k, a generation that must fail before the prompt's; every
+greedy tokens, top-k, a generation that must fail before the prompt's, a session that goes on after a failed
+step; every
 result goes into OUT.npz.
 """
 
@@ -77,6 +78,24 @@ def main() -> None:
             out["after_failure"] = np.array(list(model.generate_tokens(
                 prompt, ascend_super.Sampling(max_new_tokens=request["after_failure"]), context=context)),
                 dtype=np.int64)
+        if request.get("continue_after_failure"):  # queued steps, the first fails; the session goes on from there
+            plan = request["continue_after_failure"]
+            session.prefill(plan["prompt"], logits="none")
+            for _ in range(plan["queue"]):
+                session.enqueue()
+            try:
+                session.read()
+            except NativeError as exc:
+                out["continue_failure"] = np.array(str(exc))
+            else:
+                raise SystemExit("continue_after_failure: the first queued step did not fail")
+            _, token = session.prefill(plan["then"], logits="none")
+            continued = [token]
+            while len(continued) < plan["tokens"]:  # device-fed steps: they attend over a whole KV bucket
+                session.enqueue()
+                continued.append(session.read())
+            out["continued"] = np.array(continued, dtype=np.int64)
+            session.reset()
         if request.get("pieces"):  # the prompt fed in pieces of these lengths: the last position's logits
             start = 0
             for piece in request["pieces"]:

@@ -98,6 +98,7 @@ def test_parse_uris(spec: str, expected: tuple) -> None:
     ("ms://o/r/m.asw@ v1", "' v1' is not a revision"),
     ("hf://o/r/m.asw@/abs", "'/abs' is not a revision"),
     ("hf://o/r/m.asw@a\\b", "is not a revision"),
+    ("hf://o/r/m.asw@main\n", "is not a revision"),
 ])
 def test_bad_uris(spec: str, message: str) -> None:
     with pytest.raises(hub.HubError, match=re.escape(message)):

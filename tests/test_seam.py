@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +225,27 @@ def test_plugin_without_entry_point_is_refused(packed, monkeypatch, tmp_path):
 
     monkeypatch.setenv("ASW_ACLNN_LIB", libc)
     with pytest.raises(NativeError, match="does not export asw_backend_entry"):
+        open_model(data, tensors, backend="aclnn")
+
+
+@pytest.mark.parametrize("abi, block, message", [
+    ("ASW_BACKEND_ABI + 1", "256", r"speaks backend ABI \d+, this library \d+"),
+    ("ASW_BACKEND_ABI", "0", r"reports prefill block 0 and lookahead 1 \(need >= 1 and >= 0\)"),
+])
+def test_plugin_with_another_abi_or_no_prefill_block_is_refused(packed, monkeypatch, tmp_path, abi, block, message):
+    """A plugin's table is checked before it is used: its ABI, and a prefill block the runtime divides by."""
+    data, tensors, _ = packed
+    repo = Path(__file__).resolve().parent.parent
+    source = tmp_path / "plugin.c"
+    source.write_text("#include \"backend.h\"\nstatic asw_backend table;\n"
+                      "const asw_backend *asw_backend_entry(const asw_host *host) {\n    (void)host;\n"
+                      f"    table.abi = {abi};\n    table.name = \"aclnn\";\n    table.lookahead = 1;\n"
+                      f"    table.prefill_block = {block};\n    return &table;\n}}\n")
+    plugin = tmp_path / "libplugin.so"
+    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{repo / 'native/include'}",
+                    f"-I{repo / 'native/src'}", str(source), "-o", str(plugin)], check=True)
+    monkeypatch.setenv("ASW_ACLNN_LIB", str(plugin))
+    with pytest.raises(NativeError, match=message):
         open_model(data, tensors, backend="aclnn")
 
 

@@ -538,5 +538,40 @@ def test_an_unexpected_failure_is_an_openai_error_and_counted() -> None:
         assert json.loads(body)["error"] == {"message": "internal error: RuntimeError: boom", "type": "server_error",
                                              "param": None, "code": None}
         status, text = asyncio.run(call(app, "GET", "/metrics"))
-    assert status == 200
-    assert 'ascend_requests_total{endpoint="completions",outcome="error"} 1.0' in text.decode()
+        assert status == 200
+        assert 'ascend_requests_total{endpoint="completions",outcome="error"} 1.0' in text.decode()
+
+        # a failure after the request finished (building its response): counted once, by its finish reason
+        from ascend_super.runtime.serve import app as app_module
+        from ascend_super.runtime.serve.engine import Output
+
+        class FinishedHandle:
+            cancelled = False
+
+            def cancel(self) -> None:
+                self.cancelled = True
+
+            async def __aiter__(self):
+                yield Output("hi", (5,), (), "length", 1, 1)
+
+        class FinishingEngine(BrokenEngine):
+            metrics = Metrics()
+
+            def submit(self, *_: object) -> FinishedHandle:  # type: ignore[override]
+                return FinishedHandle()
+
+        def late(_: object) -> None:
+            raise RuntimeError("boom")
+
+        app = create_app(model, FinishingEngine(), NAME)  # type: ignore[arg-type]
+        original = app_module._usage
+        app_module._usage = late
+        try:
+            status, body = asyncio.run(call(app, "POST", "/v1/completions",
+                                            json.dumps({"model": NAME, "prompt": "hi", "max_tokens": 2}).encode()))
+        finally:
+            app_module._usage = original
+        assert status == 500
+        text = asyncio.run(call(app, "GET", "/metrics"))[1].decode()
+    assert 'ascend_requests_total{endpoint="completions",outcome="length"} 1.0' in text
+    assert 'outcome="error"' not in text

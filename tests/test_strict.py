@@ -292,7 +292,7 @@ def test_named_chat_templates_without_a_default_are_refused(tmp_path: Path) -> N
     config["chat_template"] = [{"name": "tool_use", "template": "{{ messages[0]['content'] }}"},
                                {"name": "rag", "template": "{{ messages[-1]['content'] }}"}]
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    _refused(directory, tmp_path, "several named chat templates (rag, tool_use) and none is named 'default'")
+    _refused(directory, tmp_path, "named chat templates (rag, tool_use) and none is named 'default'")
     (directory / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")  # the way out the error names
     with fmt.AswFile.open(convert_checkpoint(directory, tmp_path / "ok.asw")) as asw:
         assert asw.manifest["chat_template"] == "{{ messages[0]['content'] }}"

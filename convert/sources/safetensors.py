@@ -55,11 +55,11 @@ def load_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        if "default" not in named:  # transformers' apply_chat_template refuses to choose one too
-            raise SourceError(f"{directory / 'tokenizer_config.json'}: several named chat templates "
+        if named and "default" not in named:  # transformers' apply_chat_template refuses to choose one too
+            raise SourceError(f"{directory / 'tokenizer_config.json'}: named chat templates "
                               f"({', '.join(sorted(map(str, named)))}) and none is named 'default'; put the one to use "
-                              f"in {directory / 'chat_template.jinja'}")
-        template = named["default"]
+                              "in chat_template.jinja beside it (in a local copy of the folder, for a hub download)")
+        template = named.get("default")
     return template if isinstance(template, str) else None
 
 

@@ -290,6 +290,7 @@ EMU_EXPORT aclnnStatus aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
                     int64_t g = n / group;
                     for (int64_t i = 0; i < S1; i++) {
                         float *row = scores + i * S2;
+                        bool any = false; /* an entry of this query row is not masked */
                         for (int64_t j = 0; j < S2; j++) {
                             bool masked = j >= kvlen[b];
                             if (S1 > 1) {
@@ -311,6 +312,7 @@ EMU_EXPORT aclnnStatus aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
                                 row[j] = ninf;
                                 continue;
                             }
+                            any = true;
                             float s = 0.0f;
                             for (int64_t d = 0; d < Dh; d++)
                                 s += q.getf(q.elem(at(sh.layout, b, n, i, d, S1, N, Dh))) *
@@ -322,11 +324,13 @@ EMU_EXPORT aclnnStatus aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
                             }
                             row[j] = s;
                         }
-                        bool valid_q = i < qlen[b];
+                        /* a fully masked (or padded) query row gives zeros; otherwise a NaN or +inf score makes
+                         * the softmax, and so the row's output, NaN (std::max skips a NaN, exp(NaN - mx) does not) */
+                        const bool live = any && i < qlen[b];
                         float mx = ninf;
                         for (int64_t j = 0; j < S2; j++) mx = std::max(mx, row[j]);
                         float sum = 0.0f;
-                        if (mx != ninf && valid_q)
+                        if (live)
                             for (int64_t j = 0; j < S2; j++)
                                 sum += (row[j] = row[j] == ninf ? 0.0f : std::exp(row[j] - mx));
                         /* Every value row inside the KV length is multiplied by its weight, masked rows by 0, as the
@@ -335,15 +339,14 @@ EMU_EXPORT aclnnStatus aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
                         const int64_t rows_read = std::min<int64_t>(S2, kvlen[b]);
                         for (int64_t d = 0; d < Dh; d++) {
                             float acc = 0.0f;
-                            if (sum > 0.0f)
+                            if (live)
                                 for (int64_t j = 0; j < rows_read; j++)
                                     acc += row[j] * v.getf(v.elem(at(kl, kb, g, j, d, S2, sh.Nkv, Dh)));
-                            /* a fully masked (or padded) query row gives zeros */
-                            out.setf(out.elem(at(ol, b, n, i, d, S1, N, Dh)), sum > 0.0f ? acc / sum : 0.0f);
+                            out.setf(out.elem(at(ol, b, n, i, d, S1, N, Dh)), live ? acc / sum : 0.0f);
                         }
                         if (lse.base)
                             lse.setf(lse.elem((b * N + n) * S1 + i),
-                                     sum > 0.0f ? mx + std::log(sum) : std::numeric_limits<float>::infinity());
+                                     live ? mx + std::log(sum) : std::numeric_limits<float>::infinity());
                     }
                 }
             }

@@ -73,9 +73,9 @@ typedef struct asw_backend {
     /* Decode steps worth queuing ahead of the one being read: 0 for a backend that computes a step inside
      * decode_enqueue (cpu), 1 for one that only launches it (aclnn). */
     int32_t lookahead;
-    /* Prompt positions per pass of a prefill (cpu: CHUNK; aclnn: its prefill block, or max_len when that is
-     * shorter). A prompt fed in pieces whose lengths are multiples of it (the last piece excepted) runs the same
-     * passes as the prompt fed whole: the same kernels on the same shapes, so the same logits bit for bit. */
+    /* Prompt positions per pass of a prefill (cpu: CHUNK; aclnn: PREFILL_CHUNK; a session shorter than it runs a
+     * prompt in one pass), at least 1. A prompt fed in pieces whose lengths are multiples of it (the last piece
+     * excepted) runs the same passes as the prompt fed whole: the same kernels on the same shapes. */
     int32_t prefill_block;
     /* Prepare the weights (cpu: choose kernels; aclnn: one device copy of the region). Refuse layouts it cannot
      * run here. NULL + error on failure. `data` is the mapped region; it stays mapped until model_free. */

@@ -382,6 +382,12 @@ static const asw_backend *load_plugin(plugin_slot *p) {
         dlclose(h);
         return NULL;
     }
+    if (be->prefill_block < 1 || be->lookahead < 0) {
+        asw_set_error("backend '%s': %.3000s reports prefill block %d and lookahead %d (need >= 1 and >= 0)",
+                      p->name, path, (int)be->prefill_block, (int)be->lookahead);
+        dlclose(h);
+        return NULL;
+    }
     p->handle = h;
     p->backend = be;
     return be;

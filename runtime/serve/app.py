@@ -94,6 +94,7 @@ class _Call:
     logprobs: int | None
     include_usage: bool
     outcome: str = "cancelled"  # set to the finish reason (or "error") when the response is complete
+    counted: bool = False  # done() has cancelled it in the engine and counted it in /metrics
 
 
 class _Stream(StreamingResponse):
@@ -161,9 +162,12 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: still an OpenAI error body
-        # counted here when raised before the engine had the request (after it finished, the request was counted by
-        # its finish reason as well)
-        count(request, "error")
+        call: _Call | None = getattr(request.state, "call", None)
+        if call is None:  # raised before the engine had the request
+            count(request, "error")
+        elif not call.counted:  # the engine's request is cancelled and counted once, as an error
+            call.outcome = "error"
+            done(call)
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error").response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -219,7 +223,9 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
 
     def done(call: _Call) -> None:
         call.handle.cancel()
-        metrics.requests.labels(call.endpoint, call.outcome).inc()
+        if not call.counted:
+            call.counted = True
+            metrics.requests.labels(call.endpoint, call.outcome).inc()
 
     async def collect(call: _Call, request: Request) -> list[Output] | None:
         """All Outputs of a non-streamed request, or None when the client went away first (request cancelled)."""
@@ -254,6 +260,7 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
                       whole: Callable[[str, list[TokenLogprob], Output], BaseModel]) -> Response:
         """The SSE stream of the request, or (not streamed) its whole response built by `whole` from the text,
         the logprob entries and the last Output."""
+        request.state.call = call  # for the handler of unexpected errors
         if stream is not None:
             return _Stream(stream(call), call, done)
         outputs = await collect(call, request)

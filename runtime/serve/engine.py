@@ -3,9 +3,9 @@
 Requests wait in a queue until one of `max_batch` slots (a native session, i.e. a KV cache) is free, then join the
 running batch between two steps. Each step
   1. drops cancelled requests (their slot is free for the next step),
-  2. prefills up to one prefill block (the backend's NativeModel.prefill_block: 64 tokens on cpu, 256 on aclnn)
-     of new requests' prompt tokens, each on its own session (oldest first: several short prompts share one step's
-     budget, a long one takes it in pieces, so the others' next token is not held up by a long prompt;
+  2. prefills up to one prefill block (the backend's NativeModel.prefill_block) of new requests' prompt tokens,
+     each on its own session (oldest first: several short prompts share one step's budget, a long one takes it in
+     pieces, so the others' next token is not held up by a long prompt;
      generate.prefill_slice tokens, shared alike, when nobody is decoding; a prompt is cut only at multiples of
      the block from its start, so it gets the logits it gets alone),
   3. decodes one token for every request past its prompt in ONE native call (NativeModel.forward_batch), so each

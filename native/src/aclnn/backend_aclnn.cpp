@@ -429,10 +429,11 @@ struct aclnn_session {
     /* device memory */
     void *kv = nullptr;    /* [n_layers, 2, max_len, kv_dim] weight dtype */
     size_t kv_bytes = 0;
-    /* A step of this session failed: KV rows it wrote may hold NaN or inf (an fp16 overflow, a NaN weight). Decode
-     * attends over a whole KV bucket with the rows past the position masked, and the device multiplies masked rows'
-     * values by their zero weights (0 * inf = NaN), so the next reset zeroes the cache before those rows, now past
-     * the position, could turn a later conversation's logits into NaN. */
+    /* A step of this session failed, or a queued step dropped unread had non-finite logits: KV rows past the
+     * position the session keeps may hold NaN or inf (an fp16 overflow, a NaN weight). Decode attends over a whole
+     * KV bucket with the rows past the position masked, and the device multiplies masked rows' values by their zero
+     * weights (0 * inf = NaN), so the next forward (the only call allowed after a failure or a discard: model.c
+     * asks for one) zeroes the rows from its position on before it computes. */
     bool kv_suspect = false;
     void *arena = nullptr; /* activations and tables, carved below */
     void *ws = nullptr;    /* the one workspace */
@@ -754,21 +755,39 @@ void *session_init(void *bm, const asw_session_options *opt) {
     return result;
 }
 
-/* wait for the stream and forget the queued steps and the device-held token/position; zero the KV cache after a
- * failed step (kv_suspect) */
+bool logit_finite(const aclnn_session &s, uint16_t bits) {
+    const uint16_t exponent = s.m->dt == ACL_FLOAT16 ? 0x7c00u : 0x7f80u;
+    return (bits & exponent) != exponent;
+}
+
+/* wait for the stream and forget the queued steps (a dropped step with non-finite logits marks the KV cache
+ * suspect: its rows lie past the position kept) and the device-held token/position */
 int32_t session_reset(void *bs) {
     return guarded([&]() -> int32_t {
         aclnn_session &s = *static_cast<aclnn_session *>(bs);
         s.m->make_current();
         ACL_CHECK(aclrtSynchronizeStream, s.stream);
+        for (int32_t i = 0; i < s.pending; i++)
+            if (!logit_finite(s, s.ring[(s.head + i) % ASW_MAX_PENDING].logit)) s.kv_suspect = true;
         s.head = s.pending = 0;
         s.dev_pos = -1;
-        if (s.kv_suspect) {
-            ACL_CHECK(aclrtMemset, s.kv, s.kv_bytes, 0, s.kv_bytes);
-            s.kv_suspect = false;
-        }
         return 0;
     });
+}
+
+/* KV rows [first, max_len) of every layer = 0 (after kv_suspect; the stream is idle) */
+void zero_kv_rows(aclnn_session &s, int64_t first) {
+    const asw_config &c = s.m->cfg;
+    const size_t row = (size_t)c.n_kv_heads * (size_t)c.head_dim * 2, ML = (size_t)s.max_len;
+    if (first == 0) {
+        ACL_CHECK(aclrtMemset, s.kv, s.kv_bytes, 0, s.kv_bytes);
+        return;
+    }
+    const size_t bytes = (ML - (size_t)first) * row;
+    for (size_t part = 0; part < 2 * (size_t)c.n_layers; part++) { /* [n_layers, 2] blocks of [max_len, kv_dim] */
+        char *at = static_cast<char *>(s.kv) + part * ML * row + (size_t)first * row;
+        ACL_CHECK(aclrtMemset, at, bytes, 0, bytes);
+    }
 }
 
 /* guarded() for a call that runs steps of session `bs`: a failure marks its KV cache suspect */
@@ -819,6 +838,11 @@ int32_t forward(void *bs, const int32_t *tokens, int32_t n, int32_t pos, const a
         const bool all = out->logits_mode == ASW_LOGITS_ALL;
         const int32_t topk = out->logits_mode == ASW_LOGITS_TOPK ? out->k : 0;
         s.dev_pos = -1; /* the device-held state is rewritten below */
+        if (s.kv_suspect) { /* rows from `pos` on are not the session's: no NaN or inf may stay in them */
+            ACL_CHECK(aclrtSynchronizeStream, s.stream);
+            zero_kv_rows(s, pos);
+            s.kv_suspect = false;
+        }
         std::vector<uint8_t> mask;
         for (int32_t c0 = 0; c0 < n; c0 += s.chunk) {
             const int64_t S = std::min<int64_t>(s.chunk, n - c0), p = pos + c0, kv = p + S;
