@@ -135,7 +135,7 @@ def run_selftest(model: Optional[str], backend: str, device: int) -> None:
     try:
         if located is not None:  # a hub download's first-use hash check, as a run does, before the checks load it
             hub.open_model_file(located, "aclnn", on_open=exit_on_bus_error).close()
-        ok = checks.run(located.path if located is not None else None, device, typer.echo)
+        ok = checks.run(located.path if located is not None else None, device, typer.echo, exit_on_bus_error)
     except (fmt.FormatError, BackendUnavailable, NativeError, GenerationError) as exc:
         fail(str(exc))
     if not ok:

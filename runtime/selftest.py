@@ -15,13 +15,18 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
 from . import opcheck
 from .generate import GenerationError
 from .model import Model
+
+if TYPE_CHECKING:
+    from .format import AswFile
+
+OnOpen = Optional[Callable[["AswFile"], object]]  # called with each mapping of the file as it is opened
 from .native import NativeSession
 
 GOLDEN = Path(__file__).resolve().parent.parent / "artifacts" / "golden-qwen2.asw"
@@ -66,11 +71,13 @@ def _pipelined_greedy(session: NativeSession, prompt: list[int], count: int) -> 
     return tokens
 
 
-def _operator_rows(path: Path, device: int) -> list[opcheck.Result]:
+def _operator_rows(path: Path, device: int, on_open: OnOpen) -> list[opcheck.Result]:
     """The per-operator table at the model's shapes (its layer-0 QKV weight and bias from the file)."""
     from . import format as fmt
 
     with fmt.AswFile.open(path) as asw:
+        if on_open is not None:
+            on_open(asw)
         entry = asw.by_name["blk.0.attn_qkv.weight"]
         weight = asw.tensor_bytes(entry.name).view(np.uint16).copy()
         bias = None
@@ -82,9 +89,9 @@ def _operator_rows(path: Path, device: int) -> list[opcheck.Result]:
                                  device)
 
 
-def near_tie_gap(path: Path, ids: list[int], context: int) -> float:
+def near_tie_gap(path: Path, ids: list[int], context: int, on_open: OnOpen = None) -> float:
     """The cpu backend's gap between its two largest logits after `ids` (where two greedy runs parted)."""
-    with Model(path, "cpu") as cpu:
+    with Model(path, "cpu", on_open=on_open) as cpu:
         logits, _ = cpu.session(context).prefill(ids, logits="last")
     top2 = np.sort(logits)[-2:]
     return float(top2[1] - top2[0])
@@ -94,8 +101,9 @@ def _prompt(vocab: int) -> list[int]:
     return np.random.default_rng(0).integers(3, vocab, size=PROMPT_LENGTH).tolist()
 
 
-def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bool:
-    """Run every check, print the table; True if all pass."""
+def run(model_path: Path | None, device: int, echo: Callable[[str], None], on_open: OnOpen = None) -> bool:
+    """Run every check, print the table; True if all pass. `on_open` is called with each mapping of the file as it
+    is opened (the console script's bus-error guard)."""
     started = time.perf_counter()
     path = model_path if model_path is not None else GOLDEN
     if model_path is None and not GOLDEN.is_file():
@@ -103,16 +111,16 @@ def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bo
                               "pass a .asw file to check")
     rows: list[Row] = []
     echo(f"model: {path}")
-    op_rows = _operator_rows(path, device)
+    op_rows = _operator_rows(path, device, on_open)
     echo(f"{'operator':<28} {'shapes':<52} {'max err/max|ref|':<17} {'bound':<8} status")
     for r in op_rows:
         err = "exact" if r.bound == 0 and r.ok else f"{r.error:.2e}"
         echo(f"{r.op:<28} {r.shapes:<52} {err:<17} {r.bound:<8.0e} {'PASS' if r.ok else 'FAIL'}")
     rows.append(Row(f"{len(op_rows)} operator checks", f"{sum(r.ok for r in op_rows)} pass", "all",
                     all(r.ok for r in op_rows)))
-    graph = Model(path, "aclnn", device=device)
-    eager = Model(path, "aclnn", device=device, eager=True)
-    cpu = Model(path, "cpu") if graph.asw.layout == "nd" else None
+    graph = Model(path, "aclnn", device=device, on_open=on_open)
+    eager = Model(path, "aclnn", device=device, eager=True, on_open=on_open)
+    cpu = Model(path, "cpu", on_open=on_open) if graph.asw.layout == "nd" else None
     dtype = graph.asw.dtype
     echo(f"model: {dtype}, {graph.asw.layout}")
     echo(f"device: {graph.native.describe()}")
@@ -161,7 +169,7 @@ def run(model_path: Path | None, device: int, echo: Callable[[str], None]) -> bo
             if parted is None:
                 rows.append(Row(f"greedy {GREEDY_TOKENS} tokens vs cpu", "identical", "identical", True))
             else:
-                gap = near_tie_gap(path, prompt + cpu_tokens[:parted], context)
+                gap = near_tie_gap(path, prompt + cpu_tokens[:parted], context, on_open)
                 rows.append(Row(f"greedy {GREEDY_TOKENS} tokens vs cpu", f"part at {parted}, gap {gap:.2g}",
                                 f"gap < {TIE_GAP[dtype]:g}", gap < TIE_GAP[dtype]))
         golden_json = path.with_suffix(".json")

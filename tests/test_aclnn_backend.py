@@ -411,3 +411,15 @@ def test_selftest_checks_a_hub_file_before_it_runs(emulator, converted, tmp_path
     assert result.returncode == 2, result.stdout + result.stderr
     assert "output_norm.weight" in result.stderr and "is corrupt or incomplete and was not used" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_selftest_hands_every_mapping_of_the_file_to_on_open(emulator) -> None:
+    """`ascend-run --selftest` guards each mapping of the file it opens (the operator rows' and the three models')
+    with the bus-error guard, through `on_open`."""
+    code = ("import sys\nfrom ascend_super.runtime import selftest\nopened = []\n"
+            "ok = selftest.run(None, 0, lambda line: None, lambda asw: opened.append(asw.path.name))\n"
+            "print(ok, opened)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=emu_env(emulator),
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "True " + str(["golden-qwen2.asw"] * 4)
