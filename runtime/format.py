@@ -379,6 +379,22 @@ class AswFile:
             raise IncompatibleFile(f"{self.path}: laid out for SoC family {needs['soc']}, this device is {soc}; "
                                    "convert it again for this device")
 
+    def sha256(self, progress: Callable[[int], None] | None = None) -> str:
+        """The SHA-256 (hex) of the whole file, streamed through the mapping; `progress` gets each piece's bytes."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        view = memoryview(self._mmap)
+        try:
+            for start in range(0, len(view), VERIFY_CHUNK):
+                piece = view[start:start + VERIFY_CHUNK]
+                digest.update(piece)  # releases the GIL on large pieces
+                if progress is not None:
+                    progress(len(piece))
+        finally:
+            view.release()
+        return digest.hexdigest()
+
     def verify(self, progress: Callable[[TensorEntry], None] | None = None, threads: int | None = None) -> None:
         """Recompute every tensor hash and check that all padding is zeros. Tensors are hashed by `threads` worker
         threads (default: the cores, at most MAX_VERIFY_THREADS; xxhash releases the GIL on large buffers) that

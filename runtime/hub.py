@@ -14,8 +14,9 @@ tokens, HF_HUB_OFFLINE; the converter's hub snapshots come through here too) and
 
 The first time a downloaded file is opened every tensor hash is checked; a record of that check is written beside
 the cached file (`.<name>.ascend-verified`, JSON), keyed on the identity (device, inode, size, mtime, ctime) of the
-file that was opened, so later opens start at once and any change to the file invalidates it. A file that fails
-(corrupt, truncated) is never used: the error names the problem and the cached path to delete. Local paths pass
+file that was opened, so later opens start at once and any change to the file invalidates it. A Hugging Face
+download's whole-file SHA-256 is compared with the one its blob is named by, the hub's. A file that fails (corrupt,
+truncated, another file) is never used: the error names the problem and the cached path to delete. Local paths pass
 through untouched.
 """
 
@@ -329,12 +330,19 @@ def verify(asw: fmt.AswFile, located: Located | None = None, report: Report | No
     progress = Progress(TextColumn("[bold]verifying"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         console=console, transient=True, disable=not console.is_terminal)
     task = progress.add_task("verify", total=asw.preamble.data_nbytes)
+    published = _published_sha256(located)
     if progress.disable and report is not None and located is not None and located.origin is not None:
-        report(f"{located.origin.uri}: checking every tensor hash ({asw.preamble.data_nbytes / 1e9:.2f} GB), once, "
-               "before its first use")
+        report(f"{located.origin.uri}: checking every tensor hash ({asw.preamble.data_nbytes / 1e9:.2f} GB)"
+               f"{' and the SHA-256 the hub published' if published else ''}, once, before its first use")
     try:
         with progress:
             asw.verify(lambda entry: progress.advance(task, entry.nbytes))
+            if published is not None:
+                whole = progress.add_task("sha-256", total=asw.opened.st_size)
+                actual = asw.sha256(lambda nbytes: progress.advance(whole, nbytes))
+                if actual != published:
+                    raise fmt.HashMismatch(f"{asw.path}: the file's SHA-256 is {actual}, not {published}, the one the "
+                                           "hub published for it (its blob's name): another file took its place")
     except (fmt.HashMismatch, fmt.NonZeroPadding) as exc:
         if located is not None and located.origin is not None:
             _forget(located)
@@ -345,6 +353,15 @@ def verify(asw: fmt.AswFile, located: Located | None = None, report: Report | No
         if report is not None:
             report(f"{located.origin.uri}: all {len(asw.tensors)} tensor hashes match" +
                    (f" (remembered in {where})" if where else " (could not write the record beside the cached file)"))
+
+
+def _published_sha256(located: Located | None) -> str | None:
+    """The SHA-256 huggingface_hub names a downloaded LFS file's blob by (the hub's own hash of what it published),
+    or None (a local file, ModelScope, a small non-LFS file whose blob is named by its git hash)."""
+    if located is None or located.origin is None or located.origin.scheme != "hf":
+        return None
+    name = located.path.resolve().name
+    return name if re.fullmatch(r"[0-9a-f]{64}", name) else None
 
 
 def record_path(path: Path) -> Path:

@@ -183,6 +183,22 @@ def test_hf_corrupt_blob_is_refused_and_change_invalidates_the_record(tmp_path: 
     no_traceback(short)
 
 
+def test_hf_blob_replaced_by_another_whole_file_is_refused(tmp_path: Path, converted) -> None:
+    """huggingface_hub names an LFS blob by the SHA-256 the hub published; another whole, self-consistent .asw in its
+    place passes the tensor hashes, and the first-use check refuses it on that SHA-256."""
+    env = offline_env(tmp_path)
+    blob = hf_cache_file(tmp_path / "hf", "ascend/tiny", COMMIT_A, "tiny.asw", converted(MODEL))
+    shutil.copyfile(converted(MODEL, "bf16"), blob)  # a valid file, not the one published
+    result = run_cli("ascend-inspect", f"hf://ascend/tiny/tiny.asw@{COMMIT_A}", env=env)
+    assert result.returncode == 1, result.stdout
+    assert f"SHA-256 is {hashlib.sha256(blob.read_bytes()).hexdigest()}, not {blob.name}" in result.stderr
+    assert f"delete {blob}" in result.stderr and not hub.record_path(blob).exists()
+    no_traceback(result)
+    shutil.copyfile(converted(MODEL), blob)  # the published file passes, both hashes
+    good = run_cli("ascend-inspect", f"hf://ascend/tiny/tiny.asw@{COMMIT_A}", env=env)
+    assert good.returncode == 0 and "and the SHA-256 the hub published" in good.stderr, good.stderr
+
+
 def test_python_api_loads_hub_uri(tmp_path: Path, converted) -> None:
     env = offline_env(tmp_path)
     hf_cache_file(tmp_path / "hf", "ascend/tiny", COMMIT_A, "tiny.asw", converted(MODEL))
