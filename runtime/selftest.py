@@ -22,12 +22,12 @@ import numpy as np
 from . import opcheck
 from .generate import GenerationError
 from .model import Model
+from .native import NativeSession
 
 if TYPE_CHECKING:
     from .format import AswFile
 
 OnOpen = Optional[Callable[["AswFile"], object]]  # called with each mapping of the file as it is opened
-from .native import NativeSession
 
 GOLDEN = Path(__file__).resolve().parent.parent / "artifacts" / "golden-qwen2.asw"
 PROMPT_LENGTH = 24
