@@ -755,9 +755,12 @@ void *session_init(void *bm, const asw_session_options *opt) {
     return result;
 }
 
-bool logit_finite(const aclnn_session &s, uint16_t bits) {
-    const uint16_t exponent = s.m->dt == ACL_FLOAT16 ? 0x7c00u : 0x7f80u;
-    return (bits & exponent) != exponent;
+/* NULL for a finite logit of the session's dtype (fp16 or bf16 bits), else "NaN" or "infinite" */
+const char *non_finite(const aclnn_session &s, uint16_t bits) {
+    const bool f16 = s.m->dt == ACL_FLOAT16;
+    const uint16_t exponent = f16 ? 0x7c00u : 0x7f80u, mantissa = f16 ? 0x03ffu : 0x007fu;
+    if ((bits & exponent) != exponent) return nullptr;
+    return (bits & mantissa) != 0 ? "NaN" : "infinite";
 }
 
 /* wait for the stream and forget the queued steps (a dropped step with non-finite logits marks the KV cache
@@ -768,7 +771,7 @@ int32_t session_reset(void *bs) {
         s.m->make_current();
         ACL_CHECK(aclrtSynchronizeStream, s.stream);
         for (int32_t i = 0; i < s.pending; i++)
-            if (!logit_finite(s, s.ring[(s.head + i) % ASW_MAX_PENDING].logit)) s.kv_suspect = true;
+            if (non_finite(s, s.ring[(s.head + i) % ASW_MAX_PENDING].logit) != nullptr) s.kv_suspect = true;
         s.head = s.pending = 0;
         s.dev_pos = -1;
         return 0;
@@ -818,12 +821,9 @@ void check_finite(const float *v, size_t n, const char *what) {
  * or an overflowed activation, became inf and the index says nothing), or an id outside the vocabulary. `pos` is the
  * position the logits belong to. */
 void check_token(const aclnn_session &s, const token_slot &slot, int32_t pos) {
-    const uint16_t v = slot.logit;
-    const bool f16 = s.m->dt == ACL_FLOAT16;
-    const uint16_t exponent = f16 ? 0x7c00u : 0x7f80u, mantissa = f16 ? 0x03ffu : 0x007fu;
-    if ((v & exponent) == exponent)
+    if (const char *what = non_finite(s, slot.logit))
         fail(ASW_ERR_NUMERIC, format("the logits of position %d are %s (the weights or the activations overflowed)",
-                                     (int)pos, (v & mantissa) != 0 ? "NaN" : "infinite"));
+                                     (int)pos, what));
     if (slot.token < 0 || slot.token >= s.m->cfg.vocab)
         fail(ASW_ERR_NUMERIC, format("aclnn backend: the device produced token id %d outside [0, %d)",
                                      (int)slot.token, (int)s.m->cfg.vocab));
