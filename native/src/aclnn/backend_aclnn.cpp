@@ -13,6 +13,7 @@
  * in graph mode (the default) one captured step per KV-length bucket is replayed; eager mode runs the same
  * operators one by one. Prefill is eager, batched in chunks, with a host-built causal mask.
  */
+#include <cstddef>
 #include <algorithm>
 #include <cctype>
 #include <atomic>
@@ -415,12 +416,19 @@ constexpr int64_t kNoLimit = 2147483647; /* FIA pre/next tokens: no band */
 enum class pass { prefill, decode };
 enum class mode { run, size };
 
-/* What one decode step leaves for the host: 8 bytes, read in one copy. */
+/* What one decode step leaves for the host, read in one copy: the token and its logit, each at the start of a 32-byte
+ * block of its own. Two ops write them (ArgMax, then Embedding), and a vector core moves data between its buffer and
+ * device memory in 32-byte blocks; how a given op writes an output narrower than a block is not documented, so no
+ * op's output shares a block with another's, and each starts 32-byte aligned (CANN-NOTES: tensor data). */
+enum { TOKEN_BLOCK = 32 };
 struct token_slot {
     int32_t token;  /* ArgMax of the last logits */
+    uint8_t pad0[TOKEN_BLOCK - sizeof(int32_t)];
     uint16_t logit; /* the logit at `token`, fp16 or bf16 bits */
-    uint16_t pad;
+    uint8_t pad1[TOKEN_BLOCK - sizeof(uint16_t)];
 };
+static_assert(offsetof(token_slot, logit) == TOKEN_BLOCK && sizeof(token_slot) == 2 * TOKEN_BLOCK,
+              "token and logit in blocks of their own");
 
 struct aclnn_session {
     aclnn_model *m = nullptr;
@@ -628,10 +636,10 @@ void forward_pass(aclnn_session &s, pass kind, int64_t S, int64_t p, int64_t kv,
     matmul(s, T, s.logits, s.xn, rows, m.output, nullptr, all_rows ? 0 : (S - 1) * H);
     aclTensor *last = T.nd(s.logits, dt, {1, V}, {}, (rows - 1) * V); /* [1, V] */
     OP(s, ArgMax, last, (int64_t)-1, false, T.nd(s.tok, ACL_INT32, {1}));
-    /* tok[1] (bytes 4..5) = the logit at the argmax: ArgMax picks a NaN when there is one (np.argmax), so the host
-     * sees NaN logits in the same 8-byte read as the token instead of taking the index for a token */
+    /* token_slot.logit = the logit at the argmax: ArgMax picks a NaN when there is one (np.argmax), so the host
+     * sees NaN logits in the same read as the token instead of taking the index for a token */
     OP(s, Embedding, T.nd(s.logits, dt, {V, 1}, {}, (rows - 1) * V), T.nd(s.tok, ACL_INT32, {1}),
-       T.nd(s.tok, dt, {1, 1}, {}, 2));
+       T.nd(s.tok, dt, {1, 1}, {}, (int64_t)(offsetof(token_slot, logit) / 2)));
     if (topk > 0)
         OP(s, Topk, last, (int64_t)topk, (int64_t)-1, true, true, T.nd(s.topv, dt, {1, (int64_t)topk}),
            T.nd(s.topi, ACL_INT64, {1, (int64_t)topk}));
@@ -668,7 +676,7 @@ void carve_arena(aclnn_session &s, size_t *total) {
         {&s.topv, V * 2},
         {&s.topi, V * 8},
         {&s.ids, S * 4},
-        {&s.tok, 8}, /* int32 token, then the logit at it in the weight dtype */
+        {&s.tok, sizeof(token_slot)}, /* int32 token, then the logit at it in the weight dtype (token_slot) */
         {&s.posbuf, 8},
         {&s.cs, 2 * D * 2},
         {&s.arange, ML * 4},
