@@ -58,6 +58,8 @@ typedef struct cpu_model {
     float *inv_freq;        /* [head_dim / 2] RoPE inverse frequencies (llama3 scaling applied) */
     float *norms;           /* [2 n_layers + 1, hidden] the RMSNorm weights in f32: attn_norm and ffn_norm of each
                              * layer, then output_norm (converted once here, not per element on every call) */
+    float *qkv_bias;        /* [n_layers, qkv_dim] the q/k/v biases in f32, a layer's row used only where it has one
+                             * (NULL: no layer has) */
     /* the greedy screen (see "the greedy screen" below; NULL: none) */
     int8_t *screen_q;       /* [vocab, hidden] each output row as int8 multiples of its scale */
     float *screen_scale;    /* [vocab] */
@@ -71,6 +73,14 @@ static float *attn_norm_f32(const cpu_model *m, int l) { return m->norms + (size
 static float *ffn_norm_f32(const cpu_model *m, int l) { return m->norms + (size_t)(2 * l + 1) * m->cfg.hidden; }
 static float *output_norm_f32(const cpu_model *m) {
     return m->norms + (size_t)(2 * m->cfg.n_layers) * m->cfg.hidden;
+}
+
+/* q, k and v outputs of a layer's fused projection */
+static int64_t qkv_width(const asw_config *c) { return (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim; }
+
+/* Row l of cpu_model.qkv_bias (NULL: layer l has no bias) */
+static const float *qkv_bias_f32(const cpu_model *m, int l) {
+    return m->w.layers[l].attn_qkv_bias.host == NULL ? NULL : m->qkv_bias + (size_t)l * (size_t)qkv_width(&m->cfg);
 }
 
 typedef struct cpu_session {
@@ -180,6 +190,20 @@ static void *cpu_model_init(const asw_config *cfg, const asw_weights *w, const v
         k->to_f32(cfg->dtype, ffn_norm_f32(m, l), w->layers[l].ffn_norm.host, cfg->hidden);
     }
     k->to_f32(cfg->dtype, output_norm_f32(m), w->output_norm.host, cfg->hidden);
+    int biased = 0;
+    for (int l = 0; l < cfg->n_layers; l++) biased |= w->layers[l].attn_qkv_bias.host != NULL;
+    if (biased) {
+        size_t width = (size_t)qkv_width(cfg);
+        m->qkv_bias = malloc((size_t)cfg->n_layers * width * sizeof(float));
+        if (m->qkv_bias == NULL) {
+            asw_set_error("out of memory (bias table)");
+            cpu_model_free(m);
+            return NULL;
+        }
+        for (int l = 0; l < cfg->n_layers; l++)
+            if (w->layers[l].attn_qkv_bias.host != NULL)
+                k->to_f32(cfg->dtype, m->qkv_bias + (size_t)l * width, w->layers[l].attn_qkv_bias.host, (int64_t)width);
+    }
     if (!build_screen(m)) {
         cpu_model_free(m);
         return NULL;
@@ -194,6 +218,7 @@ static void cpu_model_free(void *bm) {
     if (m == NULL) return;
     free(m->inv_freq);
     free(m->norms);
+    free(m->qkv_bias);
     free(m->screen_q);
     free(m->screen_scale);
     free(m->screen_slack);
@@ -283,7 +308,7 @@ static void *cpu_session_init(void *bm, const asw_session_options *opt) {
     }
     /* model.c bounds every dimension, so these products fit comfortably in size_t */
     size_t nth = (size_t)asw_pool_size(s->pool);
-    size_t qkv_dim = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim;
+    size_t qkv_dim = (size_t)qkv_width(c);
     size_t kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kv_dim;
     s->x = alloc_lines(CHUNK * (size_t)c->hidden * sizeof(float));
@@ -905,10 +930,12 @@ static int32_t forward_rows(cpu_session *s, const int32_t *tokens, int n, const 
 
         /* qkv [n, qkv_dim] = xb . Wqkv^T (+ bias) */
         matmul(s, s->qkv, qkv_dim, lw->attn_qkv.host, qkv_dim, H, s->xb, H, n, &lw->attn_output);
-        if (lw->attn_qkv_bias.host != NULL)
-            for (int t = 0; t < n; t++)
-                for (int i = 0; i < qkv_dim; i++)
-                    s->qkv[(size_t)t * qkv_dim + i] += asw_u16_to_f32(dt, lw->attn_qkv_bias.host[i]);
+        const float *bias = qkv_bias_f32(m, l); /* [qkv_dim] or NULL */
+        if (bias != NULL)
+            for (int t = 0; t < n; t++) {
+                float *row = s->qkv + (size_t)t * qkv_dim; /* [qkv_dim] */
+                for (int i = 0; i < qkv_dim; i++) row[i] += bias[i];
+            }
 
         /* RoPE on q and k; k, v [kv_dim] -> cache rows pos+t (rounded to dtype) */
         for (int t = 0; t < n; t++) {
