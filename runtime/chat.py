@@ -1,7 +1,8 @@
 """Chat templates rendered the way transformers renders them: a sandboxed Jinja environment with trim_blocks and
 lstrip_blocks, loop controls, transformers' `tojson`, `raise_exception`, `strftime_now`, a `{% generation %}` tag,
 and the variables transformers' apply_chat_template passes: the tokenizer's special-token strings that are set
-(those the file stores: bos_token, eos_token, unk_token, pad_token; an unset one is no variable, not "None"),
+(bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token, as the file stores them; an unset one
+is no variable, not "None"),
 `tools` and `documents` (None), and messages without their None-valued keys, their reasoning also under
 `reasoning_content` and `thinking`."""
 
@@ -17,10 +18,10 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .format import SPECIAL_TOKEN_TEXT_KEYS
+
 Message = dict[str, Any]
 
-# transformers' SPECIAL_TOKENS_ATTRIBUTES: the names its special_tokens_map passes to a template (those set)
-SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # names a message's reasoning may come under, the standard one first (transformers' _REASONING_FIELDS)
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
@@ -84,7 +85,7 @@ def render(template: str, messages: list[Message], special_tokens: dict[str, Any
     """The prompt text for `messages` (a list of {"role", "content"} maps), with transformers' variables."""
     variables = {"tools": None, "documents": None,
                  **{key: str(value) for key, value in special_tokens.items()
-                    if key in SPECIAL_TOKEN_NAMES and value is not None}, **extra}
+                    if key in SPECIAL_TOKEN_TEXT_KEYS and value is not None}, **extra}
     messages = _normalize_messages(messages)
     try:
         return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)

@@ -78,8 +78,10 @@ MAX_EOS_IDS = 1024
 CONFIG_FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
 # config keys whose value may be null but must be there (FORMAT.md: every config key is required)
 CONFIG_NULLABLE_KEYS = ("rope_scaling", "bos_token_id", "pad_token_id")
-# the manifest's special_tokens: the spelled tokens (str or null) and the flags (bool)
-SPECIAL_TOKEN_TEXT_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+# the manifest's special_tokens: the spelled tokens (str or null) and the flags (bool). The spelled ones are
+# transformers' SPECIAL_TOKENS_ATTRIBUTES, which apply_chat_template hands a chat template (those set); files from
+# before sep_token, cls_token and mask_token were kept lack them, which reads as null
+SPECIAL_TOKEN_TEXT_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 SPECIAL_TOKEN_FLAG_KEYS = ("add_bos_token", "add_eos_token")
 HASH_HEX_DIGITS = frozenset("0123456789abcdef")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")

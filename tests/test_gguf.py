@@ -19,6 +19,7 @@ import gguf
 from tokenizers import Tokenizer
 
 from ascend_super.convert.sources.base import SourceError  # noqa: E402
+from ascend_super.runtime import format as fmt  # noqa: E402
 from ascend_super.runtime.tokenizer import bytes_to_unicode
 from ascend_super.convert.sources.gguf import GGUFSource, _fit_llama3, _llama3_factors  # noqa: E402
 
@@ -176,7 +177,8 @@ def test_synthetic_qwen2_reads_back(qwen2_file):
         assert src.meta.chat_template == "{{ messages[0]['content'] }}"
         assert src.meta.generation_config["eos_token_id"] == 2
         tc = src.meta.tokenizer_config
-        assert list(tc) == ["bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token"]
+        assert list(tc) == [*fmt.SPECIAL_TOKEN_TEXT_KEYS, *fmt.SPECIAL_TOKEN_FLAG_KEYS]
+        assert tc["sep_token"] is None and tc["cls_token"] is None and tc["mask_token"] is None
         assert (tc["bos_token"], tc["eos_token"], tc["pad_token"], tc["add_bos_token"]) == (
             "<|im_start|>", "<|im_end|>", "<|endoftext|>", False)
         prov = src.meta.provenance

@@ -85,6 +85,32 @@ def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_
         assert render(VARIABLES_TEMPLATE, messages, model.special_tokens, add_generation_prompt=True) == expected
 
 
+def test_every_named_special_token_reaches_the_template_as_in_transformers(checkpoint_dir, tmp_path: Path) -> None:
+    """transformers hands a chat template all its named special tokens, sep, cls and mask included: a template that
+    uses them renders the same text here (they were not stored, and rendered as empty strings)."""
+    import shutil
+
+    import transformers
+
+    from ascend_super.runtime.chat import render
+    from checkpoints import convert_checkpoint
+
+    directory = tmp_path / "src"
+    shutil.copytree(checkpoint_dir(MODEL), directory)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update({"sep_token": "<|im_end|>", "cls_token": "<|im_start|>", "mask_token": "<|endoftext|>"})
+    config_path.write_text(json.dumps(config))
+    template = "[{{ sep_token }}][{{ cls_token }}][{{ mask_token }}]" + VARIABLES_TEMPLATE
+    reference = transformers.AutoTokenizer.from_pretrained(directory)
+    messages = [{"role": "user", "content": "2+2?"}]
+    expected = reference.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                             tokenize=False)
+    assert expected.startswith("[<|im_end|>][<|im_start|>][<|endoftext|>]")
+    with ascend_super.load(convert_checkpoint(directory, tmp_path / "m.asw")) as model:
+        assert render(template, messages, model.special_tokens, add_generation_prompt=True) == expected
+
+
 def test_generation_config_not_followed_is_named() -> None:
     from ascend_super.runtime.generate import unapplied_generation_config
 

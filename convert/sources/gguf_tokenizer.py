@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ascend_super.runtime import format as fmt
 from ascend_super.runtime.tokenizer import bytes_to_unicode
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -269,14 +270,10 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     elif model == "gpt2":
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
 
-    config: dict[str, Any] = {
-        "bos_token": names["bos"],
-        "eos_token": names["eos"],
-        "pad_token": names["pad"],
-        "unk_token": names["unk"],
-        "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
-    }
+    # every spelled key of the manifest, null but for the four transformers' GGUF loader reads (bos, eos, unk, pad)
+    config: dict[str, Any] = dict.fromkeys(fmt.SPECIAL_TOKEN_TEXT_KEYS)
+    config.update({f"{role}_token": names[role] for role in ("bos", "eos", "pad", "unk")})
+    config.update({"add_bos_token": add_bos, "add_eos_token": add_eos})
     return tok.to_str(), config
 
 
