@@ -11,8 +11,8 @@
  * (tails of 16, wider than 128), and its exp-based loops (vector_loops.h, compiled for the set) the portable
  * set's over lengths with every vector tail. Where the CPU has AVX512_BF16, the bf16-pair prefill kernel is checked
  * against exact sums of its products. Each set's gemv_i8 must stay within the rounding bound the greedy screen
- * assumes, and greedy steps through the screen must pick the argmax of the whole lm_head's logits, having used the
- * screen (its step counters, backend.h).
+ * assumes, its screen build loops must compute their definition bit for bit, and greedy steps through the screen
+ * must pick the argmax of the whole lm_head's logits, having used the screen (its step counters, backend.h).
  */
 #define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
@@ -373,6 +373,49 @@ static int check_vector_loops(const asw_kernels *k) {
     return bad;
 }
 
+/* The greedy screen's build loops of set `k` (abs_max, quantize_i8: vector_loops.h compiled for the set) against
+ * their definition written out here in scalar code, bit for bit: the same max, the same int8 row, the same double
+ * sums (element i in lane i % SCREEN_LANES, each lane summed in order, then the lanes in order), over lengths with
+ * every tail, and rows holding an inf or a NaN reported as not finite. Returns the number of mismatches. */
+static int check_screen_build(const asw_kernels *k) {
+    static const int64_t lens[] = {1, 7, 15, 16, 17, 31, 64, 100, 333, 896};
+    enum { MAX_N = 896, LANES = 16 };
+    float w[MAX_N];
+    int8_t q_got[MAX_N], q_want[MAX_N];
+    uint32_t seed = 777;
+    int bad = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int64_t n = lens[li];
+        for (int64_t i = 0; i < n; i++) w[i] = next_value(&seed, 1e-3f) * (i % 5 == 0 ? 3.0f : 0.05f);
+        float amax_want = 0.0f;
+        for (int64_t i = 0; i < n; i++) amax_want = fabsf(w[i]) > amax_want ? fabsf(w[i]) : amax_want;
+        int finite = 0;
+        float amax = k->abs_max(w, n, &finite);
+        float scale = amax_want / 127.0f, inv = 127.0f / amax_want;
+        double lanes[3][LANES] = {{0.0}}, want[3] = {0.0, 0.0, 0.0}, got[3];
+        for (int64_t i = 0; i < n; i++) {
+            float r = (w[i] * inv + 12582912.0f) - 12582912.0f;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            q_want[i] = (int8_t)r;
+            double e = (double)w[i] - (double)scale * (double)r;
+            lanes[0][i % LANES] += e * e;
+            lanes[1][i % LANES] += (double)r * (double)r;
+            lanes[2][i % LANES] += (double)w[i] * (double)w[i];
+        }
+        for (int s = 0; s < 3; s++)
+            for (int l = 0; l < LANES; l++) want[s] += lanes[s][l];
+        k->quantize_i8(q_got, w, n, scale, inv, got);
+        int ok = finite == 1 && amax == amax_want && memcmp(q_got, q_want, (size_t)n) == 0 &&
+                 memcmp(got, want, sizeof got) == 0;
+        w[n / 2] = (li % 2) ? INFINITY : NAN;
+        k->abs_max(w, n, &finite);
+        ok &= finite == 0;
+        if (!ok && bad++ < 5) printf("%-8s screen build n=%d: differs from its definition\n", k->name, (int)n);
+    }
+    printf("%-8s greedy screen build loops match their definition bit for bit: %s\n", k->name, bad ? "FAIL" : "ok");
+    return bad;
+}
+
 /* The bf16-pair prefill kernel (asw_outer_bf16_fn) against sums of the same products in double: each product of two
  * bf16 is exact in f32, so only the f32 summation may differ, by <= 1e-5 of the sum of |products|. Over inner sizes
  * of 1 to 448 pairs, row counts past every tile height, 1..4 vectors of tokens, prefetch hints on and off. Returns
@@ -460,7 +503,8 @@ int main(void) {
     }
     failures += check_gemv_batch(&asw_kernels_portable, "") != 0;
     failures += check_gemv_i8(&asw_kernels_portable) != 0;
-    checked += 2;
+    failures += check_screen_build(&asw_kernels_portable) != 0;
+    checked += 3;
 #if defined(__x86_64__)
     if (asw_cpu_features() & 1) failures += check_gemv_batch(&asw_kernels_avx2, "") != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_gemv_batch(&asw_kernels_avx512, "") != 0, checked++;
@@ -472,6 +516,8 @@ int main(void) {
     if (asw_cpu_features() & 2) failures += check_attention(&asw_kernels_avx512) != 0, checked++;
     if (asw_cpu_features() & 1) failures += check_vector_loops(&asw_kernels_avx2) != 0, checked++;
     if (asw_cpu_features() & 2) failures += check_vector_loops(&asw_kernels_avx512) != 0, checked++;
+    if (asw_cpu_features() & 1) failures += check_screen_build(&asw_kernels_avx2) != 0, checked++;
+    if (asw_cpu_features() & 2) failures += check_screen_build(&asw_kernels_avx512) != 0, checked++;
     asw_outer_bf16_fn outer_bf16 = (asw_cpu_features() & 8) ? asw_outer_bf16_avx512 : NULL;
 #else
     asw_outer_bf16_fn outer_bf16 = NULL;
@@ -485,6 +531,7 @@ int main(void) {
     if (asw_cpu_features() & 4) failures += check_gemv_i8(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_attention(&asw_kernels_neon) != 0, checked++;
     if (asw_cpu_features() & 4) failures += check_vector_loops(&asw_kernels_neon) != 0, checked++;
+    if (asw_cpu_features() & 4) failures += check_screen_build(&asw_kernels_neon) != 0, checked++;
 #endif
     printf("%d kernel set checks, %d failures\n", checked, failures);
     return failures != 0 || checked == 0;

@@ -13,7 +13,6 @@
 #define _DEFAULT_SOURCE /* madvise */
 #include <sys/mman.h>
 #endif
-#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1065,17 +1064,11 @@ static void screen_build_task(void *arg, int ith, int nth) {
         return;
     }
     const double u = 1.0 / 16777216.0, g = (double)k * u / (1.0 - (double)k * u);
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23: (x + it) - it is x rounded to an integer, |x| < 2^22 */
     double dot_max = 0.0;
     for (int64_t r = r0; r < r1; r++) {
         m->k->to_f32(m->cfg.dtype, w, m->w.output.host + r * k, k);
-        float amax = 0.0f;
-        int finite = 1;
-        for (int64_t i = 0; i < k; i++) {
-            float a = fabsf(w[i]);
-            finite &= a <= FLT_MAX; /* 0 for inf and NaN */
-            amax = a > amax ? a : amax;
-        }
+        int finite;
+        float amax = m->k->abs_max(w, k, &finite);
         if (!finite) {
             atomic_store(&j->nonfinite, 1);
             break;
@@ -1083,16 +1076,10 @@ static void screen_build_task(void *arg, int ith, int nth) {
         int tiny = amax < SCREEN_TINY_ROW;
         float scale = tiny ? 0.0f : amax / 127.0f, inv = tiny ? 0.0f : 127.0f / amax;
         int8_t *q = m->screen_q + r * k; /* [k] */
-        double e2 = 0.0, q2 = 0.0, w2 = 0.0; /* double: no underflow of the squares, rounding far below the slack's */
-        for (int64_t i = 0; i < k; i++) {
-            float n = (w[i] * inv + round_magic) - round_magic; /* |w[i] * inv| <= 127 up to rounding */
-            n = n > 127.0f ? 127.0f : n < -127.0f ? -127.0f : n;
-            q[i] = (int8_t)n;
-            double e = (double)w[i] - (double)scale * (double)n; /* exact: 24 x 8 significant bits */
-            e2 += e * e;
-            q2 += (double)n * (double)n;
-            w2 += (double)w[i] * (double)w[i];
-        }
+        /* in double: no underflow of the squares, rounding far below the slack's */
+        double sums[3]; /* ||e_r||^2, ||q_r||^2, ||w_r||^2 */
+        m->k->quantize_i8(q, w, k, scale, inv, sums);
+        double e2 = sums[0], q2 = sums[1], w2 = sums[2];
         double slack = (sqrt(e2) + (g + 1e-6) * ((double)scale * sqrt(q2) + sqrt(w2))) * (1.0 + 1e-6);
         float up = (float)slack;
         if ((double)up < slack) up = nextafterf(up, INFINITY);

@@ -67,6 +67,11 @@ typedef struct asw_kernels {
      * int8 [rows, k]. In any summation order: the screen bounds this sum's rounding, it never compares it bit for
      * bit with another kernel's. */
     void (*gemv_i8)(float *y, const int8_t *Q, int64_t k, int64_t r0, int64_t r1, const float *x);
+    /* The greedy screen's build, one lm_head row w [k] at a time (vector_loops.h: the same values in every set):
+     * max |w|, *finite = 0 if some w is inf or NaN */
+    float (*abs_max)(const float *w, int64_t k, int *finite);
+    /* q = w * inv rounded into [-127, 127]; sums = ||w - scale q||^2, ||q||^2, ||w||^2 in double */
+    void (*quantize_i8)(int8_t *q, const float *w, int64_t k, float scale, float inv, double sums[3]);
 } asw_kernels;
 
 /* scores_group and weighted_sum_group head by head on a set's one-head `scores` and `weighted_sum`: what the caller

@@ -249,7 +249,7 @@ TGT static void x_outer(float *Z, int64_t ldz, const float *A, int64_t lar, int6
 
 const asw_kernels asw_kernels_avx2 = {"avx2", set_matmul, gemv_batch, set_to_f32, set_from_f32, x_scores_tiled,
                                        x_weighted_sum_regs, x_outer, 1, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL, gemv_i8};
+                                       NULL, NULL, gemv_i8, abs_max, quantize_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -466,7 +466,7 @@ TGT_BF16 void asw_outer_bf16_avx512(float *Z, int64_t ldz, const uint16_t *W, in
 
 const asw_kernels asw_kernels_avx512 = {"avx512", set_matmul, gemv_batch, set_to_f32, set_from_f32, z_scores_regs,
                                        z_weighted_sum_regs, z_outer, 1, exp_sum, silu_mul, softmax_block,
-                                       z_scores_group, z_weighted_sum_group, gemv_i8};
+                                       z_scores_group, z_weighted_sum_group, gemv_i8, abs_max, quantize_i8};
 
 /* matmul and gemv_batch with the decode GEMV on the ASW_GEMV_NEAR_L2 prefetch plan (the same sums); the batched
  * tiles of 2 or more tokens keep their own prefetch (not measured on AMD) */
@@ -481,7 +481,7 @@ TGT static void z_matmul_near_l2(int dtype, float *Y, int64_t ldy, const uint16_
 const asw_kernels asw_kernels_avx512_near_l2 = {"avx512", z_matmul_near_l2, gemv_batch_near_l2, set_to_f32,
                                                set_from_f32, z_scores_regs, z_weighted_sum_regs, z_outer, 1,
                                                exp_sum, silu_mul, softmax_block, z_scores_group,
-                                               z_weighted_sum_group, gemv_i8};
+                                               z_weighted_sum_group, gemv_i8, abs_max, quantize_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

@@ -96,7 +96,7 @@ ASW_GEMV_I8_LOOPS(n, )
 
 const asw_kernels asw_kernels_neon = {"neon", n_matmul, n_gemv_batch, n_to_f32, n_from_f32, n_scores,
                                        n_weighted_sum, n_outer, 0, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL, n_gemv_i8};
+                                       NULL, NULL, n_gemv_i8, abs_max, quantize_i8};
 
 #else
 typedef int asw_empty_translation_unit; /* ISO C wants at least one declaration */

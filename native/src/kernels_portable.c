@@ -104,7 +104,7 @@ ASW_GEMV_I8_LOOPS(p, )
 
 const asw_kernels asw_kernels_portable = {"portable", p_matmul, p_gemv_batch, p_to_f32, p_from_f32, p_scores,
                                        p_weighted_sum, p_outer, 0, exp_sum, silu_mul, softmax_block,
-                                       NULL, NULL, p_gemv_i8};
+                                       NULL, NULL, p_gemv_i8, abs_max, quantize_i8};
 
 /* ---------------------------------------------------------------------------------------------------------
  * run-time choice
