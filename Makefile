@@ -68,9 +68,9 @@ check-aarch64:
 	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
 	  { echo "check-aarch64 needs: apt-get install gcc-aarch64-linux-gnu qemu-user libc6-arm64-cross"; exit 1; }
 	mkdir -p build/aarch64
-	aarch64-linux-gnu-gcc -std=c11 -O3 -fno-trapping-math -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
+	aarch64-linux-gnu-gcc -std=c11 -O3 -fno-trapping-math -ffp-contract=off -Wall -Wextra -Werror -fPIC -fvisibility=hidden -shared -pthread \
 		-Inative/include native/src/*.c -o build/aarch64/libasw.so -lm -ldl
-	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -Inative/include \
+	aarch64-linux-gnu-gcc -std=c11 -O2 -ffp-contract=off -Wall -Wextra -Werror -pthread -Inative/include \
 		native/check/kernel_sets.c native/src/*.c -o build/aarch64/kernel_sets -lm -ldl
 	qemu-aarch64 -L /usr/aarch64-linux-gnu build/aarch64/kernel_sets
 
@@ -108,7 +108,7 @@ $(EMU_DIR)/libopapi.so: $(EMU_OP_LIBS:%=$(EMU_DIR)/obj/ops_%.o) $(EMU_DIR)/obj/o
 # seam, parity and bf16-activation tests with the sanitized library preloaded into Python (leak checks off: CPython keeps memory
 # at exit by design). Any sanitizer report aborts the run.
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
-SAN_CFLAGS := -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -Wall -Wextra -Werror -pthread -Inative/include
+SAN_CFLAGS := -std=c11 -O1 -g $(SANITIZE) -fno-trapping-math -ffp-contract=off -Wall -Wextra -Werror -pthread -Inative/include
 FUZZ_CASES ?= 100000
 # the library's sources are compiled once (in parallel: 4 whole-library builds took ~4 minutes of CI) and linked into
 # the shared library and each check program

@@ -31,8 +31,11 @@ class BuildNative(build_ext):
 
 
 ACLNN_PLUGIN = "ascend_super.runtime.libasw_aclnn"
-# -fno-trapping-math: nothing here reads FP exception flags, and it lets the exp/silu loops vectorize
-extra_compile_args = ["-std=c11", "-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+# -fno-trapping-math: nothing here reads FP exception flags, and it lets the exp/silu loops vectorize.
+# -ffp-contract=off (gcc's default under -std=c11, said outright for other compilers): the greedy screen's bounds and
+# its build loops, which every kernel set must compute alike, round each multiply and add as written.
+extra_compile_args = ["-std=c11", "-O3", "-fno-trapping-math", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+                      "-fvisibility=hidden"]
 libraries = [] if sys.platform == "win32" else ["m", "dl"]
 
 setup(

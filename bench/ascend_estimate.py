@@ -5,7 +5,7 @@ Per token, every operator of the decode step is charged the bytes it moves throu
 KV cache read up to the current context, activations read and written) at `--bandwidth` times `--efficiency`,
 plus a fixed on-device cost per kernel (`--kernel-us`). The host side costs one launch per operator in eager mode
 (`--launch-us`, ~43 us measured on 910B3 by others) or one graph replay in graph mode (`--replay-us`), plus one
-synchronisation and one 8-byte device-to-host copy per token (`--sync-us`). With the next step queued before the
+synchronisation and one 64-byte device-to-host copy per token (`--sync-us`). With the next step queued before the
 current token is read, host and device overlap: a token costs max(host, device).
 
     python bench/ascend_estimate.py                      # the defaults below
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--kernel-us", type=float, default=3.0, help="fixed device time per kernel, us (assumed 3)")
     ap.add_argument("--launch-us", type=float, default=43.0, help="host time per eager ACLNN launch, us (43)")
     ap.add_argument("--replay-us", type=float, default=150.0, help="host time per graph replay, us (assumed 150)")
-    ap.add_argument("--sync-us", type=float, default=30.0, help="host time per sync + 8-byte D2H copy, us (30)")
+    ap.add_argument("--sync-us", type=float, default=30.0, help="host time per sync + 64-byte D2H copy, us (30)")
     ap.add_argument("--context", type=int, default=1024, help="KV positions read per step (1024)")
     args = ap.parse_args()
 

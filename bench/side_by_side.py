@@ -200,7 +200,7 @@ def ceiling_build(folder: Path = C.CACHE) -> Path:
                     ["-O3", "-march=native", "-DBANDWIDTH_LIBRARY", "-c"])
     native = C.ROOT / "native"
     return c_build(folder / "gemv_ceiling", [BENCH / "gemv_ceiling.c", probe, *sorted((native / "src").glob("*.c"))],
-                   ["-O3", "-fno-trapping-math", f"-I{native / 'include'}"],
+                   ["-O3", "-fno-trapping-math", "-ffp-contract=off", f"-I{native / 'include'}"],
                    depends=sorted((native / "src").glob("*.h")) + sorted((native / "include").glob("*.h")),
                    libs=["-lm", "-ldl"])
 

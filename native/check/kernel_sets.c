@@ -376,42 +376,63 @@ static int check_vector_loops(const asw_kernels *k) {
 /* The greedy screen's build loops of set `k` (abs_max, quantize_i8: vector_loops.h compiled for the set) against
  * their definition written out here in scalar code, bit for bit: the same max, the same int8 row, the same double
  * sums (element i in lane i % SCREEN_LANES, each lane summed in order, then the lanes in order), over lengths with
- * every tail, and rows holding an inf or a NaN reported as not finite. Returns the number of mismatches. */
+ * every tail, on random rows and on edge rows: ties exactly half-way between two integers (to even), values that
+ * round to +-127, -0.0, subnormals, rows below the screen's tiny threshold (scale and inv 0, as the backend passes
+ * them); and rows with an inf or a NaN (at the head, the middle, the tail) reported as not finite. Returns the
+ * number of mismatches. */
 static int check_screen_build(const asw_kernels *k) {
     static const int64_t lens[] = {1, 7, 15, 16, 17, 31, 64, 100, 333, 896};
-    enum { MAX_N = 896, LANES = 16 };
+    enum { MAX_N = 896, LANES = 16, KINDS = 6 };
     float w[MAX_N];
     int8_t q_got[MAX_N], q_want[MAX_N];
     uint32_t seed = 777;
     int bad = 0;
-    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
-        int64_t n = lens[li];
-        for (int64_t i = 0; i < n; i++) w[i] = next_value(&seed, 1e-3f) * (i % 5 == 0 ? 3.0f : 0.05f);
-        float amax_want = 0.0f;
-        for (int64_t i = 0; i < n; i++) amax_want = fabsf(w[i]) > amax_want ? fabsf(w[i]) : amax_want;
-        int finite = 0;
-        float amax = k->abs_max(w, n, &finite);
-        float scale = amax_want / 127.0f, inv = 127.0f / amax_want;
-        double lanes[3][LANES] = {{0.0}}, want[3] = {0.0, 0.0, 0.0}, got[3];
-        for (int64_t i = 0; i < n; i++) {
-            float r = (w[i] * inv + 12582912.0f) - 12582912.0f;
-            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-            q_want[i] = (int8_t)r;
-            double e = (double)w[i] - (double)scale * (double)r;
-            lanes[0][i % LANES] += e * e;
-            lanes[1][i % LANES] += (double)r * (double)r;
-            lanes[2][i % LANES] += (double)w[i] * (double)w[i];
+    for (int kind = 0; kind < KINDS; kind++)
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            int64_t n = lens[li];
+            for (int64_t i = 0; i < n; i++) {
+                float r = next_value(&seed, 1e-3f);
+                switch (kind) {
+                case 0: w[i] = r * (i % 5 == 0 ? 3.0f : 0.05f); break;           /* random */
+                case 1: w[i] = i == 0 ? 127.0f : (float)(i % 254 - 127) + 0.5f; break; /* inv 1: ties, +-126.5 */
+                case 2: w[i] = i % 3 == 0 ? -0.0f : r * 1e-3f; break;            /* -0.0 among small values */
+                case 3: w[i] = r * 1e-39f; break;                                  /* subnormal */
+                case 4: w[i] = i % 2 ? -0.0f : r * 1e-31f; break;                  /* below the tiny threshold */
+                default: w[i] = (i % 7 == 0 ? -1.0f : 1.0f) * (r + 2.0f); break;  /* rounds to +-127 often */
+                }
+            }
+            float amax_want = 0.0f;
+            for (int64_t i = 0; i < n; i++) amax_want = fabsf(w[i]) > amax_want ? fabsf(w[i]) : amax_want;
+            int finite = 0;
+            float amax = k->abs_max(w, n, &finite);
+            int tiny = amax_want < 1e-30f; /* SCREEN_TINY_ROW */
+            float scale = tiny ? 0.0f : amax_want / 127.0f, inv = tiny ? 0.0f : 127.0f / amax_want;
+            double lanes[3][LANES] = {{0.0}}, want[3] = {0.0, 0.0, 0.0}, got[3];
+            for (int64_t i = 0; i < n; i++) {
+                float r = (w[i] * inv + 12582912.0f) - 12582912.0f;
+                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+                q_want[i] = (int8_t)r;
+                double e = (double)w[i] - (double)scale * (double)r;
+                lanes[0][i % LANES] += e * e;
+                lanes[1][i % LANES] += (double)r * (double)r;
+                lanes[2][i % LANES] += (double)w[i] * (double)w[i];
+            }
+            for (int s = 0; s < 3; s++)
+                for (int l = 0; l < LANES; l++) want[s] += lanes[s][l];
+            k->quantize_i8(q_got, w, n, scale, inv, got);
+            int ok = finite == 1 && amax == amax_want && memcmp(q_got, q_want, (size_t)n) == 0 &&
+                     memcmp(got, want, sizeof got) == 0;
+            int64_t at[3] = {0, n / 2, n - 1}; /* an inf or a NaN at the head, the middle, the tail */
+            for (int a = 0; a < 3; a++) {
+                float keep = w[at[a]];
+                w[at[a]] = a == 1 ? NAN : (a == 0 ? -INFINITY : INFINITY);
+                k->abs_max(w, n, &finite);
+                ok &= finite == 0;
+                w[at[a]] = keep;
+            }
+            if (!ok && bad++ < 5)
+                printf("%-8s screen build kind %d n=%d: differs from its definition\n", k->name, kind, (int)n);
         }
-        for (int s = 0; s < 3; s++)
-            for (int l = 0; l < LANES; l++) want[s] += lanes[s][l];
-        k->quantize_i8(q_got, w, n, scale, inv, got);
-        int ok = finite == 1 && amax == amax_want && memcmp(q_got, q_want, (size_t)n) == 0 &&
-                 memcmp(got, want, sizeof got) == 0;
-        w[n / 2] = (li % 2) ? INFINITY : NAN;
-        k->abs_max(w, n, &finite);
-        ok &= finite == 0;
-        if (!ok && bad++ < 5) printf("%-8s screen build n=%d: differs from its definition\n", k->name, (int)n);
-    }
     printf("%-8s greedy screen build loops match their definition bit for bit: %s\n", k->name, bad ? "FAIL" : "ok");
     return bad;
 }

@@ -419,7 +419,8 @@ enum class mode { run, size };
 /* What one decode step leaves for the host, read in one copy: the token and its logit, each at the start of a 32-byte
  * block of its own. Two ops write them (ArgMax, then Embedding), and a vector core moves data between its buffer and
  * device memory in 32-byte blocks; how a given op writes an output narrower than a block is not documented, so no
- * op's output shares a block with another's, and each starts 32-byte aligned (CANN-NOTES: tensor data). */
+ * op's output shares a block with another's, and each starts 32-byte aligned (aclCreateTensor's documentation asks for
+ * 32-byte-aligned tensor data). */
 enum { TOKEN_BLOCK = 32 };
 struct token_slot {
     int32_t token;  /* ArgMax of the last logits */
@@ -930,7 +931,8 @@ int32_t decode_enqueue(void *bs, int32_t pos) {
             if (g == s.graphs.end()) g = s.graphs.emplace(b, capture(s, b)).first;
             ACL_CHECK(aclmdlRIExecuteAsync, g->second, s.stream);
         }
-        /* the token: 4 bytes device-to-host into a pinned slot, then an event the read waits on */
+        /* the token and its logit (token_slot, 64 bytes) device-to-host into a pinned slot, then an event the read
+         * waits on */
         const int32_t slot = (s.head + s.pending) % ASW_MAX_PENDING;
         ACL_CHECK(aclrtMemcpyAsync, &s.ring[slot], sizeof(token_slot), s.tok, sizeof(token_slot),
                   ACL_MEMCPY_DEVICE_TO_HOST, s.stream);
