@@ -1,8 +1,8 @@
 """Chat templates rendered the way transformers renders them: a sandboxed Jinja environment with trim_blocks and
 lstrip_blocks, loop controls, transformers' `tojson`, `raise_exception`, `strftime_now`, a `{% generation %}` tag,
 and the variables transformers' apply_chat_template passes: the tokenizer's special-token strings that are set
-(bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token, as the file stores them; an unset one
-is no variable, not "None"),
+(bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token, and model-specific ones such as
+image_token, as the file stores them; an unset one is no variable, not "None"),
 `tools` and `documents` (None), and messages without their None-valued keys, their reasoning also under
 `reasoning_content` and `thinking`."""
 
@@ -18,7 +18,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .format import SPECIAL_TOKEN_TEXT_KEYS
+from .format import is_special_token_name
 
 Message = dict[str, Any]
 
@@ -85,7 +85,7 @@ def render(template: str, messages: list[Message], special_tokens: dict[str, Any
     """The prompt text for `messages` (a list of {"role", "content"} maps), with transformers' variables."""
     variables = {"tools": None, "documents": None,
                  **{key: str(value) for key, value in special_tokens.items()
-                    if key in SPECIAL_TOKEN_TEXT_KEYS and value is not None}, **extra}
+                    if is_special_token_name(key) and value is not None}, **extra}
     messages = _normalize_messages(messages)
     try:
         return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)

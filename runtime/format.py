@@ -83,6 +83,12 @@ CONFIG_NULLABLE_KEYS = ("rope_scaling", "bos_token_id", "pad_token_id")
 # before sep_token, cls_token and mask_token were kept lack them, which reads as null
 SPECIAL_TOKEN_TEXT_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 SPECIAL_TOKEN_FLAG_KEYS = ("add_bos_token", "add_eos_token")
+
+
+def is_special_token_name(key: str) -> bool:
+    """A spelled token of the manifest's special_tokens: the named ones above and transformers' model-specific ones
+    (any other name ending in "_token", such as image_token), which a chat template also sees."""
+    return key.endswith("_token") and key not in SPECIAL_TOKEN_FLAG_KEYS
 HASH_HEX_DIGITS = frozenset("0123456789abcdef")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 CONFIG_BOOL_KEYS = ("tie_word_embeddings", "attention_bias")
@@ -574,7 +580,7 @@ def _check_json_value(path: Path, where: str, value: Any) -> None:
 def _check_special_tokens(path: Path, special: dict[str, Any]) -> None:
     """The spelled special tokens are strings or null and the add_* flags booleans (other keys, which older
     converters copied from a GGUF's tokenizer settings, are not read)."""
-    for key in SPECIAL_TOKEN_TEXT_KEYS:
+    for key in dict.fromkeys([*SPECIAL_TOKEN_TEXT_KEYS, *filter(is_special_token_name, special)]):
         value = special.get(key)
         _require(value is None or isinstance(value, str), path,
                  f"special_tokens.{key} is {value!r}, not a string or null")

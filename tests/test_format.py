@@ -173,6 +173,8 @@ CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
                        "special_tokens has the key b'k', not a string"),
     "special token not text": (_manifest_edit(lambda m: m["special_tokens"].update(eos_token=2)), fmt.ManifestInvalid,
                                "special_tokens.eos_token is 2, not a string or null"),
+    "model-specific token not text": (_manifest_edit(lambda m: m["special_tokens"].update(image_token=[1])),
+                                      fmt.ManifestInvalid, "special_tokens.image_token is [1], not a string or null"),
     "special flag not bool": (_manifest_edit(lambda m: m["special_tokens"].update(add_bos_token=1)),
                               fmt.ManifestInvalid, "special_tokens.add_bos_token is 1, not a boolean"),
     "eps zero as float32": (_manifest_edit(lambda m: m["config"].update(rms_norm_eps=1e-300)), fmt.ManifestInvalid,

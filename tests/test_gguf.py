@@ -285,7 +285,7 @@ def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, l
 
 
 @pytest.mark.parametrize("case", ["big-endian", "attn_factor", "non-causal", "qwen2 rope_freqs", "rows beyond tokens",
-                                  "experts"])
+                                  "experts", "experts used"])
 def test_gguf_refused_where_llama_cpp_computes_otherwise_or_refuses(tmp_path, case):
     """Metadata and tensors llama.cpp acts on that we would otherwise have ignored: the byte order, rope's attention
     factor (it scales cos and sin for every scaling type), non-causal attention, a rope_freqs tensor of an arch whose
@@ -296,12 +296,14 @@ def test_gguf_refused_where_llama_cpp_computes_otherwise_or_refuses(tmp_path, ca
           "non-causal": {"extra": lambda w: w.add_causal_attention(False)},
           "qwen2 rope_freqs": {"rope_freqs": _llama3_factors(1_000_000.0, HD, 8.0, 1.0, 4.0, 8192)},
           "rows beyond tokens": {"extra_rows": 3},
-          "experts": {"extra": lambda w: w.add_expert_count(8)}}[case]
+          "experts": {"extra": lambda w: w.add_expert_count(8)},
+          "experts used": {"extra": lambda w: w.add_expert_used_count(2)}}[case]
     write_gguf(p, "qwen2", **kw)
     want = {"big-endian": "big-endian GGUF file", "attn_factor": "qwen2.rope.scaling.attn_factor=0.5",
             "non-causal": "qwen2.attention.causal=False: only causal attention is supported",
             "qwen2 rope_freqs": "unexpected tensor rope_freqs.weight", "rows beyond tokens": "(one per token expected)",
-            "experts": "qwen2.expert_count=8: mixture-of-experts models are not supported"}
+            "experts": "qwen2.expert_count=8: mixture-of-experts models are not supported",
+            "experts used": "qwen2.expert_used_count=2: mixture-of-experts models are not supported"}
     with pytest.raises(SourceError) as e:
         GGUFSource(p)
     _one_line_error(e, p, want[case])

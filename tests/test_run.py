@@ -86,8 +86,9 @@ def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_
 
 
 def test_every_named_special_token_reaches_the_template_as_in_transformers(checkpoint_dir, tmp_path: Path) -> None:
-    """transformers hands a chat template all its named special tokens, sep, cls and mask included: a template that
-    uses them renders the same text here (they were not stored, and rendered as empty strings)."""
+    """transformers hands a chat template all its named special tokens, sep, cls and mask included, and model-specific
+    ones (other *_token keys of tokenizer_config.json, an extra_special_tokens map): a template that uses them renders
+    the same text here (they were not stored, and rendered as empty strings)."""
     import shutil
 
     import transformers
@@ -99,14 +100,16 @@ def test_every_named_special_token_reaches_the_template_as_in_transformers(check
     shutil.copytree(checkpoint_dir(MODEL), directory)
     config_path = directory / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    config.update({"sep_token": "<|im_end|>", "cls_token": "<|im_start|>", "mask_token": "<|endoftext|>"})
+    config.update({"sep_token": "<|im_end|>", "cls_token": "<|im_start|>", "mask_token": "<|endoftext|>",
+                   "image_token": "<img>", "extra_special_tokens": {"video_token": "<vid>"}})
     config_path.write_text(json.dumps(config))
-    template = "[{{ sep_token }}][{{ cls_token }}][{{ mask_token }}]" + VARIABLES_TEMPLATE
+    template = ("[{{ sep_token }}][{{ cls_token }}][{{ mask_token }}][{{ image_token }}][{{ video_token }}]"
+                + VARIABLES_TEMPLATE)
     reference = transformers.AutoTokenizer.from_pretrained(directory)
     messages = [{"role": "user", "content": "2+2?"}]
     expected = reference.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
                                              tokenize=False)
-    assert expected.startswith("[<|im_end|>][<|im_start|>][<|endoftext|>]")
+    assert expected.startswith("[<|im_end|>][<|im_start|>][<|endoftext|>][<img>][<vid>]")
     with ascend_super.load(convert_checkpoint(directory, tmp_path / "m.asw")) as model:
         assert render(template, messages, model.special_tokens, add_generation_prompt=True) == expected
 

@@ -277,9 +277,13 @@ class GGUFSource:
         rot = self._int(Keys.Rope.DIMENSION_COUNT)
         if rot is not None and rot != head_dim:
             raise self._err(f"partial rotary embedding ({rot} of {head_dim} dims) is not supported")
-        experts = self._get(L.EXPERT_COUNT)
-        if experts:  # llama.cpp's llama graph then routes through expert tensors (a dense file fails its load)
-            raise self._err(f"{self._key(L.EXPERT_COUNT)}={experts!r}: mixture-of-experts models are not supported")
+        # experts name a mixture-of-experts model: llama.cpp's llama graph then routes through expert tensors (a dense
+        # file fails its load) and refuses experts used without a count; its qwen2 graph ignores both keys, which its
+        # converter writes for mixture-of-experts architectures only
+        for template in (L.EXPERT_COUNT, L.EXPERT_USED_COUNT):
+            experts = self._get(template)
+            if experts:
+                raise self._err(f"{self._key(template)}={experts!r}: mixture-of-experts models are not supported")
         causal = self._get(A.CAUSAL)
         if causal is not None and causal is not True:  # llama.cpp builds non-causal masks from it, for any arch
             raise self._err(f"{self._key(A.CAUSAL)}={causal!r}: only causal attention is supported")

@@ -63,8 +63,26 @@ def load_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str
     return template if isinstance(template, str) else None
 
 
+def _model_specific_tokens(tokenizer_config: dict[str, Any]) -> dict[str, str]:
+    """transformers' model-specific named tokens, which its special_tokens_map (and so a chat template) also holds:
+    the entries of an extra_special_tokens map, then (winning, as they are set last) the other top-level keys ending in
+    "_token" whose value is a token (a string or an AddedToken). Only names ending in "_token" are kept."""
+    named: dict[str, str] = {}
+    extra = tokenizer_config.get("extra_special_tokens")
+    candidates = [*(extra.items() if isinstance(extra, dict) else []),
+                  *((key, value) for key, value in tokenizer_config.items()
+                    if isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
+    for key, value in candidates:
+        token = _token_string(value)
+        if isinstance(key, str) and fmt.is_special_token_name(key) and key not in fmt.SPECIAL_TOKEN_TEXT_KEYS \
+                and token is not None:
+            named[key] = token
+    return named
+
+
 def normalize_tokenizer_config(tokenizer_config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {key: _token_string(tokenizer_config.get(key)) for key in fmt.SPECIAL_TOKEN_TEXT_KEYS}
+    out.update(_model_specific_tokens(tokenizer_config))
     out.update({key: bool(tokenizer_config.get(key, False)) for key in fmt.SPECIAL_TOKEN_FLAG_KEYS})
     return out
 
@@ -90,7 +108,7 @@ class SafetensorsSource:
             # transformers' legacy rule (tokenization_utils_base.from_pretrained): without added_tokens_decoder in
             # tokenizer_config.json, special_tokens_map.json's tokens are read and take precedence
             tokenizer_config = {**tokenizer_config, **{key: value for key, value in read_json(special_map_path).items()
-                                                       if key in fmt.SPECIAL_TOKEN_TEXT_KEYS}}
+                                                       if fmt.is_special_token_name(key)}}
         generation_path = directory / "generation_config.json"
         self.meta = SourceMeta(
             config=read_json(config_path),
