@@ -83,12 +83,6 @@ CONFIG_NULLABLE_KEYS = ("rope_scaling", "bos_token_id", "pad_token_id")
 # before sep_token, cls_token and mask_token were kept lack them, which reads as null
 SPECIAL_TOKEN_TEXT_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 SPECIAL_TOKEN_FLAG_KEYS = ("add_bos_token", "add_eos_token")
-
-
-def is_special_token_name(key: str) -> bool:
-    """A spelled token of the manifest's special_tokens: the named ones above and transformers' model-specific ones
-    (any other name ending in "_token", such as image_token), which a chat template also sees."""
-    return key.endswith("_token") and key not in SPECIAL_TOKEN_FLAG_KEYS
 HASH_HEX_DIGITS = frozenset("0123456789abcdef")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 CONFIG_BOOL_KEYS = ("tie_word_embeddings", "attention_bias")
@@ -96,6 +90,12 @@ TENSOR_KEYS = ("name", "dtype", "shape", "layout", "offset", "nbytes", "xxh3_64"
 # 2-D weights that --layout nz stores as FRACTAL_NZ (token_embd stays ND: it is gathered by rows)
 NZ_TENSOR_SUFFIXES = ("attn_qkv.weight", "attn_output.weight", "ffn_gate_up.weight", "ffn_down.weight")
 NZ_TENSOR_NAMES = ("output.weight",)
+
+
+def is_special_token_name(key: str) -> bool:
+    """A spelled token of the manifest's special_tokens: the named ones above and transformers' model-specific ones
+    (any other name ending in "_token", such as image_token), which a chat template also sees."""
+    return key.endswith("_token") and key not in SPECIAL_TOKEN_FLAG_KEYS
 
 
 # ------------------------------------------------------------------------------------------------------ errors

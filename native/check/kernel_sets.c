@@ -405,7 +405,7 @@ static int check_screen_build(const asw_kernels *k) {
             for (int64_t i = 0; i < n; i++) amax_want = fabsf(w[i]) > amax_want ? fabsf(w[i]) : amax_want;
             int finite = 0;
             float amax = k->abs_max(w, n, &finite);
-            int tiny = amax_want < 1e-30f; /* SCREEN_TINY_ROW */
+            int tiny = amax_want < ASW_SCREEN_TINY_ROW;
             float scale = tiny ? 0.0f : amax_want / 127.0f, inv = tiny ? 0.0f : 127.0f / amax_want;
             double lanes[3][LANES] = {{0.0}}, want[3] = {0.0, 0.0, 0.0}, got[3];
             for (int64_t i = 0; i < n; i++) {

@@ -1048,10 +1048,6 @@ typedef struct screen_build_job {
     double *dot_max;      /* [nth] per thread: the largest ||w_r|| and ||q_r|| of its rows */
 } screen_build_job;
 
-/* Rows whose largest |w| is below this get no int8 copy (q = 0, scale = 0, the whole row in the slack): keeps 127 /
- * max |w| finite and far from f32's subnormals. No trained lm_head has such rows; a zero row is one. */
-#define SCREEN_TINY_ROW 1e-30f
-
 /* rows of the lm_head split evenly over the threads: q, scale and slack of each */
 static void screen_build_task(void *arg, int ith, int nth) {
     screen_build_job *j = arg;
@@ -1073,7 +1069,7 @@ static void screen_build_task(void *arg, int ith, int nth) {
             atomic_store(&j->nonfinite, 1);
             break;
         }
-        int tiny = amax < SCREEN_TINY_ROW;
+        int tiny = amax < ASW_SCREEN_TINY_ROW;
         float scale = tiny ? 0.0f : amax / 127.0f, inv = tiny ? 0.0f : 127.0f / amax;
         int8_t *q = m->screen_q + r * k; /* [k] */
         /* in double: no underflow of the squares, rounding far below the slack's */

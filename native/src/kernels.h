@@ -70,9 +70,15 @@ typedef struct asw_kernels {
     /* The greedy screen's build, one lm_head row w [k] at a time (vector_loops.h: the same values in every set):
      * max |w|, *finite = 0 if some w is inf or NaN */
     float (*abs_max)(const float *w, int64_t k, int *finite);
-    /* q = w * inv rounded into [-127, 127]; sums = ||w - scale q||^2, ||q||^2, ||w||^2 in double */
+    /* q = w * inv rounded into [-127, 127]; sums = ||w - scale q||^2, ||q||^2, ||w||^2 in double. The backend passes
+     * scale = inv = 0 for a row whose max |w| is below ASW_SCREEN_TINY_ROW. */
     void (*quantize_i8)(int8_t *q, const float *w, int64_t k, float scale, float inv, double sums[3]);
 } asw_kernels;
+
+/* Rows whose largest |w| is below this get no int8 copy in the greedy screen (q = 0, scale = 0, the whole row in the
+ * slack): keeps 127 / max |w| finite and far from f32's subnormals. No trained lm_head has such rows; a zero row is
+ * one. */
+#define ASW_SCREEN_TINY_ROW 1e-30f
 
 /* scores_group and weighted_sum_group head by head on a set's one-head `scores` and `weighted_sum`: what the caller
  * runs for a set without group loops, and what the group loops run for head sizes they do not cover */
