@@ -27,6 +27,13 @@ def _edit_state(directory: Path, change: Callable[[dict], None]) -> None:
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
 
 
+def _shard_outside(directory: Path) -> None:
+    """A sharded checkpoint (no model.safetensors, which transformers would read first) whose index escapes it."""
+    (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"lm_head.weight": "../elsewhere.safetensors"}}))
+
+
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing config": (lambda d: (d / "config.json").unlink(), "missing config.json"),
     "missing tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "missing tokenizer.json"),
@@ -56,8 +63,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
                          "config.rms_norm_eps is -1.0, not a positive finite number"),
     "zero heads": (lambda d: _edit_config(d, lambda c: c.update(num_attention_heads=0)),
                    "num_attention_heads is 0, not a positive integer"),
-    "shard outside folder": (lambda d: (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"lm_head.weight": "../elsewhere.safetensors"}})), "names a file outside the checkpoint folder"),
+    "shard outside folder": (lambda d: _shard_outside(d), "names a file outside the checkpoint folder"),
+    "same tensor in two files": (lambda d: shutil.copy(d / "model.safetensors", d / "copy.safetensors") and
+                                 (d / "model.safetensors").rename(d / "a.safetensors"),
+                                 "without model.safetensors or model.safetensors.index.json, every *.safetensors"),
     "bad rope scaling": (lambda d: _edit_config(d, lambda c: c.update(rope_parameters={"rope_type": "yarn", "factor": 4.0})),
                          "rope type 'yarn' is not supported (supported: default, llama3)"),
 }

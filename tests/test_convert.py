@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ascend_super.runtime import format as fmt
 from conftest import SPECS, run_cli
@@ -148,6 +148,23 @@ def test_sharded_source_files_recorded(converted) -> None:
         files = asw.manifest["source"]["files"]
         assert len(files) > 1 and all(name.startswith("model-") for name in files)
         assert all(len(h) == 16 for h in files.values())
+
+
+def test_single_file_beats_index(tmp_path: Path, checkpoint_dir) -> None:
+    """A folder holding model.safetensors beside an index and its shards (other weights) is read as transformers reads
+    it: model.safetensors alone."""
+    directory = tmp_path / "both"
+    shutil.copytree(checkpoint_dir("llama-sharded-bf16"), directory)
+    single = {name: tensor * 0.5 for name, tensor in source_state(directory).items()}
+    save_file(single, directory / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "o.asw"
+    result = run_cli("ascend-convert", str(directory), "-o", str(out), "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr
+    with fmt.AswFile.open(out) as asw:
+        assert list(asw.manifest["source"]["files"]) == ["model.safetensors"]
+        expected = expected_u16(single, asw.config, "bf16")
+        for tensor in asw.tensors:
+            assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
 
 
 def test_fp16_overflow_names_tensor_and_leaves_nothing(tmp_path: Path, checkpoint_dir) -> None:

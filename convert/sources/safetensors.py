@@ -24,6 +24,7 @@ from ascend_super.runtime.native import BF16_BITS
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
 
 INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
 NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BF16_BITS}
 SUPPORTED_DTYPES = {name: dtype.itemsize for name, dtype in NUMPY_DTYPES.items()}
 HEADER_SIZE = struct.Struct("<Q")  # a safetensors file starts with its JSON header's length
@@ -127,7 +128,9 @@ class SafetensorsSource:
             offsets = self._data_offsets(shard)
             for name in handle.keys():
                 if name in self._where:
-                    raise SourceError(f"{shard}: tensor {name!r} also appears in {self._where[name]}")
+                    raise SourceError(f"{shard}: tensor {name!r} also appears in {self._where[name]} (without "
+                                      f"{SINGLE_FILE} or {INDEX_FILE}, every *.safetensors file of the folder is "
+                                      "read: remove the files that are not this checkpoint's)")
                 tensor_slice = handle.get_slice(name)
                 dtype = tensor_slice.get_dtype()
                 shape = tuple(int(d) for d in tensor_slice.get_shape())
@@ -156,6 +159,11 @@ class SafetensorsSource:
             raise SourceError(f"{shard}: cannot read the tensor offsets of its header: {exc}") from None
 
     def _find_shards(self) -> list[Path]:
+        """The files transformers would load, in its order of preference (modeling_utils: model.safetensors, then
+        the index's shards); a folder with neither has every *.safetensors file read, each tensor from one file."""
+        single_path = self.path / SINGLE_FILE
+        if single_path.is_file():
+            return [single_path]  # transformers loads it even beside an index and its shards
         index_path = self.path / INDEX_FILE
         if index_path.is_file():
             weight_map = read_json(index_path).get("weight_map")
