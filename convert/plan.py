@@ -58,6 +58,12 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _no_negative_id(value: Any) -> Any:
+    """A pad id of -1 (early Llama configs) means none; nothing in the runtime reads the pad id, and transformers
+    loads such a config as is."""
+    return None if isinstance(value, int) and not isinstance(value, bool) and value < 0 else value
+
+
 def _id_list(*values: Any) -> list[int]:
     ids: list[int] = []
     for value in values:
@@ -218,7 +224,8 @@ def manifest_config(meta: SourceMeta, where: str) -> tuple[ArchSpec, dict[str, A
             "attention_bias": spec.qkv_bias,
             "bos_token_id": _first(hf.get("bos_token_id"), _token_ids(cfg, generation, "bos_token_id")),
             "eos_token_id": _id_list(hf.get("eos_token_id"), _token_ids(cfg, generation, "eos_token_id")),
-            "pad_token_id": _first(hf.get("pad_token_id"), _token_ids(cfg, generation, "pad_token_id")),
+            "pad_token_id": _no_negative_id(_first(hf.get("pad_token_id"),
+                                                   _token_ids(cfg, generation, "pad_token_id"))),
         }
     except KeyError as exc:
         raise cfg.refuse(f"lacks {exc.args[0]!r}") from None

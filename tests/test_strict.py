@@ -118,6 +118,14 @@ def test_layer_types_all_full_attention_converts(tmp_path: Path) -> None:
     convert_checkpoint(directory, tmp_path / "out.asw")
 
 
+def test_negative_pad_token_id_stored_as_none(tmp_path: Path) -> None:
+    """Early Llama configs say pad_token_id -1 for none; transformers loads them, and no math reads the pad id."""
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(pad_token_id=-1))
+    convert_checkpoint(directory, tmp_path / "out.asw")
+    with fmt.AswFile.open(tmp_path / "out.asw") as asw:
+        assert asw.config["pad_token_id"] is None
+
+
 def test_model_type_conflicting_with_architectures_refused(tmp_path: Path) -> None:
     """AutoModelForCausalLM builds the model model_type names: a qwen2 architecture under model_type llama would
     lose its q/k/v biases there."""
