@@ -58,7 +58,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
                pre: str = "qwen2", tied: bool = True, chat_template: str = "{{ messages[0]['content'] }}",
                merges: list[str] | None = None,
                extra: Callable[[gguf.GGUFWriter], None] | None = None, big_endian: bool = False,
-               extra_rows: int = 0) -> dict[str, np.ndarray]:
+               extra_rows: int = 0, norm_kind: str = "f32") -> dict[str, np.ndarray]:
     """Write a 2-layer model (`extra` adds metadata keys; `extra_rows`: token_embd rows beyond the tokens); return
     the HF-named reference tensors (as the reader should give them back)."""
     rng = np.random.default_rng(0)
@@ -103,6 +103,9 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
         elif kind == "f16":
             w.add_tensor(gguf_name, stored.astype(np.float16))
             ref[hf_name] = x.astype(np.float16)
+        elif kind == "bf16":
+            w.add_tensor(gguf_name, gguf.quants.quantize(stored.astype(np.float32), Q.BF16), raw_dtype=Q.BF16)
+            ref[hf_name] = gguf.quants.dequantize(gguf.quants.quantize(x.astype(np.float32), Q.BF16), Q.BF16)
         else:  # q8_0: quantization is row-wise, so un-permuting the rows of the dequantized tensor is exact
             qd = gguf.quants.quantize(stored.astype(np.float32), Q.Q8_0)
             w.add_tensor(gguf_name, qd, raw_dtype=Q.Q8_0)
@@ -128,7 +131,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
         put(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", rng.standard_normal((FFN, HID)), "q8_0")
         put(p + "ffn_up.weight", h + "mlp.up_proj.weight", rng.standard_normal((FFN, HID)), "f16")
         put(p + "ffn_down.weight", h + "mlp.down_proj.weight", rng.standard_normal((HID, FFN)), "q8_0")
-    put("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(HID), "f32")
+    put("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(HID), norm_kind)
     if not tied:
         put("output.weight", "lm_head.weight", rng.standard_normal((vocab, HID)), "f16")
     if rope_freqs is not None:
@@ -489,7 +492,7 @@ def test_smollm2_tensors_and_config_match_transformers(smollm2, smollm2_source):
 # SentencePiece ("llama" tokenizer model) vocabularies
 
 
-def _write_spm_gguf(path: Path) -> list[str]:
+def _write_spm_gguf(path: Path, merges: list[str] | None = None) -> list[str]:
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     pieces = ["▁", "e", "l", "o", "h", "w", "r", "d", "t", "▁t", "he", "▁the", "ll", "▁h", "▁he", "llo", "▁hello",
               "▁w", "or", "▁wor", "ld", "▁world", "▁▁"]
@@ -512,6 +515,8 @@ def _write_spm_gguf(path: Path) -> list[str]:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    if merges is not None:
+        w.add_token_merges(merges)
     shapes = {"token_embd.weight": (len(tokens), 64), "output_norm.weight": (64,), "blk.0.attn_norm.weight": (64,),
               "blk.0.ffn_norm.weight": (64,), "blk.0.attn_q.weight": (64, 64), "blk.0.attn_k.weight": (32, 64),
               "blk.0.attn_v.weight": (32, 64), "blk.0.attn_output.weight": (64, 64), "blk.0.ffn_gate.weight": (96, 64),
@@ -546,6 +551,87 @@ def test_sentencepiece_vocab(tmp_path):
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
     for text in ("hello world", "the hello  world", "héllo wörld!", "hello\nworld"):
         assert tok.encode(text).ids == ref(text)["input_ids"], text
+
+
+def test_sentencepiece_ranks_by_scores_as_llama_cpp_even_with_merges(tmp_path):
+    """llama.cpp's SPM tokenizer ignores a tokenizer.ggml.merges list; merges that would rank the pairs otherwise
+    change nothing."""
+    plain, merged = tmp_path / "plain" / "spm.gguf", tmp_path / "merged" / "spm.gguf"
+    for path in (plain, merged):
+        path.parent.mkdir()
+    tokens = _write_spm_gguf(plain)
+    _write_spm_gguf(merged, merges=["l lo", "▁wor ld", "▁w or", "▁h e", "h e", "l l", "▁ t"])
+    with GGUFSource(plain) as a, GGUFSource(merged) as b:
+        ta, tb = Tokenizer.from_str(a.meta.tokenizer_json), Tokenizer.from_str(b.meta.tokenizer_json)
+    for text in ("hello world", "the hello  world", "hell", "otherworld"):
+        assert tb.encode(text).ids == ta.encode(text).ids, [tokens[i] for i in tb.encode(text).ids]
+
+
+@pytest.mark.parametrize("key, add, words", [
+    ("add_bos string", lambda w: w.add_string("tokenizer.ggml.add_bos_token", "false"),
+     ("tokenizer.ggml.add_bos_token is 'false', not a boolean",)),
+    ("add_bos uint8", lambda w: w.add_uint8("tokenizer.ggml.add_eos_token", 0),
+     ("tokenizer.ggml.add_eos_token is 0, not a boolean",)),
+    ("eot string", lambda w: w.add_string("tokenizer.ggml.eot_token_id", "2"),
+     ("tokenizer.ggml.eot_token_id is '2', not an integer token id",)),
+    ("eot beyond vocab", lambda w: w.add_eot_token_id(99999),
+     ("tokenizer.ggml.eot_token_id is 99999, outside the vocabulary",)),
+])
+def test_special_token_keys_of_the_wrong_type_or_range_refused(tmp_path, key, add, words):
+    """llama.cpp refuses a special-token key of another type; Python's truth would read the string "false" as
+    true."""
+    p = tmp_path / "odd.gguf"
+    write_gguf(p, "qwen2", extra=add)
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, *words)
+
+
+def _tensor_offset_field(data: bytes, name: str) -> int:
+    """Byte position of a tensor's u64 data offset in a GGUF header: after its name, dimension count, dimensions
+    and type."""
+    encoded = name.encode()
+    at = data.index(len(encoded).to_bytes(8, "little") + encoded) + 8 + len(encoded)
+    n_dims = int.from_bytes(data[at:at + 4], "little")
+    return at + 4 + 8 * n_dims + 4
+
+
+@pytest.mark.parametrize("how", ["overlapping", "misaligned"])
+def test_tensor_data_overlapping_or_misaligned_refused(tmp_path, qwen2_file, how):
+    """As llama.cpp's loader: a tensor whose offset points into another's bytes, or off the alignment, is refused
+    naming it (the gguf reader would hand out the other tensor's bytes)."""
+    data = bytearray(qwen2_file[0].read_bytes())
+    k_field = _tensor_offset_field(data, "blk.0.attn_k.weight")
+    q_offset = int.from_bytes(data[_tensor_offset_field(data, "blk.0.attn_q.weight"):][:8], "little")
+    k_offset = int.from_bytes(data[k_field:k_field + 8], "little")
+    data[k_field:k_field + 8] = (q_offset if how == "overlapping" else k_offset + 4).to_bytes(8, "little")
+    p = tmp_path / f"{how}.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "tensor blk.0.attn_", {"overlapping": "overlaps tensor blk.0.attn_",
+                                                 "misaligned": "is not aligned to the file's 32 bytes"}[how])
+
+
+def test_unknown_tensor_type_named(tmp_path, qwen2_file):
+    """A ggml type newer than the installed gguf package is named as such, not as a corrupt file."""
+    data = bytearray(qwen2_file[0].read_bytes())
+    type_field = _tensor_offset_field(data, "blk.0.attn_k.weight") - 4
+    data[type_field:type_field + 4] = (250).to_bytes(4, "little")
+    p = tmp_path / "newtype.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(SourceError) as e:
+        GGUFSource(p)
+    _one_line_error(e, p, "a tensor has ggml type 250, which the installed gguf package (gguf ")
+
+
+def test_one_dimensional_tensor_of_a_block_type_reads_whole(tmp_path):
+    """A norm stored in BF16 (in the gguf reader bytes, not one entry per element) reads back as its values."""
+    p = tmp_path / "bf16norm.gguf"
+    ref = write_gguf(p, "qwen2", norm_kind="bf16")
+    assert next(t for t in gguf.GGUFReader(p).tensors if t.name == "output_norm.weight").tensor_type == Q.BF16
+    with GGUFSource(p) as src:
+        assert np.array_equal(src.read("model.norm.weight"), ref["model.norm.weight"])
 
 
 def test_plan_refusals_name_the_gguf_metadata_not_config_json(tmp_path):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import mmap
+import re
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,13 @@ def _tensor_table() -> tuple[dict[str, str], dict[str, str]]:
         for kind in kinds:
             block[f"{suffix}.{kind}"] = f"{hf}.{kind}"
     return glob, block
+
+
+def _gguf_version() -> str:
+    try:
+        return f"gguf {version('gguf')}"
+    except PackageNotFoundError:  # pragma: no cover - imported above, so installed
+        return "gguf"
 
 
 def _field_value(field: Any) -> Any:
@@ -194,6 +203,10 @@ class GGUFSource:
             reader = GGUFReader(self.path, "r")
         except Exception as exc:  # the reader raises ValueError/IndexError/... on short or damaged files
             detail = (str(exc).splitlines() or [""])[0][:200]
+            unknown_type = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", detail)
+            if unknown_type:
+                raise self._err(f"a tensor has ggml type {unknown_type.group(1)}, which the installed gguf package "
+                                f"({_gguf_version()}) does not know: a newer gguf may read it") from None
             raise self._err(f"truncated or corrupt GGUF file ({size} bytes; gguf reader: "
                             f"{type(exc).__name__}: {detail})") from None
         if reader.endianess != GGUFEndian.LITTLE:  # gguf's tensor views would read its numbers in the wrong order
@@ -203,7 +216,24 @@ class GGUFSource:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size or int(t.data.nbytes) != int(t.n_bytes):
                 raise self._err(f"truncated: tensor {t.name} needs bytes up to {end} but the file has {size}")
+        self._check_tensor_placement(reader)
         return reader
+
+    def _check_tensor_placement(self, reader: Any) -> None:
+        """Each tensor's data at a multiple of the file's alignment and apart from every other tensor's, as
+        llama.cpp's gguf loader requires (its tensors follow one another, each padded to the alignment); the
+        reader takes the offsets as they come, so one tensor could read another's bytes."""
+        placed = sorted(reader.tensors, key=lambda t: int(t.data_offset))
+        previous = None
+        for t in placed:
+            offset = int(t.data_offset)
+            if (offset - int(reader.data_offset)) % int(reader.alignment):
+                raise self._err(f"tensor {t.name}: its data at byte offset {offset} is not aligned to the file's "
+                                f"{reader.alignment} bytes (data section at {reader.data_offset})")
+            if previous is not None and offset < int(previous.data_offset) + int(previous.n_bytes):
+                raise self._err(f"tensor {t.name}: its data at byte offset {offset} overlaps tensor {previous.name} "
+                                f"(bytes {previous.data_offset} to {int(previous.data_offset) + int(previous.n_bytes)})")
+            previous = t
 
     def _read_metadata(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -464,7 +494,9 @@ class GGUFSource:
             head_rows = e.shape[0] // e.permute_heads
             first, last = start // head_rows * head_rows, -(-stop // head_rows) * head_rows
         try:
-            raw = np.asarray(t.data)[first:last]
+            raw = np.asarray(t.data)
+            if len(e.shape) > 1:  # a 1-D tensor whole: a block type's data is bytes, not one entry per element
+                raw = raw[first:last]
             if qtype == GGMLQuantizationType.F16:
                 arr = raw.view(np.float16)
             elif qtype == GGMLQuantizationType.F64:

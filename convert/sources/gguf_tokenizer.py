@@ -106,6 +106,23 @@ def _require(meta: Mapping[str, Any], key: str) -> Any:
     return meta[key]
 
 
+def _check_special_keys(meta: Mapping[str, Any], n_tokens: int) -> None:
+    """llama.cpp refuses a special-token key of another type than its own (llama_model_loader::get_key), where
+    Python's truth would read a string "false" as true; every named id must index the vocabulary."""
+    for key in (KEY_BOS, KEY_EOS, KEY_UNK, KEY_PAD, KEY_EOT, KEY_EOM):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TokenizerBuildError(f"{key} is {value!r}, not an integer token id")
+        if not 0 <= value < n_tokens:
+            raise TokenizerBuildError(f"{key} is {value}, outside the vocabulary of {n_tokens} tokens")
+    for key in (KEY_ADD_BOS, KEY_ADD_EOS, KEY_ADD_PREFIX):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TokenizerBuildError(f"{key} is {value!r}, not a boolean")
+
+
 def _special_ids(meta: Mapping[str, Any]) -> dict[str, int | None]:
     return {
         "bos": meta.get(KEY_BOS),
@@ -180,22 +197,21 @@ def _sentencepiece(meta: Mapping[str, Any], tokens: Sequence[str], types: Sequen
     if len(scores) != len(tokens):
         raise TokenizerBuildError(f"{KEY_SCORES} has {len(scores)} entries for {len(tokens)} tokens")
     vocab = _vocab(tokens)
-    if KEY_MERGES in meta and meta[KEY_MERGES]:
-        merges = [_split_merge(m) for m in meta[KEY_MERGES]]
-    else:
-        # SentencePiece BPE merges pieces by the score of the result; recover the pairs the way transformers'
-        # SentencePieceExtractor does: every split of a piece into two pieces, best result score first.
-        candidates = []
-        for piece, pid in vocab.items():
-            if types[pid] not in (T_NORMAL, T_USER_DEFINED):
-                continue
-            local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
-            local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
-            candidates.extend((scores[pid], lr) for lr in local)
-        candidates.sort(key=lambda c: -c[0])  # stable: ties keep the vocabulary order
-        merges = [lr for _, lr in candidates]
+    # SentencePiece BPE merges pieces by the score of the result, and llama.cpp's SPM tokenizer ranks by the scores
+    # alone (llama-vocab.cpp), so a tokenizer.ggml.merges list in such a file is not read (transformers' GGUF loader
+    # would use it). Recover the pairs the way transformers' SentencePieceExtractor does: every split of a piece
+    # into two pieces, best result score first.
+    candidates = []
+    for piece, pid in vocab.items():
+        if types[pid] not in (T_NORMAL, T_USER_DEFINED):
+            continue
+        local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        candidates.extend((scores[pid], lr) for lr in local)
+    candidates.sort(key=lambda c: -c[0])  # stable: ties keep the vocabulary order
+    merges = [lr for _, lr in candidates]
     unk_id = meta.get(KEY_UNK)
-    unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
+    unk = tokens[unk_id] if unk_id is not None else None  # _check_special_keys: an id of the vocabulary
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     add_prefix = bool(meta.get(KEY_ADD_PREFIX, True))
     steps = ([normalizers.Prepend("▁")] if add_prefix else []) + [normalizers.Replace(" ", "▁")]
@@ -218,6 +234,7 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     types = list(meta.get(KEY_TOKEN_TYPE) or [T_NORMAL] * len(tokens))
     if len(types) != len(tokens):
         raise TokenizerBuildError(f"{KEY_TOKEN_TYPE} has {len(types)} entries for {len(tokens)} tokens")
+    _check_special_keys(meta, len(tokens))
 
     builders = {"gpt2": lambda: _byte_level(meta, tokens), "llama": lambda: _sentencepiece(meta, tokens, types)}
     if model not in builders:
@@ -241,14 +258,7 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             raise TokenizerBuildError(f"added token {a.content!r} got id {got}, the file says {i}")
 
     ids = _special_ids(meta)
-    names: dict[str, str | None] = {}
-    for role, tid in ids.items():
-        if tid is None:
-            names[role] = None
-            continue
-        if not isinstance(tid, int) or not 0 <= tid < len(tokens):
-            raise TokenizerBuildError(f"{role} token id {tid!r} is outside the vocabulary of {len(tokens)} tokens")
-        names[role] = tokens[tid]
+    names = {role: None if tid is None else tokens[tid] for role, tid in ids.items()}  # ids checked above
 
     add_bos = bool(meta.get(KEY_ADD_BOS, default_add_bos))
     add_eos = bool(meta.get(KEY_ADD_EOS, False))
