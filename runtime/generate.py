@@ -228,6 +228,7 @@ def generate_ids(session: Session, prompt_ids: Sequence[int], sampling: Sampling
     `lookahead`: greedy steps queued ahead of the one being read (the backend's NativeModel.lookahead);
     `slice_tokens`: prompt tokens per prefill call, a multiple of the backend's prefill block (prefill_slice)."""
     sampling.check()
+    prompt_ids = list(prompt_ids)  # any sequence: a numpy array has no single truth value
     if not prompt_ids:
         raise GenerationError("the prompt is empty (no tokens)")
     needed = session.pos + len(prompt_ids) + sampling.max_new_tokens

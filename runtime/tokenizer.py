@@ -70,7 +70,12 @@ class TextTokenizer:
         decoder = None if self._tokenizer.decoder is None else json.loads(self._tokenizer.decoder.__getstate__())
         self._byte_level = _decoder_has(decoder, _is_byte_level)
         self._metaspace = _decoder_has(decoder, _is_metaspace)
-        self._added = {i: t.content for i, t in self._tokenizer.get_added_tokens_decoder().items()}
+        added = self._tokenizer.get_added_tokens_decoder()
+        self._added = {i: t.content for i, t in added.items()}
+        self._special_ids: dict[str, list[int]] = {}  # a special token's text -> its ids (decode skips them)
+        for i, t in added.items():
+            if t.special:
+                self._special_ids.setdefault(t.content, []).append(i)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for in decoded text: an added token's text; a byte-level BPE piece mapped
@@ -96,6 +101,11 @@ class TextTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def special_token_ids(self, text: str) -> list[int]:
+        """The ids of the special tokens spelled `text` (none: []): text decoded without special tokens never
+        contains them."""
+        return self._special_ids.get(text, [])
 
     def token_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)

@@ -261,6 +261,8 @@ def test_cli_json_matches_api(converted) -> None:
         expected = list(model.generate_tokens(prompt_ids, Sampling(max_new_tokens=12)))
         assert out["prompt_token_ids"] == prompt_ids
         assert out["generated_token_ids"] == expected
+        as_array = list(model.generate_tokens(np.array(prompt_ids), Sampling(max_new_tokens=12)))
+        assert as_array == expected  # any sequence of ids, a numpy array too
         streamed = "".join(model.generate("Hello", max_new_tokens=12))
         assert out["text"] == streamed == model.tokenizer.decode(expected)  # a character cut by the limit: U+FFFD
     assert out["stop_reason"] in ("length", "eos")

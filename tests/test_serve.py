@@ -167,6 +167,23 @@ def test_stop_strings_across_token_boundaries_are_cut(client: openai.OpenAI, ref
     assert streamed[-1].choices[0].finish_reason == "stop"
 
 
+def test_a_stop_string_spelled_like_a_special_token_stops_there(client: openai.OpenAI, ref: Reference) -> None:
+    """The streamed text leaves special tokens out, so a stop string spelled like one is matched by its id."""
+    ids = ref.raw_ids(PROMPTS[5])
+    tokens = ref.tokens(ids, 40)
+    special = ref.model.tokenizer.special_token_ids("<|endoftext|>")
+    at = next(i for i, t in enumerate(tokens) if t in special)  # the golden model says it 6 tokens in
+    expected = "".join(ref.pieces(tokens[:at]))
+    for stream in (False, True):
+        reply = client.completions.create(model=NAME, prompt=PROMPTS[5], max_tokens=40, temperature=0,
+                                          stop=["<|endoftext|>"], stream=stream,
+                                          **({"stream_options": {"include_usage": True}} if stream else {}))
+        chunks = list(reply) if stream else [reply]
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert chunks[-1].usage.completion_tokens == at + 1
+
+
 def test_logprobs_are_the_models_log_softmax(client: openai.OpenAI, ref: Reference) -> None:
     ids = ref.chat_ids(PROMPTS[4])
     tokens = ref.tokens(ids, 8)

@@ -179,6 +179,7 @@ class _Request:
     rng: np.random.Generator
     k: int  # sampling candidates asked of the backend
     matcher: StopMatcher
+    stop_ids: frozenset[int]  # special tokens spelled as a stop string: the streamed text never holds them
     session: NativeSession | None = None
     prefilled: int = 0
     token: int = -1  # the last generated token: the next decode step's input
@@ -243,7 +244,8 @@ class Engine:
         handle = Handle(self, asyncio.get_running_loop())
         request = _Request(handle, list(prompt_ids), params, self.model.tokenizer.stream(), time.perf_counter(),
                            np.random.default_rng(params.sampling.seed), candidates(params.sampling, self._vocab),
-                           StopMatcher(params.stop))
+                           StopMatcher(params.stop),
+                           frozenset(i for stop in params.stop for i in self.model.tokenizer.special_token_ids(stop)))
         with self._cond:
             if self._stopping:
                 raise EngineClosed("the server is shutting down")
@@ -394,6 +396,9 @@ class Engine:
         request.generated += 1
         request.token = token
         self.metrics.generation_tokens.inc()
+        if token in request.stop_ids:  # a stop string spelled like this special token: stop before its text
+            self._finish(request, self._drain(request)[0], (token,), logprob, "stop")
+            return
         text, stopped = request.matcher.feed(request.stream.step(token))
         if stopped:
             self._finish(request, text, (token,), logprob, "stop")
