@@ -114,6 +114,10 @@ UNAPPLIED_GENERATION_KEYS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 # what generate() samples with when do_sample is set and the file leaves a key out (GenerationConfig's defaults)
 _SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+# the generation keys this runtime reads or notes; a checkpoint without generation_config.json has transformers take
+# them from config.json (GenerationConfig.from_model_config), so the converter does too
+GENERATION_KEYS: tuple[str, ...] = ("do_sample", *_SAMPLING_DEFAULTS, "max_length", "max_new_tokens",
+                                    *UNAPPLIED_GENERATION_KEYS)
 _FLAG_OFF: dict[str, float] = {"top_k": 0, "top_p": 1.0}  # ascend-run's values that turn a cut off
 
 

@@ -126,6 +126,34 @@ def test_negative_pad_token_id_stored_as_none(tmp_path: Path) -> None:
         assert asw.config["pad_token_id"] is None
 
 
+@pytest.mark.parametrize("with_file", [False, True], ids=["no generation_config.json", "generation_config.json"])
+def test_generation_keys_of_config_json_count_where_transformers_reads_them(tmp_path: Path, with_file: bool) -> None:
+    """Legacy checkpoints keep generation settings in config.json; transformers applies them when there is no
+    generation_config.json (GenerationConfig.from_model_config) and ignores them beside one. The file keeps what
+    transformers' model.generation_config holds, so the runtime's note names what it does not apply."""
+    import transformers
+
+    from ascend_super.runtime.generate import GENERATION_KEYS, unapplied_generation_config
+    from ascend_super.runtime.generate import Sampling
+
+    legacy = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "do_sample": True, "temperature": 0.7,
+              "top_k": 5, "max_length": 40}
+    directory = _checkpoint(tmp_path, LLAMA, config=lambda c: c.update(legacy))
+    if not with_file:
+        (directory / "generation_config.json").unlink()
+    convert_checkpoint(directory, tmp_path / "out.asw")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(directory).generation_config
+    named = {**legacy, **json.loads((directory / "generation_config.json").read_text())} if with_file else legacy
+    expected = {key: getattr(reference, key) for key in GENERATION_KEYS
+                if key in named and getattr(reference, key) == named[key]}  # what the files set and it kept
+    with fmt.AswFile.open(tmp_path / "out.asw") as asw:
+        stored = {key: value for key, value in asw.manifest["generation_config"].items() if key in GENERATION_KEYS}
+    assert stored == expected
+    assert (stored == legacy) is not with_file
+    note = unapplied_generation_config(stored, Sampling())
+    assert (note is not None and "repetition_penalty=1.5" in note) is not with_file
+
+
 def test_model_type_conflicting_with_architectures_refused(tmp_path: Path) -> None:
     """AutoModelForCausalLM builds the model model_type names: a qwen2 architecture under model_type llama would
     lose its q/k/v biases there."""

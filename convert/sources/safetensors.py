@@ -19,6 +19,7 @@ import numpy as np
 from safetensors import safe_open
 
 from ascend_super.runtime import format as fmt
+from ascend_super.runtime.generate import GENERATION_KEYS
 from ascend_super.runtime.native import BF16_BITS
 
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
@@ -88,6 +89,12 @@ def normalize_tokenizer_config(tokenizer_config: dict[str, Any]) -> dict[str, An
     return out
 
 
+def generation_from_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without generation_config.json: the generation keys its config.json sets (legacy checkpoints keep
+    repetition_penalty, do_sample, ... there), which transformers' GenerationConfig.from_model_config then applies."""
+    return {key: config[key] for key in GENERATION_KEYS if config.get(key) is not None}
+
+
 class SafetensorsSource:
     """A local HF checkpoint directory. `provenance` is filled in by the resolver (hub id, commit) or defaults."""
 
@@ -111,12 +118,14 @@ class SafetensorsSource:
             tokenizer_config = {**tokenizer_config, **{key: value for key, value in read_json(special_map_path).items()
                                                        if fmt.is_special_token_name(key)}}
         generation_path = directory / "generation_config.json"
+        config = read_json(config_path)
         self.meta = SourceMeta(
-            config=read_json(config_path),
+            config=config,
             tokenizer_json=tokenizer_path.read_text(encoding="utf-8"),
             tokenizer_config=normalize_tokenizer_config(tokenizer_config),
             chat_template=load_chat_template(directory, tokenizer_config),
-            generation_config=read_json(generation_path) if generation_path.is_file() else {},
+            generation_config=(read_json(generation_path) if generation_path.is_file()
+                               else generation_from_model_config(config)),
             provenance=provenance or {"kind": "hf-dir", "id": directory.resolve().name, "revision": None},
         )
         self._shards = self._find_shards()
