@@ -22,7 +22,9 @@ from ascend_super.runtime import format as fmt
 from ascend_super.runtime.generate import GENERATION_KEYS
 from ascend_super.runtime.native import BF16_BITS
 
+from ..archs import ARCHS
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
+from .tokenizer_class import as_transformers_builds
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -119,9 +121,19 @@ class SafetensorsSource:
                                                        if fmt.is_special_token_name(key)}}
         generation_path = directory / "generation_config.json"
         config = read_json(config_path)
+        tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
+        architectures = config.get("architectures")
+        spec = ARCHS.get(architectures[0]) if isinstance(architectures, list) and architectures and \
+            isinstance(architectures[0], str) else None  # else the plan refuses the architecture
+        if spec is not None:
+            try:
+                tokenizer_json, tokenizer_config = as_transformers_builds(spec.arch, tokenizer_json, tokenizer_config,
+                                                                          config)
+            except SourceError as exc:
+                raise SourceError(f"{tokenizer_config_path}: {exc}") from None
         self.meta = SourceMeta(
             config=config,
-            tokenizer_json=tokenizer_path.read_text(encoding="utf-8"),
+            tokenizer_json=tokenizer_json,
             tokenizer_config=normalize_tokenizer_config(tokenizer_config),
             chat_template=load_chat_template(directory, tokenizer_config),
             generation_config=(read_json(generation_path) if generation_path.is_file()
