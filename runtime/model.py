@@ -58,13 +58,13 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _unicode_text(text: str) -> str:
+def _unicode_text(text: str, what: str = "the prompt") -> str:
     """`text`, if every character of it is Unicode text (a lone surrogate, which JSON's \\ud800 escapes and
     surrogateescape can put in a str, is not: the tokenizer cannot take it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise GenerationError(f"the prompt is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} at "
+        raise GenerationError(f"{what} is not valid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} at "
                               f"character {exc.start}") from None
     return text
 
@@ -133,6 +133,9 @@ class Model:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
+        for n, message in enumerate(messages):  # where in the message, not where in the rendered template
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                _unicode_text(message["content"], f"message {n}'s content")
         text = render(self.chat_template, messages, self.special_tokens, add_generation_prompt=True)
         return self.tokenizer.encode(_unicode_text(text), add_special_tokens=False)
 

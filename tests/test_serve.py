@@ -363,7 +363,19 @@ def test_bad_bodies_and_routes(server: Server) -> None:
                          ("chat/completions", {"messages": [{"role": "user", "content": lone}]})):
         status, body = http("POST", f"{server.base}/v1/{path}",
                             json.dumps({"model": NAME, "max_tokens": 2, **fields}).encode(), headers)
-        assert status == 400 and "lone surrogate U+D800 at character" in body["error"]["message"], body
+        assert status == 400 and body["error"]["message"].endswith("lone surrogate U+D800 at character 1"), body
+    for path, fields, says in (
+            ("completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "'stop': at most 4 stop strings, got 5"),
+            ("completions", {"prompt": [[1], [2]]}, "'prompt': only one prompt per request is supported, got 2"),
+            ("chat/completions", {"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "x"}}]}]},
+             "only text content parts are supported, not 'image_url'"),
+            ("chat/completions", {"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": None}]},
+             "a message needs content: a string or a list of text parts")):
+        status, body = http("POST", f"{server.base}/v1/{path}",
+                            json.dumps({"model": NAME, "max_tokens": 2, **fields}).encode(), headers)
+        assert status == 400 and says in body["error"]["message"], body  # not the union's first branch
     status, body = http("GET", f"{server.base}/v1/nothing", headers=server.auth)
     assert status == 404 and "error" in body
     status, body = http("GET", f"{server.base}/v1/chat/completions", headers=server.auth)

@@ -157,7 +157,8 @@ def create_app(model: Model, engine: Engine, served_name: str, api_key: str | No
         elif first.get("type") == "missing":
             message = f"missing required parameter '{'.'.join(loc)}'" if loc else "the request body is missing"
         else:
-            message = f"invalid value for '{'.'.join(loc)}': {first['msg']}" if loc else first["msg"]
+            why = first["msg"].removeprefix("Value error, ")  # a validator's own message
+            message = f"invalid value for '{'.'.join(loc)}': {why}" if loc else why
         return ApiError(400, message, param).response()
 
     @app.exception_handler(Exception)

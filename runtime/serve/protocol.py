@@ -36,6 +36,20 @@ class ChatMessage(_Strict):
     content: str | list[TextPart]
     name: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_content(cls, value: Any) -> Any:
+        """Say what is wrong before pydantic reports the first branch of the union ("should be a valid string")."""
+        if value is None:
+            raise ValueError("a message needs content: a string or a list of text parts (tool calls are not "
+                             "supported)")
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind != "text":
+                    raise ValueError(f"only text content parts are supported, not {kind!r}")
+        return value
+
     def text(self) -> str:
         # text parts joined by newlines, as vLLM joins them
         return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
@@ -58,6 +72,13 @@ class _Common(_Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_count(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(value)}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -102,6 +123,13 @@ class CompletionRequest(_Common):
         | Annotated[list[list[int]], Field(min_length=1, max_length=1)]
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     echo: bool | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
+            raise ValueError(f"only one prompt per request is supported, got {len(value)}")
+        return value
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
 
