@@ -62,6 +62,24 @@ def test_chat_template_variables_match_transformers(checkpoint_dir, converted) -
     assert "None" not in got and "think add them|add them" in got
 
 
+def test_template_globals_dict_and_namespace_as_in_transformers(checkpoint_dir) -> None:
+    """transformers' dict (calls and fromkeys) and namespace (no underscore-prefixed attribute) globals."""
+    import transformers
+
+    from ascend_super.runtime.chat import ChatTemplateError, render
+
+    reference = transformers.AutoTokenizer.from_pretrained(checkpoint_dir(MODEL))
+    messages = [{"role": "user", "content": "hi"}]
+    fine = ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}"
+            "{{ dict(a=1) | tojson }}{{ dict.fromkeys(['x', 'y'], 0) | tojson }}")
+    assert render(fine, messages, {}) == reference.apply_chat_template(messages, chat_template=fine, tokenize=False)
+    for refused in ("{% set ns = namespace(_x=1) %}{{ ns._x }}", "{% set ns = namespace() %}{% set ns._y = 2 %}"):
+        with pytest.raises(Exception, match="underscore-prefixed"):
+            reference.apply_chat_template(messages, chat_template=refused, tokenize=False)
+        with pytest.raises(ChatTemplateError, match="underscore-prefixed"):
+            render(refused, messages, {})
+
+
 def test_special_tokens_map_counts_as_transformers_reads_it(checkpoint_dir, tmp_path: Path) -> None:
     """A checkpoint whose tokenizer_config.json has no added_tokens_decoder: transformers reads
     special_tokens_map.json too, and its tokens win; the chat template sees the same bos_token."""
