@@ -320,6 +320,30 @@ def test_broken_chat_template_refused_at_convert(tmp_path: Path) -> None:
     _refused(directory, tmp_path, "chat template: ")
 
 
+@pytest.mark.parametrize("names", [("default", "tool_use"), ("tool_use",)])
+def test_named_template_files_take_the_place_of_tokenizer_config_s(tmp_path: Path, names: tuple[str, ...]) -> None:
+    """additional_chat_templates/NAME.jinja files win over tokenizer_config.json's template in transformers: the
+    default one is used, and without one transformers refuses to choose, so the converter refuses."""
+    import transformers
+
+    directory = _checkpoint(tmp_path, QWEN2)
+    (directory / "additional_chat_templates").mkdir()
+    for name in names:
+        (directory / "additional_chat_templates" / f"{name}.jinja").write_text(
+            f"[{name}]{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}")
+    messages = [{"role": "user", "content": "hi"}]
+    reference = transformers.AutoTokenizer.from_pretrained(directory)
+    if "default" not in names:
+        with pytest.raises(ValueError):
+            reference.apply_chat_template(messages, tokenize=False)
+        _refused(directory, tmp_path, "named chat templates (tool_use) and none is named 'default'")
+        return
+    convert_checkpoint(directory, tmp_path / "out.asw")
+    with fmt.AswFile.open(tmp_path / "out.asw") as asw:
+        assert asw.manifest["chat_template"] == (directory / "additional_chat_templates" / "default.jinja").read_text()
+    assert reference.apply_chat_template(messages, tokenize=False) == "[default]hi"
+
+
 def test_named_chat_templates_without_a_default_are_refused(tmp_path: Path) -> None:
     """Several named templates and none named "default": transformers' apply_chat_template refuses to choose, and so
     does the converter (it took the first one)."""

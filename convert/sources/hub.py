@@ -26,7 +26,8 @@ ALIASES: dict[str, str] = {
     "deepseek-r1-70b": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
 }
 HUB_PATTERNS = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                "chat_template.jinja", "special_tokens_map.json", "*.safetensors", "model.safetensors.index.json"]
+                "chat_template.jinja", "additional_chat_templates/*.jinja", "special_tokens_map.json", "*.safetensors",
+                "model.safetensors.index.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

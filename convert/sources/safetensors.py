@@ -28,6 +28,7 @@ from .tokenizer_class import as_transformers_builds
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named chat templates, NAME.jinja each
 NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BF16_BITS}
 SUPPORTED_DTYPES = {name: dtype.itemsize for name, dtype in NUMPY_DTYPES.items()}
 HEADER_SIZE = struct.Struct("<Q")  # a safetensors file starts with its JSON header's length
@@ -53,9 +54,21 @@ def _token_string(value: Any) -> str | None:
 
 
 def load_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """The template transformers' apply_chat_template uses without a name: chat_template.jinja; else, where the folder
+    has named template files (additional_chat_templates/NAME.jinja), which then take priority over
+    tokenizer_config.json's entries, the one named default; else tokenizer_config.json's (its default one)."""
     jinja = directory / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
+    named_files = sorted((directory / CHAT_TEMPLATE_DIR).glob("*.jinja"))
+    if named_files:
+        default = directory / CHAT_TEMPLATE_DIR / "default.jinja"
+        if not default.is_file():
+            raise SourceError(f"{directory / CHAT_TEMPLATE_DIR}: named chat templates "
+                              f"({', '.join(p.stem for p in named_files)}) and none is named 'default', and they take "
+                              "the place of tokenizer_config.json's in transformers; put the one to use in "
+                              "chat_template.jinja beside them (in a local copy of the folder, for a hub download)")
+        return default.read_text(encoding="utf-8")
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
