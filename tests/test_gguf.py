@@ -58,7 +58,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
                pre: str = "qwen2", tied: bool = True, chat_template: str = "{{ messages[0]['content'] }}",
                merges: list[str] | None = None,
                extra: Callable[[gguf.GGUFWriter], None] | None = None, big_endian: bool = False,
-               extra_rows: int = 0, norm_kind: str = "f32") -> dict[str, np.ndarray]:
+               extra_rows: int = 0, norm_kind: str = "f32", bias: bool | None = None) -> dict[str, np.ndarray]:
     """Write a 2-layer model (`extra` adds metadata keys; `extra_rows`: token_embd rows beyond the tokens); return
     the HF-named reference tensors (as the reader should give them back)."""
     rng = np.random.default_rng(0)
@@ -122,7 +122,7 @@ def write_gguf(path: Path, arch: str = "qwen2", *, skip_keys: tuple[str, ...] = 
         put(p + "attn_k.weight", h + "self_attn.k_proj.weight", rng.standard_normal((KV * HD, HID)), "f16",
             KV if llama else None)
         put(p + "attn_v.weight", h + "self_attn.v_proj.weight", rng.standard_normal((KV * HD, HID)), "f32")
-        if arch == "qwen2":
+        if arch == "qwen2" if bias is None else bias:
             put(p + "attn_q.bias", h + "self_attn.q_proj.bias", rng.standard_normal(HEADS * HD), "f32")
             put(p + "attn_k.bias", h + "self_attn.k_proj.bias", rng.standard_normal(KV * HD), "f32")
             put(p + "attn_v.bias", h + "self_attn.v_proj.bias", rng.standard_normal(KV * HD), "f32")
@@ -288,7 +288,7 @@ def test_rope_scaling_without_type_is_linear_as_in_llama_cpp(tmp_path, factor, l
 
 
 @pytest.mark.parametrize("case", ["big-endian", "attn_factor", "non-causal", "qwen2 rope_freqs", "rows beyond tokens",
-                                  "experts", "experts used"])
+                                  "experts", "experts used", "llama biases"])
 def test_gguf_refused_where_llama_cpp_computes_otherwise_or_refuses(tmp_path, case):
     """Metadata and tensors llama.cpp acts on that we would otherwise have ignored: the byte order, rope's attention
     factor (it scales cos and sin for every scaling type), non-causal attention, a rope_freqs tensor of an arch whose
@@ -300,13 +300,15 @@ def test_gguf_refused_where_llama_cpp_computes_otherwise_or_refuses(tmp_path, ca
           "qwen2 rope_freqs": {"rope_freqs": _llama3_factors(1_000_000.0, HD, 8.0, 1.0, 4.0, 8192)},
           "rows beyond tokens": {"extra_rows": 3},
           "experts": {"extra": lambda w: w.add_expert_count(8)},
-          "experts used": {"extra": lambda w: w.add_expert_used_count(2)}}[case]
-    write_gguf(p, "qwen2", **kw)
+          "experts used": {"extra": lambda w: w.add_expert_used_count(2)},
+          "llama biases": {"bias": True}}[case]
+    write_gguf(p, "llama" if case == "llama biases" else "qwen2", **kw)
     want = {"big-endian": "big-endian GGUF file", "attn_factor": "qwen2.rope.scaling.attn_factor=0.5",
             "non-causal": "qwen2.attention.causal=False: only causal attention is supported",
             "qwen2 rope_freqs": "unexpected tensor rope_freqs.weight", "rows beyond tokens": "(one per token expected)",
             "experts": "qwen2.expert_count=8: mixture-of-experts models are not supported",
-            "experts used": "qwen2.expert_used_count=2: mixture-of-experts models are not supported"}
+            "experts used": "qwen2.expert_used_count=2: mixture-of-experts models are not supported",
+            "llama biases": "q/k/v bias tensors (blk.0.attn_q.bias, ...) in a llama file are not supported"}
     with pytest.raises(SourceError) as e:
         GGUFSource(p)
     _one_line_error(e, p, want[case])

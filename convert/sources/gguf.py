@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..archs import ARCHS as HF_ARCHS
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3
 from .gguf_tokenizer import TokenizerBuildError, build_tokenizer, eos_ids
 
@@ -419,6 +420,9 @@ class GGUFSource:
         if any(".o_proj.bias" in hf for hf in self._entries):
             raise self._err("attention output biases (attn_output.bias) are not supported")
         config["attention_bias"] = any(".self_attn.q_proj.bias" in hf for hf in self._entries)
+        if config["attention_bias"] and not HF_ARCHS[self._arch.hf_class].qkv_bias:  # named as the file has it
+            raise self._err(f"q/k/v bias tensors (blk.0.attn_q.bias, ...) in a {self._arch_name} file are not "
+                            "supported (the runtime adds them for qwen2 only)")
 
         if self._rope_freqs is not None:
             if config["rope_scaling"] is not None:
