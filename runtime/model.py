@@ -131,11 +131,11 @@ class Model:
         if self.chat_template is None:
             raise GenerationError("this model has no chat template; pass raw=True (--raw) to send the text as is")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": system})
         for n, message in enumerate(messages):  # where in the message, not where in the rendered template
             if isinstance(message, dict) and isinstance(message.get("content"), str):
-                _unicode_text(message["content"], f"message {n}'s content")
+                _unicode_text(message["content"], "the prompt" if isinstance(prompt, str) else f"message {n}'s content")
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": _unicode_text(system, "the system message")})
         text = render(self.chat_template, messages, self.special_tokens, add_generation_prompt=True)
         return self.tokenizer.encode(_unicode_text(text), add_special_tokens=False)
 

@@ -167,6 +167,32 @@ def test_single_file_beats_index(tmp_path: Path, checkpoint_dir) -> None:
             assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
 
 
+def test_transformers_weights_names_the_file_read(tmp_path: Path, checkpoint_dir) -> None:
+    """config.json's transformers_weights names the file transformers loads first, before model.safetensors."""
+    import transformers
+
+    directory = tmp_path / "named"
+    shutil.copytree(checkpoint_dir("qwen2-gqa-hd64"), directory)
+    other = {name: tensor * 0.5 for name, tensor in load_file(directory / "model.safetensors").items()}
+    save_file(other, directory / "other.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "transformers_weights": "other.safetensors"}))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    assert torch.equal(reference.model.norm.weight.detach(), other["model.norm.weight"])  # transformers reads it
+    out = tmp_path / "o.asw"
+    result = run_cli("ascend-convert", str(directory), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    with fmt.AswFile.open(out) as asw:
+        assert list(asw.manifest["source"]["files"]) == ["other.safetensors"]
+        expected = expected_u16(other, asw.config, "fp16")
+        for tensor in asw.tensors:
+            assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
+    (directory / "config.json").write_text(json.dumps({**config, "transformers_weights": "../x.safetensors"}))
+    result = run_cli("ascend-convert", str(directory), "-o", str(out))
+    assert result.returncode == 2 and "transformers_weights '../x.safetensors' is not a safetensors file" in \
+        result.stderr.replace("\n", "")
+
+
 def test_fp16_overflow_names_tensor_and_leaves_nothing(tmp_path: Path, checkpoint_dir) -> None:
     from safetensors.torch import save_file
 

@@ -150,7 +150,7 @@ def test_fp16_kv_overflow_is_reported(packed):
     huge = np.full((qkv_rows, CONFIG["hidden_size"]), 60000.0)
     bad = _with_tensor(data, tensors, "blk.0.attn_qkv.weight", huge)
     with open_model(bad, tensors) as model, model.session(max_len=8) as s:
-        with pytest.raises(NativeError, match=r"layer 0 position 0: key value .* does not fit the fp16 KV cache"):
+        with pytest.raises(NativeError, match=r"layer 0 position 0: the key .* does not fit the fp16 KV cache"):
             s.prefill([1, 2])
 
 

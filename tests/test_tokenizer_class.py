@@ -22,7 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 TEXTS = ["hello world", " hello world", "hello  world", "Hello, World! 123 4567 89", "it's I'M we'LL",
          "caf\u00e9 cafe\u0301", "line1\nline2\n\n  indented", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-         "<s>[INST] What is 2+2? [/INST] 4 </s><s>[INST] and 3? [/INST]", "   ", "\u65e5\u672c\u8a9e \U0001F600!", ""]
+         "<s>[INST] What is 2+2? [/INST] 4 </s><s>[INST] and 3? [/INST]", "   ", "\u65e5\u672c\u8a9e \U0001F600!",
+         "nver writ: converted, written", ""]
 MORE_TEXT = [*CORPUS, "Hello, World! 123 4567 89 it's I'M [INST] What is 2+2? [/INST] caf\u00e9 line1\nline2"]
 
 
@@ -71,37 +72,98 @@ def _folder(directory: Path, arch: str, cls: str | None, style: str, flags: dict
     return tokenizer_config
 
 
+def _same_as_auto_tokenizer(directory: Path, style: str, where: object) -> None:
+    """The converter's tokenizer for the folder encodes, decodes and names special tokens as AutoTokenizer does, or
+    is refused where transformers would grow the vocabulary."""
+    tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    config = json.loads((directory / "config.json").read_text())
+    try:
+        text, filled = as_transformers_builds(tokenizer_file(style), tokenizer_config, config)
+    except SourceError as exc:
+        assert "\n" not in str(exc)
+        assert "is not in tokenizer.json's vocabulary" in str(exc), (where, exc)  # the only refusal expected here
+        reference = transformers.AutoTokenizer.from_pretrained(directory)
+        assert len(reference) > Tokenizer.from_str(tokenizer_file(style)).get_vocab_size(), (where, exc)
+        return
+    ours = Tokenizer.from_str(text)
+    reference = transformers.AutoTokenizer.from_pretrained(directory)
+    where = (where, type(reference).__name__)
+    assert ours.get_vocab_size() == len(reference), where
+    for sample in TEXTS:
+        for special in (True, False):
+            ids = ours.encode(sample, add_special_tokens=special).ids
+            assert ids == reference(sample, add_special_tokens=special)["input_ids"], (where, sample, special)
+        for skip in (True, False):
+            assert ours.decode(ids, skip_special_tokens=skip) == reference.decode(
+                ids, skip_special_tokens=skip), (where, sample, skip)
+    named = normalize_tokenizer_config(filled)
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        assert named[key] == getattr(reference, key), (where, key)
+
+
 @pytest.mark.parametrize("arch, cls, style", list(itertools.product(["llama", "qwen2"], CLASSES,
                                                                      ["bytelevel", "digits", "spm"])))
 def test_tokenizes_as_auto_tokenizer(tmp_path: Path, arch: str, cls: str | None, style: str) -> None:
     for n, flags in enumerate(FLAGS):
         directory = tmp_path / str(n)
         tokenizer_config = _folder(directory, arch, cls, style, flags)
-        config = json.loads((directory / "config.json").read_text())
-        try:
-            text, filled = as_transformers_builds(arch, tokenizer_file(style), tokenizer_config, config)
-        except SourceError as exc:
-            assert "\n" not in str(exc)
-            if "not in tokenizer.json's vocabulary" in str(exc):  # transformers would grow the vocabulary
-                reference = transformers.AutoTokenizer.from_pretrained(directory)
-                assert len(reference) > Tokenizer.from_str(tokenizer_file(style)).get_vocab_size(), exc
-                continue
-            assert cls == "CodeLlamaTokenizer" and arch == "llama", exc
-            assert "tokenizer_class 'CodeLlamaTokenizer'" in str(exc)
+        if cls == "CodeLlamaTokenizer" and arch == "llama":
+            with pytest.raises(SourceError, match="tokenizer_class 'CodeLlamaTokenizer' is not one"):
+                as_transformers_builds(tokenizer_file(style), tokenizer_config,
+                                       json.loads((directory / "config.json").read_text()))
             continue
-        ours = Tokenizer.from_str(text)
-        reference = transformers.AutoTokenizer.from_pretrained(directory)
-        where = (arch, cls, style, flags, type(reference).__name__)
-        for sample in TEXTS:
-            for special in (True, False):
-                ids = ours.encode(sample, add_special_tokens=special).ids
-                assert ids == reference(sample, add_special_tokens=special)["input_ids"], (where, sample, special)
-            for skip in (True, False):
-                assert ours.decode(ids, skip_special_tokens=skip) == reference.decode(
-                    ids, skip_special_tokens=skip), (where, sample, skip)
-        named = normalize_tokenizer_config(filled)
-        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-            assert named[key] == getattr(reference, key), (where, key)
+        _same_as_auto_tokenizer(directory, style, (arch, cls, style, flags))
+
+
+def _added_tokens_decoder(style: str) -> dict:
+    """tokenizer_config.json's added_tokens_decoder as transformers saves it: tokenizer.json's added tokens."""
+    return {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "rstrip", "single_word", "normalized", "special")}
+            for t in json.loads(tokenizer_file(style))["added_tokens"]}
+
+
+EDGES = {  # name: (arch, style, tokenizer_config, config.json additions)
+    "null class, config.json's": ("llama", "spm", {"tokenizer_class": None}, {"tokenizer_class": "LlamaTokenizerFast"}),
+    "config.json's class": ("llama", "spm", {}, {"tokenizer_class": "LlamaTokenizer"}),
+    "no model_type": ("qwen2", "digits", {"tokenizer_class": "PreTrainedTokenizerFast"}, {"model_type": None}),
+    "added_tokens_decoder as written": ("qwen2", "bytelevel", {"added_tokens_decoder": "same"}, {}),
+    "special token only in the vocabulary": ("llama", "bytelevel", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                    "bos_token": "nver"}, {}),
+    "extra special tokens in the vocabulary": ("qwen2", "bytelevel", {"additional_special_tokens": ["writ"]}, {}),
+    "AddedToken map": ("qwen2", "digits", {"eos_token": {"__type": "AddedToken", "content": "<|im_end|>",
+                                                         "lstrip": False, "rstrip": False, "normalized": False,
+                                                         "single_word": False, "special": True}}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGES))
+def test_edge_folders_tokenize_as_auto_tokenizer(tmp_path: Path, case: str) -> None:
+    arch, style, tokenizer_config, config = EDGES[case]
+    directory = tmp_path / "f"
+    _folder(directory, arch, None, style, {})
+    written = json.loads((directory / "tokenizer_config.json").read_text())
+    written.update(tokenizer_config)
+    if written.get("added_tokens_decoder") == "same":
+        written["added_tokens_decoder"] = _added_tokens_decoder(style)
+    (directory / "tokenizer_config.json").write_text(json.dumps(written))
+    full = {**json.loads((directory / "config.json").read_text()), **config}
+    (directory / "config.json").write_text(json.dumps({k: v for k, v in full.items() if v is not None}))
+    _same_as_auto_tokenizer(directory, style, case)
+
+
+@pytest.mark.parametrize("case, change, words", [
+    ("auto_map", {"auto_map": {"AutoTokenizer": ["tok.MyTokenizer", None]}}, "auto_map names tokenizer code"),
+    ("add_prefix_space string", {"add_prefix_space": "false"},
+     "add_prefix_space is 'false', not a boolean (transformers' Qwen2Tokenizer fails on it)"),
+    ("added_tokens_decoder differs", {"added_tokens_decoder": {"0": {"content": "<|endoftext|>", "special": False}}},
+     "added_tokens_decoder['0'] is ('<|endoftext|>', False), tokenizer.json's added token 0 is "
+     "('<|endoftext|>', True): transformers' Qwen2Tokenizer takes the former"),
+])
+def test_what_transformers_would_build_otherwise_is_refused(tmp_path: Path, case: str, change: dict,
+                                                             words: str) -> None:
+    tokenizer_config = {**_folder(tmp_path / "f", "qwen2", None, "bytelevel", {}), **change}
+    with pytest.raises(SourceError) as exc:
+        as_transformers_builds(tokenizer_file("bytelevel"), tokenizer_config, {"model_type": "qwen2"})
+    assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_a_class_default_outside_the_vocabulary_is_refused(tmp_path: Path) -> None:
@@ -109,6 +171,6 @@ def test_a_class_default_outside_the_vocabulary_is_refused(tmp_path: Path) -> No
     transformers."""
     tokenizer_config = _folder(tmp_path / "f", "qwen2", None, "spm", {})
     tokenizer_config.pop("unk_token")
-    with pytest.raises(SourceError, match="names no unk_token, so transformers' Qwen2Tokenizer takes its default "
-                                          "'<|endoftext|>', which is not in tokenizer.json's vocabulary"):
-        as_transformers_builds("qwen2", tokenizer_file("spm"), tokenizer_config, {})
+    with pytest.raises(SourceError, match=r"special token '<\|endoftext\|>' \(tokenizer_config.json, or "
+                                          r"Qwen2Tokenizer's default\) is not in tokenizer.json's vocabulary"):
+        as_transformers_builds(tokenizer_file("spm"), tokenizer_config, {"model_type": "qwen2"})

@@ -221,20 +221,17 @@ class GGUFSource:
         return reader
 
     def _check_tensor_placement(self, reader: Any) -> None:
-        """Each tensor's data at a multiple of the file's alignment and apart from every other tensor's, as
-        llama.cpp's gguf loader requires (its tensors follow one another, each padded to the alignment); the
-        reader takes the offsets as they come, so one tensor could read another's bytes."""
-        placed = sorted(reader.tensors, key=lambda t: int(t.data_offset))
-        previous = None
-        for t in placed:
-            offset = int(t.data_offset)
-            if (offset - int(reader.data_offset)) % int(reader.alignment):
-                raise self._err(f"tensor {t.name}: its data at byte offset {offset} is not aligned to the file's "
-                                f"{reader.alignment} bytes (data section at {reader.data_offset})")
-            if previous is not None and offset < int(previous.data_offset) + int(previous.n_bytes):
-                raise self._err(f"tensor {t.name}: its data at byte offset {offset} overlaps tensor {previous.name} "
-                                f"(bytes {previous.data_offset} to {int(previous.data_offset) + int(previous.n_bytes)})")
-            previous = t
+        """Each tensor's data right after the one before it in the tensor table, padded to the file's alignment, as
+        llama.cpp's gguf loader requires (gguf.cpp: "tensor ... has offset ..., expected ..."); the gguf reader takes
+        the offsets as they come, so one tensor could read another's bytes."""
+        alignment, expected = int(reader.alignment), 0
+        for t in reader.tensors:
+            offset = int(t.data_offset) - int(reader.data_offset)
+            if offset != expected:
+                raise self._err(f"tensor {t.name}: its data at byte offset {int(t.data_offset)} ({offset} into the "
+                                f"data section), where llama.cpp's loader expects {expected}: right after the tensor "
+                                f"before it in the table, padded to the file's {alignment}-byte alignment")
+            expected += -(-int(t.n_bytes) // alignment) * alignment
 
     def _read_metadata(self) -> dict[str, Any]:
         values: dict[str, Any] = {}

@@ -108,7 +108,8 @@ def _require(meta: Mapping[str, Any], key: str) -> Any:
 
 def _check_special_keys(meta: Mapping[str, Any], n_tokens: int) -> None:
     """llama.cpp refuses a special-token key of another type than its own (llama_model_loader::get_key), where
-    Python's truth would read a string "false" as true; every named id must index the vocabulary."""
+    Python's truth would read a string "false" as true. Every named id must index the vocabulary (llama.cpp warns and
+    keeps its default id for one that does not: which token ends a turn would then be a guess)."""
     for key in (KEY_BOS, KEY_EOS, KEY_UNK, KEY_PAD, KEY_EOT, KEY_EOM):
         value = meta.get(key)
         if value is None:

@@ -22,7 +22,6 @@ from ascend_super.runtime import format as fmt
 from ascend_super.runtime.generate import GENERATION_KEYS
 from ascend_super.runtime.native import BF16_BITS
 
-from ..archs import ARCHS
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
 from .tokenizer_class import as_transformers_builds
 
@@ -135,15 +134,10 @@ class SafetensorsSource:
         generation_path = directory / "generation_config.json"
         config = read_json(config_path)
         tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
-        architectures = config.get("architectures")
-        spec = ARCHS.get(architectures[0]) if isinstance(architectures, list) and architectures and \
-            isinstance(architectures[0], str) else None  # else the plan refuses the architecture
-        if spec is not None:
-            try:
-                tokenizer_json, tokenizer_config = as_transformers_builds(spec.arch, tokenizer_json, tokenizer_config,
-                                                                          config)
-            except SourceError as exc:
-                raise SourceError(f"{tokenizer_config_path}: {exc}") from None
+        try:
+            tokenizer_json, tokenizer_config = as_transformers_builds(tokenizer_json, tokenizer_config, config)
+        except SourceError as exc:
+            raise SourceError(f"{directory}: {exc}") from None
         self.meta = SourceMeta(
             config=config,
             tokenizer_json=tokenizer_json,
@@ -153,7 +147,7 @@ class SafetensorsSource:
                                else generation_from_model_config(config)),
             provenance=provenance or {"kind": "hf-dir", "id": directory.resolve().name, "revision": None},
         )
-        self._shards = self._find_shards()
+        self._shards = self._find_shards(config)
         self._tensors: dict[str, SourceTensor] = {}
         self._where: dict[str, Path] = {}
         self._offsets: dict[str, int] = {}  # file offset of each tensor's first byte
@@ -162,9 +156,9 @@ class SafetensorsSource:
             offsets = self._data_offsets(shard)
             for name in handle.keys():
                 if name in self._where:
-                    raise SourceError(f"{shard}: tensor {name!r} also appears in {self._where[name]} (without "
-                                      f"{SINGLE_FILE} or {INDEX_FILE}, every *.safetensors file of the folder is "
-                                      "read: remove the files that are not this checkpoint's)")
+                    hint = (f" (without {SINGLE_FILE} or {INDEX_FILE}, every *.safetensors file of the folder is "
+                            "read: remove the files that are not this checkpoint's)") if self._globbed else ""
+                    raise SourceError(f"{shard}: tensor {name!r} also appears in {self._where[name]}{hint}")
                 tensor_slice = handle.get_slice(name)
                 dtype = tensor_slice.get_dtype()
                 shape = tuple(int(d) for d in tensor_slice.get_shape())
@@ -192,13 +186,24 @@ class SafetensorsSource:
         except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
             raise SourceError(f"{shard}: cannot read the tensor offsets of its header: {exc}") from None
 
-    def _find_shards(self) -> list[Path]:
-        """The files transformers would load, in its order of preference (modeling_utils: model.safetensors, then
-        the index's shards); a folder with neither has every *.safetensors file read, each tensor from one file."""
+    def _find_shards(self, config: dict[str, Any]) -> list[Path]:
+        """The files transformers would load, in its order of preference (modeling_utils: the file config.json's
+        transformers_weights names, model.safetensors, the index's shards); a folder with none of them has every
+        *.safetensors file read (self._globbed), each tensor from one file."""
+        self._globbed = False
+        explicit = config.get("transformers_weights")
+        if explicit is not None:
+            named = self.path / str(explicit)
+            if not isinstance(explicit, str) or named.resolve().parent != self.path.resolve() or \
+                    not named.name.endswith((".safetensors", ".safetensors.index.json")) or not named.is_file():
+                raise SourceError(f"{self.path / 'config.json'}: transformers_weights {explicit!r} is not a "
+                                  "safetensors file or index in the checkpoint folder")
+            if named.name.endswith(".safetensors"):
+                return [named]
         single_path = self.path / SINGLE_FILE
-        if single_path.is_file():
+        if explicit is None and single_path.is_file():
             return [single_path]  # transformers loads it even beside an index and its shards
-        index_path = self.path / INDEX_FILE
+        index_path = named if explicit is not None else self.path / INDEX_FILE
         if index_path.is_file():
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
@@ -215,6 +220,7 @@ class SafetensorsSource:
         shards = sorted(self.path.glob("*.safetensors"))
         if not shards:
             raise SourceError(f"{self.path}: no *.safetensors files (and no {INDEX_FILE})")
+        self._globbed = True
         return shards
 
     def _open(self, shard: Path) -> Any:

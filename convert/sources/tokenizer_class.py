@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 
 from .base import SourceError
 
@@ -33,13 +33,24 @@ def _flag(tokenizer_config: dict[str, Any], key: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def _bool_flag(tokenizer_config: dict[str, Any], key: str, default: bool, cls: str, null_default: bool) -> bool:
+    """A flag the class hands to tokenizers' ByteLevel, which takes only a bool (transformers fails on another
+    type); `null_default`: whether the class reads null as the default (else null fails there too)."""
+    value = tokenizer_config.get(key, default)
+    if value is None and null_default:
+        value = default
+    if not isinstance(value, bool):
+        raise SourceError(f"tokenizer_config.json {key} is {value!r}, not a boolean (transformers' {cls} fails on it)")
+    return value
+
+
 def _qwen2(tok: Tokenizer, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
     """Qwen2Tokenizer.__init__: NFC, the Qwen2 split, byte-level pieces; a BPE without unk or byte fallback."""
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=bool(_flag(tokenizer_config, "add_prefix_space", False)),
-                                 use_regex=False)])
+        pre_tokenizers.ByteLevel(add_prefix_space=_bool_flag(tokenizer_config, "add_prefix_space", False,
+                                                              "Qwen2Tokenizer", null_default=True), use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     return {"unk_token": None, "fuse_unk": False, "byte_fallback": False}
 
@@ -47,7 +58,8 @@ def _qwen2(tok: Tokenizer, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
 def _gpt2(tok: Tokenizer, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
     """GPT2Tokenizer.__init__: no normalizer, GPT-2's byte-level split; a BPE without unk or byte fallback."""
     tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(tokenizer_config.get("add_prefix_space", False)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=_bool_flag(
+        tokenizer_config, "add_prefix_space", False, "GPT2Tokenizer", null_default=False))
     tok.decoder = decoders.ByteLevel()
     return {"unk_token": None, "fuse_unk": False, "byte_fallback": False}
 
@@ -84,53 +96,114 @@ TOKENIZER_CLASSES: dict[str, TokenizerClass] = {
 # MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
 FIXED_CLASS = {"qwen2": "Qwen2Tokenizer"}
 # tokenizer_class names (without "Fast") that mean tokenizer.json as written
-GENERIC_CLASSES = ("PreTrainedTokenizer", "TokenizersBackend")
+GENERIC_CLASSES = ("PreTrainedTokenizer", "TokenizersBackend", "PythonBackend")
+# tokenizer_config.json keys of transformers' named special tokens, and of its lists of further special tokens
+NAMED_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
 
 
-def tokenizer_class(arch: str, named: Any, tokenizer_json: str) -> str:
+def tokenizer_class(model_type: Any, named: Any, tokenizer_json: str) -> str:
     """The class transformers 5 tokenizes with: by the model type, else by tokenizer_class (a LlamaTokenizer over a
     byte-level tokenizer.json is read as written, as transformers does for Llama 3 style repositories)."""
-    if arch in FIXED_CLASS:
-        return FIXED_CLASS[arch]
+    if model_type in FIXED_CLASS:
+        return FIXED_CLASS[model_type]
     if named is None:
         return AS_WRITTEN
     name = str(named).removesuffix("Fast")
     if name in GENERIC_CLASSES or name == "LlamaTokenizer" and '"ByteLevel"' in tokenizer_json:
         return AS_WRITTEN
     if name not in TOKENIZER_CLASSES:
-        raise SourceError(f"tokenizer_class {named!r}: transformers builds that tokenizer its own way, which the "
-                          f"converter does not reproduce (supported: {', '.join(sorted(TOKENIZER_CLASSES))}, "
+        raise SourceError(f"tokenizer_class {named!r} is not one whose tokenizer the converter reproduces as "
+                          f"transformers builds it (supported: {', '.join(sorted(TOKENIZER_CLASSES))}, "
                           "PreTrainedTokenizerFast, or none)")
     return name
 
 
-def as_transformers_builds(arch: str, tokenizer_json: str, tokenizer_config: dict[str, Any],
+def _text(token: Any) -> str | None:
+    """A special token's text: a string, or an AddedToken map's content."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) else None
+
+
+def _special_tokens(tokenizer_config: dict[str, Any]) -> list[Any]:
+    """The tokens transformers treats as special: the named ones and the entries of its special-token lists."""
+    tokens = [tokenizer_config.get(key) for key in NAMED_SPECIAL_KEYS]
+    for key in SPECIAL_LIST_KEYS:
+        listed = tokenizer_config.get(key)
+        tokens += list(listed.values() if isinstance(listed, dict) else listed if isinstance(listed, list) else [])
+    return [token for token in tokens if _text(token) is not None]
+
+
+def _check_added_tokens(data: dict[str, Any], tokenizer_config: dict[str, Any], name: str) -> None:
+    """A class that rebuilds the tokenizer takes its added tokens from tokenizer_config.json's added_tokens_decoder
+    where there is one (tokenization_utils_base): it must say what tokenizer.json's added_tokens say."""
+    decoder = tokenizer_config.get("added_tokens_decoder")
+    if not isinstance(decoder, dict):
+        return
+    written = {int(t["id"]): (t.get("content"), bool(t.get("special"))) for t in data.get("added_tokens", [])}
+    for key, entry in decoder.items():
+        want = (entry.get("content"), bool(entry.get("special"))) if isinstance(entry, dict) else (None, False)
+        if not str(key).isdigit() or written.get(int(key)) != want:
+            raise SourceError(f"tokenizer_config.json added_tokens_decoder[{key!r}] is {want}, tokenizer.json's "
+                              f"added token {key} is {written.get(int(key)) if str(key).isdigit() else None}: "
+                              f"transformers' {name} takes the former")
+    if len(decoder) != len(written):
+        raise SourceError(f"tokenizer_config.json added_tokens_decoder has {len(decoder)} tokens, tokenizer.json's "
+                          f"added_tokens {len(written)}: transformers' {name} takes the former")
+
+
+def _add_special_tokens(tok: Tokenizer, tokenizer_config: dict[str, Any], name: str) -> bool:
+    """transformers adds each special token that is no added token of the tokenizer as a special one (matched whole
+    in text, left out of decoded text); whether any was added. One outside the vocabulary would be a new token, which
+    the model's embedding does not have: refused."""
+    added = {token.content for token in tok.get_added_tokens_decoder().values()}
+    new = []
+    for token in _special_tokens(tokenizer_config):
+        text = _text(token)
+        if text in added or any(text == t.content for t in new):
+            continue
+        if tok.token_to_id(text) is None:
+            raise SourceError(f"special token {text!r} (tokenizer_config.json, or {name}'s default) is not in "
+                              "tokenizer.json's vocabulary: transformers would add it as a token the model has no "
+                              "embedding for")
+        flags = {key: bool(token[key]) for key in ("lstrip", "rstrip", "single_word", "normalized")
+                 if isinstance(token, dict) and key in token}
+        new.append(AddedToken(text, special=True, **flags))
+    tok.add_special_tokens(new)
+    return bool(new)
+
+
+def as_transformers_builds(tokenizer_json: str, tokenizer_config: dict[str, Any],
                            config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(tokenizer.json text, tokenizer_config with the class's default special tokens filled in where it names none)
-    as transformers 5 tokenizes the checkpoint. Raises SourceError for a class the table does not have."""
-    named = tokenizer_config.get("tokenizer_class", config.get("tokenizer_class"))
-    name = tokenizer_class(arch, named, tokenizer_json)
+    as transformers 5 tokenizes the checkpoint. Raises SourceError for what the table cannot reproduce."""
+    auto_map = tokenizer_config.get("auto_map")
+    if isinstance(auto_map, (list, tuple)) or isinstance(auto_map, dict) and "AutoTokenizer" in auto_map:
+        raise SourceError("tokenizer_config.json's auto_map names tokenizer code from the repository, which "
+                          "transformers runs (with trust_remote_code) and the converter does not")
+    named = tokenizer_config.get("tokenizer_class")
+    if named is None:  # null or absent: transformers falls back to config.json's
+        named = config.get("tokenizer_class")
+    name = tokenizer_class(config.get("model_type"), named, tokenizer_json)
     spec = TOKENIZER_CLASSES[name]
-    defaults = {key: value for key, value in spec.special_defaults.items() if key not in tokenizer_config}
-    if spec.rebuild is None and not defaults:
-        return tokenizer_json, tokenizer_config
+    filled = {**{key: value for key, value in spec.special_defaults.items() if key not in tokenizer_config},
+              **tokenizer_config}
     try:
         tok = Tokenizer.from_str(tokenizer_json)
     except Exception:  # tokenizers' own error is raised where tokenizer.json is loaded for the manifest
-        return tokenizer_json, tokenizer_config
-    for key, token in defaults.items():
-        if token is not None and tok.token_to_id(token) is None:  # transformers would add it as a new token
-            raise SourceError(f"names no {key}, so transformers' {name} takes its default {token!r}, which is not "
-                              "in tokenizer.json's vocabulary (set it in tokenizer_config.json, null for none)")
-    filled = {**defaults, **tokenizer_config}
-    if spec.rebuild is None:
         return tokenizer_json, filled
     data = json.loads(tokenizer_json)
-    if data.get("model", {}).get("type") != "BPE":
-        raise SourceError(f"tokenizer.json has a {data.get('model', {}).get('type')!r} model, where the tokenizer "
-                          f"class transformers uses for it ({named or arch}) builds a BPE one")
-    model_fields = spec.rebuild(tok, tokenizer_config)
+    if spec.rebuild is not None:
+        if data.get("model", {}).get("type") != "BPE":
+            raise SourceError(f"tokenizer.json has a {data.get('model', {}).get('type')!r} model, where the "
+                              f"tokenizer class transformers uses for it ({name}) builds a BPE one")
+        _check_added_tokens(data, tokenizer_config, name)
+        model_fields = spec.rebuild(tok, tokenizer_config)
+    if not _add_special_tokens(tok, filled, name) and spec.rebuild is None:
+        return tokenizer_json, filled
     rebuilt = json.loads(tok.to_str())
-    rebuilt["model"].update({"dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                             "ignore_merges": False, **model_fields})
+    if spec.rebuild is not None:
+        rebuilt["model"].update({"dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                                 "ignore_merges": False, **model_fields})
     return json.dumps(rebuilt, ensure_ascii=False), filled

@@ -868,7 +868,7 @@ static int kv_fits(int dtype, const float *x, int n, int layer, int pos, const c
                           pos, what);
             return 0;
         } else if (!(fabsf(x[i]) < 65520.0f)) {
-            asw_set_error("layer %d position %d: %s value %g does not fit the fp16 KV cache (largest 65504); "
+            asw_set_error("layer %d position %d: the %s %g does not fit the fp16 KV cache (largest 65504); "
                           "convert with --dtype bf16",
                           layer, pos, what, (double)x[i]);
             return 0;

@@ -123,6 +123,8 @@ class CompletionRequest(_Common):
         | Annotated[list[list[int]], Field(min_length=1, max_length=1)]
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     echo: bool | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -130,8 +132,6 @@ class CompletionRequest(_Common):
         if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
             raise ValueError(f"only one prompt per request is supported, got {len(value)}")
         return value
-    suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.echo:
