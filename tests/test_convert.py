@@ -150,6 +150,17 @@ def test_sharded_source_files_recorded(converted) -> None:
         assert all(len(h) == 16 for h in files.values())
 
 
+def _converts_from(directory: Path, out: Path, file: str, state: dict[str, torch.Tensor], dtype: str) -> None:
+    """Converting `directory` reads `file` alone, whose tensors are `state`."""
+    result = run_cli("ascend-convert", str(directory), "-o", str(out), "--dtype", dtype)
+    assert result.returncode == 0, result.stderr
+    with fmt.AswFile.open(out) as asw:
+        assert list(asw.manifest["source"]["files"]) == [file]
+        expected = expected_u16(state, asw.config, dtype)
+        for tensor in asw.tensors:
+            assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
+
+
 def test_single_file_beats_index(tmp_path: Path, checkpoint_dir) -> None:
     """A folder holding model.safetensors beside an index and its shards (other weights) is read as transformers reads
     it: model.safetensors alone."""
@@ -157,14 +168,7 @@ def test_single_file_beats_index(tmp_path: Path, checkpoint_dir) -> None:
     shutil.copytree(checkpoint_dir("llama-sharded-bf16"), directory)
     single = {name: tensor * 0.5 for name, tensor in source_state(directory).items()}
     save_file(single, directory / "model.safetensors", metadata={"format": "pt"})
-    out = tmp_path / "o.asw"
-    result = run_cli("ascend-convert", str(directory), "-o", str(out), "--dtype", "bf16")
-    assert result.returncode == 0, result.stderr
-    with fmt.AswFile.open(out) as asw:
-        assert list(asw.manifest["source"]["files"]) == ["model.safetensors"]
-        expected = expected_u16(single, asw.config, "bf16")
-        for tensor in asw.tensors:
-            assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
+    _converts_from(directory, tmp_path / "o.asw", "model.safetensors", single, "bf16")
 
 
 def test_transformers_weights_names_the_file_read(tmp_path: Path, checkpoint_dir) -> None:
@@ -180,13 +184,7 @@ def test_transformers_weights_names_the_file_read(tmp_path: Path, checkpoint_dir
     reference = transformers.AutoModelForCausalLM.from_pretrained(directory)
     assert torch.equal(reference.model.norm.weight.detach(), other["model.norm.weight"])  # transformers reads it
     out = tmp_path / "o.asw"
-    result = run_cli("ascend-convert", str(directory), "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    with fmt.AswFile.open(out) as asw:
-        assert list(asw.manifest["source"]["files"]) == ["other.safetensors"]
-        expected = expected_u16(other, asw.config, "fp16")
-        for tensor in asw.tensors:
-            assert np.array_equal(asw.tensor_u16(tensor.name), expected[tensor.name]), tensor.name
+    _converts_from(directory, out, "other.safetensors", other, "fp16")
     (directory / "config.json").write_text(json.dumps({**config, "transformers_weights": "../x.safetensors"}))
     result = run_cli("ascend-convert", str(directory), "-o", str(out))
     assert result.returncode == 2 and "transformers_weights '../x.safetensors' is not a safetensors file" in \
