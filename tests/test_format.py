@@ -151,7 +151,7 @@ CASES: dict[str, tuple[Callable[[Path], None], type[fmt.FormatError], str]] = {
     "bad config value": (_manifest_edit(lambda m: m["config"].update(num_key_value_heads=3)), fmt.ManifestInvalid,
                          "num_attention_heads is not a multiple of config.num_key_value_heads"),
     "tensor outside region": (_manifest_edit(_out_of_region), fmt.TensorOutOfBounds,
-                              "'output_norm.weight' (tensors[15]): bytes [1000008192"),
+                              "'output_norm.weight' (tensors[15]): bytes [10000"),
     "overlapping tensors": (_manifest_edit(_overlap), fmt.TensorOverlap, "overlaps the tensor before it"),
     "misaligned tensor": (_manifest_edit(_misaligned), fmt.TensorMisaligned, "is not 512-byte aligned"),
     "shape x dtype != nbytes": (_manifest_edit(_size_mismatch), fmt.TensorSizeMismatch,

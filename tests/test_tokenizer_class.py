@@ -21,7 +21,8 @@ from checkpoints import CORPUS, SPECIAL_TOKENS, tokenizer_json
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["hello world", " hello world", "hello  world", "Hello, World! 123 4567 89", "it's I'M we'LL",
-         "caf\u00e9 cafe\u0301", "line1\nline2\n\n  indented", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+         "caf\u00e9 cafe\u0301", "line1\nline2\n\n  indented",
+         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
          "<s>[INST] What is 2+2? [/INST] 4 </s><s>[INST] and 3? [/INST]", "   ", "\u65e5\u672c\u8a9e \U0001F600!",
          "nver writ: converted, written", ""]
 MORE_TEXT = [*CORPUS, "Hello, World! 123 4567 89 it's I'M [INST] What is 2+2? [/INST] caf\u00e9 line1\nline2"]
@@ -73,22 +74,17 @@ def _folder(directory: Path, arch: str, cls: str | None, style: str, flags: dict
 
 
 def _same_as_auto_tokenizer(directory: Path, style: str, where: object) -> None:
-    """The converter's tokenizer for the folder encodes, decodes and names special tokens as AutoTokenizer does, or
-    is refused where transformers would grow the vocabulary."""
+    """The converter's tokenizer for the folder encodes, decodes and names special tokens as AutoTokenizer does; its
+    vocabulary lacks only the special tokens transformers adds past the model's (no text here holds them)."""
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
     config = json.loads((directory / "config.json").read_text())
-    try:
-        text, filled = as_transformers_builds(tokenizer_file(style), tokenizer_config, config)
-    except SourceError as exc:
-        assert "\n" not in str(exc)
-        assert "is not in tokenizer.json's vocabulary" in str(exc), (where, exc)  # the only refusal expected here
-        reference = transformers.AutoTokenizer.from_pretrained(directory)
-        assert len(reference) > Tokenizer.from_str(tokenizer_file(style)).get_vocab_size(), (where, exc)
-        return
+    text, filled = as_transformers_builds(tokenizer_file(style), tokenizer_config, config)
     ours = Tokenizer.from_str(text)
     reference = transformers.AutoTokenizer.from_pretrained(directory)
     where = (where, type(reference).__name__)
-    assert ours.get_vocab_size() == len(reference), where
+    grown = {text for text in normalize_tokenizer_config(filled).values() if isinstance(text, str)
+             and Tokenizer.from_str(tokenizer_file(style)).token_to_id(text) is None}
+    assert ours.get_vocab_size() + len(grown) == len(reference), (where, grown)
     for sample in TEXTS:
         for special in (True, False):
             ids = ours.encode(sample, add_special_tokens=special).ids
@@ -129,6 +125,10 @@ EDGES = {  # name: (arch, style, tokenizer_config, config.json additions)
     "special token only in the vocabulary": ("llama", "bytelevel", {"tokenizer_class": "PreTrainedTokenizerFast",
                                                                     "bos_token": "nver"}, {}),
     "extra special tokens in the vocabulary": ("qwen2", "bytelevel", {"additional_special_tokens": ["writ"]}, {}),
+    "model-specific tokens": ("llama", "bytelevel", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                     "image_token": "nver",
+                                                     "extra_special_tokens": {"video_token": "writ"}}, {}),
+    "a special token outside the vocabulary": ("llama", "bytelevel", {"pad_token": "<pad>"}, {}),
     "AddedToken map": ("qwen2", "digits", {"eos_token": {"__type": "AddedToken", "content": "<|im_end|>",
                                                          "lstrip": False, "rstrip": False, "normalized": False,
                                                          "single_word": False, "special": True}}, {}),
@@ -164,13 +164,3 @@ def test_what_transformers_would_build_otherwise_is_refused(tmp_path: Path, case
     with pytest.raises(SourceError) as exc:
         as_transformers_builds(tokenizer_file("bytelevel"), tokenizer_config, {"model_type": "qwen2"})
     assert words in str(exc.value) and "\n" not in str(exc.value)
-
-
-def test_a_class_default_outside_the_vocabulary_is_refused(tmp_path: Path) -> None:
-    """Qwen2Tokenizer's default unk and eos are <|endoftext|>: a vocabulary without it would grow a token in
-    transformers."""
-    tokenizer_config = _folder(tmp_path / "f", "qwen2", None, "spm", {})
-    tokenizer_config.pop("unk_token")
-    with pytest.raises(SourceError, match=r"special token '<\|endoftext\|>' \(tokenizer_config.json, or "
-                                          r"Qwen2Tokenizer's default\) is not in tokenizer.json's vocabulary"):
-        as_transformers_builds(tokenizer_file("spm"), tokenizer_config, {"model_type": "qwen2"})

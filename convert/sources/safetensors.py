@@ -23,7 +23,7 @@ from ascend_super.runtime.generate import GENERATION_KEYS
 from ascend_super.runtime.native import BF16_BITS
 
 from .base import SourceError, SourceMeta, SourceTensor, file_xxh3, map_range
-from .tokenizer_class import as_transformers_builds
+from .tokenizer_class import as_transformers_builds, token_text
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -43,13 +43,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SourceError(f"{path}: expected a JSON object")
     return value
-
-
-def _token_string(value: Any) -> str | None:
-    """tokenizer_config special tokens are strings or AddedToken dicts ({"content": ...})."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
 
 
 def load_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str | None:
@@ -89,7 +82,7 @@ def _model_specific_tokens(tokenizer_config: dict[str, Any]) -> dict[str, str]:
                   *((key, value) for key, value in tokenizer_config.items()
                     if isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
     for key, value in candidates:
-        token = _token_string(value)
+        token = token_text(value)
         if isinstance(key, str) and fmt.is_special_token_name(key) and key not in fmt.SPECIAL_TOKEN_TEXT_KEYS \
                 and token is not None:
             named[key] = token
@@ -97,7 +90,7 @@ def _model_specific_tokens(tokenizer_config: dict[str, Any]) -> dict[str, str]:
 
 
 def normalize_tokenizer_config(tokenizer_config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {key: _token_string(tokenizer_config.get(key)) for key in fmt.SPECIAL_TOKEN_TEXT_KEYS}
+    out: dict[str, Any] = {key: token_text(tokenizer_config.get(key)) for key in fmt.SPECIAL_TOKEN_TEXT_KEYS}
     out.update(_model_specific_tokens(tokenizer_config))
     out.update({key: bool(tokenizer_config.get(key, False)) for key in fmt.SPECIAL_TOKEN_FLAG_KEYS})
     return out

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 
+from ascend_super.runtime import format as fmt
+
 from .base import SourceError
 
 AS_WRITTEN = "TokenizersBackend"  # transformers' class that uses tokenizer.json as it is
@@ -97,8 +99,7 @@ TOKENIZER_CLASSES: dict[str, TokenizerClass] = {
 FIXED_CLASS = {"qwen2": "Qwen2Tokenizer"}
 # tokenizer_class names (without "Fast") that mean tokenizer.json as written
 GENERIC_CLASSES = ("PreTrainedTokenizer", "TokenizersBackend", "PythonBackend")
-# tokenizer_config.json keys of transformers' named special tokens, and of its lists of further special tokens
-NAMED_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# tokenizer_config.json keys whose entries transformers also makes special tokens
 SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
 
 
@@ -119,20 +120,21 @@ def tokenizer_class(model_type: Any, named: Any, tokenizer_json: str) -> str:
     return name
 
 
-def _text(token: Any) -> str | None:
-    """A special token's text: a string, or an AddedToken map's content."""
+def token_text(token: Any) -> str | None:
+    """A special token of tokenizer_config.json as text: a string, or an AddedToken map's content."""
     if isinstance(token, dict):
         token = token.get("content")
     return token if isinstance(token, str) else None
 
 
 def _special_tokens(tokenizer_config: dict[str, Any]) -> list[Any]:
-    """The tokens transformers treats as special: the named ones and the entries of its special-token lists."""
-    tokens = [tokenizer_config.get(key) for key in NAMED_SPECIAL_KEYS]
+    """The tokens transformers treats as special: the named ones, the model-specific ones (other keys ending in
+    "_token"), and the entries of its special-token lists (or map)."""
+    tokens = [value for key, value in tokenizer_config.items() if fmt.is_special_token_name(key)]
     for key in SPECIAL_LIST_KEYS:
         listed = tokenizer_config.get(key)
         tokens += list(listed.values() if isinstance(listed, dict) else listed if isinstance(listed, list) else [])
-    return [token for token in tokens if _text(token) is not None]
+    return [token for token in tokens if token_text(token) is not None]
 
 
 def _check_added_tokens(data: dict[str, Any], tokenizer_config: dict[str, Any], name: str) -> None:
@@ -153,24 +155,20 @@ def _check_added_tokens(data: dict[str, Any], tokenizer_config: dict[str, Any], 
                           f"added_tokens {len(written)}: transformers' {name} takes the former")
 
 
-def _add_special_tokens(tok: Tokenizer, tokenizer_config: dict[str, Any], name: str) -> bool:
+def _add_special_tokens(tok: Tokenizer, tokenizer_config: dict[str, Any]) -> bool:
     """transformers adds each special token that is no added token of the tokenizer as a special one (matched whole
-    in text, left out of decoded text); whether any was added. One outside the vocabulary would be a new token, which
-    the model's embedding does not have: refused."""
+    in text, left out of decoded text); whether any was added. One outside the vocabulary is left out: transformers
+    would give it a new id, past the model's embedding (text holding it fails there)."""
     added = {token.content for token in tok.get_added_tokens_decoder().values()}
-    new = []
+    new: dict[str, AddedToken] = {}
     for token in _special_tokens(tokenizer_config):
-        text = _text(token)
-        if text in added or any(text == t.content for t in new):
+        text = token_text(token)
+        if text in added or text in new or tok.token_to_id(text) is None:
             continue
-        if tok.token_to_id(text) is None:
-            raise SourceError(f"special token {text!r} (tokenizer_config.json, or {name}'s default) is not in "
-                              "tokenizer.json's vocabulary: transformers would add it as a token the model has no "
-                              "embedding for")
         flags = {key: bool(token[key]) for key in ("lstrip", "rstrip", "single_word", "normalized")
                  if isinstance(token, dict) and key in token}
-        new.append(AddedToken(text, special=True, **flags))
-    tok.add_special_tokens(new)
+        new[text] = AddedToken(text, special=True, **flags)
+    tok.add_special_tokens(list(new.values()))
     return bool(new)
 
 
@@ -200,7 +198,7 @@ def as_transformers_builds(tokenizer_json: str, tokenizer_config: dict[str, Any]
                               f"tokenizer class transformers uses for it ({name}) builds a BPE one")
         _check_added_tokens(data, tokenizer_config, name)
         model_fields = spec.rebuild(tok, tokenizer_config)
-    if not _add_special_tokens(tok, filled, name) and spec.rebuild is None:
+    if not _add_special_tokens(tok, filled) and spec.rebuild is None:
         return tokenizer_json, filled
     rebuilt = json.loads(tok.to_str())
     if spec.rebuild is not None:
